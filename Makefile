@@ -1,0 +1,24 @@
+# cripy: `make demo` runs a pod end to end with the default configuration; `make test` runs the test suite.
+# Both install what they need (Debian packages with apt-get, Python packages into .venv).
+
+PYTEST_ARGS ?=
+
+.PHONY: deps test unit integration demo bench clean
+
+deps:
+	./scripts/install-deps.sh
+
+test: deps
+	.venv/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests
+
+unit: deps
+	.venv/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests/unit
+
+integration: deps
+	.venv/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests/integration
+
+demo: deps
+	.venv/bin/python scripts/demo.py
+
+clean:
+	rm -rf .venv *.egg-info

@@ -1,0 +1,100 @@
+"""The `cripy` command: run the daemon (no sub-command), or `config`, `version`, `ctl`, `image import`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from cripy import CRI_API_VERSION, __version__
+from cripy.config import DEFAULT_CONFIG_PATH, DEFAULT_DROPIN_DIR, Config, ConfigError, load_config, to_toml, validate
+
+COMMANDS = ("config", "version", "ctl", "image", "daemon")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command_at = next((i for i, arg in enumerate(argv) if arg in COMMANDS), None)
+    if command_at is not None and argv[command_at] == "ctl":
+        from cripy.ctl.main import main as ctl_main
+
+        return ctl_main(argv[command_at + 1:])
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "version":
+            print(f"cripy version {__version__}\nCRI API version {CRI_API_VERSION}")
+            return 0
+        if args.command == "config":
+            print(to_toml(Config() if args.default else _effective_config(args)), end="")
+            return 0
+        if args.command == "image":
+            return _image_command(args)
+        config = _effective_config(args)
+    except ConfigError as e:
+        print(f"cripy: {e}", file=sys.stderr)
+        return 2
+    from cripy.daemon import run_daemon
+
+    return run_daemon(config, reload=lambda: _effective_config(args))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cripy", description="A Kubernetes container runtime (CRI v1).")
+    parser.add_argument("--config", type=Path, help=f"main config file (default {DEFAULT_CONFIG_PATH})")
+    parser.add_argument("--config-dir", type=Path, help=f"drop-in directory (default {DEFAULT_DROPIN_DIR})")
+    parser.add_argument("--root", help="persistent state directory (images, database)")
+    parser.add_argument("--runroot", help="runtime state directory (tmpfs)")
+    parser.add_argument("--listen", help="path of the CRI unix socket")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("daemon", help="run the daemon (the default)")
+    sub.add_parser("version", help="print the version")
+    config = sub.add_parser("config", help="print the effective configuration as TOML")
+    config.add_argument("--default", action="store_true", help="print the documented defaults instead")
+    sub.add_parser("ctl", help="a CRI client with crictl's verbs (see `cripy ctl --help`)")
+    image = sub.add_parser("image", help="image operations on the running daemon")
+    image_sub = image.add_subparsers(dest="image_command", required=True)
+    imp = image_sub.add_parser("import", help="load an OCI layout (dir or tar) or a docker-archive tarball")
+    imp.add_argument("path", type=Path)
+    imp.add_argument("--name", default="", help="name to give the image (when the archive carries none)")
+    imp.add_argument("--runtime-endpoint", "-r", default="", help="cripy's socket (default: from the config)")
+    return parser
+
+
+def _effective_config(args: argparse.Namespace) -> Config:
+    explicit = args.config is not None
+    config = load_config(args.config, args.config_dir, must_exist=explicit)
+    for key in ("root", "runroot", "listen", "log_level"):
+        value = getattr(args, key)
+        if value is not None:
+            setattr(config.cripy, key, value)
+    if args.runroot is not None and args.listen is None and config.cripy.listen == Config().cripy.listen:
+        config.cripy.listen = str(Path(args.runroot) / "cripy.sock")
+    validate(config)
+    return config
+
+
+def _image_command(args: argparse.Namespace) -> int:
+    import grpc
+
+    from cripy.cri import admin
+
+    endpoint = args.runtime_endpoint or _effective_config(args).cripy.listen
+    target = endpoint if endpoint.startswith("unix:") else f"unix://{endpoint}"
+    with grpc.insecure_channel(target) as channel:
+        call = channel.unary_unary(admin.IMPORT_IMAGE, request_serializer=admin.encode,
+                                   response_deserializer=admin.decode)
+        try:
+            reply = call({"path": str(args.path.resolve()), "name": args.name}, timeout=3600)
+        except grpc.RpcError as e:
+            print(f"cripy image import: {e.code().name}: {e.details()}", file=sys.stderr)
+            return 1
+    for image in reply["images"]:
+        print(f"imported {image['id']} {' '.join(image['repoTags'] + image['repoDigests'])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

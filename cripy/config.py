@@ -1,0 +1,217 @@
+"""cripy's configuration: the TOML schema, its documented defaults, loading with drop-ins, and validation.
+
+The main file (/etc/cripy/cripy.toml) is read first, then every `*.toml` in the drop-in directory
+(/etc/cripy/cripy.d/) in lexical order; a drop-in overrides the keys it sets, table by table. Unknown keys and
+values of the wrong type stop start-up with a message naming the key and the file it came from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+DEFAULT_CONFIG_PATH = Path("/etc/cripy/cripy.toml")
+DEFAULT_DROPIN_DIR = Path("/etc/cripy/cripy.d")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ConfigError(Exception):
+    """A configuration file is unreadable, malformed or holds an unknown key or a bad value."""
+
+
+@dataclass
+class DaemonConfig:
+    """Where the daemon keeps its state and listens."""
+
+    root: str = "/var/lib/cripy"
+    runroot: str = "/run/cripy"
+    listen: str = "/run/cripy/cripy.sock"
+    log_level: str = "info"
+    grpc_max_message_bytes: int = 16 * 1024 * 1024
+
+
+@dataclass
+class ImagesConfig:
+    """Image pulls: registries, credentials, trust, and the pull engine's limits."""
+
+    registries_conf: str = "/etc/containers/registries.conf"
+    registries_conf_d: str = "/etc/containers/registries.conf.d"
+    auth_file: str = ""
+    signature_policy: str = "/etc/containers/policy.json"
+    certs_dir: str = "/etc/containers/certs.d"
+    platform: str = ""
+    max_parallel_layers: int = 3
+    pull_retries: int = 4
+    pull_retry_backoff_seconds: float = 0.5
+    pull_min_throughput_bytes: int = 1024
+    pull_throughput_window_seconds: float = 60.0
+    pinned_images: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RuntimeHandlerConfig:
+    """One OCI runtime reachable by a RuntimeClass handler name."""
+
+    runtime_path: str = "/usr/bin/runc"
+    runtime_root: str = ""
+    runtime_type: str = "oci"
+
+
+@dataclass
+class RuntimeConfig:
+    """Running containers: the monitor, the OCI runtimes, cgroups."""
+
+    default_runtime: str = "runc"
+    conmon: str = "/usr/bin/conmon"
+    cgroup_driver: str = "cgroupfs"
+    cgroup_parent: str = "/cripy"
+    pause_command: str = "/usr/bin/catatonit"
+    handlers: dict[str, RuntimeHandlerConfig] = field(
+        default_factory=lambda: {"runc": RuntimeHandlerConfig()}
+    )
+
+
+@dataclass
+class NetworkConfig:
+    """CNI: where network configs and plugins are found."""
+
+    conf_dir: str = "/etc/cni/net.d"
+    plugin_dirs: list[str] = field(default_factory=lambda: ["/opt/cni/bin", "/usr/lib/cni"])
+    default_network: str = ""
+
+
+@dataclass
+class Config:
+    """The whole effective configuration."""
+
+    cripy: DaemonConfig = field(default_factory=DaemonConfig)
+    images: ImagesConfig = field(default_factory=ImagesConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+
+    @property
+    def root(self) -> Path:
+        return Path(self.cripy.root)
+
+    @property
+    def runroot(self) -> Path:
+        return Path(self.cripy.runroot)
+
+
+def load_config(path: Path | None = None, dropin_dir: Path | None = None, *, must_exist: bool = False) -> Config:
+    """Read the main file (if present) and its drop-ins into a validated Config."""
+    path = DEFAULT_CONFIG_PATH if path is None else path
+    dropin_dir = DEFAULT_DROPIN_DIR if dropin_dir is None else dropin_dir
+    config = Config()
+    if path.exists():
+        _apply_file(config, path)
+    elif must_exist:
+        raise ConfigError(f"config file {path} does not exist")
+    if dropin_dir.is_dir():
+        for dropin in sorted(dropin_dir.glob("*.toml")):
+            _apply_file(config, dropin)
+    validate(config)
+    return config
+
+
+def validate(config: Config) -> None:
+    """Check cross-field rules that types alone do not express."""
+    if config.cripy.log_level not in LOG_LEVELS:
+        raise ConfigError(f"cripy.log_level: {config.cripy.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
+    if config.runtime.cgroup_driver != "cgroupfs":
+        raise ConfigError(
+            f"runtime.cgroup_driver: {config.runtime.cgroup_driver!r} is not supported (only \"cgroupfs\")"
+        )
+    if config.runtime.default_runtime not in config.runtime.handlers:
+        raise ConfigError(
+            f"runtime.default_runtime: {config.runtime.default_runtime!r} has no [runtime.handlers] entry"
+        )
+    for name, handler in config.runtime.handlers.items():
+        if handler.runtime_type != "oci":
+            raise ConfigError(f"runtime.handlers.{name}.runtime_type: only \"oci\" is supported")
+    if config.images.max_parallel_layers < 1:
+        raise ConfigError("images.max_parallel_layers: must be at least 1")
+    for key in ("pull_retries", "pull_min_throughput_bytes"):
+        if getattr(config.images, key) < 0:
+            raise ConfigError(f"images.{key}: must not be negative")
+    if config.images.pull_throughput_window_seconds <= 0:
+        raise ConfigError("images.pull_throughput_window_seconds: must be positive")
+    for key in ("root", "runroot", "listen"):
+        if not Path(getattr(config.cripy, key)).is_absolute():
+            raise ConfigError(f"cripy.{key}: {getattr(config.cripy, key)!r} must be an absolute path")
+
+
+def handler_runtime_root(config: Config, name: str) -> Path:
+    """Where an OCI runtime keeps its state for a handler: configured, or under the run root."""
+    handler = config.runtime.handlers[name]
+    return Path(handler.runtime_root) if handler.runtime_root else config.runroot / "runtimes" / name
+
+
+def to_toml(config: Config) -> str:
+    """The configuration as TOML, in the same shape the loader reads."""
+    return tomli_w.dumps(dataclasses.asdict(config))
+
+
+def _apply_file(config: Config, path: Path) -> None:
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror}") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from e
+    _merge_into(config, data, prefix="", source=path)
+
+
+def _merge_into(obj: Any, data: dict[str, Any], prefix: str, source: Path) -> None:
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"{source}: unknown key {dotted!r}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: {dotted!r} must be a table")
+            _merge_into(current, value, f"{dotted}.", source)
+        else:
+            setattr(obj, key, _coerce(hints[key], value, dotted, source, current))
+
+
+def _coerce(hint: Any, value: Any, dotted: str, source: Path, current: Any) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is dict:
+        _, value_type = typing.get_args(hint)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: {dotted!r} must be a table")
+        result = dict(current)
+        for name, item in value.items():
+            if dataclasses.is_dataclass(value_type):
+                entry = result.get(name) or value_type()
+                if not isinstance(item, dict):
+                    raise ConfigError(f"{source}: '{dotted}.{name}' must be a table")
+                _merge_into(entry, item, f"{dotted}.{name}.", source)
+                result[name] = entry
+            else:
+                result[name] = _coerce(value_type, item, f"{dotted}.{name}", source, None)
+        return result
+    if origin is list:
+        (item_type,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ConfigError(f"{source}: {dotted!r} must be a list, got {type(value).__name__}")
+        return [_coerce(item_type, item, dotted, source, None) for item in value]
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(hint, type) and not isinstance(hint, types.GenericAlias):
+        if isinstance(value, bool) and hint is not bool or not isinstance(value, hint):
+            raise ConfigError(
+                f"{source}: {dotted!r} must be {hint.__name__}, got {type(value).__name__} {value!r}"
+            )
+    return value

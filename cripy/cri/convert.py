@@ -1,0 +1,338 @@
+"""Protobuf -> domain conversion of CRI container and pod-sandbox configs.
+
+The only module that reads ContainerConfig / PodSandboxConfig messages. It validates what protobuf cannot
+(negative sizes, unknown enum numbers, required fields) and raises cripy.errors.InvalidArgument naming the field,
+or Unimplemented for features cripy does not offer (user namespaces, image volumes, CDI devices, rro mounts).
+
+Choices worth knowing:
+- An unset seccomp profile (neither `seccomp` nor the deprecated `seccomp_profile_path`) means RuntimeDefault.
+- Empty masked_paths / readonly_paths mean "runtime defaults": protobuf cannot tell empty from unset, and the
+  other runtimes read it the same way.
+- A container without namespace_options inherits the pod's.
+- A relative log_path is joined to the pod's log_directory.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from cri_api.v1 import api_pb2 as pb
+
+from cripy.errors import InvalidArgument, Unimplemented
+from cripy.containers.model import (
+    ContainerRequest,
+    ContainerSecurity,
+    Device,
+    DNSConfig,
+    Mount,
+    NamespaceMode,
+    NamespaceOptions,
+    PodSandboxRequest,
+    PodSecurity,
+    PortMapping,
+    Resources,
+    SecurityProfile,
+)
+
+_PROPAGATION = {
+    pb.PROPAGATION_PRIVATE: "private",
+    pb.PROPAGATION_HOST_TO_CONTAINER: "rslave",
+    pb.PROPAGATION_BIDIRECTIONAL: "rshared",
+}
+_NAMESPACE_MODE = {
+    pb.POD: NamespaceMode.POD,
+    pb.CONTAINER: NamespaceMode.CONTAINER,
+    pb.NODE: NamespaceMode.NODE,
+    pb.TARGET: NamespaceMode.TARGET,
+}
+_PROFILE_KIND = {
+    pb.SecurityProfile.RuntimeDefault: "runtime_default",
+    pb.SecurityProfile.Unconfined: "unconfined",
+    pb.SecurityProfile.Localhost: "localhost",
+}
+_PROTOCOL = {pb.TCP: "tcp", pb.UDP: "udp", pb.SCTP: "sctp"}
+_GROUPS_POLICY = {pb.Merge: "merge", pb.Strict: "strict"}
+_HUGEPAGE_SIZE = re.compile(r"^[1-9][0-9]*[KMGTP]B$")
+_MAX_ID = 2**32 - 2
+
+
+def container_request_from_pb(config: pb.ContainerConfig, sandbox_config: pb.PodSandboxConfig) -> ContainerRequest:
+    """Translate a CreateContainer config (with its pod's config for inherited values) into a ContainerRequest."""
+    if not config.HasField("metadata") or not config.metadata.name:
+        raise InvalidArgument("container config: metadata.name is required")
+    if not config.image.image:
+        raise InvalidArgument(f"container {config.metadata.name!r}: image.image is required")
+    if config.CDI_devices:
+        raise Unimplemented(f"container {config.metadata.name!r}: CDI devices are not supported by cripy")
+    where = f"container {config.metadata.name!r}"
+    linux = config.linux
+    return ContainerRequest(
+        name=config.metadata.name,
+        attempt=config.metadata.attempt,
+        image=config.image.image,
+        command=list(config.command),
+        args=list(config.args),
+        working_dir=config.working_dir,
+        envs=_envs(config.envs, where),
+        mounts=[_mount(m, f"{where}: mounts[{i}]") for i, m in enumerate(config.mounts)],
+        devices=[_device(d, f"{where}: devices[{i}]") for i, d in enumerate(config.devices)],
+        labels=dict(config.labels),
+        annotations=dict(config.annotations),
+        log_path=_log_path(config.log_path, sandbox_config.log_directory),
+        stdin=config.stdin,
+        stdin_once=config.stdin_once,
+        tty=config.tty,
+        resources=resources_from_pb(linux.resources, f"{where}: linux.resources"),
+        security=_container_security(linux.security_context, sandbox_config, where),
+        stop_signal=_signal_name(config.stop_signal, where),
+    )
+
+
+def pod_request_from_pb(config: pb.PodSandboxConfig, runtime_handler: str) -> PodSandboxRequest:
+    """Translate a RunPodSandbox config into a PodSandboxRequest."""
+    meta = config.metadata
+    if not config.HasField("metadata") or not meta.name:
+        raise InvalidArgument("pod sandbox config: metadata.name is required")
+    where = f"pod sandbox {meta.namespace}/{meta.name}"
+    if not meta.uid:
+        raise InvalidArgument(f"{where}: metadata.uid is required")
+    if not meta.namespace:
+        raise InvalidArgument(f"{where}: metadata.namespace is required")
+    linux = config.linux
+    return PodSandboxRequest(
+        name=meta.name,
+        uid=meta.uid,
+        namespace=meta.namespace,
+        attempt=meta.attempt,
+        hostname=config.hostname,
+        log_directory=config.log_directory,
+        dns=DNSConfig(
+            servers=list(config.dns_config.servers),
+            searches=list(config.dns_config.searches),
+            options=list(config.dns_config.options),
+        ),
+        port_mappings=[_port_mapping(p, f"{where}: port_mappings[{i}]") for i, p in enumerate(config.port_mappings)],
+        labels=dict(config.labels),
+        annotations=dict(config.annotations),
+        cgroup_parent=linux.cgroup_parent,
+        security=_pod_security(linux.security_context, dict(linux.sysctls), where),
+        overhead=resources_from_pb(linux.overhead, f"{where}: linux.overhead") if linux.HasField("overhead") else None,
+        resources=(
+            resources_from_pb(linux.resources, f"{where}: linux.resources") if linux.HasField("resources") else None
+        ),
+        runtime_handler=runtime_handler,
+    )
+
+
+def resources_from_pb(res: pb.LinuxContainerResources, where: str = "linux.resources") -> Resources:
+    """Translate and validate LinuxContainerResources (also used by UpdateContainerResources)."""
+    _require(res.cpu_period >= 0, where, "cpu_period", res.cpu_period, "must not be negative")
+    _require(res.cpu_quota >= -1, where, "cpu_quota", res.cpu_quota, "must be -1 (unlimited) or more")
+    _require(res.cpu_shares >= 0, where, "cpu_shares", res.cpu_shares, "must not be negative")
+    _require(res.memory_limit_in_bytes >= 0, where, "memory_limit_in_bytes", res.memory_limit_in_bytes,
+             "must not be negative")
+    _require(res.memory_swap_limit_in_bytes >= -1, where, "memory_swap_limit_in_bytes",
+             res.memory_swap_limit_in_bytes, "must be -1 (unlimited) or more")
+    _require(-1000 <= res.oom_score_adj <= 1000, where, "oom_score_adj", res.oom_score_adj,
+             "must be within [-1000, 1000]")
+    hugepages: dict[str, int] = {}
+    for i, limit in enumerate(res.hugepage_limits):
+        _require(bool(_HUGEPAGE_SIZE.match(limit.page_size)), where, f"hugepage_limits[{i}].page_size",
+                 limit.page_size, "must look like 2MB or 1GB")
+        hugepages[limit.page_size] = limit.limit
+    return Resources(
+        cpu_period=res.cpu_period,
+        cpu_quota=res.cpu_quota,
+        cpu_shares=res.cpu_shares,
+        memory_limit_in_bytes=res.memory_limit_in_bytes,
+        cpuset_cpus=res.cpuset_cpus,
+        cpuset_mems=res.cpuset_mems,
+        hugepage_limits=hugepages,
+        oom_score_adj=res.oom_score_adj,
+        memory_swap_limit_in_bytes=res.memory_swap_limit_in_bytes,
+        unified=dict(res.unified),
+    )
+
+
+def _require(ok: bool, where: str, field: str, value: object, why: str) -> None:
+    if not ok:
+        raise InvalidArgument(f"{where}: {field}={value!r} {why}")
+
+
+def _envs(envs, where: str) -> list[tuple[str, str]]:
+    result = []
+    for i, kv in enumerate(envs):
+        if not kv.key or "=" in kv.key:
+            raise InvalidArgument(f"{where}: envs[{i}].key={kv.key!r} must be non-empty and contain no '='")
+        result.append((kv.key, kv.value))
+    return result
+
+
+def _mount(m: pb.Mount, where: str) -> Mount:
+    if not m.container_path:
+        raise InvalidArgument(f"{where}: container_path is required")
+    if not os.path.isabs(m.container_path):
+        raise InvalidArgument(f"{where}: container_path={m.container_path!r} must be absolute")
+    if m.HasField("image") and m.image.image:
+        raise Unimplemented(f"{where}: image volume mounts are not supported by cripy")
+    if m.recursive_read_only:
+        raise Unimplemented(f"{where}: recursive read-only mounts are not supported by cripy (runc 1.1)")
+    if m.uidMappings or m.gidMappings:
+        raise Unimplemented(f"{where}: id-mapped mounts are not supported by cripy")
+    if not m.host_path:
+        raise InvalidArgument(f"{where}: host_path is required")
+    if m.propagation not in _PROPAGATION:
+        raise InvalidArgument(f"{where}: propagation={m.propagation} is not a known MountPropagation")
+    return Mount(
+        container_path=m.container_path,
+        host_path=m.host_path,
+        readonly=m.readonly,
+        propagation=_PROPAGATION[m.propagation],  # type: ignore[arg-type]
+        selinux_relabel=m.selinux_relabel,
+    )
+
+
+def _device(d: pb.Device, where: str) -> Device:
+    if not d.container_path or not os.path.isabs(d.container_path):
+        raise InvalidArgument(f"{where}: container_path={d.container_path!r} must be an absolute path")
+    if not d.host_path:
+        raise InvalidArgument(f"{where}: host_path is required")
+    permissions = d.permissions or "rwm"
+    if set(permissions) - set("rwm"):
+        raise InvalidArgument(f"{where}: permissions={d.permissions!r} may only contain r, w and m")
+    return Device(container_path=d.container_path, host_path=d.host_path, permissions=permissions)
+
+
+def _log_path(log_path: str, log_directory: str) -> str:
+    if log_path and log_directory and not os.path.isabs(log_path):
+        return os.path.join(log_directory, log_path)
+    return log_path
+
+
+def _signal_name(value: int, where: str) -> str:
+    try:
+        name = pb.Signal.Name(value)
+    except ValueError:
+        raise InvalidArgument(f"{where}: stop_signal={value} is not a known Signal") from None
+    if name == "RUNTIME_DEFAULT":
+        return ""
+    return name.replace("PLUS", "+").replace("MINUS", "-")
+
+
+def _namespace_options(opts: pb.NamespaceOption, where: str) -> NamespaceOptions:
+    modes = {}
+    for kind in ("network", "pid", "ipc"):
+        value = getattr(opts, kind)
+        if value not in _NAMESPACE_MODE:
+            raise InvalidArgument(f"{where}: namespace_options.{kind}={value} is not a known NamespaceMode")
+        modes[kind] = _NAMESPACE_MODE[value]
+    for kind in ("network", "ipc"):
+        if modes[kind] is NamespaceMode.TARGET:
+            raise InvalidArgument(f"{where}: namespace_options.{kind}=TARGET is only valid for pid")
+    if modes["pid"] is NamespaceMode.TARGET and not opts.target_id:
+        raise InvalidArgument(f"{where}: namespace_options.target_id is required when pid=TARGET")
+    if opts.HasField("userns_options") and opts.userns_options.mode != pb.NODE:
+        raise Unimplemented(f"{where}: user namespaces (userns_options.mode != NODE) are not supported by cripy")
+    return NamespaceOptions(
+        network=modes["network"], pid=modes["pid"], ipc=modes["ipc"], target_id=opts.target_id
+    )
+
+
+def _security_profile(msg: pb.SecurityProfile, where: str) -> SecurityProfile:
+    if msg.profile_type not in _PROFILE_KIND:
+        raise InvalidArgument(f"{where}: profile_type={msg.profile_type} is not a known ProfileType")
+    kind = _PROFILE_KIND[msg.profile_type]
+    if kind == "localhost":
+        if not msg.localhost_ref or not os.path.isabs(msg.localhost_ref):
+            raise InvalidArgument(
+                f"{where}: localhost_ref={msg.localhost_ref!r} must be an absolute path for a Localhost profile"
+            )
+        return SecurityProfile(kind="localhost", localhost_ref=msg.localhost_ref)
+    return SecurityProfile(kind=kind)  # type: ignore[arg-type]
+
+
+def _legacy_seccomp_path(path: str, where: str) -> SecurityProfile:
+    """The deprecated string form: "runtime/default", "docker/default", "unconfined", "localhost/<path>"."""
+    if path in ("", "runtime/default", "docker/default"):
+        return SecurityProfile(kind="runtime_default")
+    if path == "unconfined":
+        return SecurityProfile(kind="unconfined")
+    if path.startswith("localhost/"):
+        ref = path[len("localhost"):]
+        if os.path.isabs(ref):
+            return SecurityProfile(kind="localhost", localhost_ref=ref)
+    raise InvalidArgument(f"{where}: seccomp_profile_path={path!r} is not a valid profile reference")
+
+
+def _seccomp(ctx, where: str) -> SecurityProfile:
+    if ctx.HasField("seccomp"):
+        return _security_profile(ctx.seccomp, f"{where}: seccomp")
+    return _legacy_seccomp_path(ctx.seccomp_profile_path, where)
+
+
+def _optional_id(ctx, field: str, where: str) -> int | None:
+    if not ctx.HasField(field):
+        return None
+    value = getattr(ctx, field).value
+    _require(0 <= value <= _MAX_ID, where, field, value, f"must be within [0, {_MAX_ID}]")
+    return value
+
+
+def _groups(values, where: str) -> list[int]:
+    for i, gid in enumerate(values):
+        _require(0 <= gid <= _MAX_ID, where, f"supplemental_groups[{i}]", gid, f"must be within [0, {_MAX_ID}]")
+    return list(values)
+
+
+def _container_security(
+    ctx: pb.LinuxContainerSecurityContext, sandbox: pb.PodSandboxConfig, where: str
+) -> ContainerSecurity:
+    where = f"{where}: linux.security_context"
+    if ctx.HasField("namespace_options"):
+        ns = _namespace_options(ctx.namespace_options, where)
+    else:
+        ns = _namespace_options(sandbox.linux.security_context.namespace_options, where)
+    if ctx.supplemental_groups_policy not in _GROUPS_POLICY:
+        raise InvalidArgument(f"{where}: supplemental_groups_policy={ctx.supplemental_groups_policy} is unknown")
+    return ContainerSecurity(
+        capabilities_add=list(ctx.capabilities.add_capabilities),
+        capabilities_drop=list(ctx.capabilities.drop_capabilities),
+        add_ambient=list(ctx.capabilities.add_ambient_capabilities),
+        privileged=ctx.privileged,
+        namespace_options=ns,
+        run_as_user=_optional_id(ctx, "run_as_user", where),
+        run_as_group=_optional_id(ctx, "run_as_group", where),
+        run_as_username=ctx.run_as_username,
+        readonly_rootfs=ctx.readonly_rootfs,
+        supplemental_groups=_groups(ctx.supplemental_groups, where),
+        supplemental_groups_policy=_GROUPS_POLICY[ctx.supplemental_groups_policy],  # type: ignore[arg-type]
+        no_new_privs=ctx.no_new_privs,
+        masked_paths=list(ctx.masked_paths) or None,
+        readonly_paths=list(ctx.readonly_paths) or None,
+        seccomp=_seccomp(ctx, where),
+    )
+
+
+def _pod_security(ctx: pb.LinuxSandboxSecurityContext, sysctls: dict[str, str], where: str) -> PodSecurity:
+    where = f"{where}: linux.security_context"
+    return PodSecurity(
+        namespace_options=_namespace_options(ctx.namespace_options, where),
+        run_as_user=_optional_id(ctx, "run_as_user", where),
+        run_as_group=_optional_id(ctx, "run_as_group", where),
+        readonly_rootfs=ctx.readonly_rootfs,
+        supplemental_groups=_groups(ctx.supplemental_groups, where),
+        privileged=ctx.privileged,
+        seccomp=_seccomp(ctx, where),
+        sysctls=sysctls,
+    )
+
+
+def _port_mapping(p: pb.PortMapping, where: str) -> PortMapping:
+    if p.protocol not in _PROTOCOL:
+        raise InvalidArgument(f"{where}: protocol={p.protocol} is not a known Protocol")
+    _require(0 < p.container_port <= 65535, where, "container_port", p.container_port, "must be within [1, 65535]")
+    _require(0 <= p.host_port <= 65535, where, "host_port", p.host_port, "must be within [0, 65535]")
+    return PortMapping(
+        protocol=_PROTOCOL[p.protocol], container_port=p.container_port, host_port=p.host_port, host_ip=p.host_ip
+    )

@@ -1,0 +1,67 @@
+"""Domain errors -> gRPC status codes, in one place.
+
+Every servicer method is wrapped by `grpc_method`: a CripyError becomes its status code with the error's message;
+anything else is a bug, logged with its traceback and answered as Internal, and the daemon keeps serving.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any, Awaitable, Callable, TypeVar
+
+import grpc
+
+from cripy import errors
+
+log = logging.getLogger(__name__)
+
+STATUS_OF: dict[type[errors.CripyError], grpc.StatusCode] = {
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    errors.Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
+    errors.Internal: grpc.StatusCode.INTERNAL,
+    errors.DataLoss: grpc.StatusCode.DATA_LOSS,
+}
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def status_code_for(error: errors.CripyError) -> grpc.StatusCode:
+    for kind in type(error).__mro__:
+        if kind in STATUS_OF:
+            return STATUS_OF[kind]
+    return grpc.StatusCode.UNKNOWN
+
+
+def grpc_method(method: F) -> F:
+    """Wrap a servicer coroutine so that errors reach the client as status codes with their messages."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await method(self, request, context)
+        except errors.CripyError as e:
+            code = status_code_for(e)
+            log.info("%s failed: %s: %s", method.__name__, code.name, e)
+            await context.abort(code, str(e))
+        except NotImplementedError as e:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, str(e) or f"{method.__name__} is not implemented")
+
+    return wrapper  # type: ignore[return-value]
+
+
+def unimplemented(name: str) -> Callable[..., Awaitable[Any]]:
+    """A servicer method for a CRI call cripy does not serve (yet): a clear Unimplemented, never a crash."""
+
+    async def method(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"cripy does not implement {name}")
+
+    method.__name__ = name
+    return method

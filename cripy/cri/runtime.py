@@ -1,0 +1,67 @@
+"""CRI RuntimeService: the calls answered by the daemon itself (Version, Status, RuntimeConfig).
+
+Pod and container calls that are not served yet answer Unimplemented with a clear message.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Callable
+
+import grpc
+from cri_api.v1 import api_pb2, api_pb2_grpc
+
+from cripy import CRI_API_VERSION, RUNTIME_NAME, __version__
+from cripy.cri.errors import grpc_method, unimplemented
+
+# What the node reports about the network; answered by whoever owns networking.
+NetworkStatusFn = Callable[[], tuple[bool, str, str]]
+
+
+class RuntimeService(api_pb2_grpc.RuntimeServiceServicer):
+    def __init__(self, *, handlers: list[str], network_status: NetworkStatusFn, config_info: Callable[[], dict]) -> None:
+        self._handlers = handlers
+        self._network_status = network_status
+        self._config_info = config_info
+
+    @grpc_method
+    async def Version(self, request: api_pb2.VersionRequest, context: grpc.aio.ServicerContext) -> api_pb2.VersionResponse:
+        return api_pb2.VersionResponse(
+            version="0.1.0",
+            runtime_name=RUNTIME_NAME,
+            runtime_version=__version__,
+            runtime_api_version=CRI_API_VERSION,
+        )
+
+    @grpc_method
+    async def Status(self, request: api_pb2.StatusRequest, context: grpc.aio.ServicerContext) -> api_pb2.StatusResponse:
+        network_ready, reason, message = self._network_status()
+        conditions = [
+            api_pb2.RuntimeCondition(type="RuntimeReady", status=True),
+            api_pb2.RuntimeCondition(type="NetworkReady", status=network_ready, reason=reason, message=message),
+        ]
+        handlers = [
+            api_pb2.RuntimeHandler(name=name, features=api_pb2.RuntimeHandlerFeatures())
+            for name in ["", *self._handlers]
+        ]
+        info = {"config": json.dumps(self._config_info())} if request.verbose else {}
+        return api_pb2.StatusResponse(
+            status=api_pb2.RuntimeStatus(conditions=conditions), runtime_handlers=handlers, info=info
+        )
+
+    @grpc_method
+    async def RuntimeConfig(self, request: api_pb2.RuntimeConfigRequest, context: grpc.aio.ServicerContext) -> api_pb2.RuntimeConfigResponse:
+        return api_pb2.RuntimeConfigResponse(
+            linux=api_pb2.LinuxRuntimeConfiguration(cgroup_driver=api_pb2.CGROUPFS)
+        )
+
+    @grpc_method
+    async def UpdateRuntimeConfig(self, request: api_pb2.UpdateRuntimeConfigRequest, context: grpc.aio.ServicerContext) -> api_pb2.UpdateRuntimeConfigResponse:
+        # kubelet sends the pod CIDR here; cripy's CNI config owns addressing, so there is nothing to change.
+        return api_pb2.UpdateRuntimeConfigResponse()
+
+
+_SERVED = {"Version", "Status", "RuntimeConfig", "UpdateRuntimeConfig"}
+for _name in api_pb2.DESCRIPTOR.services_by_name["RuntimeService"].methods_by_name:
+    if _name not in _SERVED:
+        setattr(RuntimeService, _name, unimplemented(_name))

@@ -1,0 +1,151 @@
+"""The daemon's wiring: open storage, recover state, serve CRI on the unix socket, shut down cleanly.
+
+Signals: SIGTERM/SIGINT stop the daemon (containers keep running: conmon is their parent, not us); SIGHUP
+re-reads the configuration and applies what can change live (log level, pinned images, pull settings).
+registries.conf, auth.json and policy.json are read at each pull, so they need no reload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import signal
+from pathlib import Path
+from typing import Callable
+
+import grpc
+from cri_api.v1 import api_pb2_grpc
+
+from cripy.config import Config, ConfigError
+from cripy.cri.admin import admin_handler
+from cripy.cri.images import ImageService
+from cripy.cri.runtime import RuntimeService
+from cripy.images.archive import Importer
+from cripy.images.pull import Puller
+from cripy.images.store import ImageStore
+from cripy.network.cni import CNIManager
+from cripy.storage.db import Database
+from cripy.storage.layout import Layout
+
+log = logging.getLogger(__name__)
+
+
+class Daemon:
+    """One running cripy: storage, the domain services and the gRPC server."""
+
+    def __init__(self, config: Config, *, reload: Callable[[], Config] | None = None) -> None:
+        self.config = config
+        self._reload = reload
+        self.layout = Layout(config.root, config.runroot)
+        self._stopping = asyncio.Event()
+        self._server: grpc.aio.Server | None = None
+        self.db: Database | None = None
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self.layout.ensure)
+        self.db = await Database.open(self.layout.database)
+        self.store = ImageStore(self.db, self.layout, pinned=self.config.images.pinned_images)
+        await self.store.recover()
+        self.puller = Puller(self.store, self.config.images, self.layout.downloads)
+        self.importer = Importer(self.store, self.layout.downloads)
+        self.network = CNIManager(
+            Path(self.config.network.conf_dir),
+            [Path(p) for p in self.config.network.plugin_dirs],
+            self.layout.root / "cni-cache",
+            self.config.network.default_network,
+        )
+        await self._serve_grpc()
+        log.info("cripy serving CRI on %s (root %s, run root %s)", self.config.cripy.listen, self.layout.root, self.layout.runroot)
+
+    async def _serve_grpc(self) -> None:
+        limit = self.config.cripy.grpc_max_message_bytes
+        server = grpc.aio.server(
+            options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
+        )
+        api_pb2_grpc.add_ImageServiceServicer_to_server(ImageService(self.store, self.puller), server)
+        api_pb2_grpc.add_RuntimeServiceServicer_to_server(
+            RuntimeService(
+                handlers=sorted(self.config.runtime.handlers),
+                network_status=self._network_status,
+                config_info=lambda: dataclasses.asdict(self.config),
+            ),
+            server,
+        )
+        server.add_generic_rpc_handlers([admin_handler(self.importer)])
+        socket_path = Path(self.config.cripy.listen)
+        socket_path.parent.mkdir(parents=True, exist_ok=True)
+        socket_path.unlink(missing_ok=True)
+        old_umask = os.umask(0o177)  # the socket is born 0600: root only, never briefly world-connectable
+        try:
+            server.add_insecure_port(f"unix://{socket_path}")
+            await server.start()
+        finally:
+            os.umask(old_umask)
+        socket_path.chmod(0o600)
+        self._server = server
+
+    def _network_status(self) -> tuple[bool, str, str]:
+        status = self.network.status()
+        return status.ready, status.reason, status.message
+
+    def request_stop(self) -> None:
+        self._stopping.set()
+
+    def reload(self) -> None:
+        if self._reload is None:
+            return
+        try:
+            new = self._reload()
+        except ConfigError as e:
+            log.error("configuration reload failed, keeping the running configuration: %s", e)
+            return
+        set_log_level(new.cripy.log_level)
+        self.store.set_pinned(new.images.pinned_images)
+        self.puller.reconfigure(new.images)
+        self.config.cripy.log_level = new.cripy.log_level
+        self.config.images = new.images
+        ignored = [key for key in ("root", "runroot", "listen") if getattr(new.cripy, key) != getattr(self.config.cripy, key)]
+        if ignored or new.runtime != self.config.runtime or new.network != self.config.network:
+            log.warning("configuration reloaded; changes to %s take effect at the next start",
+                        ", ".join(ignored + ["runtime/network settings"]))
+        log.info("configuration reloaded")
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop)
+        loop.add_signal_handler(signal.SIGINT, self.request_stop)
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        await self.start()
+        try:
+            await self._stopping.wait()
+        finally:
+            await self.stop()
+
+    async def stop(self) -> None:
+        log.info("cripy shutting down")
+        if self._server is not None:
+            await self._server.stop(grace=5)
+        await self.puller.close()
+        if self.db is not None:
+            await asyncio.to_thread(self.db.close)
+        Path(self.config.cripy.listen).unlink(missing_ok=True)
+
+
+def set_log_level(level: str) -> None:
+    logging.getLogger().setLevel(level.upper())
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def run_daemon(config: Config, reload: Callable[[], Config] | None = None) -> int:
+    configure_logging(config.cripy.log_level)
+    asyncio.run(Daemon(config, reload=reload).run())
+    return 0
+

@@ -1,0 +1,251 @@
+"""PullImage: from a reference as kubelet writes it to an image in the store.
+
+Resolution (short names, registry rewrites, mirrors, blocked registries) comes from registries.conf, credentials
+from the CRI request or auth.json, the go-ahead from the trust policy; then the manifest (an index picks this
+node's platform), the config, and the layers, several at a time. Two pulls of the same image at the same moment
+are one pull. Which source failed and why is kept, so that a failed pull says what was tried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import aiohttp
+
+from cripy.config import ImagesConfig
+from cripy.errors import (
+    CripyError,
+    DataLoss,
+    DeadlineExceeded,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
+from cripy.images.auth import AuthStore, Credentials, default_auth_paths, load_auth_files
+from cripy.images.manifest import (
+    Descriptor,
+    ImageIndex,
+    ImageManifest,
+    Platform,
+    check_config_matches,
+    host_platform,
+    parse_image_config,
+    parse_manifest,
+    select_platform,
+)
+from cripy.images.policy import load_policy
+from cripy.images.reference import Reference
+from cripy.images.registries import PullSource, RegistriesConf, load_registries_conf
+from cripy.images.registry import RegistryClient
+from cripy.images.store import Image, ImageStore, LayerSource
+
+log = logging.getLogger(__name__)
+
+PROGRESS_LOG_INTERVAL = 5.0
+# Errors after which the next mirror or search registry is worth trying; others (bad credentials, a refused
+# policy) are the answer.
+_TRY_NEXT = (NotFound, Unavailable, DataLoss, DeadlineExceeded)
+
+
+@dataclass(frozen=True)
+class PullRequest:
+    image: str
+    credentials: Credentials | None = None
+    credentials_server: str = ""
+
+
+class Puller:
+    """Pulls images into one ImageStore, with the pull settings of the config."""
+
+    def __init__(self, store: ImageStore, settings: ImagesConfig, downloads: Path) -> None:
+        self._store = store
+        self._settings = settings
+        self._downloads = downloads
+        self._in_flight: dict[tuple[str, str], asyncio.Future[Image]] = {}
+        self._layer_slots = asyncio.Semaphore(settings.max_parallel_layers)
+        self._session: aiohttp.ClientSession | None = None
+
+    def reconfigure(self, settings: ImagesConfig) -> None:
+        """Apply settings changed by a reload; pulls in flight finish with the old ones."""
+        self._settings = settings
+        self._layer_slots = asyncio.Semaphore(settings.max_parallel_layers)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    def registries(self) -> RegistriesConf:
+        """registries.conf as it is now: read on every use, so edits apply without a restart."""
+        return load_registries_conf(
+            Path(self._settings.registries_conf), Path(self._settings.registries_conf_d)
+        )
+
+    def platform(self) -> Platform:
+        if not self._settings.platform:
+            return host_platform()
+        parts = self._settings.platform.split("/")
+        if len(parts) not in (2, 3) or not all(parts):
+            raise InvalidArgument(f"images.platform {self._settings.platform!r} is not os/arch[/variant]")
+        return Platform(*parts)
+
+    async def pull(self, request: PullRequest) -> Image:
+        """Pull, or join the identical pull already running."""
+        key = (request.image, _credentials_key(request.credentials))
+        running = self._in_flight.get(key)
+        if running is not None:
+            log.info("pull of %s already in progress: waiting for it", request.image)
+            return await asyncio.shield(running)
+        future: asyncio.Future[Image] = asyncio.get_running_loop().create_future()
+        self._in_flight[key] = future
+        try:
+            image = await self._pull(request)
+            future.set_result(image)
+            return image
+        except BaseException as e:
+            future.set_exception(e)
+            future.exception()
+            raise
+        finally:
+            del self._in_flight[key]
+
+    async def _pull(self, request: PullRequest) -> Image:
+        conf = self.registries()
+        policy = load_policy(Path(self._settings.signature_policy))
+        auth_store = self._auth_store()
+        failures: list[tuple[str, CripyError]] = []
+        for candidate in conf.candidates(request.image):
+            policy.check(candidate)
+            for source in conf.pull_sources(candidate):
+                where = f"{source.reference}" + (" (mirror)" if source.is_mirror else "")
+                credentials = self._credentials_for(source, request, auth_store)
+                try:
+                    return await self._pull_from(candidate, source, credentials)
+                except _TRY_NEXT as e:
+                    log.warning("pull of %s from %s failed: %s", candidate, where, e)
+                    failures.append((where, e))
+        raise _summarize(request.image, failures)
+
+    def _auth_store(self) -> AuthStore:
+        paths = [Path(self._settings.auth_file)] if self._settings.auth_file else []
+        return load_auth_files(paths + default_auth_paths())
+
+    @staticmethod
+    def _credentials_for(source: PullSource, request: PullRequest, auth_store: AuthStore) -> Credentials | None:
+        """CRI credentials serve the image's own registry, or the server they name; everything else is looked
+        up in auth.json."""
+        server = request.credentials_server.removeprefix("https://").removeprefix("http://").split("/")[0]
+        if request.credentials is not None and (server in ("", source.reference.domain) or not source.is_mirror):
+            return request.credentials
+        return auth_store.lookup(source.reference)
+
+    async def _pull_from(self, wanted: Reference, source: PullSource, credentials: Credentials | None) -> Image:
+        ref = source.reference
+        client = RegistryClient(
+            ref.domain,
+            insecure=source.insecure,
+            credentials=credentials,
+            session=self._http(),
+            certs_dir=Path(self._settings.certs_dir) if self._settings.certs_dir else None,
+            retries=self._settings.pull_retries,
+            backoff=self._settings.pull_retry_backoff_seconds,
+            min_throughput=self._settings.pull_min_throughput_bytes,
+            throughput_window=self._settings.pull_throughput_window_seconds,
+        )
+        started = time.monotonic()
+        media_type, body, digest = await client.get_manifest(ref.path, ref.digest or ref.tag or "latest")
+        document = parse_manifest(media_type, body)
+        if isinstance(document, ImageIndex):
+            chosen = select_platform(document, self.platform())
+            log.info("pull %s: index %s, platform %s -> %s", wanted, digest, self.platform(), chosen.digest)
+            media_type, body, digest = await client.get_manifest(ref.path, chosen.digest)
+            document = parse_manifest(media_type, body)
+            if not isinstance(document, ImageManifest):
+                raise InvalidArgument(f"manifest {chosen.digest} of {ref} is an index inside an index")
+        manifest = document
+        config_bytes = await self._fetch_small_blob(client, ref, manifest.config)
+        config = parse_image_config(config_bytes)
+        check_config_matches(manifest, config)
+        layers = [
+            LayerSource(
+                diff_id=diff_id,
+                media_type=desc.media_type,
+                fetch=self._layer_fetcher(client, ref, desc, wanted),
+                label=desc.digest,
+            )
+            for desc, diff_id in zip(manifest.layers, config.diff_ids)
+        ]
+        image = await self._store.add_image(
+            manifest=body,
+            manifest_type=media_type,
+            manifest_digest=digest,
+            config=config_bytes,
+            config_digest=manifest.config.digest,
+            layers=layers,
+            names=[wanted if wanted.digest or wanted.tag else wanted.with_tag("latest")],
+        )
+        log.info("pulled %s from %s in %.2fs: image %s", wanted, ref.domain, time.monotonic() - started, image.id)
+        return image
+
+    async def _fetch_small_blob(self, client: RegistryClient, ref: Reference, desc: Descriptor) -> bytes:
+        path = self._downloads / f"config-{desc.digest.split(':')[-1]}-{time.monotonic_ns()}"
+        try:
+            await client.fetch_blob(ref.path, desc, path)
+            return path.read_bytes()
+        finally:
+            path.unlink(missing_ok=True)
+
+    def _layer_fetcher(self, client: RegistryClient, ref: Reference, desc: Descriptor, wanted: Reference) -> Callable:
+        async def fetch(dest: Path) -> None:
+            async with self._layer_slots:
+                log.info("pull %s: downloading layer %s (%d bytes) from %s", wanted, desc.digest, desc.size, ref.domain)
+                await client.fetch_blob(ref.path, desc, dest, _ProgressLog(str(wanted), desc.digest))
+
+        return fetch
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=None, connect=30, sock_connect=30),
+                auto_decompress=False,
+            )
+        return self._session
+
+
+class _ProgressLog:
+    """Logs a layer's bytes done every few seconds while it downloads."""
+
+    def __init__(self, image: str, digest: str) -> None:
+        self._image = image
+        self._digest = digest
+        self._last = time.monotonic()
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - self._last >= PROGRESS_LOG_INTERVAL or (done == total and total > 0):
+            self._last = now
+            percent = 100.0 * done / total if total else 0.0
+            log.info("pull %s: layer %s %d/%d bytes (%.0f%%)", self._image, self._digest, done, total, percent)
+
+
+def _credentials_key(credentials: Credentials | None) -> str:
+    if credentials is None:
+        return ""
+    return f"{credentials.username}\0{hash((credentials.password, credentials.identity_token, credentials.registry_token))}"
+
+
+def _summarize(image: str, failures: list[tuple[str, CripyError]]) -> CripyError:
+    """One error for a pull that failed everywhere: the kind of the last telling failure, every source named."""
+    if not failures:
+        return NotFound(f"image {image}: no registry to pull it from")
+    if len(failures) == 1:
+        return failures[0][1]
+    detail = "; ".join(f"{where}: {error}" for where, error in failures)
+    telling = [error for _, error in failures if not isinstance(error, NotFound)]
+    if not telling:
+        return NotFound(f"image {image} not found in any source: {detail}")
+    return type(telling[-1])(f"pulling {image} failed from every source: {detail}")

@@ -1,0 +1,862 @@
+"""OCI distribution registry client: manifests and blobs over HTTP(S), with auth, retries, resume and a throughput floor.
+
+Owns the wire side of a pull for one registry endpoint: scheme selection (https, or https-then-http for insecure
+registries), TLS material from certs.d, the token/basic auth dance driven by WWW-Authenticate challenges, manual
+redirect handling (credentials never leave the registry's origin), retries with exponential backoff, resumable
+blob downloads verified against their descriptor, and stall detection. Pure pieces (challenge parsing, registry
+error bodies, the throughput monitor) are separate functions/classes so they can be tested without sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import re
+import ssl
+import string
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Iterable, Mapping, Sequence, TypeVar
+
+import aiohttp
+import yarl
+
+from cripy.errors import (
+    AlreadyExists,
+    DataLoss,
+    DeadlineExceeded,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+    Unavailable,
+)
+from cripy.images.auth import Credentials
+from cripy.images.manifest import ALL_MANIFEST_TYPES, Descriptor, digest_of, hasher_for, is_digest
+
+T = TypeVar("T")
+
+MAX_MANIFEST_SIZE = 4 * 1024 * 1024  # same limit as containerd: a manifest larger than this is abuse, not an image
+MAX_ERROR_BODY = 64 * 1024
+MAX_REDIRECTS = 10
+MAX_RETRY_AFTER = 60.0
+CHUNK_SIZE = 256 * 1024
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+
+_REPOSITORY_RE = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
+_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+_ENDPOINT_RE = re.compile(r"^[A-Za-z0-9.\-]+(?::[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](?::[0-9]{1,5})?$")
+_CONTENT_RANGE_RE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+
+
+# --- WWW-Authenticate -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Challenge:
+    """One auth challenge: scheme lowercased ('bearer', 'basic'), parameter names lowercased."""
+
+    scheme: str
+    params: Mapping[str, str] = field(default_factory=dict, hash=False)
+
+
+_TCHARS = frozenset(string.ascii_letters + string.digits + "!#$%&'*+-.^_`|~")
+
+
+def _skip(text: str, i: int, chars: str) -> int:
+    while i < len(text) and text[i] in chars:
+        i += 1
+    return i
+
+
+def _read_token(text: str, i: int) -> tuple[str, int]:
+    j = i
+    while j < len(text) and text[j] in _TCHARS:
+        j += 1
+    return text[i:j], j
+
+
+def _read_quoted(text: str, i: int) -> tuple[str, int]:
+    """text[i] is the opening quote; returns the unescaped content and the index after the closing quote."""
+    out: list[str] = []
+    j = i + 1
+    while j < len(text):
+        c = text[j]
+        if c == "\\" and j + 1 < len(text):
+            out.append(text[j + 1])
+            j += 2
+        elif c == '"':
+            return "".join(out), j + 1
+        else:
+            out.append(c)
+            j += 1
+    return "".join(out), j  # unterminated: take the rest rather than fail the pull
+
+
+def _read_bare_value(text: str, i: int) -> tuple[str, int]:
+    # Lenient: some servers send unquoted URLs (realm=https://x/token), which are not RFC tokens.
+    j = i
+    while j < len(text) and text[j] not in ", \t":
+        j += 1
+    return text[i:j], j
+
+
+def _parse_challenge_header(value: str) -> list[Challenge]:
+    found: list[tuple[str, dict[str, str]]] = []
+    i = 0
+    while i < len(value):
+        i = _skip(value, i, " \t,")
+        if i >= len(value):
+            break
+        name, j = _read_token(value, i)
+        if not name:
+            i += 1  # junk character: skip it rather than give up on the whole header
+            continue
+        k = _skip(value, j, " \t")
+        if k < len(value) and value[k] == "=":
+            k = _skip(value, k + 1, " \t")
+            if k < len(value) and value[k] == '"':
+                param_value, i = _read_quoted(value, k)
+            else:
+                param_value, i = _read_bare_value(value, k)
+            if found:
+                found[-1][1][name.lower()] = param_value
+        else:
+            found.append((name.lower(), {}))
+            i = j
+    return [Challenge(scheme, params) for scheme, params in found]
+
+
+def parse_www_authenticate(headers: str | Iterable[str]) -> list[Challenge]:
+    """All challenges in one or several WWW-Authenticate header values, in order."""
+    values = [headers] if isinstance(headers, str) else list(headers)
+    return [c for v in values for c in _parse_challenge_header(v)]
+
+
+def pick_challenge(challenges: Sequence[Challenge]) -> Challenge | None:
+    """The challenge cripy answers: Bearer preferred over Basic; None if neither is offered."""
+    for scheme in ("bearer", "basic"):
+        for c in challenges:
+            if c.scheme == scheme:
+                return c
+    return None
+
+
+# --- registry error bodies -------------------------------------------------------------------------------------
+
+
+def _json_or_none(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+
+
+def registry_error_codes(body: bytes) -> list[str]:
+    """The errors[].code values of a distribution-spec error body (empty if it is not one)."""
+    doc = _json_or_none(body)
+    if not isinstance(doc, dict) or not isinstance(doc.get("errors"), list):
+        return []
+    return [str(e.get("code")) for e in doc["errors"] if isinstance(e, dict) and e.get("code")]
+
+
+def registry_error_text(body: bytes) -> str:
+    """A one-line human summary of an error body: distribution errors[], token-server or OAuth2 errors, or text."""
+    doc = _json_or_none(body)
+    if isinstance(doc, dict):
+        errors = doc.get("errors")
+        if isinstance(errors, list) and errors:
+            parts = []
+            for e in errors:
+                if not isinstance(e, dict):
+                    continue
+                part = ": ".join(str(e[k]) for k in ("code", "message") if e.get(k))
+                if e.get("detail"):
+                    part += f" ({json.dumps(e['detail'], sort_keys=True)})"
+                parts.append(part)
+            if parts:
+                return "; ".join(parts)
+        for key in ("details", "message", "error_description", "error"):
+            if isinstance(doc.get(key), str) and doc[key]:
+                return doc[key]
+    text = body.decode("utf-8", "replace").strip()
+    text = " ".join(text.split())
+    return text[:200] if text else "no details in the response body"
+
+
+# --- throughput floor ------------------------------------------------------------------------------------------
+
+
+class ThroughputMonitor:
+    """Raises DeadlineExceeded when the bytes received over the last full window fall under floor * window.
+
+    Fed with (bytes, monotonic time) as data arrives; no clock of its own, so it is testable without sockets.
+    """
+
+    def __init__(self, floor: int, window: float, subject: str, start: float) -> None:
+        if floor <= 0 or window <= 0:
+            raise InvalidArgument(f"throughput floor and window must be positive, got {floor} B/s over {window}s")
+        self.floor = floor
+        self.window = window
+        self.subject = subject
+        self._start = start
+        self._samples: deque[tuple[float, int]] = deque()
+        self._in_window = 0
+
+    def feed(self, nbytes: int, now: float) -> None:
+        if nbytes:
+            self._samples.append((now, nbytes))
+            self._in_window += nbytes
+        horizon = now - self.window
+        while self._samples and self._samples[0][0] < horizon:
+            self._in_window -= self._samples.popleft()[1]
+        if now - self._start >= self.window and self._in_window < self.floor * self.window:
+            raise self.stalled(now)
+
+    def stalled(self, now: float) -> DeadlineExceeded:
+        horizon = now - self.window
+        recent = sum(n for t, n in self._samples if t >= horizon)
+        rate = int(recent / self.window)
+        return DeadlineExceeded(
+            f"{self.subject} stalled: {rate} B/s over the last {self.window:g}s, "
+            f"under the floor of {self.floor} B/s"
+        )
+
+
+# --- TLS -------------------------------------------------------------------------------------------------------
+
+
+def build_ssl_context(endpoint: str, certs_dir: Path | None, verify: bool) -> ssl.SSLContext:
+    """System trust plus certs_dir/<endpoint>/*.crt as CAs and *.cert/*.key pairs as client certificates."""
+    ctx = ssl.create_default_context()
+    if not verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    directory = certs_dir / endpoint if certs_dir is not None else None
+    if directory is None or not directory.is_dir():
+        return ctx
+    for ca in sorted(directory.glob("*.crt")):
+        try:
+            ctx.load_verify_locations(cafile=str(ca))
+        except (ssl.SSLError, OSError) as e:
+            raise InvalidArgument(f"cannot load CA certificate {ca} for registry {endpoint}: {e}") from None
+    for cert in sorted(directory.glob("*.cert")):
+        key = cert.with_suffix(".key")
+        if not key.exists():
+            raise InvalidArgument(f"client certificate {cert} for registry {endpoint} has no key file {key}")
+        try:
+            ctx.load_cert_chain(str(cert), str(key))
+        except (ssl.SSLError, OSError) as e:
+            raise InvalidArgument(f"cannot load client certificate {cert} / {key} for {endpoint}: {e}") from None
+    return ctx
+
+
+# --- the client ------------------------------------------------------------------------------------------------
+
+
+class _Transient(Exception):
+    """A failure worth retrying (connection trouble, 429, 5xx); becomes Unavailable when retries run out."""
+
+    def __init__(self, description: str, retry_after: float | None = None) -> None:
+        super().__init__(description)
+        self.description = description
+        self.retry_after = retry_after
+
+
+@dataclass
+class _Authorization:
+    header: str | None
+    # Static credentials (basic, a registry token) cannot get better by asking again after a 401.
+    static: bool = False
+
+
+class _BlobFile:
+    """The partial file of a blob download and the running hash of what it holds."""
+
+    def __init__(self, fd: int, digest: str, size: int, what: str) -> None:
+        self._file = os.fdopen(fd, "wb")
+        self._digest = digest
+        self._size = size
+        self._what = what
+        self.hasher = hasher_for(digest)
+        self.received = 0
+
+    def write(self, chunk: bytes) -> None:
+        if self.received + len(chunk) > self._size:
+            raise DataLoss(
+                f"{self._what}: the server sent more than the {self._size} bytes the descriptor declares"
+            )
+        # Plain writes from the event loop: they land in the page cache and chunks are small.
+        self._file.write(chunk)
+        self.hasher.update(chunk)
+        self.received += len(chunk)
+
+    def restart(self) -> None:
+        self._file.seek(0)
+        self._file.truncate()
+        self.hasher = hasher_for(self._digest)
+        self.received = 0
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _origin(url: yarl.URL) -> tuple[str, str, int | None]:
+    return (url.scheme, (url.host or "").lower(), url.port)
+
+
+def _clean_media_type(value: str) -> str:
+    return value.split(";", 1)[0].strip()
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    value = headers.get("Retry-After", "")
+    return min(float(value), MAX_RETRY_AFTER) if value.strip().isdigit() else None
+
+
+def _describe(e: BaseException) -> str:
+    text = str(e) or type(e).__name__
+    return f"{type(e).__name__}: {text}" if type(e).__name__ not in text else text
+
+
+class RegistryClient:
+    """Talks to one registry endpoint ("host[:port]") on behalf of pulls; holds its scheme and token cache."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        insecure: bool = False,
+        credentials: Credentials | None = None,
+        session: aiohttp.ClientSession,
+        certs_dir: Path | None = Path("/etc/containers/certs.d"),
+        retries: int = 4,
+        backoff: float = 0.5,
+        min_throughput: int = 0,
+        throughput_window: float = 30.0,
+        user_agent: str = "cripy/0.1",
+    ) -> None:
+        if not _ENDPOINT_RE.match(endpoint):
+            raise InvalidArgument(f"registry endpoint {endpoint!r} is not host[:port]")
+        if retries < 0 or backoff < 0 or min_throughput < 0 or throughput_window <= 0:
+            raise InvalidArgument(
+                f"invalid registry client settings for {endpoint}: retries={retries} backoff={backoff} "
+                f"min_throughput={min_throughput} throughput_window={throughput_window}"
+            )
+        self.endpoint = endpoint
+        self.insecure = insecure
+        self._credentials = credentials
+        self._session = session
+        self._retries = retries
+        self._backoff = backoff
+        self._min_throughput = min_throughput
+        self._throughput_window = throughput_window
+        self._user_agent = user_agent
+        self._ssl = build_ssl_context(endpoint, certs_dir, verify=not insecure)
+        self._scheme: str | None = None if insecure else "https"
+        self._https_error = ""  # why an insecure registry fell back to http, for error messages
+        self._scheme_lock = asyncio.Lock()
+        self._token_lock = asyncio.Lock()
+        self._challenge: Challenge | None = None
+        self._tokens: dict[tuple[str, str, str], tuple[str, float]] = {}
+
+    @property
+    def scheme(self) -> str | None:
+        """The scheme in use ('https' or 'http'), None until an insecure registry has been probed."""
+        return self._scheme
+
+    # --- public operations ---------------------------------------------------------------------------------
+
+    async def get_manifest(
+        self, repository: str, reference: str, accept: Sequence[str] = ALL_MANIFEST_TYPES
+    ) -> tuple[str, bytes, str]:
+        """(media type from Content-Type, body, digest). A digest reference is verified against the body."""
+        _check_repository(repository)
+        by_digest = is_digest(reference)
+        if not by_digest and not _TAG_RE.match(reference):
+            raise InvalidArgument(f"manifest reference {reference!r} is neither a tag nor a sha256/sha512 digest")
+        what = f"manifest {repository}{'@' if by_digest else ':'}{reference}"
+        headers = {"Accept": ", ".join(accept)}
+
+        async def attempt() -> tuple[str, str, bytes]:
+            resp = await self._registry_request("GET", repository, f"manifests/{reference}", headers, what)
+            try:
+                body = await _read_limited(resp, MAX_MANIFEST_SIZE, what, truncate=False)
+            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as e:
+                raise _Transient(f"reading {what}: {_describe(e)}") from None
+            finally:
+                resp.release()
+            return resp.headers.get("Content-Type", ""), resp.headers.get("Docker-Content-Digest", ""), body
+
+        content_type, header_digest, body = await self._with_retries(attempt, what)
+        if by_digest:
+            got = digest_of(body, reference.split(":", 1)[0])
+            if got != reference:
+                raise DataLoss(f"{what} from {self.endpoint}: digest mismatch, got {got}")
+            digest = reference
+        else:
+            digest = digest_of(body)
+            if is_digest(header_digest):
+                got = digest_of(body, header_digest.split(":", 1)[0])
+                if got != header_digest:
+                    raise DataLoss(
+                        f"{what} from {self.endpoint}: Docker-Content-Digest says {header_digest} "
+                        f"but the body hashes to {got}"
+                    )
+        return _clean_media_type(content_type), body, digest
+
+    async def fetch_blob(
+        self,
+        repository: str,
+        desc: Descriptor,
+        dest: Path,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> None:
+        """Download desc into dest, verified by size and digest; nothing is left at dest or beside it on failure.
+
+        Writes to "<dest>.partial" (created exclusively) and renames it over dest when complete.
+        """
+        _check_repository(repository)
+        hasher_for(desc.digest)  # validates the digest before anything touches the disk
+        what = f"blob {desc.digest} from {self.endpoint}/{repository}"
+        partial = dest.with_name(dest.name + ".partial")
+        try:
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            raise AlreadyExists(
+                f"{partial} exists: another download of {desc.digest} is running or a stale partial file "
+                f"was left behind"
+            ) from None
+        blob = _BlobFile(fd, desc.digest, desc.size, what)
+        try:
+            monitor = None
+            if self._min_throughput > 0:
+                monitor = ThroughputMonitor(
+                    self._min_throughput,
+                    self._throughput_window,
+                    f"pull of layer {desc.digest} from {self.endpoint}/{repository}",
+                    start=time.monotonic(),
+                )
+            await self._download(repository, desc, blob, monitor, progress, what)
+            got = f"{desc.digest.split(':', 1)[0]}:{blob.hasher.hexdigest()}"
+            if got != desc.digest:
+                raise DataLoss(f"{what}: digest mismatch, got {got}")
+            blob.close()
+            os.replace(partial, dest)
+        except BaseException:
+            # Also on cancellation: a partial file must never be mistaken for content.
+            blob.close()
+            partial.unlink(missing_ok=True)
+            raise
+
+    # --- blob download -------------------------------------------------------------------------------------
+
+    async def _download(
+        self,
+        repository: str,
+        desc: Descriptor,
+        blob: _BlobFile,
+        monitor: ThroughputMonitor | None,
+        progress: Callable[[int, int], None] | None,
+        what: str,
+    ) -> None:
+        failures = 0
+        while True:
+            before = blob.received
+            try:
+                await self._download_attempt(repository, desc, blob, monitor, progress, what)
+                if blob.received == desc.size:
+                    return
+                raise _Transient(f"connection closed after {blob.received} of {desc.size} bytes")
+            except _Transient as e:
+                last, retry_after = e.description, e.retry_after
+            # A resume that made progress is not a failure: long layers on flaky links must still finish.
+            failures = 0 if blob.received > before else failures + 1
+            if failures > self._retries:
+                raise self._unavailable(what, self._retries + 1, last)
+            if failures:
+                await asyncio.sleep(self._delay(failures - 1, retry_after))
+
+    async def _download_attempt(
+        self,
+        repository: str,
+        desc: Descriptor,
+        blob: _BlobFile,
+        monitor: ThroughputMonitor | None,
+        progress: Callable[[int, int], None] | None,
+        what: str,
+    ) -> None:
+        offset = blob.received
+        headers = {"Accept-Encoding": "identity"}
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
+        resp = await self._guarded(monitor, self._open_blob(repository, desc, headers, what), what)
+        try:
+            self._position_for_response(resp, blob, offset, desc, what)
+            while True:
+                chunk = await self._guarded(monitor, resp.content.read(CHUNK_SIZE), what)
+                if not chunk:
+                    break
+                blob.write(chunk)
+                if monitor is not None:
+                    monitor.feed(len(chunk), time.monotonic())
+                if progress is not None:
+                    progress(blob.received, desc.size)
+        except BaseException:
+            resp.close()  # do not return a half-read connection to the pool
+            raise
+        resp.release()
+
+    def _position_for_response(
+        self, resp: aiohttp.ClientResponse, blob: _BlobFile, offset: int, desc: Descriptor, what: str
+    ) -> None:
+        if resp.status == 416:
+            blob.restart()
+            raise _Transient(f"{what}: the server refused the range request from byte {offset}")
+        if resp.status == 206:
+            m = _CONTENT_RANGE_RE.match(resp.headers.get("Content-Range", ""))
+            if m is None or int(m.group(1)) != offset:
+                blob.restart()
+                raise _Transient(
+                    f"{what}: asked for bytes from {offset}, got Content-Range "
+                    f"{resp.headers.get('Content-Range')!r}; restarting from 0"
+                )
+            return
+        if offset:
+            blob.restart()  # the server ignored Range and sends the whole blob again
+        length = resp.content_length
+        if length is not None and length != desc.size:
+            raise DataLoss(f"{what}: the server announces {length} bytes but the descriptor says {desc.size}")
+
+    async def _guarded(self, monitor: ThroughputMonitor | None, aw: Awaitable[T], what: str) -> T:
+        """Await one network step; stalls beyond the throughput window raise DeadlineExceeded."""
+        try:
+            if monitor is None:
+                return await aw
+            async with asyncio.timeout(monitor.window) as deadline:
+                return await aw
+        except TimeoutError as e:
+            if monitor is not None and deadline.expired():
+                now = time.monotonic()
+                monitor.feed(0, now)
+                raise monitor.stalled(now) from None
+            raise _Transient(f"{what}: {_describe(e)}") from None
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as e:
+            raise _Transient(f"{what}: {_describe(e)}") from None
+
+    async def _open_blob(
+        self, repository: str, desc: Descriptor, headers: dict[str, str], what: str
+    ) -> aiohttp.ClientResponse:
+        try:
+            return await self._registry_request(
+                "GET", repository, f"blobs/{desc.digest}", headers, what, passthrough=frozenset({416})
+            )
+        except NotFound as not_found:
+            # Foreign (non-distributable) layers may live only at the URLs the manifest lists.
+            problems = []
+            for raw in desc.urls:
+                url = yarl.URL(raw)
+                if url.scheme not in ("http", "https"):
+                    continue
+                resp = await self._send("GET", url, {"User-Agent": self._user_agent, **headers})
+                if resp.status in (200, 206, 416):
+                    return resp
+                problems.append(f"{raw}: HTTP {resp.status}")
+                resp.release()
+            if problems:
+                raise NotFound(f"{not_found}; also not at its URLs: {', '.join(problems)}") from None
+            raise
+
+    # --- request machinery ---------------------------------------------------------------------------------
+
+    async def _with_retries(self, attempt: Callable[[], Awaitable[T]], what: str) -> T:
+        last = ""
+        for n in range(self._retries + 1):
+            try:
+                return await attempt()
+            except _Transient as e:
+                last, retry_after = e.description, e.retry_after
+            if n < self._retries:
+                await asyncio.sleep(self._delay(n, retry_after))
+        raise self._unavailable(what, self._retries + 1, last)
+
+    def _delay(self, attempt: int, retry_after: float | None) -> float:
+        return max(self._backoff * (2**attempt), retry_after or 0.0)
+
+    def _unavailable(self, what: str, attempts: int, last: str) -> Unavailable:
+        fallback = f" (https failed first: {self._https_error})" if self._https_error else ""
+        return Unavailable(
+            f"registry {self.endpoint} unavailable for {what} after {attempts} attempts; last error: {last}{fallback}"
+        )
+
+    async def _base_url(self) -> yarl.URL:
+        if self._scheme is None:
+            async with self._scheme_lock:
+                if self._scheme is None:
+                    self._scheme = await self._probe_scheme()
+        return yarl.URL(f"{self._scheme}://{self.endpoint}")
+
+    async def _probe_scheme(self) -> str:
+        """Insecure registries: https without verification if it answers at all, else plain http."""
+        url = yarl.URL(f"https://{self.endpoint}/v2/")
+        try:
+            resp = await self._exchange("GET", url, {"User-Agent": self._user_agent})
+        except (aiohttp.ClientConnectionError, TimeoutError) as e:
+            self._https_error = _describe(e)
+            return "http"
+        if resp.status == 401:
+            self._challenge = pick_challenge(parse_www_authenticate(resp.headers.getall("WWW-Authenticate", [])))
+        resp.release()
+        return "https"
+
+    async def _registry_request(
+        self,
+        method: str,
+        repository: str,
+        path: str,
+        headers: Mapping[str, str],
+        what: str,
+        passthrough: frozenset[int] = frozenset(),
+    ) -> aiohttp.ClientResponse:
+        """One authorized attempt at /v2/<repository>/<path>; a 2xx (or passthrough) response the caller releases."""
+        base = await self._base_url()
+        url = base.with_path(f"/v2/{repository}/{path}", encoded=True)
+        resp = await self._authorized_exchange(method, repository, url, dict(headers), what)
+        if 200 <= resp.status < 300 or resp.status in passthrough:
+            return resp
+        body = await _read_limited(resp, MAX_ERROR_BODY, what, truncate=True)
+        resp.release()
+        raise self._status_error(resp.status, body, what)
+
+    def _status_error(self, status: int, body: bytes, what: str) -> Exception:
+        details = registry_error_text(body)
+        if status == 401:
+            return Unauthenticated(f"registry {self.endpoint} refused {self._credential_kind()} for {what}: {details}")
+        if status == 403:
+            return PermissionDenied(f"registry {self.endpoint} denied access to {what}: {details}")
+        if status == 404:
+            return NotFound(f"{what} not found on registry {self.endpoint}: {details}")
+        if status == 400:
+            return InvalidArgument(f"registry {self.endpoint} rejected the request for {what}: {details}")
+        return Internal(f"registry {self.endpoint} answered HTTP {status} for {what}: {details}")
+
+    def _credential_kind(self) -> str:
+        c = self._credentials
+        if c is None or not (c.username or c.password or c.identity_token or c.registry_token):
+            return "anonymous access (no credentials configured)"
+        if c.registry_token:
+            return "the configured registry token"
+        if c.identity_token:
+            return "the configured identity token"
+        return f"the credentials of user {c.username!r}"
+
+    async def _authorized_exchange(
+        self, method: str, repository: str, url: yarl.URL, headers: dict[str, str], what: str
+    ) -> aiohttp.ClientResponse:
+        """Anonymous (or cached token) first; on 401 answer the challenge once; a second 401 is final."""
+        headers = {"User-Agent": self._user_agent, **headers}
+        for round_ in (1, 2):
+            auth = await self._authorization(repository, what)
+            sent = dict(headers)
+            if auth.header:
+                sent["Authorization"] = auth.header
+            resp = await self._send(method, url, sent)
+            if resp.status != 401:
+                return resp
+            body = await _read_limited(resp, MAX_ERROR_BODY, what, truncate=True)
+            challenge = pick_challenge(parse_www_authenticate(resp.headers.getall("WWW-Authenticate", [])))
+            resp.release()
+            if challenge is not None:
+                self._challenge = challenge
+            self._forget_token(repository)
+            if round_ == 2 or auth.static or challenge is None:
+                raise self._status_error(401, body, what)
+        raise AssertionError("unreachable")
+
+    async def _authorization(self, repository: str, what: str) -> _Authorization:
+        creds = self._credentials
+        if creds is not None and creds.registry_token:
+            return _Authorization(f"Bearer {creds.registry_token}", static=True)
+        challenge = self._challenge
+        if challenge is None:
+            return _Authorization(None)
+        if challenge.scheme == "basic":
+            basic = _basic_header(creds)
+            if basic is None:
+                raise Unauthenticated(
+                    f"registry {self.endpoint} requires credentials (Basic auth) for {what}, and none are configured"
+                )
+            return _Authorization(basic, static=True)
+        token = await self._bearer_token(challenge, repository, what)
+        return _Authorization(f"Bearer {token}")
+
+    def _forget_token(self, repository: str) -> None:
+        scope = _pull_scope(repository)
+        for key in [k for k in self._tokens if k[2] == scope]:
+            del self._tokens[key]
+
+    async def _bearer_token(self, challenge: Challenge, repository: str, what: str) -> str:
+        realm = challenge.params.get("realm", "")
+        if not realm:
+            raise Unauthenticated(f"registry {self.endpoint} sent a Bearer challenge without a realm for {what}")
+        service = challenge.params.get("service", "")
+        key = (realm, service, _pull_scope(repository))
+        async with self._token_lock:  # parallel layer downloads should share one token request
+            cached = self._tokens.get(key)
+            if cached is not None and cached[1] > time.monotonic():
+                return cached[0]
+            token, expires_in = await self._fetch_token(realm, service, key[2], what)
+            margin = min(10.0, expires_in / 2)
+            self._tokens[key] = (token, time.monotonic() + expires_in - margin)
+            return token
+
+    async def _fetch_token(self, realm: str, service: str, scope: str, what: str) -> tuple[str, float]:
+        realm_url = yarl.URL(realm)
+        if realm_url.scheme not in ("http", "https") or not realm_url.host:
+            raise Unauthenticated(f"registry {self.endpoint} names an unusable token realm {realm!r} for {what}")
+        creds = self._credentials
+        headers = {"User-Agent": self._user_agent}
+        if creds is not None and creds.identity_token:
+            form = {
+                "grant_type": "refresh_token",
+                "refresh_token": creds.identity_token,
+                "scope": scope,
+                "client_id": "cripy",
+            }
+            if service:
+                form["service"] = service
+            resp = await self._send("POST", realm_url, headers, data=form)
+            if resp.status not in (404, 405):
+                return await self._token_from_response(resp, realm, what)
+            resp.release()  # token server without OAuth2 support: fall back to the GET flow
+        query = {"scope": scope, **({"service": service} if service else {})}
+        basic = _basic_header(creds)
+        if basic is not None:
+            headers["Authorization"] = basic
+        resp = await self._send("GET", realm_url.update_query(query), headers)
+        return await self._token_from_response(resp, realm, what)
+
+    async def _token_from_response(self, resp: aiohttp.ClientResponse, realm: str, what: str) -> tuple[str, float]:
+        try:
+            body = await _read_limited(resp, MAX_ERROR_BODY * 4, f"token from {realm}", truncate=False)
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as e:
+            raise _Transient(f"reading the token from {realm}: {_describe(e)}") from None
+        finally:
+            resp.release()
+        if resp.status != 200:
+            raise Unauthenticated(
+                f"token server {realm} refused {self._credential_kind()} for {what} on {self.endpoint} "
+                f"(HTTP {resp.status}): {registry_error_text(body)}"
+            )
+        doc = _json_or_none(body)
+        token = ""
+        if isinstance(doc, dict):
+            token = doc.get("token") or doc.get("access_token") or ""
+        if not isinstance(token, str) or not token:
+            raise Unauthenticated(f"token server {realm} answered without a token for {what} on {self.endpoint}")
+        expires_in = doc.get("expires_in") if isinstance(doc, dict) else None
+        if isinstance(expires_in, bool) or not isinstance(expires_in, (int, float)) or expires_in <= 0:
+            expires_in = 60
+        return token, float(expires_in)
+
+    async def _send(
+        self, method: str, url: yarl.URL, headers: Mapping[str, str], data: Any = None
+    ) -> aiohttp.ClientResponse:
+        """One exchange with transport failures, 429 and 5xx turned into _Transient."""
+        try:
+            resp = await self._exchange(method, url, headers, data)
+        except aiohttp.ClientConnectorCertificateError as e:
+            raise Unavailable(
+                f"TLS certificate of registry {url.host}:{url.port} could not be verified ({e.certificate_error}); "
+                f"add its CA as a *.crt file under the certs.d directory for {self.endpoint}, "
+                f"or configure the registry as insecure"
+            ) from None
+        except aiohttp.ClientSSLError as e:
+            raise Unavailable(f"TLS handshake with {url.host}:{url.port} failed: {_describe(e)}") from None
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as e:
+            raise _Transient(f"{method} {url.with_query(None)}: {_describe(e)}") from None
+        status = resp.status
+        if status == 429 or (500 <= status < 600 and status not in (501, 505)):
+            body = await _read_limited(resp, MAX_ERROR_BODY, str(url), truncate=True)
+            retry_after = _retry_after(resp.headers)
+            resp.release()
+            raise _Transient(f"HTTP {status} from {url.with_query(None)}: {registry_error_text(body)}", retry_after)
+        return resp
+
+    async def _exchange(
+        self, method: str, url: yarl.URL, headers: Mapping[str, str], data: Any = None
+    ) -> aiohttp.ClientResponse:
+        """One request, following redirects by hand so that Authorization never leaves the registry's origin."""
+        registry_origin = _origin(yarl.URL(f"{self._scheme or 'https'}://{self.endpoint}"))
+        current = dict(headers)
+        for _ in range(MAX_REDIRECTS + 1):
+            same_origin = _origin(url)[1:] == registry_origin[1:]
+            resp = await self._session.request(
+                method,
+                url,
+                headers=current,
+                data=data,
+                allow_redirects=False,
+                ssl=self._ssl if same_origin else True,
+            )
+            location = resp.headers.get("Location")
+            if resp.status not in REDIRECT_STATUSES or not location:
+                return resp
+            resp.release()
+            target = url.join(yarl.URL(location))
+            if target.scheme not in ("http", "https"):
+                raise Unavailable(f"{url.with_query(None)} redirected to an unsupported URL scheme {target.scheme!r}")
+            if _origin(target)[1:] != registry_origin[1:]:
+                current = {k: v for k, v in current.items() if k.lower() != "authorization"}
+            if resp.status == 303:
+                method, data = "GET", None
+            url = target
+        raise Unavailable(f"{method} {url.with_query(None)}: more than {MAX_REDIRECTS} redirects")
+
+
+def _pull_scope(repository: str) -> str:
+    return f"repository:{repository}:pull"
+
+
+def _basic_header(creds: Credentials | None) -> str | None:
+    if creds is None:
+        return None
+    secret = creds.password or creds.identity_token
+    if not creds.username and not secret:
+        return None
+    raw = f"{creds.username}:{secret}".encode()
+    return "Basic " + base64.b64encode(raw).decode("ascii")
+
+
+def _check_repository(repository: str) -> None:
+    if len(repository) > 255 or not _REPOSITORY_RE.match(repository):
+        raise InvalidArgument(
+            f"repository name {repository!r} is invalid: lowercase path components of [a-z0-9] "
+            f"separated by '.', '_', '__' or '-'"
+        )
+
+
+async def _read_limited(resp: aiohttp.ClientResponse, limit: int, what: str, *, truncate: bool) -> bytes:
+    """The body, at most `limit` bytes: longer bodies are cut (truncate) or refused with DataLoss."""
+    parts: list[bytes] = []
+    total = 0
+    try:
+        while True:
+            chunk = await resp.content.read(65536)
+            if not chunk:
+                break
+            parts.append(chunk)
+            total += len(chunk)
+            if total > limit:
+                if truncate:
+                    break
+                raise DataLoss(f"{what}: the response is larger than the {limit} byte limit")
+    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError):
+        if not truncate:
+            raise
+    return b"".join(parts)[:limit]

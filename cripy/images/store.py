@@ -1,0 +1,487 @@
+"""The image store: image metadata in SQLite and unpacked layers on disk, shared between images.
+
+It owns: looking images up by id, name or digest; adding an image once its layers are in place (each layer
+unpacked once, keyed by its chain id, fetched at most once even when two pulls want it at the same moment);
+removing names and images, and the layers nothing uses any more; the usage figures for ImageFsInfo; and the
+start-up clean-up of whatever a crash left half-done. Fetching blobs is the caller's business (pull.py, archive.py):
+the store is handed a `fetch` function for each layer it does not have.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sqlite3
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Awaitable, Callable, Iterable, Sequence
+
+from cripy.errors import DataLoss, InvalidArgument, NotFound
+from cripy.images.reference import Reference, is_short_name, parse_image_id, parse_normalized
+from cripy.images.unpack import unpack_layer
+from cripy.storage.db import Database
+from cripy.storage.layout import Layout
+
+log = logging.getLogger(__name__)
+
+# fetch(dest) downloads or copies one layer blob to dest, verified against its compressed digest.
+LayerFetch = Callable[[Path], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class LayerSource:
+    """One layer of an image being added: its uncompressed digest (from the config) and how to get its blob."""
+
+    diff_id: str
+    media_type: str
+    fetch: LayerFetch
+    label: str  # what to call it in logs and errors (usually the blob digest)
+
+
+@dataclass
+class Image:
+    """An image as the CRI sees it."""
+
+    id: str
+    repo_tags: list[str]
+    repo_digests: list[str]
+    size: int
+    manifest_digest: str
+    config: dict
+    chain_ids: list[str]
+    pinned: bool = False
+    pulled_at: int = 0
+
+    @property
+    def user(self) -> str:
+        return str(self.config.get("config", {}).get("User", "") or "")
+
+
+@dataclass(frozen=True)
+class FsUsage:
+    mountpoint: str
+    used_bytes: int
+    inodes_used: int
+    timestamp_ns: int
+
+
+@dataclass
+class _LayerUse:
+    """Layers an in-flight pull relies on, so that a concurrent removal does not take them away."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def hold(self, chain_ids: Iterable[str]) -> None:
+        for chain_id in chain_ids:
+            self.counts[chain_id] = self.counts.get(chain_id, 0) + 1
+
+    def release(self, chain_ids: Iterable[str]) -> None:
+        for chain_id in chain_ids:
+            left = self.counts.get(chain_id, 0) - 1
+            if left > 0:
+                self.counts[chain_id] = left
+            else:
+                self.counts.pop(chain_id, None)
+
+
+def chain_ids_of(diff_ids: Sequence[str]) -> list[str]:
+    """The OCI chain ids: ChainID(L0) = DiffID(L0), ChainID(Ln) = sha256(ChainID(Ln-1) + " " + DiffID(Ln))."""
+    chain: list[str] = []
+    for diff_id in diff_ids:
+        if not chain:
+            chain.append(diff_id)
+        else:
+            chain.append("sha256:" + hashlib.sha256(f"{chain[-1]} {diff_id}".encode()).hexdigest())
+    return chain
+
+
+class ImageStore:
+    """Images and layers of one cripy root."""
+
+    def __init__(self, db: Database, layout: Layout, *, pinned: Sequence[str] = ()) -> None:
+        self._db = db
+        self._layout = layout
+        self._layer_fetches: dict[str, asyncio.Future[None]] = {}
+        self._in_use = _LayerUse()
+        self._lock = asyncio.Lock()
+        self._pinned_names: set[str] = set()
+        self.set_pinned(pinned)
+        # Containers (a later layer) tell the store which images they hold; until then nothing holds any.
+        self.image_in_use: Callable[[str], Awaitable[bool]] = _nothing_uses
+
+    def set_pinned(self, names: Sequence[str]) -> None:
+        pinned: set[str] = set()
+        for name in names:
+            try:
+                pinned.add(str(parse_normalized(name)))
+            except InvalidArgument:
+                log.warning("ignoring pinned image %r: not a valid reference", name)
+        self._pinned_names = pinned
+
+    # ---- look-ups -------------------------------------------------------------------------------------
+
+    async def list(self) -> list[Image]:
+        rows = await self._db.run(_select_images)
+        return [self._image_from(row, names, chains) for row, names, chains in rows]
+
+    async def find(self, ref: str, candidates: Sequence[Reference] = ()) -> Image | None:
+        """The image named by an id, an id prefix, a name or digest reference, or any of `candidates`."""
+        image_id = await self._db.run(lambda conn: _resolve_id(conn, ref, candidates))
+        if image_id is None:
+            return None
+        return await self.get(image_id)
+
+    async def get(self, image_id: str) -> Image | None:
+        rows = await self._db.run(lambda conn: _select_images(conn, image_id))
+        return self._image_from(*rows[0]) if rows else None
+
+    async def layer_dirs(self, image_id: str) -> list[Path]:
+        """The diff directories of an image, lowest layer first (overlay wants them in the reverse order)."""
+        image = await self.get(image_id)
+        if image is None:
+            raise NotFound(f"image {image_id} not found")
+        return [self._layout.layer_diff(chain_id) for chain_id in image.chain_ids]
+
+    # ---- adding ---------------------------------------------------------------------------------------
+
+    async def add_image(
+        self,
+        *,
+        manifest: bytes,
+        manifest_type: str,
+        manifest_digest: str,
+        config: bytes,
+        config_digest: str,
+        layers: Sequence[LayerSource],
+        names: Sequence[Reference],
+    ) -> Image:
+        """Make sure every layer is unpacked, then record the image and its names in one transaction."""
+        config_doc = _parse_config(config, config_digest)
+        diff_ids = [layer.diff_id for layer in layers]
+        chain_ids = chain_ids_of(diff_ids)
+        self._in_use.hold(chain_ids)
+        try:
+            await asyncio.gather(
+                *(self._ensure_layer(chain, parent, layer)
+                  for chain, parent, layer in zip(chain_ids, [None, *chain_ids[:-1]], layers))
+            )
+            async with self._lock:
+                await self._db.transaction(
+                    lambda conn: _insert_image(
+                        conn, config_digest, manifest_digest, manifest, manifest_type, config, chain_ids, names
+                    )
+                )
+        finally:
+            self._in_use.release(chain_ids)
+        image = await self.get(config_digest)
+        assert image is not None
+        log.info("image %s stored as %s (%d layers, %d bytes)", ", ".join(map(str, names)) or "(no name)",
+                 image.id, len(chain_ids), image.size)
+        return image
+
+    async def _ensure_layer(self, chain_id: str, parent: str | None, layer: LayerSource) -> None:
+        """Unpack a layer unless it is present; concurrent callers for one chain id share one fetch."""
+        while True:
+            if await self._db.run(lambda conn: _layer_exists(conn, chain_id)):
+                return
+            pending = self._layer_fetches.get(chain_id)
+            if pending is None:
+                break
+            await asyncio.shield(pending)
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._layer_fetches[chain_id] = future
+        try:
+            await self._fetch_and_unpack(chain_id, parent, layer)
+            future.set_result(None)
+        except BaseException as e:
+            future.set_exception(e)
+            future.exception()  # a failure is reported to each waiter; not "never retrieved" noise
+            raise
+        finally:
+            del self._layer_fetches[chain_id]
+
+    async def _fetch_and_unpack(self, chain_id: str, parent: str | None, layer: LayerSource) -> None:
+        layer_dir = self._layout.layer_dir(chain_id)
+        blob = self._layout.downloads / f"{_hex(chain_id)}-{os.getpid()}-{time.monotonic_ns()}.blob"
+        try:
+            await layer.fetch(blob)
+            await asyncio.to_thread(_clear_dir, layer_dir)
+            layer_dir.mkdir(parents=True)
+            unpacked = await asyncio.to_thread(
+                unpack_layer, blob, self._layout.layer_diff(chain_id), layer.media_type, layer.diff_id
+            )
+            await self._db.run(
+                lambda conn: conn.execute(
+                    "INSERT OR IGNORE INTO layers (chain_id, diff_id, parent, size, inodes, created_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (chain_id, layer.diff_id, parent, unpacked.size, unpacked.inodes, int(time.time())),
+                )
+            )
+        except BaseException:
+            if not await self._db.run(lambda conn: _layer_exists(conn, chain_id)):
+                await asyncio.to_thread(_clear_dir, layer_dir)
+            raise
+        finally:
+            await asyncio.to_thread(_unlink_quietly, blob)
+
+    # ---- removal --------------------------------------------------------------------------------------
+
+    async def remove(self, ref: str, candidates: Sequence[Reference] = ()) -> None:
+        """RemoveImage: a tag removes that name (and the image with its last tag); an id or digest the image."""
+        async with self._lock:
+            image_id = await self._db.run(lambda conn: _resolve_id(conn, ref, candidates))
+            if image_id is None:
+                return  # CRI: removing an image that is not there is not an error
+            removed_tag = await self._db.run(lambda conn: _tag_named(conn, ref, candidates, image_id))
+            if removed_tag is not None:
+                await self._db.run(lambda conn: conn.execute("DELETE FROM image_names WHERE name = ?", (removed_tag,)))
+                if await self._db.run(lambda conn: _tag_count(conn, image_id)) > 0:
+                    log.info("removed name %s of image %s", removed_tag, image_id)
+                    return
+            if await self.image_in_use(image_id):
+                await self._db.run(lambda conn: conn.execute("DELETE FROM image_names WHERE image_id = ?", (image_id,)))
+                log.info("image %s is used by a container: its names are removed, its content stays", image_id)
+                return
+            await self._db.transaction(lambda conn: conn.execute("DELETE FROM images WHERE id = ?", (image_id,)))
+            log.info("removed image %s", image_id)
+            await self._collect_layers()
+
+    async def _collect_layers(self) -> None:
+        """Delete layers no image references and no pull in flight holds."""
+        held = set(self._in_use.counts) | set(self._layer_fetches)
+        unused = await self._db.run(_unreferenced_layers)
+        doomed = [chain_id for chain_id in unused if chain_id not in held]
+        if not doomed:
+            return
+        await self._db.transaction(
+            lambda conn: conn.executemany("DELETE FROM layers WHERE chain_id = ?", [(c,) for c in doomed])
+        )
+        for chain_id in doomed:
+            await asyncio.to_thread(_clear_dir, self._layout.layer_dir(chain_id))
+        log.info("removed %d unused layer(s)", len(doomed))
+
+    async def remove_unnamed_unused(self) -> None:
+        """Images that lost all their names while a container used them go once nothing uses them."""
+        async with self._lock:
+            for image_id in await self._db.run(_unnamed_images):
+                if not await self.image_in_use(image_id):
+                    await self._db.transaction(lambda conn: conn.execute("DELETE FROM images WHERE id = ?", (image_id,)))
+            await self._collect_layers()
+
+    # ---- usage and recovery ---------------------------------------------------------------------------
+
+    async def fs_usage(self) -> FsUsage:
+        used, inodes = await self._db.run(
+            lambda conn: conn.execute("SELECT COALESCE(SUM(size), 0), COALESCE(SUM(inodes), 0) FROM layers").fetchone()
+        )
+        return FsUsage(str(self._layout.layers), int(used), int(inodes), time.time_ns())
+
+    async def recover(self) -> None:
+        """Undo what a crash left half-done: downloads, unpacks that never committed, dirs of deleted layers."""
+        known = {_hex(c) for c in await self._db.run(lambda conn: [r[0] for r in conn.execute("SELECT chain_id FROM layers")])}
+        await asyncio.to_thread(_remove_strays, self._layout, known)
+        await self.remove_unnamed_unused()
+
+    def _image_from(self, row: sqlite3.Row, names: list[tuple[str, str]], chains: list[str]) -> Image:
+        tags = sorted(name for name, kind in names if kind == "tag")
+        digests = sorted(name for name, kind in names if kind == "digest")
+        return Image(
+            id=row["id"],
+            repo_tags=tags,
+            repo_digests=digests,
+            size=int(row["size"]),
+            manifest_digest=row["manifest_digest"],
+            config=json.loads(row["config"]),
+            chain_ids=chains,
+            pinned=any(tag in self._pinned_names for tag in tags),
+            pulled_at=int(row["pulled_at"]),
+        )
+
+
+async def _nothing_uses(image_id: str) -> bool:
+    return False
+
+
+def _parse_config(config: bytes, config_digest: str) -> dict:
+    try:
+        doc = json.loads(config)
+    except ValueError as e:
+        raise DataLoss(f"image config {config_digest} is not valid JSON: {e}") from e
+    if not isinstance(doc, dict):
+        raise DataLoss(f"image config {config_digest} is not a JSON object")
+    return doc
+
+
+def _select_images(conn: sqlite3.Connection, image_id: str | None = None) -> list:
+    if image_id is None:
+        rows = conn.execute("SELECT * FROM images ORDER BY pulled_at, id").fetchall()
+    else:
+        rows = conn.execute("SELECT * FROM images WHERE id = ?", (image_id,)).fetchall()
+    result = []
+    for row in rows:
+        names = [(r["name"], r["kind"]) for r in conn.execute("SELECT name, kind FROM image_names WHERE image_id = ?", (row["id"],))]
+        chains = [r[0] for r in conn.execute(
+            "SELECT chain_id FROM image_layers WHERE image_id = ? ORDER BY position", (row["id"],))]
+        result.append((row, names, chains))
+    return result
+
+
+def _insert_image(
+    conn: sqlite3.Connection,
+    image_id: str,
+    manifest_digest: str,
+    manifest: bytes,
+    manifest_type: str,
+    config: bytes,
+    chain_ids: list[str],
+    names: Sequence[Reference],
+) -> None:
+    for chain_id in chain_ids:
+        if not _layer_exists(conn, chain_id):
+            raise DataLoss(f"layer {chain_id} of image {image_id} vanished before the image was recorded")
+    size = conn.execute(
+        f"SELECT COALESCE(SUM(size), 0) FROM layers WHERE chain_id IN ({','.join('?' * len(chain_ids))})",
+        chain_ids,
+    ).fetchone()[0] if chain_ids else 0
+    size += len(config)
+    conn.execute(
+        "INSERT INTO images (id, manifest_digest, manifest, manifest_type, config, size, pulled_at)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (id) DO UPDATE SET manifest_digest = excluded.manifest_digest, manifest = excluded.manifest,"
+        " manifest_type = excluded.manifest_type, pulled_at = excluded.pulled_at",
+        (image_id, manifest_digest, manifest, manifest_type, config, size, int(time.time())),
+    )
+    conn.execute("DELETE FROM image_layers WHERE image_id = ?", (image_id,))
+    conn.executemany(
+        "INSERT INTO image_layers (image_id, position, chain_id) VALUES (?, ?, ?)",
+        [(image_id, position, chain_id) for position, chain_id in enumerate(chain_ids)],
+    )
+    for ref in names:
+        if ref.tag is not None and ref.digest is None:
+            name, kind = str(ref), "tag"
+        else:
+            name, kind = f"{ref.name}@{ref.digest or manifest_digest}", "digest"
+        # A tag moves to the newest image pulled under it, as in every runtime.
+        conn.execute(
+            "INSERT INTO image_names (name, kind, image_id) VALUES (?, ?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET image_id = excluded.image_id, kind = excluded.kind",
+            (name, kind, image_id),
+        )
+        if kind == "tag":
+            conn.execute(
+                "INSERT OR REPLACE INTO image_names (name, kind, image_id) VALUES (?, 'digest', ?)",
+                (f"{ref.name}@{manifest_digest}", image_id),
+            )
+    # Images left without any name by a moved tag are collected by remove_unnamed_unused.
+
+
+def _resolve_id(conn: sqlite3.Connection, ref: str, candidates: Sequence[Reference]) -> str | None:
+    ref = ref.strip()
+    if not ref:
+        raise InvalidArgument("image reference is empty")
+    image_id = parse_image_id(ref)
+    if image_id is not None:
+        row = conn.execute("SELECT id FROM images WHERE id = ?", (image_id,)).fetchone()
+        if row:
+            return row[0]
+    names: list[str] = []
+    for candidate in (*candidates, *_normalized(ref)):
+        names.append(str(candidate))
+        if candidate.digest is not None:
+            names.append(f"{candidate.name}@{candidate.digest}")
+    for name in names:
+        row = conn.execute("SELECT image_id FROM image_names WHERE name = ?", (name,)).fetchone()
+        if row:
+            return row[0]
+    if 4 <= len(ref) < 64 and all(c in "0123456789abcdef" for c in ref):
+        rows = conn.execute("SELECT id FROM images WHERE id LIKE ?", (f"sha256:{ref}%",)).fetchall()
+        if len(rows) == 1:
+            return rows[0][0]
+    return None
+
+
+def _normalized(ref: str) -> list[Reference]:
+    try:
+        return [parse_normalized(ref)]
+    except InvalidArgument:
+        if parse_image_id(ref) is not None or all(c in "0123456789abcdef" for c in ref):
+            return []
+        raise
+
+
+def _tag_named(conn: sqlite3.Connection, ref: str, candidates: Sequence[Reference], image_id: str) -> str | None:
+    """The tag name `ref` denotes for this image, if `ref` is a tag rather than an id or digest."""
+    for candidate in (*candidates, *_normalized(ref)):
+        if candidate.digest is None:
+            row = conn.execute(
+                "SELECT name FROM image_names WHERE name = ? AND kind = 'tag' AND image_id = ?",
+                (str(candidate), image_id),
+            ).fetchone()
+            if row:
+                return row[0]
+    return None
+
+
+def _tag_count(conn: sqlite3.Connection, image_id: str) -> int:
+    return conn.execute("SELECT COUNT(*) FROM image_names WHERE image_id = ? AND kind = 'tag'", (image_id,)).fetchone()[0]
+
+
+def _layer_exists(conn: sqlite3.Connection, chain_id: str) -> bool:
+    return conn.execute("SELECT 1 FROM layers WHERE chain_id = ?", (chain_id,)).fetchone() is not None
+
+
+def _unreferenced_layers(conn: sqlite3.Connection) -> list[str]:
+    return [r[0] for r in conn.execute(
+        "SELECT chain_id FROM layers WHERE chain_id NOT IN (SELECT chain_id FROM image_layers)")]
+
+
+def _unnamed_images(conn: sqlite3.Connection) -> list[str]:
+    return [r[0] for r in conn.execute(
+        "SELECT id FROM images WHERE id NOT IN (SELECT image_id FROM image_names)")]
+
+
+def _hex(digest: str) -> str:
+    return digest.split(":", 1)[1] if ":" in digest else digest
+
+
+def _clear_dir(path: Path) -> None:
+    if not os.path.lexists(path):
+        return
+    if path.is_symlink() or not path.is_dir():
+        path.unlink()
+        return
+    shutil.rmtree(path, onerror=_make_writable_and_retry)
+
+
+def _make_writable_and_retry(func: Callable, path: str, exc_info: object) -> None:
+    parent = os.path.dirname(path)
+    os.chmod(parent, 0o700)
+    if os.path.isdir(path) and not os.path.islink(path):
+        os.chmod(path, 0o700)
+        shutil.rmtree(path, onerror=_make_writable_and_retry)
+    else:
+        func(path)
+
+
+def _unlink_quietly(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def _remove_strays(layout: Layout, known_layer_hex: set[str]) -> None:
+    for leftover in layout.downloads.iterdir():
+        _clear_dir(leftover)
+    for entry in layout.layers.iterdir():
+        if entry.name not in known_layer_hex:
+            log.info("removing leftover layer directory %s", entry)
+            _clear_dir(entry)
+        elif not (entry / "diff").is_dir():
+            log.error("layer directory %s is recorded in the database but has no diff/: images using it"
+                      " will fail to run until they are removed and pulled again", entry)

@@ -1,0 +1,680 @@
+"""Layer unpacking: one OCI/Docker layer blob (already on disk, compressed digest already verified) becomes one
+directory in overlayfs form.
+
+Owns decompression (gzip, zstd, none), the uncompressed digest check (diff_id), the tar reading, the safety rules
+(nothing is written outside the layer directory, never through a symlink), and the translation of OCI whiteouts
+(`.wh.<name>`, `.wh..wh..opq`) into overlayfs whiteouts (char device 0:0, xattr `trusted.overlay.opaque=y`).
+
+Everything here is blocking; the daemon runs `unpack_layer` in a worker thread.
+"""
+
+from __future__ import annotations
+
+import errno
+import gzip
+import hashlib
+import logging
+import os
+import stat
+import tarfile
+import tempfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+import zstandard
+
+from cripy import errors
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 1 << 20
+_GZIP_MAGIC = b"\x1f\x8b"
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+# zstd skippable frames: magic 0x184D2A50..0x184D2A5F, little endian.
+_ZSTD_SKIPPABLE_TAIL = b"\x2a\x4d\x18"
+_ZSTD_MAX_WINDOW = 1 << 31
+
+_WHITEOUT_PREFIX = ".wh."
+_WHITEOUT_META_PREFIX = ".wh..wh."
+_OPAQUE_MARKER = ".wh..wh..opq"
+_OVERLAY_OPAQUE_XATTR = "trusted.overlay.opaque"
+_OVERLAY_XATTR_PREFIX = "trusted.overlay."
+_PAX_XATTR_PREFIX = "SCHILY.xattr."
+
+_DIGEST_HEX_LENGTHS = {"sha256": 64, "sha384": 96, "sha512": 128}
+# errnos that a layer's own content can provoke (over-long names, values the kernel rejects, ...).
+_CONTENT_ERRNOS = {errno.ENAMETOOLONG, errno.EINVAL, errno.ERANGE, errno.E2BIG, errno.ELOOP, errno.ENOTDIR,
+                   errno.EEXIST}
+
+
+@dataclass(frozen=True)
+class UnpackedLayer:
+    diff_id: str  # "sha256:<hex>" of the uncompressed tar stream (including bytes after the end-of-archive)
+    size: int  # apparent bytes of regular-file content in the layer directory (each inode counted once)
+    inodes: int  # distinct inodes below the layer directory (hard links count once, the directory itself not)
+
+
+class LayerError(errors.InvalidArgument):
+    """The layer's content is malformed or tries something unsafe (escaping the layer, writing via a symlink)."""
+
+
+def detect_compression(media_type: str, head: bytes) -> str:
+    """Return "gzip", "zstd" or "none" for a blob whose first bytes are `head`.
+
+    The magic bytes decide whenever there are enough of them to look at; the media type only helps when the head
+    is too short to tell (registries and old tools are known to mislabel layers).
+    """
+    if head.startswith(_GZIP_MAGIC):
+        return "gzip"
+    if head.startswith(_ZSTD_MAGIC) or _is_zstd_skippable_magic(head):
+        return "zstd"
+    if len(head) >= len(_ZSTD_MAGIC):
+        return "none"
+    return _compression_from_media_type(media_type)
+
+
+def _is_zstd_skippable_magic(head: bytes) -> bool:
+    return len(head) >= 4 and head[0] & 0xF0 == 0x50 and head[1:4] == _ZSTD_SKIPPABLE_TAIL
+
+
+def _compression_from_media_type(media_type: str) -> str:
+    mt = media_type.strip().lower()
+    # OCI uses "+gzip"/"+zstd" suffixes, Docker schema 2 uses ".tar.gzip".
+    if mt.endswith(("+gzip", ".gzip", "+gz")):
+        return "gzip"
+    if mt.endswith(("+zstd", ".zstd")):
+        return "zstd"
+    return "none"
+
+
+def unpack_layer(blob: Path, dest: Path, media_type: str = "", expected_diff_id: str | None = None) -> UnpackedLayer:
+    """Unpack the layer `blob` into the new directory `dest`, in overlayfs form.
+
+    Extraction happens in a temporary sibling of `dest` that is renamed to `dest` only after the whole stream was
+    read and its digest matched `expected_diff_id` (when given). On any failure nothing is left behind.
+    Raises LayerError (bad or malicious content), DataLoss (digest mismatch, corrupt compressed stream),
+    AlreadyExists (dest exists), NotFound (no blob), Internal (the filesystem failed us).
+    Ownership is only restored when running as root (like tar's --same-owner default).
+    """
+    blob, dest = Path(blob), Path(dest)
+    expected = _parse_digest(expected_diff_id) if expected_diff_id is not None else None
+    if os.path.lexists(dest):
+        raise errors.AlreadyExists(f"unpacking layer {blob}: destination {dest} already exists")
+    if not dest.parent.is_dir():
+        raise errors.FailedPrecondition(f"unpacking layer {blob}: parent directory of {dest} does not exist")
+    try:
+        raw = open(blob, "rb")
+    except FileNotFoundError:
+        raise errors.NotFound(f"layer blob {blob} does not exist") from None
+    except OSError as e:
+        raise errors.Internal(f"opening layer blob {blob}: {e}") from e
+    with raw:
+        try:
+            tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{dest.name}-", dir=dest.parent))
+        except OSError as e:
+            raise errors.Internal(f"unpacking layer {blob}: creating a temporary directory next to {dest}: "
+                                  f"{e}") from e
+        try:
+            return _unpack_into(raw, blob, tmp, dest, media_type, expected)
+        except BaseException as exc:
+            _cleanup_after_failure(tmp)
+            if isinstance(exc, (errors.CripyError, KeyboardInterrupt, SystemExit)):
+                raise
+            if isinstance(exc, tarfile.TarError):
+                raise LayerError(f"layer {blob}: malformed tar stream: {exc}") from exc
+            if isinstance(exc, OSError):
+                raise errors.Internal(f"unpacking layer {blob} into {dest}: {exc}") from exc
+            raise
+
+
+def _unpack_into(raw: BinaryIO, blob: Path, tmp: Path, dest: Path, media_type: str,
+                 expected: tuple[str, str] | None) -> UnpackedLayer:
+    algorithms = ["sha256"] + ([expected[0]] if expected and expected[0] != "sha256" else [])
+    reader = _DigestingReader(_decompressed_stream(raw, media_type, blob), algorithms, blob)
+    extractor = _Extractor(str(tmp), blob)
+    extractor.extract(reader)
+    reader.drain()
+    diff_id = f"sha256:{reader.hexdigest('sha256')}"
+    if expected is not None:
+        algorithm, wanted = expected
+        actual = reader.hexdigest(algorithm)
+        if actual != wanted:
+            raise errors.DataLoss(f"layer {blob}: uncompressed digest mismatch: expected {algorithm}:{wanted}, "
+                                  f"got {algorithm}:{actual}")
+    size, inodes = _measure_tree(str(tmp))
+    extractor.finish()  # directory modes and times last: measuring the tree above reads (and atime-touches) dirs
+    _rename_into_place(tmp, dest, blob)
+    return UnpackedLayer(diff_id=diff_id, size=size, inodes=inodes)
+
+
+def remove_tree(path: Path | str) -> None:
+    """Remove a directory tree an unpacked layer may contain: dirs without permissions, devices, deep nesting.
+
+    Never follows symlinks; iterative so a deep tree cannot exhaust the recursion limit.
+    """
+    stack: list[tuple[str, bool]] = [(str(path), False)]
+    while stack:
+        current, emptied = stack.pop()
+        if emptied:
+            os.rmdir(current)
+            continue
+        try:
+            st = os.lstat(current)
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            os.unlink(current)
+            continue
+        if st.st_mode & 0o700 != 0o700:
+            os.chmod(current, 0o700)  # a real directory (lstat above), so chmod cannot be redirected
+        stack.append((current, True))
+        with os.scandir(current) as entries:
+            stack.extend((entry.path, False) for entry in entries)
+
+
+def _cleanup_after_failure(tmp: Path) -> None:
+    try:
+        remove_tree(tmp)
+    except OSError as e:
+        log.error("could not remove temporary layer directory %s: %s", tmp, e)
+
+
+def _parse_digest(digest: str) -> tuple[str, str]:
+    algorithm, sep, hexpart = digest.partition(":")
+    if not sep or algorithm not in _DIGEST_HEX_LENGTHS:
+        raise errors.InvalidArgument(f"expected diff_id {digest!r}: not an 'algorithm:hex' digest "
+                                     f"with algorithm one of {sorted(_DIGEST_HEX_LENGTHS)}")
+    if len(hexpart) != _DIGEST_HEX_LENGTHS[algorithm] or any(c not in "0123456789abcdef" for c in hexpart):
+        raise errors.InvalidArgument(f"expected diff_id {digest!r}: bad {algorithm} hex value")
+    return algorithm, hexpart
+
+
+def _rename_into_place(tmp: Path, dest: Path, blob: Path) -> None:
+    if os.path.lexists(dest):
+        raise errors.AlreadyExists(f"unpacking layer {blob}: destination {dest} appeared meanwhile")
+    try:
+        os.rename(tmp, dest)
+    except OSError as e:
+        if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
+            raise errors.AlreadyExists(f"unpacking layer {blob}: destination {dest} appeared meanwhile") from e
+        raise
+
+
+def _measure_tree(root: str) -> tuple[int, int]:
+    """Apparent regular-file bytes and distinct inodes below `root` (hard links counted once)."""
+    size = 0
+    inodes = 0
+    linked: set[int] = set()
+    pending = [root]
+    while pending:
+        with os.scandir(pending.pop()) as entries:
+            for entry in entries:
+                st = entry.stat(follow_symlinks=False)
+                if stat.S_ISDIR(st.st_mode):
+                    pending.append(entry.path)
+                elif st.st_nlink > 1:
+                    if st.st_ino in linked:
+                        continue
+                    linked.add(st.st_ino)
+                inodes += 1
+                if stat.S_ISREG(st.st_mode):
+                    size += st.st_size
+    return size, inodes
+
+
+# --- the uncompressed stream ---------------------------------------------------------------------------------
+
+
+class _Readable(Protocol):
+    def read(self, size: int = ..., /) -> bytes: ...
+
+
+def _decompressed_stream(raw: BinaryIO, media_type: str, blob: Path) -> _Readable:
+    compression = detect_compression(media_type, raw.read(4))
+    raw.seek(0)
+    if compression != "none" and os.fstat(raw.fileno()).st_size == 0:
+        raise errors.DataLoss(f"layer {blob}: empty blob, but a {compression} stream was expected")
+    if compression == "gzip":
+        return gzip.GzipFile(fileobj=raw, mode="rb")
+    if compression == "zstd":
+        _verify_zstd_framing(raw, blob)
+        raw.seek(0)
+        decompressor = zstandard.ZstdDecompressor(max_window_size=_ZSTD_MAX_WINDOW)
+        return decompressor.stream_reader(raw, read_size=_CHUNK, read_across_frames=True, closefd=False)
+    return raw
+
+
+def _verify_zstd_framing(raw: BinaryIO, blob: Path) -> None:
+    """Walk the zstd frame and block headers and fail unless the blob ends exactly at a frame boundary.
+
+    zstandard's stream reader reports a truncated final frame as a normal end of stream; this catches it.
+    Only headers are read: block contents are skipped by seeking.
+    """
+    end = os.fstat(raw.fileno()).st_size
+    pos = 0
+    while pos < end:
+        raw.seek(pos)
+        magic = raw.read(4)
+        if magic == _ZSTD_MAGIC:
+            pos = _end_of_zstd_frame(raw, pos + 4, blob)
+        elif _is_zstd_skippable_magic(magic):
+            length = raw.read(4)
+            if len(length) < 4:
+                raise errors.DataLoss(f"layer {blob}: zstd skippable frame at offset {pos} is truncated")
+            pos += 8 + int.from_bytes(length, "little")
+        else:
+            raise errors.DataLoss(f"layer {blob}: no zstd frame at offset {pos} (corrupt or trailing data)")
+        if pos > end:
+            raise errors.DataLoss(f"layer {blob}: zstd stream is truncated ({end} bytes, last frame needs {pos})")
+
+
+def _end_of_zstd_frame(raw: BinaryIO, pos: int, blob: Path) -> int:
+    """Offset just after the zstd frame whose header descriptor is at `pos` (after the magic)."""
+    descriptor = raw.read(1)
+    if not descriptor:
+        raise errors.DataLoss(f"layer {blob}: zstd frame header at offset {pos} is truncated")
+    fhd = descriptor[0]
+    single_segment = (fhd >> 5) & 1
+    has_checksum = (fhd >> 2) & 1
+    window_size = 0 if single_segment else 1
+    dict_id_size = (0, 1, 2, 4)[fhd & 3]
+    content_size_size = (single_segment, 2, 4, 8)[fhd >> 6]
+    pos += 1 + window_size + dict_id_size + content_size_size
+    while True:
+        raw.seek(pos)
+        header = raw.read(3)
+        if len(header) < 3:
+            raise errors.DataLoss(f"layer {blob}: zstd stream is truncated inside a frame (offset {pos})")
+        value = int.from_bytes(header, "little")
+        last, block_type, block_size = value & 1, (value >> 1) & 3, value >> 3
+        if block_type == 3:
+            raise errors.DataLoss(f"layer {blob}: zstd block at offset {pos} has the reserved type")
+        pos += 3 + (1 if block_type == 1 else block_size)  # an RLE block stores one byte
+        if last:
+            return pos + (4 if has_checksum else 0)
+
+
+class _DigestingReader:
+    """Hashes every byte read from the decompressed stream; maps decompression failures to DataLoss."""
+
+    def __init__(self, source: _Readable, algorithms: list[str], blob: Path) -> None:
+        self._source = source
+        self._hashes = {name: hashlib.new(name) for name in algorithms}
+        self._blob = blob
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            data = self._source.read(size)
+        except (EOFError, zlib.error, gzip.BadGzipFile, zstandard.ZstdError) as e:
+            raise errors.DataLoss(f"layer {self._blob}: corrupt or truncated compressed stream: {e}") from e
+        for h in self._hashes.values():
+            h.update(data)
+        return data
+
+    def drain(self) -> None:
+        """Read to EOF: the diff_id covers bytes after the tar end-of-archive marker too."""
+        while self.read(_CHUNK):
+            pass
+
+    def hexdigest(self, algorithm: str) -> str:
+        return self._hashes[algorithm].hexdigest()
+
+
+class _StrictTarStream(tarfile.TarFile):
+    """A stream-mode TarFile that reports a corrupt or truncated header instead of treating it as the end.
+
+    The stock next() ends the archive silently on an invalid header after the first member, and keeps every
+    member in memory. This follows its CPython 3.11 structure (offset/firstmember bookkeeping) but only treats a
+    zero block or a clean EOF at a header boundary as the end, and keeps no member list.
+    """
+
+    def next(self) -> tarfile.TarInfo | None:
+        self._check("ra")  # type: ignore[attr-defined]
+        if self.firstmember is not None:  # type: ignore[has-type]
+            first: tarfile.TarInfo = self.firstmember  # type: ignore[has-type]
+            self.firstmember = None
+            return first
+        if self.offset != self.fileobj.tell():  # skip the unread data of the previous member
+            if self.offset == 0:
+                return None
+            self.fileobj.seek(self.offset - 1)
+            if not self.fileobj.read(1):
+                raise tarfile.ReadError("unexpected end of data")
+        try:
+            member = self.tarinfo.fromtarfile(self)
+        except (tarfile.EOFHeaderError, tarfile.EmptyHeaderError):
+            member = None  # a zero block, or the stream ends at a header boundary (accepted like Go's reader)
+        except tarfile.HeaderError as e:
+            raise tarfile.ReadError(f"at offset {self.offset}: {e}") from None
+        if member is None:
+            self._loaded = True
+        return member
+
+
+# --- extraction ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Meta:
+    uid: int
+    gid: int
+    mode: int
+    atime_ns: int
+    mtime_ns: int
+    xattrs: dict[str, bytes] = field(default_factory=dict)
+
+
+def _pax_time_ns(text: str) -> int:
+    """A PAX decimal time ("1700000000.123456789", maybe negative) in nanoseconds, without float rounding."""
+    negative = text.startswith("-")
+    whole, _, fraction = text.lstrip("+-").partition(".")
+    if not (whole or fraction) or not (whole or "0").isdigit() or not (fraction or "0").isdigit():
+        raise ValueError(f"bad PAX time {text!r}")
+    ns = int(whole or "0") * 1_000_000_000 + int((fraction + "000000000")[:9])
+    return -ns if negative else ns
+
+
+def _meta_of(member: tarfile.TarInfo) -> _Meta:
+    pax = member.pax_headers
+    mtime_ns = _pax_time_ns(pax["mtime"]) if "mtime" in pax else int(member.mtime) * 1_000_000_000
+    atime_ns = _pax_time_ns(pax["atime"]) if "atime" in pax else mtime_ns
+    xattrs = {key[len(_PAX_XATTR_PREFIX):]: value.encode("utf-8", "surrogateescape")
+              for key, value in pax.items() if key.startswith(_PAX_XATTR_PREFIX)}
+    return _Meta(uid=member.uid, gid=member.gid, mode=member.mode & 0o7777, atime_ns=atime_ns,
+                 mtime_ns=mtime_ns, xattrs=xattrs)
+
+
+def _member_parts(name: str, what: str) -> tuple[str, ...]:
+    """Split a member name into path components, dropping a leading "/" and "." components (as Docker does).
+
+    Any ".." is refused, even one that would stay inside the layer: legitimate layers never need it.
+    """
+    if "\0" in name:
+        raise LayerError(f"{what} {name!r}: contains a NUL byte")
+    parts = tuple(p for p in name.split("/") if p not in ("", "."))
+    if ".." in parts:
+        raise LayerError(f"{what} {name!r}: '..' path components are refused (could escape the layer)")
+    return parts
+
+
+class _Extractor:
+    """Creates the entries of one tar stream below `root`, refusing anything that would leave it."""
+
+    def __init__(self, root: str, blob: Path) -> None:
+        self._root = root
+        self._blob = blob
+        self._preserve_owner = os.geteuid() == 0
+        self._known_dirs: set[str] = {""}  # real directories below root; closed under prefixes
+        self._pending_dirs: dict[str, _Meta] = {}  # modes and times applied once all children exist
+        self._entry = ""
+
+    def extract(self, stream: _DigestingReader) -> None:
+        tar = _StrictTarStream.open(fileobj=stream, mode="r|", encoding="utf-8", errors="surrogateescape")
+        while (member := tar.next()) is not None:
+            self._entry = member.name
+            try:
+                self._extract_member(tar, member)
+            except LayerError:
+                raise
+            except (ValueError, OverflowError) as e:
+                raise self._error(str(e)) from e
+            except OSError as e:
+                if e.errno in _CONTENT_ERRNOS:
+                    raise self._error(str(e)) from e
+                raise errors.Internal(f"layer {self._blob}: entry {member.name!r}: {e}") from e
+
+    def finish(self) -> None:
+        """Apply directory modes and times, deepest first, after every child has been written."""
+        if "" not in self._pending_dirs:
+            os.chmod(self._root, 0o755)
+        for rel in sorted(self._pending_dirs, key=lambda r: r.count("/") + bool(r), reverse=True):
+            meta = self._pending_dirs[rel]
+            path = self._path(rel)
+            os.chmod(path, meta.mode)
+            os.utime(path, ns=(meta.atime_ns, meta.mtime_ns), follow_symlinks=False)
+
+    # --- per member ---
+
+    def _extract_member(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+        parts = _member_parts(member.name, "entry")
+        if not parts:
+            if not member.isdir():
+                raise self._error("the layer root can only be a directory")
+            self._make_dir("", _meta_of(member))
+            return
+        base = parts[-1]
+        if base == _OPAQUE_MARKER:
+            self._make_opaque(parts[:-1])
+        elif base.startswith(_WHITEOUT_META_PREFIX) or parts[0].startswith(_WHITEOUT_META_PREFIX):
+            log.debug("layer %s: ignoring whiteout metadata entry %r", self._blob, member.name)
+        elif base.startswith(_WHITEOUT_PREFIX):
+            self._make_whiteout(parts[:-1], base[len(_WHITEOUT_PREFIX):])
+        elif member.isdir():
+            self._ensure_parents(parts)
+            self._make_dir("/".join(parts), _meta_of(member))
+        elif member.isreg():
+            self._make_file(parts, tar, member)
+        elif member.issym():
+            self._make_symlink(parts, member)
+        elif member.islnk():
+            self._make_hardlink(parts, member)
+        elif member.ischr() or member.isblk() or member.isfifo():
+            self._make_node(parts, member)
+        else:
+            raise self._error(f"unsupported tar entry type {member.type!r}")
+
+    def _make_dir(self, rel: str, meta: _Meta) -> None:
+        path = self._path(rel)
+        if not self._clear_for(rel, new_is_dir=True):
+            os.mkdir(path, 0o700)
+        self._chown(path, meta)
+        self._set_xattrs(path, meta, xattr_user_ok=True)
+        self._known_dirs.add(rel)
+        self._pending_dirs[rel] = meta
+
+    def _make_file(self, parts: tuple[str, ...], tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+        rel = self._prepare(parts)
+        meta = _meta_of(member)
+        source = tar.extractfile(member)
+        assert source is not None  # regular members always have a data stream
+        fd = os.open(self._path(rel), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            _copy_content(source, fd)
+            if self._preserve_owner:
+                os.fchown(fd, meta.uid, meta.gid)
+            os.fchmod(fd, meta.mode)  # after chown: chown clears setuid/setgid
+            self._set_xattrs(fd, meta, xattr_user_ok=True)  # after chown: chown clears security.capability
+            os.utime(fd, ns=(meta.atime_ns, meta.mtime_ns))
+        finally:
+            os.close(fd)
+
+    def _make_symlink(self, parts: tuple[str, ...], member: tarfile.TarInfo) -> None:
+        if not member.linkname:
+            raise self._error("symlink with an empty target")
+        rel = self._prepare(parts)
+        path = self._path(rel)
+        meta = _meta_of(member)
+        os.symlink(member.linkname, path)  # the target is stored verbatim and never followed
+        self._chown(path, meta)
+        self._set_xattrs(path, meta, xattr_user_ok=False)
+        os.utime(path, ns=(meta.atime_ns, meta.mtime_ns), follow_symlinks=False)
+
+    def _make_hardlink(self, parts: tuple[str, ...], member: tarfile.TarInfo) -> None:
+        target_parts = _member_parts(member.linkname, f"entry {member.name!r}: hard link target")
+        if not target_parts:
+            raise self._error("hard link to the layer root")
+        if target_parts == parts:
+            raise self._error("hard link to itself")
+        self._check_existing_parents(target_parts, f"hard link target {member.linkname!r}")
+        target = self._path("/".join(target_parts))
+        try:
+            target_st = os.lstat(target)
+        except FileNotFoundError:
+            raise self._error(f"hard link target {member.linkname!r} was not extracted earlier in this "
+                              "layer") from None
+        if stat.S_ISDIR(target_st.st_mode):
+            raise self._error(f"hard link target {member.linkname!r} is a directory")
+        rel = self._prepare(parts)
+        try:
+            # The link shares its target's inode, so it keeps the target's owner, mode, times and xattrs;
+            # re-applying the header's would e.g. clear the target's file capabilities with the chown.
+            os.link(target, self._path(rel), follow_symlinks=False)
+        except FileNotFoundError:  # the target lived inside the entry this link replaced
+            raise self._error(f"hard link target {member.linkname!r} was removed by this entry") from None
+
+    def _make_node(self, parts: tuple[str, ...], member: tarfile.TarInfo) -> None:
+        rel = self._prepare(parts)
+        path = self._path(rel)
+        meta = _meta_of(member)
+        if member.isfifo():
+            os.mkfifo(path, 0o600)
+        else:
+            kind = stat.S_IFCHR if member.ischr() else stat.S_IFBLK
+            os.mknod(path, kind | 0o600, os.makedev(member.devmajor, member.devminor))
+        self._chown(path, meta)
+        os.chmod(path, meta.mode)  # path is the node just created, not a symlink
+        self._set_xattrs(path, meta, xattr_user_ok=False)
+        os.utime(path, ns=(meta.atime_ns, meta.mtime_ns), follow_symlinks=False)
+
+    def _make_whiteout(self, parent: tuple[str, ...], name: str) -> None:
+        if name in ("", ".", ".."):
+            raise self._error("whiteout without a valid name to hide")
+        rel = self._prepare((*parent, name))
+        os.mknod(self._path(rel), stat.S_IFCHR, os.makedev(0, 0))  # overlayfs's whiteout
+
+    def _make_opaque(self, dir_parts: tuple[str, ...]) -> None:
+        if dir_parts:
+            self._ensure_parents(dir_parts)
+            rel = "/".join(dir_parts)
+            if not self._clear_for(rel, new_is_dir=True):
+                self._make_implicit_dir(rel)
+        else:
+            rel = ""
+        os.setxattr(self._path(rel), _OVERLAY_OPAQUE_XATTR, b"y", follow_symlinks=False)
+
+    # --- paths and safety ---
+
+    def _path(self, rel: str) -> str:
+        return f"{self._root}/{rel}" if rel else self._root
+
+    def _error(self, why: str) -> LayerError:
+        return LayerError(f"layer {self._blob}: entry {self._entry!r}: {why}")
+
+    def _prepare(self, parts: tuple[str, ...]) -> str:
+        """Make `parts` creatable for a non-directory: real parent directories, nothing in the way."""
+        self._ensure_parents(parts)
+        rel = "/".join(parts)
+        self._clear_for(rel, new_is_dir=False)
+        return rel
+
+    def _ensure_parents(self, parts: tuple[str, ...]) -> None:
+        """Every parent of `parts` must be a real directory below root; missing ones are created (0755)."""
+        if "/".join(parts[:-1]) in self._known_dirs:
+            return
+        for depth in range(1, len(parts)):
+            rel = "/".join(parts[:depth])
+            if rel in self._known_dirs:
+                continue
+            try:
+                st = os.lstat(self._path(rel))
+            except FileNotFoundError:
+                self._make_implicit_dir(rel)
+                continue
+            self._require_real_dir(rel, st, "parent")
+            self._known_dirs.add(rel)
+
+    def _check_existing_parents(self, parts: tuple[str, ...], what: str) -> None:
+        for depth in range(1, len(parts)):
+            rel = "/".join(parts[:depth])
+            if rel in self._known_dirs:
+                continue
+            try:
+                st = os.lstat(self._path(rel))
+            except FileNotFoundError:
+                raise self._error(f"{what}: {rel!r} does not exist in this layer") from None
+            self._require_real_dir(rel, st, f"{what}: path component")
+
+    def _require_real_dir(self, rel: str, st: os.stat_result, what: str) -> None:
+        if stat.S_ISLNK(st.st_mode):
+            raise self._error(f"{what} {rel!r} is a symlink; refusing to write through it")
+        if not stat.S_ISDIR(st.st_mode):
+            raise self._error(f"{what} {rel!r} is not a directory")
+
+    def _make_implicit_dir(self, rel: str) -> None:
+        path = self._path(rel)
+        os.mkdir(path, 0o755)
+        os.chmod(path, 0o755)  # independent of the process umask
+        self._known_dirs.add(rel)
+
+    def _clear_for(self, rel: str, new_is_dir: bool) -> bool:
+        """Remove what an earlier entry put at `rel`, unless a directory meets a directory (merged).
+
+        Returns True when an existing directory is kept.
+        """
+        path = self._path(rel)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return False
+        if stat.S_ISDIR(st.st_mode):
+            if new_is_dir:
+                return True
+            if not rel:
+                raise self._error("cannot replace the layer root")
+            self._forget_dirs_under(rel)
+            remove_tree(path)
+            return False
+        os.unlink(path)
+        return False
+
+    def _forget_dirs_under(self, rel: str) -> None:
+        prefix = rel + "/"
+        self._known_dirs = {d for d in self._known_dirs if d != rel and not d.startswith(prefix)}
+        for d in [d for d in self._pending_dirs if d == rel or d.startswith(prefix)]:
+            del self._pending_dirs[d]
+
+    # --- metadata ---
+
+    def _chown(self, path: str, meta: _Meta) -> None:
+        if self._preserve_owner:
+            os.chown(path, meta.uid, meta.gid, follow_symlinks=False)
+
+    def _set_xattrs(self, target: str | int, meta: _Meta, xattr_user_ok: bool) -> None:
+        follow = {} if isinstance(target, int) else {"follow_symlinks": False}
+        for name, value in meta.xattrs.items():
+            if name.startswith(_OVERLAY_XATTR_PREFIX):
+                # The layer must not forge overlayfs metadata (opaque, redirect, metacopy): only whiteouts do.
+                log.warning("layer %s: entry %r: dropping xattr %s", self._blob, self._entry, name)
+                continue
+            try:
+                os.setxattr(target, name, value, **follow)
+            except OSError as e:
+                unsupported = e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP)
+                # Linux allows user.* xattrs only on regular files and directories.
+                user_on_special = e.errno == errno.EPERM and name.startswith("user.") and not xattr_user_ok
+                if unsupported or user_on_special:
+                    log.warning("layer %s: entry %r: cannot set xattr %s: %s", self._blob, self._entry, name, e)
+                    continue
+                if e.errno in _CONTENT_ERRNOS:
+                    raise self._error(f"xattr {name}: {e}") from e
+                raise
+
+
+def _copy_content(source: BinaryIO, fd: int) -> None:
+    """Copy a member's data; all-zero chunks become holes (sparse files stay sparse)."""
+    total = 0
+    ends_in_hole = False
+    while chunk := source.read(_CHUNK):
+        total += len(chunk)
+        if chunk.count(0) == len(chunk):
+            os.lseek(fd, len(chunk), os.SEEK_CUR)
+            ends_in_hole = True
+            continue
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(fd, view):]
+        ends_in_hole = False
+    if ends_in_hole:
+        os.ftruncate(fd, total)

@@ -1,0 +1,288 @@
+"""Cgroups through the cgroupfs driver: v1 (hybrid, one hierarchy per controller) and v2 (unified).
+
+A cgroup is named by a relative path ("cripy/pod-x"); in v1 it exists once per mounted hierarchy. This module
+creates and removes those directories and reads usage (cpu, memory, pids) for stats. Parsers of the kernel's text
+formats are pure functions. Writing limits is runc's job (through the OCI spec), not this module's.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import functools
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from cripy.errors import FailedPrecondition, InvalidArgument, NotFound
+from cripy.linux.mount import MountInfo, read_mountinfo
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+_REMOVE_ATTEMPTS = 20
+_REMOVE_BACKOFF_S = 0.025
+
+
+class CgroupMode(enum.Enum):
+    V1 = "v1"  # legacy or hybrid: controllers on separate cgroup (v1) hierarchies
+    V2 = "v2"  # unified: one cgroup2 hierarchy at /sys/fs/cgroup
+
+
+@dataclass(frozen=True)
+class MemoryStats:
+    usage: int
+    working_set: int
+    rss: int
+    page_faults: int
+    major_page_faults: int
+    oom_kills: int
+
+
+# ---------------------------------------------------------------------------------------------------- parsers
+
+
+def parse_flat_keyed(text: str) -> dict[str, int]:
+    """Parse 'key value' lines (memory.stat, cpu.stat, memory.events, memory.oom_control)."""
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2:
+            try:
+                out[parts[0]] = int(parts[1])
+            except ValueError:
+                continue
+    return out
+
+
+def parse_procs(text: str) -> list[int]:
+    """Parse cgroup.procs / tasks: one PID per line."""
+    return [int(line) for line in text.split() if line.strip()]
+
+
+def memory_stats_v1(usage: int, stat: dict[str, int], oom_control: dict[str, int]) -> MemoryStats:
+    """v1: hierarchical (total_*) counters, working set = usage - total_inactive_file (as the kubelet does)."""
+    inactive_file = stat.get("total_inactive_file", stat.get("inactive_file", 0))
+    return MemoryStats(
+        usage=usage,
+        working_set=max(0, usage - inactive_file),
+        rss=stat.get("total_rss", stat.get("rss", 0)),
+        page_faults=stat.get("total_pgfault", stat.get("pgfault", 0)),
+        major_page_faults=stat.get("total_pgmajfault", stat.get("pgmajfault", 0)),
+        oom_kills=oom_control.get("oom_kill", 0),
+    )
+
+
+def memory_stats_v2(usage: int, stat: dict[str, int], events: dict[str, int]) -> MemoryStats:
+    """v2: memory.current, memory.stat (anon is the rss counterpart), memory.events."""
+    return MemoryStats(
+        usage=usage,
+        working_set=max(0, usage - stat.get("inactive_file", 0)),
+        rss=stat.get("anon", 0),
+        page_faults=stat.get("pgfault", 0),
+        major_page_faults=stat.get("pgmajfault", 0),
+        oom_kills=events.get("oom_kill", 0),
+    )
+
+
+def cpu_usage_ns_v2(cpu_stat: dict[str, int]) -> int:
+    return cpu_stat.get("usage_usec", 0) * 1000
+
+
+def v1_hierarchies(mounts: list[MountInfo]) -> dict[str, Path]:
+    """controller (or name=X for named hierarchies) -> mount point, from mountinfo entries of type cgroup."""
+    out: dict[str, Path] = {}
+    for m in mounts:
+        if m.fs_type != "cgroup":
+            continue
+        for option in m.super_options.split(","):
+            if option in ("rw", "ro") or option.startswith(("release_agent=", "clone_children", "noprefix",
+                                                                  "xattr", "cpuset_v2_mode")):
+                continue
+            out.setdefault(option, Path(m.mount_point))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- detection
+
+
+@functools.cache
+def mode() -> CgroupMode:
+    """v2 when /sys/fs/cgroup itself is a cgroup2 mount, else v1 (legacy or hybrid)."""
+    return CgroupMode.V2 if _is_cgroup2_mount(CGROUP_ROOT) else CgroupMode.V1
+
+
+def _is_cgroup2_mount(path: Path) -> bool:
+    # os.statvfs has no f_type; mountinfo tells the filesystem type of the mount at exactly this point.
+    target = os.path.realpath(path)
+    types = [m.fs_type for m in read_mountinfo() if m.mount_point == target]
+    return bool(types) and types[-1] == "cgroup2"
+
+
+@functools.cache
+def _hierarchies() -> dict[str, Path]:
+    if mode() is CgroupMode.V2:
+        return {}
+    mounts = [m for m in read_mountinfo() if _under_cgroup_root(m.mount_point)]
+    return v1_hierarchies(mounts)
+
+
+def _under_cgroup_root(mount_point: str) -> bool:
+    root = str(CGROUP_ROOT)
+    return mount_point.startswith(root + "/") or mount_point == root
+
+
+def controllers() -> list[str]:
+    """v1: the mounted controllers (and named hierarchies); v2: the controllers enabled at the root."""
+    if mode() is CgroupMode.V2:
+        return (CGROUP_ROOT / "cgroup.controllers").read_text().split()
+    return sorted(_hierarchies())
+
+
+def _check_relpath(relpath: str) -> str:
+    clean = relpath.strip("/")
+    if not clean or any(part in ("", ".", "..") for part in clean.split("/")):
+        raise InvalidArgument(f"cgroup path {relpath!r} must be a relative path without '.' or '..' parts")
+    return clean
+
+
+def cgroup_paths(relpath: str) -> list[Path]:
+    """Every directory that makes up the cgroup: one per v1 hierarchy, or the single v2 directory."""
+    clean = _check_relpath(relpath)
+    if mode() is CgroupMode.V2:
+        return [CGROUP_ROOT / clean]
+    return [mount_point / clean for mount_point in dict.fromkeys(_hierarchies().values())]
+
+
+def controller_path(controller: str, relpath: str) -> Path:
+    """The directory of the cgroup for one controller (v2: the unified directory for every controller)."""
+    clean = _check_relpath(relpath)
+    if mode() is CgroupMode.V2:
+        return CGROUP_ROOT / clean
+    try:
+        return _hierarchies()[controller] / clean
+    except KeyError:
+        raise NotFound(f"cgroup controller {controller!r} is not mounted under {CGROUP_ROOT}") from None
+
+
+# ---------------------------------------------------------------------------------------------------- lifecycle
+
+
+def create(relpath: str) -> list[Path]:
+    """Create the cgroup (and its parents) in every hierarchy; existing directories are fine."""
+    paths = cgroup_paths(relpath)
+    for path in paths:
+        path.mkdir(parents=True, exist_ok=True)
+    if mode() is CgroupMode.V1 and "cpuset" in _hierarchies():
+        _inherit_cpuset(_hierarchies()["cpuset"], _check_relpath(relpath))
+    return paths
+
+
+def _inherit_cpuset(root: Path, clean: str) -> None:
+    """A new v1 cpuset cgroup starts with empty cpus/mems and refuses tasks; copy them down from the parents."""
+    current = root
+    for part in clean.split("/"):
+        parent, current = current, current / part
+        for name in ("cpuset.cpus", "cpuset.mems"):
+            if not (current / name).read_text().strip():
+                (current / name).write_text((parent / name).read_text())
+
+
+def add_process(relpath: str, pid: int) -> None:
+    """Move a process into the cgroup in every hierarchy (the cgroup must exist)."""
+    for path in cgroup_paths(relpath):
+        (path / "cgroup.procs").write_text(str(pid))
+
+
+def exists(relpath: str) -> bool:
+    return any(path.is_dir() for path in cgroup_paths(relpath))
+
+
+def remove(relpath: str) -> None:
+    """Remove the leaf cgroup in every hierarchy. Missing is fine; EBUSY (tasks still exiting) is retried a short
+    while, then reported as FailedPrecondition with the PIDs still inside."""
+    for path in cgroup_paths(relpath):
+        _rmdir_retrying(path)
+
+
+def _rmdir_retrying(path: Path) -> None:
+    for attempt in range(_REMOVE_ATTEMPTS):
+        try:
+            path.rmdir()
+            return
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if exc.errno != errno.EBUSY:
+                raise
+            if attempt + 1 == _REMOVE_ATTEMPTS:
+                raise FailedPrecondition(f"cgroup {path} is still busy (processes {_pids_at(path)} or child "
+                                         "cgroups remain)") from exc
+            time.sleep(_REMOVE_BACKOFF_S)
+
+
+def _pids_at(path: Path) -> list[int]:
+    try:
+        return parse_procs((path / "cgroup.procs").read_text())
+    except OSError:
+        return []
+
+
+# ---------------------------------------------------------------------------------------------------- readers
+
+
+def _read_int(path: Path) -> int:
+    return int(path.read_text().strip())
+
+
+def _read_keyed(path: Path) -> dict[str, int]:
+    try:
+        return parse_flat_keyed(path.read_text())
+    except FileNotFoundError:
+        return {}
+
+
+def read_cpu_usage_ns(relpath: str) -> int:
+    """Total CPU time consumed by the cgroup, in nanoseconds."""
+    if mode() is CgroupMode.V2:
+        return cpu_usage_ns_v2(_read_keyed(controller_path("cpu", relpath) / "cpu.stat"))
+    return _read_int(controller_path("cpuacct", relpath) / "cpuacct.usage")
+
+
+def read_memory(relpath: str) -> MemoryStats:
+    if mode() is CgroupMode.V2:
+        base = controller_path("memory", relpath)
+        return memory_stats_v2(
+            _read_int(base / "memory.current"), _read_keyed(base / "memory.stat"), _read_keyed(base / "memory.events")
+        )
+    base = controller_path("memory", relpath)
+    return memory_stats_v1(
+        _read_int(base / "memory.usage_in_bytes"),
+        _read_keyed(base / "memory.stat"),
+        _read_keyed(base / "memory.oom_control"),
+    )
+
+
+def read_pids(relpath: str) -> int:
+    """Number of tasks (threads included, as the pids controller counts them) in the cgroup and below."""
+    path = controller_path("pids", relpath) / "pids.current"
+    if path.exists():
+        return _read_int(path)
+    return len(pids_in(relpath))
+
+
+def pids_in(relpath: str) -> list[int]:
+    """PIDs of the processes directly in the cgroup (the pids hierarchy on v1)."""
+    controller = "pids" if mode() is CgroupMode.V2 or "pids" in _hierarchies() else "memory"
+    return parse_procs((controller_path(controller, relpath) / "cgroup.procs").read_text())
+
+
+# ---------------------------------------------------------------------------------------------------- privileges
+
+
+@functools.cache
+def can_set_negative_oom_score_adj() -> bool:
+    """Whether processes we start may lower their oom_score_adj (needs CAP_SYS_RESOURCE). Asked once, by a child,
+    because this process must not change its own score."""
+    proc = subprocess.run(["sh", "-c", "echo -1 > /proc/self/oom_score_adj"], capture_output=True)
+    return proc.returncode == 0

@@ -1,0 +1,516 @@
+"""The OCI runtime layer: containers run under conmon + runc, as CRI-O runs them.
+
+Owns: launching conmon (which daemonizes, so the daemon is never the parent of a monitor or a container),
+the sync-pipe handshake that yields the container pid, and the runc verbs (start, kill, delete, state, exec,
+update) plus conmon's control fifo (reopen log, resize). The runtime keeps no per-container state in memory: all
+it needs is derived from the container id and the paths the caller passes, so it works unchanged after a daemon
+restart.
+
+Layout it uses (``run_dir`` defaults to the parent of ``exits_dir``, i.e. /run/cripy):
+
+* ``<exits_dir>/<id>``: exit code written by conmon (see cripy.oci.exits)
+* ``<run_dir>/attach/<id>``: conmon's symlink to the bundle; attach socket ``.../<id>/attach``, ctl fifo
+  ``.../<id>/ctl``
+* ``<bundle>/pidfile``, ``<bundle>/conmon-pidfile``: container and conmon pids
+* ``<persist_dir>/exit``, ``<persist_dir>/oom``: written by conmon when the container exits / is OOM killed
+
+cgroups: conmon stays in the daemon's cgroup unless ``cgroup_parent`` is given. Then (cgroup v1) it joins
+``cgroup_parent`` itself in every hierarchy, like CRI-O's ``conmon_cgroup = "pod"``: the pod is charged for its
+monitors and nothing per container is left to clean. cpuset is skipped when that cgroup does not exist yet (an
+empty cpuset cannot take tasks). On a pure cgroup v2 host the parent cannot hold processes once it has children,
+so conmon goes into the leaf ``<cgroup_parent>/conmon`` (remove it with :func:`remove_conmon_cgroup`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cripy.errors import DeadlineExceeded, FailedPrecondition, Internal, InvalidArgument, Unimplemented
+from cripy.oci import conmon
+from cripy.oci.exits import read_exit_file, read_oom_file  # re-exported: callers read conmon's files from here
+from cripy.oci.inotify import wait_for_path
+
+__all__ = ["RuntimeHandler", "CreateResult", "ExecResult", "OCIRuntime", "read_exit_file", "read_oom_file",
+           "remove_conmon_cgroup"]
+
+log = logging.getLogger(__name__)
+
+EXEC_OUTPUT_CAP = 16 * 1024 * 1024
+# After an exec'd command exited, how long its stdout/stderr may stay open (held by a background child) before
+# the output collected so far is returned.
+EXEC_DRAIN_GRACE = 2.0
+REOPEN_LOG_TIMEOUT = 10.0
+
+CONTAINER_PIDFILE = "pidfile"
+CONMON_PIDFILE = "conmon-pidfile"
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
+_GONE_MARKERS = ("does not exist", "not exist")
+_STOPPED_MARKERS = ("container not running", "process already finished", "no such process")
+_ENV_NOT_FOR_CONMON = ("NOTIFY_SOCKET", "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
+
+
+@dataclass(frozen=True)
+class RuntimeHandler:
+    name: str = "runc"
+    runtime_path: str = "/usr/bin/runc"
+    runtime_root: Path = Path("/run/cripy/runc")
+    monitor_path: str = "/usr/bin/conmon"
+    runtime_type: str = "oci"
+
+
+@dataclass
+class CreateResult:
+    pid: int
+    conmon_pid: int
+
+
+@dataclass
+class ExecResult:
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+
+
+@dataclass
+class _Completed:
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+
+    @property
+    def error_text(self) -> str:
+        return conmon.runtime_error_text(self.stderr.decode(errors="replace")) or \
+            self.stdout.decode(errors="replace").strip() or f"exit status {self.returncode}"
+
+
+def validate_container_id(ctr_id: str) -> None:
+    if not _ID_RE.match(ctr_id):
+        raise InvalidArgument(f"container id {ctr_id!r} is not valid: use 1-128 letters, digits, '_' or '-', "
+                              f"starting with a letter or digit")
+
+
+class OCIRuntime:
+    """One runtime handler (runc by default) driven through conmon."""
+
+    def __init__(self, handler: RuntimeHandler, *, exits_dir: Path, log_level: str = "info",
+                 run_dir: Path | None = None) -> None:
+        if handler.runtime_type != "oci":
+            raise Unimplemented(f"runtime handler {handler.name}: runtime type {handler.runtime_type!r} is not "
+                                f"supported (only 'oci')")
+        self.handler = handler
+        self.exits_dir = exits_dir
+        self.log_level = log_level
+        self.run_dir = run_dir if run_dir is not None else exits_dir.parent
+        self.socket_dir = self.run_dir / "attach"
+        self.exec_dir = self.run_dir / "exec"
+
+    # ---- paths -----------------------------------------------------------------------------------------------
+
+    def attach_socket_path(self, ctr_id: str) -> Path:
+        return conmon.attach_socket_path(self.socket_dir, ctr_id)
+
+    def ctl_fifo_path(self, ctr_id: str) -> Path:
+        return conmon.ctl_fifo_path(self.socket_dir, ctr_id)
+
+    def exit_file_path(self, ctr_id: str) -> Path:
+        return self.exits_dir / ctr_id
+
+    # ---- create ----------------------------------------------------------------------------------------------
+
+    async def create(self, ctr_id: str, bundle: Path, *, log_path: Path, persist_dir: Path, terminal: bool = False,
+                     stdin: bool = False, stdin_once: bool = False, cgroup_parent: str = "", log_size_max: int = -1,
+                     timeout: float = 240, name: str = "") -> CreateResult:
+        """``runtime create`` under a new conmon; returns once the container process exists (not started)."""
+        validate_container_id(ctr_id)
+        bundle = bundle.absolute()
+        problem = conmon.check_socket_path_fits(self.socket_dir, ctr_id)
+        if problem:
+            raise InvalidArgument(f"container {ctr_id}: {problem}")
+        args = conmon.ConmonCreateArgs(
+            conmon_path=self.handler.monitor_path, runtime_path=self.handler.runtime_path,
+            runtime_root=self.handler.runtime_root, ctr_id=ctr_id, bundle=bundle,
+            container_pidfile=bundle / CONTAINER_PIDFILE, conmon_pidfile=bundle / CONMON_PIDFILE,
+            log_path=log_path.absolute(), exits_dir=self.exits_dir.absolute(), persist_dir=persist_dir.absolute(),
+            socket_dir=self.socket_dir.absolute(), name=name, log_level=self.log_level, terminal=terminal,
+            stdin=stdin, stdin_once=stdin_once, log_size_max=log_size_max)
+        self._prepare_create(args)
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._launch_conmon(args, cgroup_parent)
+        except TimeoutError:
+            await self._undo_create(args)
+            raise DeadlineExceeded(f"creating container {ctr_id} took longer than {timeout}s") from None
+        except BaseException:
+            await asyncio.shield(self._undo_create(args))
+            raise
+
+    def _prepare_create(self, a: conmon.ConmonCreateArgs) -> None:
+        for directory in (self.exits_dir, a.persist_dir, self.socket_dir, a.log_path.parent,
+                          self.handler.runtime_root):
+            directory.mkdir(parents=True, exist_ok=True)
+        # Leftovers of an earlier attempt with this id would be mistaken for this one's results.
+        for stale in (a.container_pidfile, a.conmon_pidfile, a.persist_dir / "exit", a.persist_dir / "oom",
+                      self.exit_file_path(a.ctr_id)):
+            stale.unlink(missing_ok=True)
+
+    async def _launch_conmon(self, a: conmon.ConmonCreateArgs, cgroup_parent: str) -> CreateResult:
+        sync_r, sync_w = os.pipe()
+        start_r, start_w = os.pipe()
+        try:
+            env = _conmon_env(sync_w, start_r)
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *conmon.build_create_argv(a), stdin=asyncio.subprocess.DEVNULL,
+                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+                    pass_fds=(sync_w, start_r), env=env, cwd=a.bundle)
+            except OSError as err:
+                raise Internal(f"container {a.ctr_id}: cannot run conmon {a.conmon_path}: {err}") from err
+            finally:
+                os.close(sync_w)
+                os.close(start_r)
+                sync_w = start_r = -1
+            try:
+                if cgroup_parent:
+                    await asyncio.to_thread(place_conmon_in_cgroup, proc.pid, cgroup_parent)
+                os.write(start_w, b"0")
+            finally:
+                os.close(start_w)
+                start_w = -1
+            try:
+                output, _ = await proc.communicate()
+            except BaseException:
+                if proc.returncode is None:
+                    proc.kill()
+                    await asyncio.shield(proc.wait())
+                raise
+            if proc.returncode != 0:
+                raise Internal(f"container {a.ctr_id}: conmon failed (exit status {proc.returncode}): "
+                               f"{output.decode(errors='replace').strip()}")
+            message = await _read_sync_message(sync_r)
+            sync_r = -1  # owned (and closed) by the reader
+        finally:
+            for fd in (sync_r, sync_w, start_r, start_w):
+                if fd >= 0:
+                    os.close(fd)
+        if message is None:
+            raise Internal(f"container {a.ctr_id}: conmon exited without reporting the container pid; "
+                           f"conmon said: {output.decode(errors='replace').strip() or '(nothing)'}")
+        if message.failed:
+            raise Internal(f"container {a.ctr_id}: {os.path.basename(a.runtime_path)} create failed: "
+                           f"{conmon.runtime_error_text(message.message) or '(no message)'}")
+        conmon_pid = _read_pidfile(a.conmon_pidfile)
+        if conmon_pid is None:
+            raise Internal(f"container {a.ctr_id}: conmon did not write its pid file {a.conmon_pidfile}")
+        return CreateResult(pid=message.data, conmon_pid=conmon_pid)
+
+    async def _undo_create(self, a: conmon.ConmonCreateArgs) -> None:
+        """Leave nothing behind of a failed create: the monitor, runc's state, sockets and fifos."""
+        conmon_pid = _read_pidfile(a.conmon_pidfile)
+        if conmon_pid is not None and _is_our_conmon(conmon_pid, a.ctr_id):
+            _kill_quietly(conmon_pid, signal.SIGKILL)
+        try:
+            await self.delete(a.ctr_id, force=True)
+        except Internal as err:
+            log.warning("container %s: cleanup after failed create: %s", a.ctr_id, err)
+        for leftover in (a.bundle / "attach", a.bundle / "ctl", a.bundle / "winsz", a.container_pidfile,
+                         a.conmon_pidfile):
+            leftover.unlink(missing_ok=True)
+
+    # ---- runc verbs ------------------------------------------------------------------------------------------
+
+    async def start(self, ctr_id: str) -> None:
+        result = await self._runc("start", ctr_id)
+        if result.returncode != 0:
+            raise Internal(f"container {ctr_id}: runc start failed: {result.error_text}")
+
+    async def kill(self, ctr_id: str, sig: int, all_processes: bool = False) -> None:
+        """Signal the container; a container that already stopped (or is gone) is not an error."""
+        args = ["kill"] + (["--all"] if all_processes else []) + [ctr_id, str(int(sig))]
+        result = await self._runc(*args)
+        if result.returncode == 0:
+            return
+        text = result.error_text
+        if _mentions(text, _STOPPED_MARKERS + _GONE_MARKERS):
+            return
+        raise Internal(f"container {ctr_id}: runc kill {int(sig)} failed: {text}")
+
+    async def delete(self, ctr_id: str, force: bool = False) -> None:
+        """Remove runc's state of the container (idempotent) and conmon's attach symlink."""
+        result = await self._runc("delete", *(["--force"] if force else []), ctr_id)
+        if result.returncode != 0 and not _mentions(result.error_text, _GONE_MARKERS):
+            raise Internal(f"container {ctr_id}: runc delete failed: {result.error_text}")
+        link = self.socket_dir / ctr_id
+        if link.is_symlink():
+            link.unlink(missing_ok=True)
+
+    async def state(self, ctr_id: str) -> dict | None:
+        """runc's state JSON (``status``: created/running/paused/stopped), None when runc does not know the id."""
+        result = await self._runc("state", ctr_id)
+        if result.returncode != 0:
+            if _mentions(result.error_text, _GONE_MARKERS):
+                return None
+            raise Internal(f"container {ctr_id}: runc state failed: {result.error_text}")
+        try:
+            return json.loads(result.stdout)
+        except json.JSONDecodeError as err:
+            raise Internal(f"container {ctr_id}: runc state printed invalid JSON: {err}") from err
+
+    async def update_resources(self, ctr_id: str, linux_resources: dict) -> None:
+        """Apply OCI ``LinuxResources`` to the running container's cgroup (``runc update --resources -``)."""
+        data = json.dumps(linux_resources).encode()
+        result = await self._runc("update", "--resources", "-", ctr_id, stdin=data)
+        if result.returncode != 0:
+            raise Internal(f"container {ctr_id}: runc update failed: {result.error_text}")
+
+    async def exec_sync(self, ctr_id: str, cmd: Sequence[str], timeout: float | None = None) -> ExecResult:
+        """Run ``cmd`` in the container, collecting its output (each stream capped at 16 MiB).
+
+        A ``timeout`` of None or 0 means none. On timeout the command is killed and DeadlineExceeded raised.
+        """
+        if not cmd:
+            raise InvalidArgument(f"exec in container {ctr_id}: the command is empty")
+        self.exec_dir.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix="exec-", dir=self.exec_dir))
+        try:
+            return await self._exec_in(ctr_id, list(cmd), timeout or None, scratch)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+    async def _exec_in(self, ctr_id: str, cmd: list[str], timeout: float | None, scratch: Path) -> ExecResult:
+        pidfile, runc_log = scratch / "pid", scratch / "runc.log"
+        argv = [*self._runc_base(), "--log", str(runc_log), "--log-format", "json",
+                "exec", "--pid-file", str(pidfile), ctr_id, *cmd]
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, start_new_session=True)
+        out, err = bytearray(), bytearray()
+        drains = [asyncio.create_task(_drain(proc.stdout, out)), asyncio.create_task(_drain(proc.stderr, err))]
+        try:
+            async with asyncio.timeout(timeout):
+                returncode = await proc.wait()
+        except TimeoutError:
+            await _stop_exec(proc, pidfile)
+            raise DeadlineExceeded(f"command {cmd!r} in container {ctr_id} timed out after {timeout}s") from None
+        except BaseException:
+            await asyncio.shield(_stop_exec(proc, pidfile))
+            raise
+        finally:
+            done, pending = await asyncio.wait(drains, timeout=EXEC_DRAIN_GRACE)
+            for task in pending:
+                task.cancel()
+        if returncode != 0 and not pidfile.exists():
+            problem = _runc_log_errors(runc_log) or conmon.runtime_error_text(err.decode(errors="replace"))
+            raise Internal(f"exec of {cmd!r} in container {ctr_id} failed: {problem or f'exit status {returncode}'}")
+        return ExecResult(returncode, bytes(out), bytes(err))
+
+    # ---- conmon control fifo ---------------------------------------------------------------------------------
+
+    async def reopen_log(self, ctr_id: str, log_path: Path, timeout: float = REOPEN_LOG_TIMEOUT) -> None:
+        """Ask conmon to reopen the container log (after log rotation) and wait until ``log_path`` exists."""
+        message = conmon.reopen_log_message()
+        reopened = await wait_for_path(log_path, timeout, after_watch=lambda: self._write_ctl(ctr_id, message))
+        if not reopened:
+            raise Internal(f"container {ctr_id}: conmon did not reopen its log {log_path} within {timeout}s")
+
+    async def resize(self, ctr_id: str, height: int, width: int) -> None:
+        """Resize the container's terminal (only meaningful for containers created with a terminal)."""
+        try:
+            message = conmon.resize_message(height, width)
+        except ValueError as err:
+            raise InvalidArgument(f"container {ctr_id}: {err}") from None
+        self._write_ctl(ctr_id, message)
+
+    def _write_ctl(self, ctr_id: str, message: bytes) -> None:
+        path = self.ctl_fifo_path(ctr_id)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as err:
+            if err.errno in (errno.ENXIO, errno.ENOENT):
+                raise FailedPrecondition(f"container {ctr_id}: its conmon is not running (control fifo {path}: "
+                                         f"{err.strerror})") from None
+            raise Internal(f"container {ctr_id}: cannot open conmon's control fifo {path}: {err}") from err
+        try:
+            os.write(fd, message)  # shorter than PIPE_BUF: written whole or not at all
+        except OSError as err:
+            raise Internal(f"container {ctr_id}: cannot write to conmon's control fifo {path}: {err}") from err
+        finally:
+            os.close(fd)
+
+    # ---- helpers ---------------------------------------------------------------------------------------------
+
+    def _runc_base(self) -> list[str]:
+        return [self.handler.runtime_path, "--root", str(self.handler.runtime_root)]
+
+    async def _runc(self, *args: str, stdin: bytes | None = None) -> _Completed:
+        argv = [*self._runc_base(), *args]
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        except OSError as err:
+            raise Internal(f"cannot run {self.handler.runtime_path} {' '.join(args)}: {err}") from err
+        out, err_out = await proc.communicate(stdin)
+        return _Completed(proc.returncode if proc.returncode is not None else -1, out, err_out)
+
+
+# ---- module helpers ------------------------------------------------------------------------------------------
+
+
+def _conmon_env(sync_fd: int, start_fd: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _ENV_NOT_FOR_CONMON}
+    env[conmon.SYNC_PIPE_ENV] = str(sync_fd)
+    env[conmon.START_PIPE_ENV] = str(start_fd)
+    return env
+
+
+async def _read_sync_message(fd: int) -> conmon.SyncMessage | None:
+    """The first message conmon writes on the sync pipe; None if it closed the pipe without writing."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
+                                                os.fdopen(fd, "rb", buffering=0))
+    try:
+        line = await reader.readline()
+    finally:
+        transport.close()
+    if not line.strip():
+        return None
+    try:
+        return conmon.parse_sync_message(line)
+    except conmon.SyncProtocolError as err:
+        raise Internal(str(err)) from None
+
+
+def _read_pidfile(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _is_our_conmon(pid: int, ctr_id: str) -> bool:
+    """Guard against pid reuse: the process must be a conmon monitoring this container."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return bool(argv) and b"conmon" in os.path.basename(argv[0]) and ctr_id.encode() in argv
+
+
+def _kill_quietly(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _mentions(text: str, markers: Sequence[str]) -> bool:
+    lowered = text.lower()
+    return any(marker in lowered for marker in markers)
+
+
+async def _drain(stream: asyncio.StreamReader | None, into: bytearray, cap: int = EXEC_OUTPUT_CAP) -> None:
+    """Read a stream to its end, keeping at most ``cap`` bytes (the rest is read and dropped)."""
+    if stream is None:
+        return
+    while chunk := await stream.read(64 * 1024):
+        room = cap - len(into)
+        if room > 0:
+            into += chunk[:room]
+
+
+async def _stop_exec(proc: asyncio.subprocess.Process, pidfile: Path) -> None:
+    """Kill an exec'd command and its runc: the command by its pid, runc (and runc init) by process group."""
+    pid = _read_pidfile(pidfile)
+    if pid is not None:
+        _kill_quietly(pid, signal.SIGKILL)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    await proc.wait()
+
+
+def _runc_log_errors(path: Path) -> str:
+    """Error messages from runc's JSON log (``--log-format json``)."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return ""
+    messages = []
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(entry, dict) and entry.get("level") in ("error", "fatal") and entry.get("msg"):
+            messages.append(str(entry["msg"]))
+    return "; ".join(messages)
+
+
+# ---- conmon's cgroup -----------------------------------------------------------------------------------------
+
+
+def _is_cgroup2_only() -> bool:
+    return (CGROUP_ROOT / "cgroup.controllers").exists()
+
+
+def _v1_hierarchy_dirs() -> list[tuple[str, Path]]:
+    """(controllers, mount dir) of each cgroup v1 hierarchy this process is in."""
+    dirs = []
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, _ = line.split(":", 2)
+        if not controllers:
+            continue
+        mount = CGROUP_ROOT / controllers.replace("name=", "")
+        if mount.is_dir():
+            dirs.append((controllers, mount))
+    return dirs
+
+
+def conmon_cgroup_dirs(cgroup_parent: str) -> list[Path]:
+    """The cgroup directories conmon joins for ``cgroup_parent`` (see the module docstring)."""
+    relative = cgroup_parent.strip("/")
+    if _is_cgroup2_only():
+        return [CGROUP_ROOT / relative / "conmon"]
+    return [mount / relative for _, mount in _v1_hierarchy_dirs()]
+
+
+def place_conmon_in_cgroup(pid: int, cgroup_parent: str) -> None:
+    """Move (not yet forked) conmon ``pid`` into the pod's cgroup; blocking, run it in a thread."""
+    for directory in conmon_cgroup_dirs(cgroup_parent):
+        if not directory.is_dir():
+            if directory.is_relative_to(CGROUP_ROOT / "cpuset"):
+                continue
+            directory.mkdir(parents=True, exist_ok=True)
+        try:
+            (directory / "cgroup.procs").write_text(str(pid))
+        except OSError as err:
+            raise Internal(f"cannot move conmon (pid {pid}) into cgroup {directory}: {err}") from err
+
+
+def remove_conmon_cgroup(cgroup_parent: str) -> None:
+    """Remove conmon's leaf cgroup under a pod's cgroup parent (cgroup v2 only; a no-op on v1)."""
+    if not _is_cgroup2_only():
+        return
+    for directory in conmon_cgroup_dirs(cgroup_parent):
+        try:
+            directory.rmdir()
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            raise Internal(f"cannot remove conmon cgroup {directory}: {err}") from err

@@ -1,0 +1,29 @@
+#!/bin/bash
+# Installs what cripy needs on a fresh Debian machine: the Debian packages (runc, conmon, CNI plugins, the
+# registry used by tests and the demo) and a venv with the pinned Python packages. Idempotent and quick when
+# everything is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PACKAGES=(runc conmon containernetworking-plugins catatonit iproute2 iptables util-linux
+          docker-registry busybox-static zstd skopeo apache2-utils)
+PYTHON=${PYTHON:-python3}
+
+missing=()
+for package in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if ((${#missing[@]})); then
+    echo "installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ] || ! cmp -s requirements-dev.txt .venv/.installed-requirements; then
+    echo "setting up the Python venv (.venv)"
+    "$PYTHON" -m venv .venv
+    .venv/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+    .venv/bin/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+    cp requirements-dev.txt .venv/.installed-requirements
+fi
