@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import resource
 import posixpath
 import stat
 from dataclasses import dataclass, field, replace
@@ -134,7 +135,7 @@ def build_spec(
         "env": process_env(req, image, user=user, pod=pod, settings=settings),
         "cwd": working_dir(req, image),
         "capabilities": capability_sets,
-        "rlimits": [{"type": "RLIMIT_NOFILE", "hard": settings.rlimit_nofile, "soft": settings.rlimit_nofile}],
+        "rlimits": [_nofile_rlimit(settings.rlimit_nofile, warnings)],
         "noNewPrivileges": sec.no_new_privs,
         "oomScoreAdj": _oom_score_adj(resources.oom_score_adj, settings, warnings, req.name),
     }
@@ -209,6 +210,33 @@ def process_env(
 def working_dir(req: ContainerRequest, image: ImageRuntimeConfig) -> str:
     cwd = req.working_dir or image.working_dir or "/"
     return posixpath.normpath(posixpath.join("/", cwd))
+
+
+def achievable_nofile_limit(wanted: int) -> int:
+    """`wanted`, or the daemon's own hard RLIMIT_NOFILE when it lacks CAP_SYS_RESOURCE to go above it
+    (runc would fail the whole container with EPERM otherwise)."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or wanted <= hard or caps.CAPABILITIES["CAP_SYS_RESOURCE"] in _own_effective_caps():
+        return wanted
+    return hard
+
+
+def _own_effective_caps() -> set[int]:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                mask = int(line.split(":", 1)[1], 16)
+                return {bit for bit in range(64) if mask >> bit & 1}
+    except OSError:
+        pass
+    return set()
+
+
+def _nofile_rlimit(wanted: int, warnings: list[str]) -> dict[str, Any]:
+    limit = achievable_nofile_limit(wanted)
+    if limit != wanted:
+        warnings.append(f"RLIMIT_NOFILE lowered from {wanted} to {limit}: cripy lacks CAP_SYS_RESOURCE to raise it")
+    return {"type": "RLIMIT_NOFILE", "hard": limit, "soft": limit}
 
 
 def _oom_score_adj(value: int, settings: SpecSettings, warnings: list[str], name: str) -> int:

@@ -85,12 +85,14 @@ def resolve_in_root(root: Path, path: str) -> Path:
 
 def read_file_in_root(root: Path, path: str) -> str | None:
     """Text of `path` inside `root` (symlinks kept inside root), or None when it does not exist."""
-    host_path = resolve_in_root(root, path)
     try:
+        host_path = resolve_in_root(root, path)
         # O_NOFOLLOW: resolve_in_root already followed every link; a link appearing now is a race, not a file.
         fd = os.open(host_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except (FileNotFoundError, NotADirectoryError):
         return None
+    except OSError as exc:
+        raise InvalidArgument(f"cannot read {path} of the image (rootfs {root}): {exc.strerror or exc}") from None
     with os.fdopen(fd, "r", encoding="utf-8", errors="replace") as f:
         return f.read()
 

@@ -259,7 +259,8 @@ def _legacy_seccomp_path(path: str, where: str) -> SecurityProfile:
     if path == "unconfined":
         return SecurityProfile(kind="unconfined")
     if path.startswith("localhost/"):
-        ref = path[len("localhost"):]
+        # kubelet wrote "localhost/" + an absolute path, hence the double slash
+        ref = path[len("localhost/"):]
         if os.path.isabs(ref):
             return SecurityProfile(kind="localhost", localhost_ref=ref)
     raise InvalidArgument(f"{where}: seccomp_profile_path={path!r} is not a valid profile reference")

@@ -7,6 +7,7 @@ Works against any CRI runtime (cripy, containerd, CRI-O); used by `cripy ctl` an
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -35,11 +36,14 @@ Deadline = float | None | _DefaultDeadline
 class CRIError(Exception):
     """A failed CRI call, formatted like crictl: `<call> failed: rpc error: code = NotFound desc = ...`."""
 
-    def __init__(self, action: str, code: grpc.StatusCode, details: str, endpoint: str) -> None:
+    def __init__(self, action: str, code: grpc.StatusCode, details: str, endpoint: str,
+                 connect_error: str | None = None) -> None:
         self.action = action
         self.code = code
         self.details = details
         self.endpoint = endpoint
+        # Set when the runtime could not be reached at all (as opposed to the runtime answering Unavailable).
+        self.connect_error = connect_error
         super().__init__(str(self))
 
     @property
@@ -51,8 +55,8 @@ class CRIError(Exception):
 
     def __str__(self) -> str:
         message = f"{self.action} failed: rpc error: code = {self.code_name} desc = {self.details}"
-        if self.code == grpc.StatusCode.UNAVAILABLE:
-            message += f" (is the runtime listening on {self.endpoint}?)"
+        if self.connect_error:
+            message += f" (cannot connect to the runtime at {self.endpoint}: {self.connect_error})"
         return message
 
 
@@ -76,6 +80,24 @@ def normalize_endpoint(endpoint: str) -> str:
     if not path:
         raise ValueError(f"CRI endpoint {endpoint!r} has no socket path")
     return "unix://" + os.path.abspath(path)
+
+
+def connect_error(target: str, timeout: float = 2.0) -> str | None:
+    """Why a plain connection to the gRPC target fails, or None when something is listening there."""
+    if target.startswith("unix://"):
+        family, address = socket.AF_UNIX, target[len("unix://"):]
+    else:
+        host, _, port = target.rpartition(":")
+        if not port.isdigit():
+            return None
+        family, address = socket.AF_INET6 if ":" in host else socket.AF_INET, (host.strip("[]"), int(port))
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.settimeout(timeout)
+        try:
+            probe.connect(address)
+        except OSError as error:
+            return error.strerror or str(error)
+    return None
 
 
 def _open_channel(target: str) -> grpc.Channel:
@@ -131,7 +153,8 @@ class CRIClient:
         except grpc.RpcError as error:
             code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
             details = error.details() if hasattr(error, "details") else str(error)
-            raise CRIError(method, code, details or "", endpoint) from None
+            reason = connect_error(endpoint) if code == grpc.StatusCode.UNAVAILABLE else None
+            raise CRIError(method, code, details or "", endpoint, reason) from None
         if self._debug_log:
             self._debug_log(f"{method} response: {_compact_json(response)}")
         return response

@@ -47,8 +47,8 @@ InteractiveExec = Callable[[CRIClient, api_pb2.ExecRequest], int]
 interactive_exec: InteractiveExec | None = None
 
 
-class UsageError(Exception):
-    """Flags or arguments that do not make a valid request."""
+class CommandError(Exception):
+    """A failure found by the client itself: bad flags or arguments, or a named object that is not there."""
 
 
 @dataclass
@@ -68,7 +68,7 @@ class Context:
                 self._client = CRIClient(self.args.runtime_endpoint, self.args.image_endpoint or None,
                                          timeout=self.args.timeout, debug_log=debug_log)
             except ValueError as error:
-                raise UsageError(str(error)) from None
+                raise CommandError(str(error)) from None
         return self._client
 
     def close(self) -> None:
@@ -111,7 +111,7 @@ def for_each(ctx: Context, ids: Iterable[str], action: Callable[[str], None]) ->
     for item in ids:
         try:
             action(item)
-        except CRIError as error:
+        except (CRIError, CommandError) as error:
             ctx.error(str(error))
             failed = True
     return 1 if failed else 0
@@ -122,7 +122,7 @@ def parse_labels(values: Sequence[str] | None) -> dict[str, str]:
     for value in values or ():
         key, sep, label_value = value.partition("=")
         if not sep or not key:
-            raise UsageError(f"invalid label {value!r}: expected key=value")
+            raise CommandError(f"invalid label {value!r}: expected key=value")
         labels[key] = label_value
     return labels
 
@@ -143,7 +143,7 @@ def matches_pattern(pattern: str | None, value: str) -> bool:
     try:
         return re.search(pattern, value) is not None
     except re.error as error:
-        raise UsageError(f"invalid regular expression {pattern!r}: {error}") from None
+        raise CommandError(f"invalid regular expression {pattern!r}: {error}") from None
 
 
 def parse_bytes(value: str) -> int:
@@ -158,14 +158,14 @@ def parse_bytes(value: str) -> int:
 def build_auth(args: argparse.Namespace) -> api_pb2.AuthConfig | None:
     """Registry credentials from --creds, --auth or --username/--password (crictl's pull flags)."""
     if args.creds and args.auth:
-        raise UsageError("--creds and --auth are mutually exclusive")
+        raise CommandError("--creds and --auth are mutually exclusive")
     if args.creds:
         username, sep, password = args.creds.partition(":")
         if not username:
-            raise UsageError("--creds needs USERNAME[:PASSWORD]")
+            raise CommandError("--creds needs USERNAME[:PASSWORD]")
         if not sep:
             if not sys.stdin.isatty():
-                raise UsageError("--creds has no password and stdin is not a terminal to ask for one")
+                raise CommandError("--creds has no password and stdin is not a terminal to ask for one")
             password = getpass.getpass("Password: ")
         return api_pb2.AuthConfig(username=username, password=password)
     if args.auth:
@@ -252,8 +252,7 @@ def cmd_inspecti(ctx: Context) -> int:
     def inspect(image: str) -> None:
         response = ctx.client.image_status(image, verbose=True)
         if not response.HasField("image"):
-            raise CRIError(f"ImageStatus {image!r}", grpc.StatusCode.NOT_FOUND,
-                           f"no such image {image!r} present", ctx.client.image_endpoint)
+            raise CommandError(f"no such image {image!r} present")
         ctx.write(output.render_status_info(response.image, response.info, ctx.args.output))
 
     return for_each(ctx, ctx.args.images, inspect)
@@ -269,13 +268,12 @@ def cmd_rmi(ctx: Context) -> int:
     else:
         targets = list(args.images)
         if not targets:
-            raise UsageError("rmi needs IMAGE arguments, --all or --prune")
+            raise CommandError("rmi needs IMAGE arguments, --all or --prune")
 
     def remove(image: str) -> None:
         status = ctx.client.image_status(image)
         if not status.HasField("image"):
-            raise CRIError(f"RemoveImage {image!r}", grpc.StatusCode.NOT_FOUND,
-                           f"no such image {image!r}", ctx.client.image_endpoint)
+            raise CommandError(f"no such image {image!r}")
         ctx.client.remove_image(status.image.id)
         for name in list(status.image.repo_tags) or [status.image.id]:
             ctx.print(f"Deleted: {name}")
@@ -313,7 +311,7 @@ def pod_filter(args: argparse.Namespace) -> api_pb2.PodSandboxFilter:
     if args.state:
         state = POD_STATES.get(args.state.lower().replace("_", ""))
         if state is None:
-            raise UsageError(f"invalid pod state {args.state!r}: expected ready or notready")
+            raise CommandError(f"invalid pod state {args.state!r}: expected ready or notready")
         pod_filter.state.state = state
     return pod_filter
 
@@ -360,7 +358,7 @@ def cmd_rmp(ctx: Context) -> int:
     args = ctx.args
     ids = [pod.id for pod in ctx.client.list_pod_sandbox()] if args.all else list(args.ids)
     if not ids and not args.all:
-        raise UsageError("rmp needs POD-ID arguments or --all")
+        raise CommandError("rmp needs POD-ID arguments or --all")
 
     def remove(pod_id: str) -> None:
         if args.force:
@@ -418,7 +416,7 @@ def container_filter(args: argparse.Namespace) -> api_pb2.ContainerFilter:
     if args.state:
         state = CONTAINER_STATES.get(args.state.lower())
         if state is None:
-            raise UsageError(f"invalid container state {args.state!r}: expected one of "
+            raise CommandError(f"invalid container state {args.state!r}: expected one of "
                              f"{', '.join(CONTAINER_STATES)}")
         container_filter.state.state = state
     elif not args.all:
@@ -485,7 +483,7 @@ def cmd_inspect(ctx: Context) -> int:
 
 def cmd_stop(ctx: Context) -> int:
     def stop(container_id: str) -> None:
-        ctx.client.stop_container(container_id, ctx.args.timeout)
+        ctx.client.stop_container(container_id, ctx.args.stop_timeout)
         ctx.print(container_id)
 
     return for_each(ctx, ctx.args.ids, stop)
@@ -495,7 +493,7 @@ def cmd_rm(ctx: Context) -> int:
     args = ctx.args
     ids = [container.id for container in ctx.client.list_containers()] if args.all else list(args.ids)
     if not ids and not args.all:
-        raise UsageError("rm needs CONTAINER-ID arguments or --all")
+        raise CommandError("rm needs CONTAINER-ID arguments or --all")
 
     def remove(container_id: str) -> None:
         if args.force:
@@ -512,7 +510,7 @@ def cmd_exec(ctx: Context) -> int:
     if command[:1] == ["--"]:
         command = command[1:]
     if not command:
-        raise UsageError("exec needs a COMMAND after the CONTAINER-ID")
+        raise CommandError("exec needs a COMMAND after the CONTAINER-ID")
     if (args.interactive or args.tty) and not args.sync:
         if interactive_exec is None:
             ctx.stderr.write("exec -it is not supported yet\n")
@@ -521,7 +519,7 @@ def cmd_exec(ctx: Context) -> int:
                                       stdin=args.interactive, stdout=True, stderr=not args.tty)
         return interactive_exec(ctx.client, request)
     # Without a terminal or stdin the synchronous call gives the same result as a stream.
-    response = ctx.client.exec_sync(args.container, command, args.timeout)
+    response = ctx.client.exec_sync(args.container, command, args.exec_timeout)
     if response.stdout:
         ctx.write_bytes(response.stdout)
     if response.stderr:
@@ -533,7 +531,7 @@ def cmd_logs(ctx: Context) -> int:
     args = ctx.args
     status = ctx.client.container_status(args.container).status
     if not status.log_path:
-        raise UsageError(f"container {args.container} has no log path")
+        raise CommandError(f"container {args.container} has no log path")
 
     def emit(lines: list[LogLine]) -> None:
         for line in lines:
@@ -738,7 +736,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_output_flag(sub, ("json", "yaml"), "json")
     sub = verb("stop", cmd_stop, "stop running containers")
     sub.add_argument("ids", nargs="+", metavar="CONTAINER-ID")
-    sub.add_argument("-t", "--timeout", type=int, default=0, help="seconds before the container is killed")
+    sub.add_argument("-t", "--timeout", dest="stop_timeout", type=int, default=0,
+                     help="seconds before the container is killed")
     sub = verb("rm", cmd_rm, "remove containers")
     sub.add_argument("ids", nargs="*", metavar="CONTAINER-ID")
     sub.add_argument("-f", "--force", action="store_true", help="stop running containers first")
@@ -750,7 +749,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("-t", "--timestamps", action="store_true", help="show timestamps")
     sub = verb("exec", cmd_exec, "run a command in a running container")
     sub.add_argument("-s", "--sync", action="store_true", help="run synchronously (ExecSync)")
-    sub.add_argument("--timeout", type=int, default=0, help="seconds the command may run (-s; 0 = no limit)")
+    sub.add_argument("--timeout", dest="exec_timeout", type=int, default=0,
+                     help="seconds the command may run (0 = no limit)")
     sub.add_argument("-i", "--interactive", action="store_true", help="keep stdin open")
     sub.add_argument("-t", "--tty", action="store_true", help="allocate a terminal")
     sub.add_argument("container", metavar="CONTAINER-ID")
@@ -791,7 +791,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.handler(ctx)
     except CRIError as error:
         ctx.error(str(error))
-    except (UsageError, ConfigFileError) as error:
+    except (CommandError, ConfigFileError) as error:
         ctx.error(str(error))
     except KeyboardInterrupt:
         return 130

@@ -47,6 +47,8 @@ from cripy.images.store import Image, ImageStore, LayerSource
 log = logging.getLogger(__name__)
 
 PROGRESS_LOG_INTERVAL = 5.0
+# docker.io is a name; the registry API behind it answers at this host.
+DOCKER_HUB_ENDPOINT = "registry-1.docker.io"
 # Errors after which the next mirror or search registry is worth trying; others (bad credentials, a refused
 # policy) are the answer.
 _TRY_NEXT = (NotFound, Unavailable, DataLoss, DeadlineExceeded)
@@ -146,7 +148,7 @@ class Puller:
     async def _pull_from(self, wanted: Reference, source: PullSource, credentials: Credentials | None) -> Image:
         ref = source.reference
         client = RegistryClient(
-            ref.domain,
+            DOCKER_HUB_ENDPOINT if ref.domain == "docker.io" else ref.domain,
             insecure=source.insecure,
             credentials=credentials,
             session=self._http(),

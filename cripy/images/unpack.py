@@ -411,19 +411,26 @@ class _Extractor:
         self._entry = ""
 
     def extract(self, stream: _DigestingReader) -> None:
-        tar = _StrictTarStream.open(fileobj=stream, mode="r|", encoding="utf-8", errors="surrogateescape")
-        while (member := tar.next()) is not None:
-            self._entry = member.name
-            try:
-                self._extract_member(tar, member)
-            except LayerError:
-                raise
-            except (ValueError, OverflowError) as e:
+        try:
+            tar = _StrictTarStream.open(fileobj=stream, mode="r|", encoding="utf-8", errors="surrogateescape")
+            while (member := tar.next()) is not None:
+                self._entry = member.name
+                self._extract_one(tar, member)
+        except tarfile.TarError as e:
+            where = f"at or after entry {self._entry!r}" if self._entry else "at the first entry"
+            raise LayerError(f"layer {self._blob}: malformed tar stream {where}: {e}") from e
+
+    def _extract_one(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+        try:
+            self._extract_member(tar, member)
+        except LayerError:
+            raise
+        except (ValueError, OverflowError) as e:
+            raise self._error(str(e)) from e
+        except OSError as e:
+            if e.errno in _CONTENT_ERRNOS:
                 raise self._error(str(e)) from e
-            except OSError as e:
-                if e.errno in _CONTENT_ERRNOS:
-                    raise self._error(str(e)) from e
-                raise errors.Internal(f"layer {self._blob}: entry {member.name!r}: {e}") from e
+            raise errors.Internal(f"layer {self._blob}: entry {member.name!r}: {e}") from e
 
     def finish(self) -> None:
         """Apply directory modes and times, deepest first, after every child has been written."""

@@ -320,6 +320,8 @@ class OCIRuntime:
 
     async def reopen_log(self, ctr_id: str, log_path: Path, timeout: float = REOPEN_LOG_TIMEOUT) -> None:
         """Ask conmon to reopen the container log (after log rotation) and wait until ``log_path`` exists."""
+        if self.exit_file_path(ctr_id).exists():
+            raise FailedPrecondition(f"container {ctr_id} has exited: there is no log to reopen")
         message = conmon.reopen_log_message()
         reopened = await wait_for_path(log_path, timeout, after_watch=lambda: self._write_ctl(ctr_id, message))
         if not reopened:

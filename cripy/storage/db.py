@@ -49,6 +49,50 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX image_names_image ON image_names(image_id);
     """,
+    # 2: pods, containers, and the journal of their side effects.
+    """
+    CREATE TABLE pods (
+        id              TEXT PRIMARY KEY,
+        name            TEXT NOT NULL UNIQUE,
+        state           TEXT NOT NULL,
+        created_at      INTEGER NOT NULL,
+        request         TEXT NOT NULL,
+        runtime_handler TEXT NOT NULL,
+        ips             TEXT NOT NULL DEFAULT '[]',
+        cgroup_parent   TEXT NOT NULL,
+        run_dir         TEXT NOT NULL,
+        infra_id        TEXT,
+        infra_pid       INTEGER
+    );
+    CREATE TABLE containers (
+        id           TEXT PRIMARY KEY,
+        pod_id       TEXT NOT NULL REFERENCES pods(id),
+        name         TEXT NOT NULL UNIQUE,
+        state        TEXT NOT NULL,
+        created_at   INTEGER NOT NULL,
+        started_at   INTEGER NOT NULL DEFAULT 0,
+        finished_at  INTEGER NOT NULL DEFAULT 0,
+        exit_code    INTEGER NOT NULL DEFAULT 0,
+        reason       TEXT NOT NULL DEFAULT '',
+        message      TEXT NOT NULL DEFAULT '',
+        image_id     TEXT NOT NULL,
+        image_name   TEXT NOT NULL,
+        request      TEXT NOT NULL,
+        log_path     TEXT NOT NULL,
+        pid          INTEGER NOT NULL DEFAULT 0,
+        conmon_pid   INTEGER NOT NULL DEFAULT 0,
+        stop_signal  TEXT NOT NULL DEFAULT '',
+        cgroup_path  TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX containers_pod ON containers(pod_id);
+    CREATE TABLE effects (
+        seq    INTEGER PRIMARY KEY AUTOINCREMENT,
+        owner  TEXT NOT NULL,
+        kind   TEXT NOT NULL,
+        data   TEXT NOT NULL
+    );
+    CREATE INDEX effects_owner ON effects(owner);
+    """,
 ]
 
 

@@ -13,6 +13,7 @@ import json
 import os
 import platform
 import secrets
+import subprocess
 import tarfile
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -242,8 +243,6 @@ class LayerBuilder:
 
 def busybox_applets() -> list[str]:
     """The applets of BUSYBOX_APPLETS the installed busybox actually provides."""
-    import subprocess
-
     listed = set(subprocess.run([str(BUSYBOX_PATH), "--list"], check=True, capture_output=True,
                                 text=True).stdout.split())
     return [name for name in dict.fromkeys(BUSYBOX_APPLETS) if name in listed]

@@ -4,7 +4,6 @@ error reporting; plus the pure pieces (CRI log parsing, tables, sizes, endpoints
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -620,7 +619,17 @@ def test_connection_failure_names_endpoint(tmp_path: Path, capsys) -> None:
     assert ctl_main.main(["-r", endpoint, "version"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("E Version failed: rpc error: code = Unavailable")
-    assert endpoint in err
+    assert f"(cannot connect to the runtime at {endpoint}: No such file or directory)" in err
+
+
+def test_unavailable_from_a_reachable_runtime_is_not_a_connection_failure(cri: Server, ctl, capsys) -> None:
+    def registry_down(request: api_pb2.PullImageRequest) -> api_pb2.PullImageResponse:
+        raise FakeError(grpc.StatusCode.UNAVAILABLE, "registry 127.0.0.1:1 unavailable")
+
+    cri.fake.handlers["PullImage"] = registry_down
+    assert ctl("pull", "127.0.0.1:1/x") == 1
+    assert capsys.readouterr().err == (
+        "E PullImage failed: rpc error: code = Unavailable desc = registry 127.0.0.1:1 unavailable\n")
 
 
 def test_deadline_is_applied(cri: Server, capsys) -> None:
@@ -647,6 +656,14 @@ def test_bad_config_file_reports_path(cri: Server, ctl, capsys, tmp_path: Path) 
     assert ctl("runp", str(tmp_path / "missing.yaml")) == 1
     assert "cannot read config file" in capsys.readouterr().err
     assert cri.fake.requests("RunPodSandbox") == []
+
+
+def test_verb_timeouts_do_not_replace_the_call_deadline() -> None:
+    parser = ctl_main.build_parser()
+    args = parser.parse_args(["-t", "7", "exec", "-s", "--timeout", "3", "ID", "ls", "-t"])
+    assert (args.timeout, args.exec_timeout, list(args.command)) == (7, 3, ["ls", "-t"])
+    args = parser.parse_args(["stop", "-t", "4", "ID"])
+    assert (args.timeout, args.stop_timeout) == (ctl_main.DEFAULT_TIMEOUT, 4)
 
 
 def test_usage_errors_return_2(capsys) -> None:
@@ -739,3 +756,11 @@ def test_config_file_camel_case_and_non_mapping(tmp_path: Path) -> None:
     path.write_text("[1, 2]")
     with pytest.raises(ConfigFileError, match="mapping"):
         load_pod_config(path)
+
+
+def test_debug_logs_requests_and_responses(cri: Server, ctl, capsys) -> None:
+    cri.fake.handlers["Version"] = api_pb2.VersionResponse(runtime_name="fake")
+    assert ctl_main.main(["-r", cri.endpoint, "-D", "version"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("D Version request: ") and '"version": "v1"' in err[0]
+    assert err[1].startswith("D Version response: ") and '"runtimeName": "fake"' in err[1]

@@ -136,6 +136,7 @@ BASIC = [
     entry("./usr/lib/empty"),
     entry("bin", tarfile.SYMTYPE, linkname="/usr/bin"),
     entry("etc/rel", tarfile.SYMTYPE, linkname="../usr/bin/tool"),
+    entry("long/" + "n" * 200 + "/" + "x" * 150, data=b"long", mode=0o600),  # needs a PAX path record
 ]
 
 
@@ -152,9 +153,10 @@ def test_unpacks_files_dirs_and_symlinks(layers: Layers, compression: str) -> No
     assert os.readlink(dest / "etc/rel") == "../usr/bin/tool"
     assert stat.S_IMODE(os.lstat(dest / "usr/bin/tool").st_mode) == 0o755
     assert stat.S_IMODE(os.lstat(dest / "etc/hostname").st_mode) == 0o644
-    # etc, etc/hostname, etc/rel, usr, usr/bin, usr/bin/tool, usr/lib, usr/lib/empty, bin
-    assert result.inodes == 9
-    assert result.size == len(b"box\n") + len(b"#!/bin/sh\necho hi\n")
+    assert (dest / "long" / ("n" * 200) / ("x" * 150)).read_bytes() == b"long"
+    # etc, etc/hostname, etc/rel, usr, usr/bin, usr/bin/tool, usr/lib, usr/lib/empty, bin, long, long/n*, x*
+    assert result.inodes == 12
+    assert result.size == len(b"box\n") + len(b"#!/bin/sh\necho hi\n") + len(b"long")
     assert layers.leftovers() == ["diff"]
 
 
@@ -417,8 +419,9 @@ def test_truncated_compressed_stream_fails_and_leaves_nothing(layers: Layers, co
 def test_truncated_plain_tar_is_refused(layers: Layers) -> None:
     tar_bytes = make_tar([entry("f", data=os.urandom(5000)), entry("g", data=b"g")])
     blob = layers.blob(tar_bytes[:3000])
-    with pytest.raises(LayerError):
+    with pytest.raises(LayerError) as info:
         unpack_layer(blob, layers.parent / "diff", TAR_MT)
+    assert "'f'" in str(info.value)
     assert layers.leftovers() == []
 
 

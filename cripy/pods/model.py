@@ -1,0 +1,92 @@
+"""The pod sandbox as the daemon keeps it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cripy.containers.model import NamespaceMode, PodSandboxRequest
+
+STATE_CREATING = "creating"
+STATE_READY = "ready"
+STATE_NOTREADY = "notready"
+
+
+@dataclass
+class PodSandbox:
+    id: str
+    name: str  # the reserved name: <name>_<namespace>_<uid>_<attempt>
+    state: str
+    created_at: int  # ns since the epoch
+    request: PodSandboxRequest
+    runtime_handler: str
+    cgroup_parent: str
+    run_dir: Path
+    ips: list[str] = field(default_factory=list)
+    infra_id: str | None = None
+    infra_pid: int | None = None
+
+    @property
+    def host_network(self) -> bool:
+        return self.request.security.namespace_options.network is NamespaceMode.NODE
+
+    @property
+    def host_ipc(self) -> bool:
+        return self.request.security.namespace_options.ipc is NamespaceMode.NODE
+
+    @property
+    def host_pid(self) -> bool:
+        return self.request.security.namespace_options.pid is NamespaceMode.NODE
+
+    @property
+    def shares_pid(self) -> bool:
+        return self.request.security.namespace_options.pid is NamespaceMode.POD
+
+    @property
+    def hostname(self) -> str:
+        return self.request.hostname or self.request.name
+
+    @property
+    def ns_dir(self) -> Path:
+        return self.run_dir / "ns"
+
+    @property
+    def pinned_kinds(self) -> list[str]:
+        kinds = []
+        if not self.host_network:
+            kinds += ["net", "uts"]
+        if not self.host_ipc:
+            kinds.append("ipc")
+        return kinds
+
+    def namespace_path(self, kind: str) -> Path | None:
+        return self.ns_dir / kind if kind in self.pinned_kinds else None
+
+    @property
+    def netns(self) -> Path | None:
+        return self.namespace_path("net")
+
+    @property
+    def shm_path(self) -> Path:
+        return self.run_dir / "shm"
+
+    @property
+    def resolv_conf_path(self) -> Path:
+        return self.run_dir / "resolv.conf"
+
+    @property
+    def hosts_path(self) -> Path:
+        return self.run_dir / "hosts"
+
+    @property
+    def hostname_path(self) -> Path:
+        return self.run_dir / "hostname"
+
+    @property
+    def pid_namespace(self) -> Path | None:
+        """The shared PID namespace of the pod, held by its infra process."""
+        return Path(f"/proc/{self.infra_pid}/ns/pid") if self.infra_pid else None
+
+
+def reserved_name(request: PodSandboxRequest) -> str:
+    return f"{request.name}_{request.namespace}_{request.uid}_{request.attempt}"

@@ -1,0 +1,95 @@
+"""The side-effect journal: every change a pod or container makes to the node is written down before it is made.
+
+A pod pins namespaces, mounts a shm, runs CNI ADD, creates cgroups; a container mounts its rootfs and creates a
+runtime container. Each is recorded (owner, kind, data) *before* the action, so that stop, remove and crash
+recovery undo exactly what was (or may have been) done, newest first, and nothing else. Undo functions are
+registered per kind and must be idempotent: an effect may be recorded and the crash come before it happened.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Iterable
+
+from cripy.storage.db import Database
+
+log = logging.getLogger(__name__)
+
+UndoFn = Callable[["Effect"], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Effect:
+    seq: int
+    owner: str
+    kind: str
+    data: dict[str, Any]
+
+
+class EffectJournal:
+    """Record effects before making them; undo them (newest first) when their owner goes."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._undo: dict[str, UndoFn] = {}
+
+    def register(self, kind: str, undo: UndoFn) -> None:
+        self._undo[kind] = undo
+
+    async def record(self, owner: str, kind: str, **data: Any) -> Effect:
+        if kind not in self._undo:
+            raise ValueError(f"effect kind {kind!r} has no undo function")
+        text = json.dumps(data, sort_keys=True)
+        seq = await self._db.run(
+            lambda conn: conn.execute(
+                "INSERT INTO effects (owner, kind, data) VALUES (?, ?, ?)", (owner, kind, text)
+            ).lastrowid
+        )
+        return Effect(int(seq), owner, kind, data)
+
+    async def effects_of(self, owner: str) -> list[Effect]:
+        rows = await self._db.run(
+            lambda conn: conn.execute(
+                "SELECT seq, owner, kind, data FROM effects WHERE owner = ? ORDER BY seq", (owner,)
+            ).fetchall()
+        )
+        return [Effect(row[0], row[1], row[2], json.loads(row[3])) for row in rows]
+
+    async def find(self, owner: str, kind: str) -> Effect | None:
+        effects = [effect for effect in await self.effects_of(owner) if effect.kind == kind]
+        return effects[-1] if effects else None
+
+    async def undo(self, owner: str, kinds: Iterable[str] | None = None, *, keep_going: bool = False) -> None:
+        """Undo the owner's effects (only `kinds`, when given), newest first, forgetting each once undone.
+
+        With keep_going, a failing undo is logged and the rest still run (used on best-effort paths such as a
+        rollback that is already reporting another error); otherwise the first failure stops and is raised, and
+        what is left stays recorded for the next attempt.
+        """
+        wanted = set(kinds) if kinds is not None else None
+        first_error: BaseException | None = None
+        for effect in reversed(await self.effects_of(owner)):
+            if wanted is not None and effect.kind not in wanted:
+                continue
+            try:
+                await self._undo[effect.kind](effect)
+            except Exception as e:
+                if not keep_going:
+                    raise
+                log.error("undoing %s of %s failed: %s", effect.kind, owner, e)
+                first_error = first_error or e
+                continue
+            await self._forget(effect.seq)
+
+    async def owners(self) -> list[str]:
+        return await self._db.run(lambda conn: [r[0] for r in conn.execute("SELECT DISTINCT owner FROM effects")])
+
+    async def _forget(self, seq: int) -> None:
+        await self._db.run(lambda conn: conn.execute("DELETE FROM effects WHERE seq = ?", (seq,)))
+
+
+def forget_owner(conn: sqlite3.Connection, owner: str) -> None:
+    conn.execute("DELETE FROM effects WHERE owner = ?", (owner,))

@@ -1,0 +1,65 @@
+"""Domain dataclasses to JSON and back, for what the database keeps as documents (requests, configs).
+
+Rebuilding follows the dataclass type hints: nested dataclasses, lists, tuples, dicts, optionals, enums and
+Literal strings. Keys the class does not know are ignored, so an older daemon can read a newer row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import types
+import typing
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def to_jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    return value
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(to_jsonable(value), separators=(",", ":"), sort_keys=True)
+
+
+def loads(cls: type[T], text: str | bytes) -> T:
+    return from_jsonable(cls, json.loads(text))
+
+
+def from_jsonable(hint: Any, data: Any) -> Any:
+    if data is None:
+        return None
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = [arg for arg in typing.get_args(hint) if arg is not type(None)]
+        return from_jsonable(options[0], data) if len(options) == 1 else data
+    if origin is typing.Literal or hint is Any:
+        return data
+    if origin in (list, typing.List):
+        (item,) = typing.get_args(hint) or (Any,)
+        return [from_jsonable(item, v) for v in data]
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(from_jsonable(args[0], v) for v in data)
+        return tuple(from_jsonable(arg, v) for arg, v in zip(args, data))
+    if origin is dict:
+        _, value_type = typing.get_args(hint) or (str, Any)
+        return {k: from_jsonable(value_type, v) for k, v in data.items()}
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return hint(data)
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        hints = typing.get_type_hints(hint)
+        known = {f.name for f in dataclasses.fields(hint) if f.init}
+        return hint(**{k: from_jsonable(hints[k], v) for k, v in data.items() if k in known})
+    return data
