@@ -18,15 +18,22 @@ from typing import Callable
 import grpc
 from cri_api.v1 import api_pb2_grpc
 
-from cripy.config import Config, ConfigError
+from cripy.config import Config, ConfigError, handler_runtime_root
+from cripy.containers.manager import ContainerManager
+from cripy.containers.spec import SpecSettings
 from cripy.cri.admin import admin_handler
 from cripy.cri.images import ImageService
 from cripy.cri.runtime import RuntimeService
 from cripy.images.archive import Importer
 from cripy.images.pull import Puller
 from cripy.images.store import ImageStore
+from cripy.linux import cgroups
 from cripy.network.cni import CNIManager
+from cripy.oci.exits import ExitWatcher
+from cripy.oci.runtime import OCIRuntime, RuntimeHandler
+from cripy.pods.manager import PodManager
 from cripy.storage.db import Database
+from cripy.storage.effects import EffectJournal
 from cripy.storage.layout import Layout
 
 log = logging.getLogger(__name__)
@@ -47,7 +54,6 @@ class Daemon:
         await asyncio.to_thread(self.layout.ensure)
         self.db = await Database.open(self.layout.database)
         self.store = ImageStore(self.db, self.layout, pinned=self.config.images.pinned_images)
-        await self.store.recover()
         self.puller = Puller(self.store, self.config.images, self.layout.downloads)
         self.importer = Importer(self.store, self.layout.downloads)
         self.network = CNIManager(
@@ -56,8 +62,64 @@ class Daemon:
             self.layout.root / "cni-cache",
             self.config.network.default_network,
         )
+        journal = EffectJournal(self.db)
+        self.runtimes = self._runtimes()
+        self.pods = PodManager(
+            self.db,
+            journal,
+            runroot=self.layout.runroot,
+            network=self.network,
+            runtimes=self.runtimes,
+            default_runtime=self.config.runtime.default_runtime,
+            default_cgroup_parent=self.config.runtime.cgroup_parent,
+            pause_command=self.config.runtime.pause_command,
+        )
+        self.containers = ContainerManager(
+            self.db,
+            journal,
+            pods=self.pods,
+            images=self.store,
+            runtimes=self.runtimes,
+            root=self.layout.root,
+            runroot=self.layout.runroot,
+            settings=await asyncio.to_thread(self._spec_settings),
+        )
+        self.pods.containers = self.containers
+        await self.store.recover()
+        await self.pods.recover()
+        await self.containers.recover()
+        self.exits = ExitWatcher(self.layout.runroot / "exits", self.containers.handle_exit)
+        await self.exits.start()
         await self._serve_grpc()
         log.info("cripy serving CRI on %s (root %s, run root %s)", self.config.cripy.listen, self.layout.root, self.layout.runroot)
+
+    def _runtimes(self) -> dict[str, OCIRuntime]:
+        runtime = self.config.runtime
+        return {
+            name: OCIRuntime(
+                RuntimeHandler(
+                    name=name,
+                    runtime_path=handler.runtime_path,
+                    runtime_root=handler_runtime_root(self.config, name),
+                    monitor_path=runtime.conmon,
+                    runtime_type=handler.runtime_type,
+                ),
+                exits_dir=self.layout.runroot / "exits",
+                log_level=self.config.cripy.log_level,
+                run_dir=self.layout.runroot,
+            )
+            for name, handler in runtime.handlers.items()
+        }
+
+    def _spec_settings(self) -> SpecSettings:
+        allow_negative = cgroups.can_set_negative_oom_score_adj()
+        if not allow_negative:
+            log.warning("this node refuses negative oom_score_adj (no CAP_SYS_RESOURCE): container OOM scores are"
+                        " clamped to 0 and up, as containerd's restrict_oom_score_adj does")
+        return SpecSettings(
+            allow_negative_oom_score_adj=allow_negative,
+            cgroup_parent_default=self.config.runtime.cgroup_parent,
+        )
 
     async def _serve_grpc(self) -> None:
         limit = self.config.cripy.grpc_max_message_bytes
@@ -67,6 +129,8 @@ class Daemon:
         api_pb2_grpc.add_ImageServiceServicer_to_server(ImageService(self.store, self.puller), server)
         api_pb2_grpc.add_RuntimeServiceServicer_to_server(
             RuntimeService(
+                pods=self.pods,
+                containers=self.containers,
                 handlers=sorted(self.config.runtime.handlers),
                 network_status=self._network_status,
                 config_info=lambda: dataclasses.asdict(self.config),
@@ -127,6 +191,7 @@ class Daemon:
         log.info("cripy shutting down")
         if self._server is not None:
             await self._server.stop(grace=5)
+        await self.exits.stop()
         await self.puller.close()
         if self.db is not None:
             await asyncio.to_thread(self.db.close)
@@ -142,6 +207,7 @@ def configure_logging(level: str) -> None:
         level=level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    logging.getLogger("grpc").setLevel(logging.INFO)  # its debug output is per-call noise
 
 
 def run_daemon(config: Config, reload: Callable[[], Config] | None = None) -> int:

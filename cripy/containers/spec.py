@@ -216,7 +216,9 @@ def achievable_nofile_limit(wanted: int) -> int:
     """`wanted`, or the daemon's own hard RLIMIT_NOFILE when it lacks CAP_SYS_RESOURCE to go above it
     (runc would fail the whole container with EPERM otherwise)."""
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or wanted <= hard or caps.CAPABILITIES["CAP_SYS_RESOURCE"] in _own_effective_caps():
+    if hard == resource.RLIM_INFINITY or wanted <= hard:
+        return wanted
+    if caps.CAPABILITIES["CAP_SYS_RESOURCE"] in _own_effective_caps():
         return wanted
     return hard
 
@@ -331,7 +333,9 @@ def build_mounts(
         source = volumes_dir / hashlib.sha256(dest.encode()).hexdigest()[:16]
         volume_dirs.append(source)
         taken.add(dest)
-        mounts.append({"destination": dest, "type": "bind", "source": str(source), "options": ["rbind", "rw", "rprivate"]})
+        mounts.append(
+            {"destination": dest, "type": "bind", "source": str(source), "options": ["rbind", "rw", "rprivate"]}
+        )
     mounts.sort(key=lambda m: _depth(m["destination"]))
     return mounts, volume_dirs
 
@@ -372,7 +376,8 @@ def default_mounts(sec: ContainerSecurity, pod: PodContext) -> list[dict[str, An
 
 
 def _bind(dest: str, source: str, mode: str) -> dict[str, Any]:
-    return {"destination": dest, "type": "bind", "source": source, "options": ["rbind", "rprivate", "nosuid", "nodev", mode]}
+    options = ["rbind", "rprivate", "nosuid", "nodev", mode]
+    return {"destination": dest, "type": "bind", "source": source, "options": options}
 
 
 def rootfs_propagation(req: ContainerRequest) -> str | None:

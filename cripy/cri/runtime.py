@@ -1,6 +1,5 @@
-"""CRI RuntimeService: the calls answered by the daemon itself (Version, Status, RuntimeConfig).
-
-Pod and container calls that are not served yet answer Unimplemented with a clear message.
+"""CRI RuntimeService: the daemon's own calls (Version, Status, RuntimeConfig), composed with the pod, container
+and stats calls (cri/pods.py, cri/containers.py, cri/stats.py). Calls cripy does not serve answer Unimplemented.
 """
 
 from __future__ import annotations
@@ -12,14 +11,29 @@ import grpc
 from cri_api.v1 import api_pb2, api_pb2_grpc
 
 from cripy import CRI_API_VERSION, RUNTIME_NAME, __version__
+from cripy.containers.manager import ContainerManager
+from cripy.cri.containers import ContainersServicer
 from cripy.cri.errors import grpc_method, unimplemented
+from cripy.cri.pods import PodsServicer
+from cripy.cri.stats import StatsServicer
+from cripy.pods.manager import PodManager
 
 # What the node reports about the network; answered by whoever owns networking.
 NetworkStatusFn = Callable[[], tuple[bool, str, str]]
 
 
-class RuntimeService(api_pb2_grpc.RuntimeServiceServicer):
-    def __init__(self, *, handlers: list[str], network_status: NetworkStatusFn, config_info: Callable[[], dict]) -> None:
+class RuntimeService(PodsServicer, ContainersServicer, StatsServicer, api_pb2_grpc.RuntimeServiceServicer):
+    def __init__(
+        self,
+        *,
+        pods: PodManager,
+        containers: ContainerManager,
+        handlers: list[str],
+        network_status: NetworkStatusFn,
+        config_info: Callable[[], dict],
+    ) -> None:
+        self.pods = pods
+        self.containers = containers
         self._handlers = handlers
         self._network_status = network_status
         self._config_info = config_info
@@ -61,7 +75,6 @@ class RuntimeService(api_pb2_grpc.RuntimeServiceServicer):
         return api_pb2.UpdateRuntimeConfigResponse()
 
 
-_SERVED = {"Version", "Status", "RuntimeConfig", "UpdateRuntimeConfig"}
 for _name in api_pb2.DESCRIPTOR.services_by_name["RuntimeService"].methods_by_name:
-    if _name not in _SERVED:
+    if not any(_name in vars(cls) for cls in RuntimeService.__mro__[:-2]):
         setattr(RuntimeService, _name, unimplemented(_name))

@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import sqlite3
 import time
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ from typing import Awaitable, Callable, Iterable, Sequence
 
 from cripy.errors import DataLoss, InvalidArgument, NotFound
 from cripy.images.reference import Reference, is_short_name, parse_image_id, parse_normalized
-from cripy.images.unpack import unpack_layer
+from cripy.images.unpack import remove_tree, unpack_layer
 from cripy.storage.db import Database
 from cripy.storage.layout import Layout
 
@@ -455,17 +454,7 @@ def _clear_dir(path: Path) -> None:
     if path.is_symlink() or not path.is_dir():
         path.unlink()
         return
-    shutil.rmtree(path, onerror=_make_writable_and_retry)
-
-
-def _make_writable_and_retry(func: Callable, path: str, exc_info: object) -> None:
-    parent = os.path.dirname(path)
-    os.chmod(parent, 0o700)
-    if os.path.isdir(path) and not os.path.islink(path):
-        os.chmod(path, 0o700)
-        shutil.rmtree(path, onerror=_make_writable_and_retry)
-    else:
-        func(path)
+    remove_tree(path)
 
 
 def _unlink_quietly(path: Path) -> None:

@@ -134,19 +134,31 @@ def _unpack_into(raw: BinaryIO, blob: Path, tmp: Path, dest: Path, media_type: s
     algorithms = ["sha256"] + ([expected[0]] if expected and expected[0] != "sha256" else [])
     reader = _DigestingReader(_decompressed_stream(raw, media_type, blob), algorithms, blob)
     extractor = _Extractor(str(tmp), blob)
-    extractor.extract(reader)
+    try:
+        extractor.extract(reader)
+    except LayerError as bad_content:
+        if expected is not None:
+            # Bad content that also misses its digest is damaged data (worth fetching again), not a bad image.
+            reader.drain()
+            _check_digest(reader, expected, blob, cause=bad_content)
+        raise
     reader.drain()
     diff_id = f"sha256:{reader.hexdigest('sha256')}"
     if expected is not None:
-        algorithm, wanted = expected
-        actual = reader.hexdigest(algorithm)
-        if actual != wanted:
-            raise errors.DataLoss(f"layer {blob}: uncompressed digest mismatch: expected {algorithm}:{wanted}, "
-                                  f"got {algorithm}:{actual}")
+        _check_digest(reader, expected, blob)
     size, inodes = _measure_tree(str(tmp))
     extractor.finish()  # directory modes and times last: measuring the tree above reads (and atime-touches) dirs
     _rename_into_place(tmp, dest, blob)
     return UnpackedLayer(diff_id=diff_id, size=size, inodes=inodes)
+
+
+def _check_digest(reader: _DigestingReader, expected: tuple[str, str], blob: Path,
+                  cause: BaseException | None = None) -> None:
+    algorithm, wanted = expected
+    actual = reader.hexdigest(algorithm)
+    if actual != wanted:
+        raise errors.DataLoss(f"layer {blob}: uncompressed digest mismatch: expected {algorithm}:{wanted}, "
+                              f"got {algorithm}:{actual}") from cause
 
 
 def remove_tree(path: Path | str) -> None:
@@ -386,16 +398,17 @@ def _meta_of(member: tarfile.TarInfo) -> _Meta:
                  mtime_ns=mtime_ns, xattrs=xattrs)
 
 
-def _member_parts(name: str, what: str) -> tuple[str, ...]:
+def _member_parts(name: str) -> tuple[str, ...]:
     """Split a member name into path components, dropping a leading "/" and "." components (as Docker does).
 
     Any ".." is refused, even one that would stay inside the layer: legitimate layers never need it.
+    Raises ValueError, which the extractor reports as a LayerError naming the entry.
     """
     if "\0" in name:
-        raise LayerError(f"{what} {name!r}: contains a NUL byte")
+        raise ValueError(f"path {name!r} contains a NUL byte")
     parts = tuple(p for p in name.split("/") if p not in ("", "."))
     if ".." in parts:
-        raise LayerError(f"{what} {name!r}: '..' path components are refused (could escape the layer)")
+        raise ValueError(f"path {name!r} has '..' components, which are refused (could escape the layer)")
     return parts
 
 
@@ -445,7 +458,7 @@ class _Extractor:
     # --- per member ---
 
     def _extract_member(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
-        parts = _member_parts(member.name, "entry")
+        parts = _member_parts(member.name)
         if not parts:
             if not member.isdir():
                 raise self._error("the layer root can only be a directory")
@@ -509,7 +522,7 @@ class _Extractor:
         os.utime(path, ns=(meta.atime_ns, meta.mtime_ns), follow_symlinks=False)
 
     def _make_hardlink(self, parts: tuple[str, ...], member: tarfile.TarInfo) -> None:
-        target_parts = _member_parts(member.linkname, f"entry {member.name!r}: hard link target")
+        target_parts = _member_parts(member.linkname)
         if not target_parts:
             raise self._error("hard link to the layer root")
         if target_parts == parts:

@@ -10,7 +10,9 @@ import ctypes
 import ctypes.util
 import errno
 import os
+import shutil
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -207,19 +209,6 @@ def overlay_options(lowerdirs: list[str], upper: str | None, work: str | None) -
     return ",".join(options)
 
 
-def _relative_overlay_options(
-    lowerdirs: list[Path], upper: Path | None, work: Path | None
-) -> tuple[str, str]:
-    """Options whose paths are relative to the deepest common parent, and that parent."""
-    absolute = [os.path.abspath(p) for p in lowerdirs]
-    others = [os.path.abspath(p) for p in (upper, work) if p is not None]
-    common = os.path.commonpath(absolute + others)
-    rel = [os.path.relpath(p, common) for p in absolute]
-    rel_upper = os.path.relpath(os.path.abspath(upper), common) if upper is not None else None
-    rel_work = os.path.relpath(os.path.abspath(work), common) if work is not None else None
-    return overlay_options(rel, rel_upper, rel_work), common
-
-
 def mount_overlay(
     lowerdirs: list[Path],
     upper: Path | None,
@@ -229,31 +218,37 @@ def mount_overlay(
 ) -> None:
     """Mount an overlay of lowerdirs (topmost first) with upper/work (both None: a read-only overlay).
 
-    Long layer lists do not fit in a page of mount options. Then the paths are made relative to their common
-    parent and the mount is done by the mount(8) helper running with that parent as its cwd: changing the cwd of
-    this (threaded) process is not an option.
+    Long layer lists do not fit in a page of mount options. Then a temporary directory next to target gets one
+    short symlink per directory (0, 1, ..., u, w) and the mount(8) helper mounts with that directory as its cwd,
+    so the options name only the symlinks; the kernel resolves them at mount time and they are removed after.
+    Changing the cwd of this (threaded) process is not an option.
     """
     options = overlay_options([os.fspath(p) for p in lowerdirs], _opt(upper), _opt(work))
     if len(options.encode()) <= MOUNT_DATA_LIMIT:
         mount("overlay", target, "overlay", flags, options)
         return
-    rel_options, common = _relative_overlay_options(lowerdirs, upper, work)
-    if len(rel_options.encode()) > MOUNT_DATA_LIMIT:
-        raise OSError(
-            errno.E2BIG,
-            f"mount overlay on {os.fspath(target)}: {len(lowerdirs)} layers do not fit in a page of options "
-            "even as relative paths",
-            os.fspath(target),
-        )
     extra = _flags_to_mount_options(flags)
+    short = overlay_options([str(i) for i in range(len(lowerdirs))], "u" if upper else None, "w" if work else None)
     if extra:
-        rel_options = rel_options + "," + extra
-    proc = subprocess.run(
-        ["mount", "-t", "overlay", "overlay", "-o", rel_options, os.path.abspath(target)],
-        cwd=common,
-        capture_output=True,
-        text=True,
-    )
+        short += "," + extra
+    if len(short) > MOUNT_DATA_LIMIT:
+        raise OSError(errno.E2BIG, f"mount overlay on {os.fspath(target)}: {len(lowerdirs)} layers are too many",
+                      os.fspath(target))
+    link_dir = Path(tempfile.mkdtemp(prefix=f".{Path(target).name}-lower-", dir=Path(target).parent))
+    try:
+        for i, layer in enumerate(lowerdirs):
+            os.symlink(os.path.abspath(layer), link_dir / str(i))
+        if upper is not None and work is not None:
+            os.symlink(os.path.abspath(upper), link_dir / "u")
+            os.symlink(os.path.abspath(work), link_dir / "w")
+        proc = subprocess.run(
+            ["mount", "-t", "overlay", "overlay", "-o", short, os.path.abspath(target)],
+            cwd=link_dir,
+            capture_output=True,
+            text=True,
+        )
+    finally:
+        shutil.rmtree(link_dir, ignore_errors=True)
     if proc.returncode != 0:
         raise OSError(
             errno.EIO,

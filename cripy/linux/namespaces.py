@@ -80,7 +80,8 @@ def validate_sysctls(sysctls: Mapping[str, str], kinds: Sequence[str]) -> None:
 
 def _validate_hostname(hostname: str) -> None:
     if not _HOSTNAME_RE.match(hostname):
-        raise InvalidArgument(f"hostname {hostname!r} is not a valid host name (1-64 letters, digits, '.', '-')")
+        raise InvalidArgument(f"hostname {hostname!r} is not a valid host name "
+                              "(1-63 letters, digits, '.', '-', starting with a letter or digit)")
 
 
 def setup_script(hostname: str | None, sysctls: Mapping[str, str]) -> tuple[str, list[str]]:
@@ -208,7 +209,7 @@ def in_netns(path: Path) -> Iterator[None]:
     if threading.current_thread() is threading.main_thread():
         # The main thread runs the event loop in the daemon; it must never wander into a pod netns.
         raise RuntimeError("in_netns must not be used in the main thread")
-    original = os.open(f"/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    original = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
         setns(path, "net")
         try:

@@ -36,7 +36,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from cripy.errors import DeadlineExceeded, FailedPrecondition, Internal, InvalidArgument, Unimplemented
+from cripy.errors import (CripyError, DeadlineExceeded, FailedPrecondition, Internal, InvalidArgument, NotFound,
+                          Unimplemented)
 from cripy.oci import conmon
 from cripy.oci.exits import read_exit_file, read_oom_file  # re-exported: callers read conmon's files from here
 from cripy.oci.inotify import wait_for_path
@@ -59,6 +60,7 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 _GONE_MARKERS = ("does not exist", "not exist")
 _STOPPED_MARKERS = ("container not running", "process already finished", "no such process")
+_WRONG_STATE_MARKERS = ("not running", "stopped container", "already running", "paused")
 _ENV_NOT_FOR_CONMON = ("NOTIFY_SOCKET", "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
 
 
@@ -209,8 +211,10 @@ class OCIRuntime:
             raise Internal(f"container {a.ctr_id}: conmon exited without reporting the container pid; "
                            f"conmon said: {output.decode(errors='replace').strip() or '(nothing)'}")
         if message.failed:
-            raise Internal(f"container {a.ctr_id}: {os.path.basename(a.runtime_path)} create failed: "
-                           f"{conmon.runtime_error_text(message.message) or '(no message)'}")
+            text = conmon.runtime_error_text(message.message) or "(no message)"
+            if "create failed" not in text:
+                text = f"{os.path.basename(a.runtime_path)} create failed: {text}"
+            raise Internal(f"container {a.ctr_id}: {text}")
         conmon_pid = _read_pidfile(a.conmon_pidfile)
         if conmon_pid is None:
             raise Internal(f"container {a.ctr_id}: conmon did not write its pid file {a.conmon_pidfile}")
@@ -234,7 +238,7 @@ class OCIRuntime:
     async def start(self, ctr_id: str) -> None:
         result = await self._runc("start", ctr_id)
         if result.returncode != 0:
-            raise Internal(f"container {ctr_id}: runc start failed: {result.error_text}")
+            raise _runc_error(result.error_text, f"container {ctr_id}: runc start failed")
 
     async def kill(self, ctr_id: str, sig: int, all_processes: bool = False) -> None:
         """Signal the container; a container that already stopped (or is gone) is not an error."""
@@ -273,7 +277,7 @@ class OCIRuntime:
         data = json.dumps(linux_resources).encode()
         result = await self._runc("update", "--resources", "-", ctr_id, stdin=data)
         if result.returncode != 0:
-            raise Internal(f"container {ctr_id}: runc update failed: {result.error_text}")
+            raise _runc_error(result.error_text, f"container {ctr_id}: runc update failed")
 
     async def exec_sync(self, ctr_id: str, cmd: Sequence[str], timeout: float | None = None) -> ExecResult:
         """Run ``cmd`` in the container, collecting its output (each stream capped at 16 MiB).
@@ -308,12 +312,12 @@ class OCIRuntime:
             await asyncio.shield(_stop_exec(proc, pidfile))
             raise
         finally:
-            done, pending = await asyncio.wait(drains, timeout=EXEC_DRAIN_GRACE)
+            _, pending = await asyncio.wait(drains, timeout=EXEC_DRAIN_GRACE)
             for task in pending:
                 task.cancel()
         if returncode != 0 and not pidfile.exists():
             problem = _runc_log_errors(runc_log) or conmon.runtime_error_text(err.decode(errors="replace"))
-            raise Internal(f"exec of {cmd!r} in container {ctr_id} failed: {problem or f'exit status {returncode}'}")
+            raise _runc_error(problem or f"exit status {returncode}", f"exec of {cmd!r} in container {ctr_id} failed")
         return ExecResult(returncode, bytes(out), bytes(err))
 
     # ---- conmon control fifo ---------------------------------------------------------------------------------
@@ -418,6 +422,15 @@ def _kill_quietly(pid: int, sig: int) -> None:
         os.kill(pid, sig)
     except ProcessLookupError:
         pass
+
+
+def _runc_error(text: str, context: str) -> CripyError:
+    """The domain error for a failed runc verb: unknown container, container in the wrong state, or else."""
+    if _mentions(text, _GONE_MARKERS):
+        return NotFound(f"{context}: {text}")
+    if _mentions(text, _WRONG_STATE_MARKERS):
+        return FailedPrecondition(f"{context}: {text}")
+    return Internal(f"{context}: {text}")
 
 
 def _mentions(text: str, markers: Sequence[str]) -> bool:

@@ -128,3 +128,14 @@ def cripy_import(daemon: CripyDaemon, path: Path, name: str = "") -> subprocess.
 def image_status_or_none(daemon: CripyDaemon, name: str) -> api_pb2.Image | None:
     response = daemon.image_status(name)
     return response.image if response.HasField("image") else None
+
+
+def with_dropin(daemon: CripyDaemon, toml: str, name: str = "50-test.toml") -> CripyDaemon:
+    """Writes a cripy.d drop-in (the main file already has an [images] table) and restarts the daemon on it."""
+    dropin_dir = daemon.workdir / "cripy.d"
+    dropin_dir.mkdir(exist_ok=True)
+    (dropin_dir / name).write_text(toml)
+    return daemon.restart()
+
+
+FAST_RETRIES = "[images]\npull_retry_backoff_seconds = 0.05\n"

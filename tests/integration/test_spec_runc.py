@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cripy.containers.model import ContainerRequest, ContainerSecurity, ImageRuntimeConfig, Mount
+from cripy.containers.model import ContainerRequest, ContainerSecurity, ImageRuntimeConfig, Mount, SecurityProfile
 from cripy.containers.spec import PodContext, SpecSettings, build_spec
 from cripy.containers.users import resolve_user
 from cripy.linux import capabilities
@@ -117,7 +117,8 @@ def test_runc_runs_default_spec_with_runtime_default_seccomp(tmp_path, busybox_r
 
 
 def test_runc_seccomp_denies_what_default_caps_do_not_allow(tmp_path, busybox_rootfs, cgroup_parent, runc_root):
-    """unshare(CLONE_NEWNS) is outside the RuntimeDefault allow list without CAP_SYS_ADMIN: EPERM, not success."""
+    """Without CAP_SYS_ADMIN, unshare(CLONE_NEWNS) fails; a non-root user with a new UTS namespace sees the pod
+    hostname."""
     req = ContainerRequest(
         name="seccomp-deny", image="busybox",
         command=["sh", "-c", "unshare -m true && echo allowed || echo denied; hostname"],
@@ -133,3 +134,105 @@ def test_runc_seccomp_denies_what_default_caps_do_not_allow(tmp_path, busybox_ro
     result = run_container(runc_root, write_bundle(tmp_path, built.spec), ctr_id)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["denied", "seccomp-host"]
+
+
+def own_capabilities() -> set[str]:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("CapBnd:"):
+            return capabilities.parse_cap_mask(line.split(":", 1)[1])
+    return set()
+
+
+def test_runc_runs_privileged_spec_as_named_user(tmp_path, busybox_rootfs, cgroup_parent, runc_root):
+    """Privileged: every capability, host devices, rw sysfs, no seccomp; user picked by name from the image."""
+    missing = set(capabilities.known_capabilities()) - own_capabilities()
+    req = ContainerRequest(
+        name="privileged", image="busybox",
+        command=["sh", "-c", "grep -E '^(CapBnd|Seccomp):' /proc/self/status; id -u; id -g; echo $HOME; "
+                             "test -c /dev/null && echo devnull; grep ' /sys ' /proc/mounts"],
+        security=ContainerSecurity(privileged=True),
+    )
+    user = resolve_user(busybox_rootfs, run_as_user=None, run_as_group=None, run_as_username="",
+                        image_user="nobody", supplemental_groups=[])
+    ctr_id = uuid.uuid4().hex
+    built = build_spec(
+        req, ImageRuntimeConfig(), ctr_id=ctr_id, rootfs=busybox_rootfs, user=user,
+        pod=PodContext(pod_id="pod-test", hostname="priv", cgroup_parent=cgroup_parent),
+        settings=SpecSettings(), volumes_dir=tmp_path / "volumes",
+    )
+    assert set(built.spec["process"]["capabilities"]["bounding"]) == set(capabilities.known_capabilities())
+    # Privileged means every capability; a runner that lacks some (a restricted CI sandbox) cannot grant those.
+    for name, values in built.spec["process"]["capabilities"].items():
+        built.spec["process"]["capabilities"][name] = [c for c in values if c not in missing]
+    result = run_container(runc_root, write_bundle(tmp_path, built.spec), ctr_id)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert capabilities.parse_cap_mask(lines[0].split(":", 1)[1]) == set(capabilities.known_capabilities()) - missing
+    assert lines[1].split() == ["Seccomp:", "0"]
+    assert lines[2:6] == ["65534", "65534", "/home/nobody", "devnull"]
+    assert " rw," in lines[6] or lines[6].split()[3].startswith("rw")
+
+
+def test_runc_busybox_servers_work_under_runtime_default(tmp_path, busybox_rootfs, cgroup_parent, runc_root):
+    """httpd, wget, nc, sleep, stty and friends need nothing the RuntimeDefault profile denies.
+
+    A private network namespace whose loopback is brought up by `ip` (CAP_NET_ADMIN added) keeps the traffic
+    off the host.
+    """
+    (busybox_rootfs / "www").mkdir()
+    (busybox_rootfs / "www" / "index.html").write_text("served\n")
+    script = (
+        "ip link set lo up; "
+        "httpd -p 127.0.0.1:8080 -h /www; "
+        "for i in $(seq 1 200); do wget -q -O- http://127.0.0.1:8080/index.html && break; sleep 0.05; done; "
+        "(nc -l -p 9090 > /tmp/got &) ; "
+        "for i in $(seq 1 200); do echo ping | nc 127.0.0.1 9090 && break; sleep 0.05; done; "
+        "for i in $(seq 1 200); do test -s /tmp/got && break; sleep 0.05; done; cat /tmp/got; "
+        "stty -a < /dev/null > /dev/null 2>&1; ps > /dev/null; date > /dev/null; "
+        "mkdir /tmp/d && touch /tmp/d/f && chmod 600 /tmp/d/f && chown 1:1 /tmp/d/f && rm -r /tmp/d; "
+        "echo done"
+    )
+    req = ContainerRequest(name="servers", image="busybox", command=["sh", "-c", script],
+                           security=ContainerSecurity(capabilities_add=["NET_ADMIN"]))
+    user = resolve_user(busybox_rootfs, run_as_user=0, run_as_group=None, run_as_username="", image_user="",
+                        supplemental_groups=[])
+    ctr_id = uuid.uuid4().hex
+    built = build_spec(
+        req, ImageRuntimeConfig(), ctr_id=ctr_id, rootfs=busybox_rootfs, user=user,
+        pod=PodContext(pod_id="pod-test", hostname="servers", cgroup_parent=cgroup_parent),
+        settings=SpecSettings(), volumes_dir=tmp_path / "volumes",
+    )
+    result = run_container(runc_root, write_bundle(tmp_path, built.spec), ctr_id)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["served", "ping", "done"], result.stderr
+
+
+def test_runc_applies_localhost_profile(tmp_path, busybox_rootfs, cgroup_parent, runc_root):
+    """A Localhost profile (Docker form, with a caps condition) is what the kernel enforces: mkdir gets EACCES."""
+    profile = tmp_path / "deny-mkdir.json"
+    profile.write_text(json.dumps({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "archMap": [{"architecture": "SCMP_ARCH_X86_64", "subArchitectures": ["SCMP_ARCH_X86"]},
+                    {"architecture": "SCMP_ARCH_AARCH64", "subArchitectures": ["SCMP_ARCH_ARM"]}],
+        "syscalls": [
+            {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13},
+            {"names": ["chown", "fchownat"], "action": "SCMP_ACT_ERRNO", "includes": {"caps": ["CAP_SYS_ADMIN"]}},
+        ],
+    }))
+    req = ContainerRequest(
+        name="localhost", image="busybox",
+        command=["sh", "-c", "mkdir /tmp/x 2>&1; touch /tmp/f && chown 1 /tmp/f && echo chowned"],
+        security=ContainerSecurity(seccomp=SecurityProfile("localhost", str(profile))),
+    )
+    user = resolve_user(busybox_rootfs, run_as_user=None, run_as_group=None, run_as_username="", image_user="",
+                        supplemental_groups=[])
+    ctr_id = uuid.uuid4().hex
+    built = build_spec(
+        req, ImageRuntimeConfig(), ctr_id=ctr_id, rootfs=busybox_rootfs, user=user,
+        pod=PodContext(pod_id="pod-test", hostname="lh", cgroup_parent=cgroup_parent),
+        settings=SpecSettings(), volumes_dir=tmp_path / "volumes",
+    )
+    result = run_container(runc_root, write_bundle(tmp_path, built.spec), ctr_id)
+    assert result.returncode == 0, result.stderr
+    assert "Permission denied" in result.stdout.splitlines()[0]
+    assert result.stdout.splitlines()[1] == "chowned"  # the CAP_SYS_ADMIN-only rule was left out

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import textwrap
 from pathlib import Path
 
@@ -178,7 +177,7 @@ FAKE_PLUGIN = textwrap.dedent("""\
         echo '{"code": 999, "msg": "injected failure", "details": "'"$(basename "$0")"'"}'
         exit 1
     fi
-    if [ -e "$LOG/../hang-$(basename "$0")" ]; then exec sleep 60; fi
+    if [ -e "$LOG/../hang-$(basename "$0")-$CNI_COMMAND" ]; then exec sleep 60; fi
     if [ "$CNI_COMMAND" = ADD ]; then
         echo '{"cniVersion": "1.0.0", "interfaces": [{"name": "eth0", "sandbox": "'"$CNI_NETNS"'"}],
                "ips": [{"interface": 0, "address": "10.9.0.'"$n"'/24"}]}'
@@ -197,11 +196,11 @@ class FakeWorld:
             d.mkdir()
         for name in ("loopback", "first", "second"):
             self.add_plugin(name)
-        os.environ["LOG"] = str(self.log)  # the manager passes PATH only; LOG reaches scripts via a wrapper below
 
     def add_plugin(self, name: str) -> None:
         script = self.plugins / name
-        script.write_text(FAKE_PLUGIN.replace('"$LOG', f'"{self.root}/log'))
+        # plugins see only CNI_* and PATH, so the log directory is written into the script
+        script.write_text(FAKE_PLUGIN.replace('"$LOG', f'"{self.log}'))
         script.chmod(0o755)
 
     def write_conf(self, name: str = "10-fake.conflist", **extra: object) -> None:
@@ -357,7 +356,7 @@ async def test_cache_written_before_add(world: FakeWorld, netns: Path) -> None:
     """A crash mid-ADD (here: a hanging plugin, then the rollback also fails) leaves a cache entry for detach."""
     world.write_conf()
     manager = world.manager(plugin_timeout=0.5)
-    (world.root / "hang-second").touch()
+    (world.root / "hang-second-ADD").touch()
     (world.root / "fail-first-DEL").touch()
     with pytest.raises(DeadlineExceeded, match="second ADD"):
         await manager.attach("pod1", netns, pod_name="a", pod_namespace="b", pod_uid="c")

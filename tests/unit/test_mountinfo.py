@@ -64,14 +64,6 @@ def test_overlay_options_escape_separators() -> None:
         mnt.overlay_options([], None, None)
 
 
-def test_relative_overlay_options_use_common_parent(tmp_path) -> None:
-    layers = [tmp_path / "layers" / f"{i:064x}" / "diff" for i in range(3)]
-    opts, common = mnt._relative_overlay_options(layers, tmp_path / "c" / "upper", tmp_path / "c" / "work")
-    assert common == str(tmp_path)
-    assert opts.startswith(f"lowerdir=layers/{0:064x}/diff:layers/{1:064x}/diff:")
-    assert opts.endswith(",upperdir=c/upper,workdir=c/work")
-
-
 def test_v1_hierarchies_from_mountinfo() -> None:
     hierarchies = cgroups.v1_hierarchies(mnt.parse_mountinfo(MOUNTINFO))
     assert str(hierarchies["memory"]) == "/sys/fs/cgroup/memory"

@@ -425,6 +425,20 @@ def test_truncated_plain_tar_is_refused(layers: Layers) -> None:
     assert layers.leftovers() == []
 
 
+def test_bad_content_that_misses_its_diff_id_is_data_loss(layers: Layers) -> None:
+    good = make_tar([entry("f", data=b"x" * 5000), entry("g", data=b"g")])
+    blob = layers.blob(gzip.compress(good[:3000]))  # damaged: cut inside f's data, still a valid gzip stream
+    with pytest.raises(errors.DataLoss):
+        unpack_layer(blob, layers.parent / "diff", GZIP_MT, diff_id_of(good))
+    assert layers.leftovers() == []
+
+
+def test_malicious_content_with_matching_diff_id_is_layer_error(layers: Layers) -> None:
+    with pytest.raises(LayerError):
+        layers.unpack(make_tar([entry("../evil", data=b"x")]), check_digest=True)
+    assert layers.leftovers() == []
+
+
 def test_corrupt_header_after_first_member_is_refused(layers: Layers) -> None:
     tar_bytes = bytearray(make_tar([entry("f", data=b"x" * 10), entry("g", data=b"g")]))
     # Flipping a byte of the last member's name breaks its header checksum; the stock tarfile would silently

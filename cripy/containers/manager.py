@@ -1,0 +1,615 @@
+"""Containers: create (rootfs + OCI spec + conmon/runc), start, stop, remove, exits, exec, updates, stats.
+
+The state machine is creating -> created -> running -> exited. Exits arrive from conmon's exit files through the
+exit watcher (no polling). Every side effect (directories, the rootfs mount, the runtime container) is journalled
+before it is made; a failed create undoes them all, and remove undoes what is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cripy.containers.container import (
+    REASON_COMPLETED,
+    REASON_ERROR,
+    REASON_OOM,
+    STATE_CREATED,
+    STATE_CREATING,
+    STATE_EXITED,
+    STATE_RUNNING,
+    Container,
+    reserved_name,
+)
+from cripy.containers.events import ContainerEvent, EventBus, EventType
+from cripy.containers.model import ContainerRequest, ImageRuntimeConfig, NamespaceMode, Resources
+from cripy.containers.spec import PodContext, SpecSettings, build_spec, spec_resources
+from cripy.containers.users import resolve_user
+from cripy.errors import FailedPrecondition, InvalidArgument, NotFound
+from cripy.images.store import Image, ImageStore
+from cripy.linux import cgroups
+from cripy.linux import mount as mnt
+from cripy.oci.exits import read_oom_file
+from cripy.oci.runtime import ExecResult, OCIRuntime
+from cripy.pods.model import STATE_READY, PodSandbox
+from cripy.storage import serde
+from cripy.storage.db import Database
+from cripy.storage.effects import Effect, EffectJournal
+from cripy.storage.names import NameReservations
+
+if TYPE_CHECKING:
+    from cripy.pods.manager import PodManager
+
+log = logging.getLogger(__name__)
+
+KILL_WAIT_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class ContainerStats:
+    container_id: str
+    timestamp_ns: int
+    cpu_usage_ns: int
+    memory_working_set: int
+    memory_usage: int
+    memory_rss: int
+    page_faults: int
+    major_page_faults: int
+    writable_bytes: int
+    writable_inodes: int
+
+
+class ContainerManager:
+    def __init__(
+        self,
+        db: Database,
+        journal: EffectJournal,
+        *,
+        pods: "PodManager",
+        images: ImageStore,
+        runtimes: dict[str, OCIRuntime],
+        root: Path,
+        runroot: Path,
+        settings: SpecSettings,
+    ) -> None:
+        self._db = db
+        self._journal = journal
+        self._pods = pods
+        self._images = images
+        self._runtimes = runtimes
+        self._dirs = root / "containers"
+        self._run_dirs = runroot / "containers"
+        self._settings = settings
+        self._names = NameReservations("container")
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._exited: dict[str, asyncio.Event] = {}
+        self.events = EventBus()
+        journal.register("ctr-dirs", self._undo_dirs)
+        journal.register("ctr-rootfs", self._undo_rootfs)
+        journal.register("ctr-runtime", self._undo_runtime)
+        images.image_in_use = self._image_in_use
+
+    # ---- queries --------------------------------------------------------------------------------------
+
+    async def get(self, ctr_id: str) -> Container:
+        container = await self.find(ctr_id)
+        if container is None:
+            raise NotFound(f"container {ctr_id!r} not found")
+        return container
+
+    async def find(self, ctr_id: str) -> Container | None:
+        if not ctr_id:
+            raise InvalidArgument("container id is empty")
+        rows = await self._db.run(
+            lambda conn: conn.execute(
+                "SELECT * FROM containers WHERE id = ? OR id LIKE ? LIMIT 2", (ctr_id, ctr_id.replace("%", "") + "%")
+            ).fetchall()
+        )
+        exact = [row for row in rows if row["id"] == ctr_id]
+        if exact:
+            return _from_row(exact[0])
+        return _from_row(rows[0]) if len(rows) == 1 else None
+
+    async def list(self, pod_id: str | None = None) -> list[Container]:
+        if pod_id is None:
+            rows = await self._db.run(lambda conn: conn.execute("SELECT * FROM containers ORDER BY created_at").fetchall())
+        else:
+            rows = await self._db.run(lambda conn: conn.execute(
+                "SELECT * FROM containers WHERE pod_id = ? ORDER BY created_at", (pod_id,)).fetchall())
+        return [_from_row(row) for row in rows]
+
+    def lock(self, ctr_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(ctr_id, asyncio.Lock())
+
+    def bundle_dir(self, ctr_id: str) -> Path:
+        return self._run_dirs / ctr_id
+
+    def rootfs_dir(self, ctr_id: str) -> Path:
+        return self._dirs / ctr_id / "merged"
+
+    def upper_dir(self, ctr_id: str) -> Path:
+        return self._dirs / ctr_id / "upper"
+
+    async def runtime_of(self, container: Container) -> OCIRuntime:
+        """The OCI runtime of the container's pod (containers are removed before their pod, so it exists)."""
+        return self._pods.runtime_for(await self._pods.get(container.pod_id))
+
+    # ---- create -------------------------------------------------------------------------------------------
+
+    async def create(self, pod_id: str, request: ContainerRequest) -> str:
+        if not request.name:
+            raise InvalidArgument("container metadata needs a name")
+        pod = await self._pods.get(pod_id)
+        if pod.state != STATE_READY:
+            raise FailedPrecondition(f"pod sandbox {pod.id} is not ready (state {pod.state}): cannot create a container in it")
+        image = await self._images.find(request.image)
+        if image is None:
+            raise NotFound(f"image {request.image!r} not found: pull it first")
+        _check_host_paths(request)
+        name = reserved_name(request, pod.request.name, pod.request.namespace, pod.request.uid)
+        return await self._names.create_once(
+            name, self._name_holder, lambda: self._create(pod, image, request, name)
+        )
+
+    async def _name_holder(self, name: str) -> str | None:
+        row = await self._db.run(lambda conn: conn.execute("SELECT id FROM containers WHERE name = ?", (name,)).fetchone())
+        return row[0] if row else None
+
+    async def _create(self, pod: PodSandbox, image: Image, request: ContainerRequest, name: str) -> str:
+        started = time.monotonic()
+        runtime = self._pods.runtime_for(pod)
+        container = Container(
+            id=secrets.token_hex(32),
+            pod_id=pod.id,
+            name=name,
+            state=STATE_CREATING,
+            created_at=time.time_ns(),
+            image_id=image.id,
+            image_name=request.image,
+            request=request,
+            log_path=_log_path(pod, request),
+        )
+        async with self._pods.lock(pod.id):
+            current = await self._pods.get(pod.id)
+            if current.state != STATE_READY:
+                raise FailedPrecondition(f"pod sandbox {pod.id} stopped while the container was being created")
+            await self._db.run(lambda conn: _insert(conn, container))
+        try:
+            await self._set_up(container, pod, image, runtime)
+        except BaseException as e:
+            log.warning("container %s (%s): create failed, undoing it: %s", container.id, name, e)
+            await asyncio.shield(self._discard(container))
+            raise
+        container.state = STATE_CREATED
+        await self._save(container)
+        self.events.publish(ContainerEvent(container.id, pod.id, EventType.CREATED))
+        log.info("container %s (%s) created in %.3fs", container.id, name, time.monotonic() - started)
+        return container.id
+
+    async def _set_up(self, container: Container, pod: PodSandbox, image: Image, runtime: OCIRuntime) -> None:
+        ctr_dir = self._dirs / container.id
+        bundle = self.bundle_dir(container.id)
+        await self._journal.record(container.id, "ctr-dirs", paths=[str(ctr_dir), str(bundle)])
+        layers = await self._images.layer_dirs(image.id)
+        rootfs = self.rootfs_dir(container.id)
+        await self._journal.record(container.id, "ctr-rootfs", path=str(rootfs))
+        await asyncio.to_thread(_mount_rootfs, ctr_dir, layers)
+        image_config = _image_runtime_config(image)
+        request = container.request
+        sec = request.security
+        user = await asyncio.to_thread(
+            resolve_user,
+            rootfs,
+            run_as_user=sec.run_as_user,
+            run_as_group=sec.run_as_group,
+            run_as_username=sec.run_as_username,
+            image_user=image_config.user,
+            supplemental_groups=sec.supplemental_groups,
+            supplemental_groups_policy=sec.supplemental_groups_policy,
+        )
+        target_pid_ns = await self._target_pid_namespace(request, pod)
+        built = await asyncio.to_thread(
+            build_spec,
+            request,
+            image_config,
+            ctr_id=container.id,
+            rootfs=rootfs,
+            user=user,
+            pod=_pod_context(pod),
+            settings=self._settings,
+            volumes_dir=ctr_dir / "volumes",
+            target_pid_ns=target_pid_ns,
+        )
+        for warning in built.warnings:
+            log.warning("container %s (%s): %s", container.id, container.name, warning)
+        container.stop_signal = request.stop_signal or image_config.stop_signal
+        container.cgroup_path = built.spec["linux"]["cgroupsPath"]
+        await asyncio.to_thread(_write_bundle, bundle, built.spec, built.volume_dirs, Path(container.log_path))
+        await self._journal.record(container.id, "ctr-runtime", handler=pod.runtime_handler)
+        created = await runtime.create(
+            container.id,
+            bundle,
+            log_path=Path(container.log_path),
+            persist_dir=bundle / "persist",
+            terminal=request.tty,
+            stdin=request.stdin,
+            stdin_once=request.stdin_once,
+            name=container.name,
+        )
+        container.pid = created.pid
+        container.conmon_pid = created.conmon_pid
+
+    async def _target_pid_namespace(self, request: ContainerRequest, pod: PodSandbox) -> str | None:
+        options = request.security.namespace_options
+        if options.pid is not NamespaceMode.TARGET:
+            return None
+        target = await self.get(options.target_id)
+        if target.pod_id != pod.id or not target.running:
+            raise FailedPrecondition(f"PID namespace target {options.target_id} is not a running container of pod {pod.id}")
+        return f"/proc/{target.pid}/ns/pid"
+
+    async def _discard(self, container: Container) -> None:
+        await self._journal.undo(container.id, keep_going=True)
+        if not await self._journal.effects_of(container.id):
+            await self._db.run(lambda conn: conn.execute("DELETE FROM containers WHERE id = ?", (container.id,)))
+        else:
+            container.state = STATE_EXITED
+            container.reason, container.message = REASON_ERROR, "create failed and could not be fully undone"
+            await self._save(container)
+
+    # ---- start, stop, exits -------------------------------------------------------------------------------
+
+    async def start(self, ctr_id: str) -> None:
+        container = await self.get(ctr_id)
+        async with self.lock(container.id):
+            container = await self.get(container.id)
+            if container.state != STATE_CREATED:
+                raise FailedPrecondition(f"container {container.id} is {container.state}, not created: cannot start it")
+            self._exited.setdefault(container.id, asyncio.Event())
+            await (await self.runtime_of(container)).start(container.id)
+            started_at = time.time_ns()
+            await self._db.run(lambda conn: conn.execute(
+                "UPDATE containers SET state = ?, started_at = ? WHERE id = ? AND state = ?",
+                (STATE_RUNNING, started_at, container.id, STATE_CREATED)))
+        self.events.publish(ContainerEvent(container.id, container.pod_id, EventType.STARTED))
+        log.info("container %s (%s) started", container.id, container.name)
+
+    async def stop(self, ctr_id: str, timeout: int) -> None:
+        """StopContainer: the stop signal, then SIGKILL after `timeout` seconds; stopping a stopped one is fine."""
+        container = await self.find(ctr_id)
+        if container is None:
+            raise NotFound(f"container {ctr_id!r} not found")
+        if container.state in (STATE_EXITED, STATE_CREATING):
+            return
+        runtime = (await self.runtime_of(container))
+        exited = self._exited.setdefault(container.id, asyncio.Event())
+        if container.state == STATE_CREATED:
+            await runtime.kill(container.id, signal.SIGKILL)
+        elif timeout > 0:
+            await runtime.kill(container.id, _signal_number(container.stop_signal))
+            try:
+                await asyncio.wait_for(exited.wait(), timeout)
+                return
+            except TimeoutError:
+                log.info("container %s did not stop within %ds: killing it", container.id, timeout)
+        await runtime.kill(container.id, signal.SIGKILL, all_processes=True)
+        try:
+            await asyncio.wait_for(exited.wait(), KILL_WAIT_SECONDS)
+        except TimeoutError:
+            state = await runtime.state(container.id)
+            if state is not None and state.get("status") == "running":
+                raise FailedPrecondition(f"container {container.id} is still running after SIGKILL") from None
+
+    async def handle_exit(self, ctr_id: str, code: int, exit_time: datetime) -> None:
+        """An exit file appeared: record how the container ended."""
+        container = await self.find(ctr_id) if len(ctr_id) == 64 else None
+        if container is None or container.id != ctr_id:
+            return  # an infra process, or a container already removed
+        async with self.lock(ctr_id):
+            container = await self.get(ctr_id)
+            if container.state == STATE_EXITED:
+                self._exited.setdefault(ctr_id, asyncio.Event()).set()
+                return
+            oom = await asyncio.to_thread(read_oom_file, self.bundle_dir(ctr_id) / "persist")
+            container.state = STATE_EXITED
+            container.exit_code = code
+            container.finished_at = int(exit_time.timestamp() * 1e9)
+            container.reason = REASON_OOM if oom else (REASON_COMPLETED if code == 0 else REASON_ERROR)
+            await self._save(container)
+        self._exited.setdefault(ctr_id, asyncio.Event()).set()
+        self.events.publish(ContainerEvent(ctr_id, container.pod_id, EventType.STOPPED))
+        log.info("container %s (%s) exited with %d (%s)", ctr_id, container.name, code, container.reason)
+
+    async def remove(self, ctr_id: str) -> None:
+        """RemoveContainer: idempotent; a running container is killed first."""
+        container = await self.find(ctr_id)
+        if container is None:
+            return
+        if container.state in (STATE_RUNNING, STATE_CREATED):
+            await self.stop(container.id, 0)
+        async with self.lock(container.id):
+            await self._journal.undo(container.id)
+            await self._db.run(lambda conn: conn.execute("DELETE FROM containers WHERE id = ?", (container.id,)))
+            runtime = (await self.runtime_of(container))
+            await asyncio.to_thread(runtime.exit_file_path(container.id).unlink, True)
+        self._locks.pop(container.id, None)
+        self._exited.pop(container.id, None)
+        self.events.publish(ContainerEvent(container.id, container.pod_id, EventType.DELETED))
+        await self._images.remove_unnamed_unused()
+        log.info("container %s (%s) removed", container.id, container.name)
+
+    async def stop_all_in_pod(self, pod_id: str) -> None:
+        containers = [c for c in await self.list(pod_id) if c.state in (STATE_RUNNING, STATE_CREATED)]
+        await asyncio.gather(*(self.stop(c.id, 0) for c in containers))
+
+    async def remove_all_in_pod(self, pod_id: str) -> None:
+        for container in await self.list(pod_id):
+            await self.remove(container.id)
+
+    # ---- exec, update, logs, stats ------------------------------------------------------------------------
+
+    async def exec_sync(self, ctr_id: str, cmd: list[str], timeout: int) -> ExecResult:
+        if not cmd:
+            raise InvalidArgument("exec needs a command")
+        container = await self._running(ctr_id, "exec in")
+        return await (await self.runtime_of(container)).exec_sync(container.id, cmd, timeout if timeout > 0 else None)
+
+    async def update_resources(self, ctr_id: str, resources: Resources) -> None:
+        container = await self.get(ctr_id)
+        if container.state not in (STATE_CREATED, STATE_RUNNING):
+            raise FailedPrecondition(f"container {container.id} is {container.state}: cannot update its resources")
+        await (await self.runtime_of(container)).update_resources(container.id, spec_resources(resources))
+        container.request.resources = resources
+        await self._db.run(lambda conn: conn.execute(
+            "UPDATE containers SET request = ? WHERE id = ?", (serde.dumps(container.request), container.id)))
+
+    async def reopen_log(self, ctr_id: str) -> None:
+        container = await self._running(ctr_id, "reopen the log of")
+        await (await self.runtime_of(container)).reopen_log(container.id, Path(container.log_path))
+
+    async def stats(self, container: Container) -> ContainerStats:
+        def read() -> ContainerStats:
+            cpu = memory = None
+            relpath = container.cgroup_path
+            if container.running and relpath and cgroups.exists(relpath):
+                try:
+                    cpu = cgroups.read_cpu_usage_ns(relpath)
+                    memory = cgroups.read_memory(relpath)
+                except OSError:
+                    cpu = memory = None  # the container exited while being read
+            used, inodes = _disk_usage(self.upper_dir(container.id))
+            return ContainerStats(
+                container_id=container.id,
+                timestamp_ns=time.time_ns(),
+                cpu_usage_ns=cpu or 0,
+                memory_working_set=memory.working_set if memory else 0,
+                memory_usage=memory.usage if memory else 0,
+                memory_rss=memory.rss if memory else 0,
+                page_faults=memory.page_faults if memory else 0,
+                major_page_faults=memory.major_page_faults if memory else 0,
+                writable_bytes=used,
+                writable_inodes=inodes,
+            )
+
+        return await asyncio.to_thread(read)
+
+    async def _running(self, ctr_id: str, action: str) -> Container:
+        container = await self.get(ctr_id)
+        if container.state != STATE_RUNNING:
+            raise FailedPrecondition(f"cannot {action} container {container.id}: it is {container.state}, not running")
+        return container
+
+    async def _save(self, container: Container) -> None:
+        await self._db.run(lambda conn: conn.execute(
+            "UPDATE containers SET state = ?, started_at = ?, finished_at = ?, exit_code = ?, reason = ?, message = ?,"
+            " pid = ?, conmon_pid = ?, stop_signal = ?, cgroup_path = ? WHERE id = ?",
+            (container.state, container.started_at, container.finished_at, container.exit_code, container.reason,
+             container.message, container.pid, container.conmon_pid, container.stop_signal, container.cgroup_path,
+             container.id)))
+
+    async def _image_in_use(self, image_id: str) -> bool:
+        row = await self._db.run(lambda conn: conn.execute(
+            "SELECT 1 FROM containers WHERE image_id = ? LIMIT 1", (image_id,)).fetchone())
+        return row is not None
+
+    # ---- recovery -----------------------------------------------------------------------------------------
+
+    async def recover(self) -> None:
+        """After a restart: undo half-made containers; containers whose monitor died without an exit file
+        (a node reboot, a killed conmon) are recorded as exited. Exit files are reported by the exit watcher."""
+        for container in await self.list():
+            if container.state == STATE_CREATING:
+                log.warning("container %s was being created when cripy stopped: undoing it", container.id)
+                await self._discard(container)
+                continue
+            if container.state not in (STATE_CREATED, STATE_RUNNING):
+                continue
+            runtime = (await self.runtime_of(container))
+            if runtime.exit_file_path(container.id).exists() or _conmon_alive(container):
+                continue
+            container.state = STATE_EXITED
+            container.exit_code = 255
+            container.finished_at = time.time_ns()
+            container.reason = REASON_ERROR
+            container.message = "its monitor (conmon) is gone and recorded no exit code (node restarted?)"
+            await self._save(container)
+            log.warning("container %s: %s", container.id, container.message)
+
+    # ---- undo functions -----------------------------------------------------------------------------------
+
+    async def _undo_dirs(self, effect: Effect) -> None:
+        for path in effect.data["paths"]:
+            await asyncio.to_thread(shutil.rmtree, path, True)
+
+    async def _undo_rootfs(self, effect: Effect) -> None:
+        await asyncio.to_thread(_unmount_all, Path(effect.data["path"]))
+
+    async def _undo_runtime(self, effect: Effect) -> None:
+        runtime = self._runtimes.get(effect.data["handler"])
+        if runtime is None:
+            raise FailedPrecondition(f"container {effect.owner}: runtime handler {effect.data['handler']!r} is gone")
+        await runtime.kill(effect.owner, signal.SIGKILL, all_processes=True)
+        await runtime.delete(effect.owner, force=True)
+
+
+# ---- helpers ------------------------------------------------------------------------------------------------
+
+
+def _pod_context(pod: PodSandbox) -> PodContext:
+    paths = {}
+    for kind, oci in (("net", "network"), ("ipc", "ipc"), ("uts", "uts")):
+        path = pod.namespace_path(kind)
+        if path is not None:
+            paths[oci] = str(path)
+    if pod.pid_namespace is not None:
+        paths["pid"] = str(pod.pid_namespace)
+    return PodContext(
+        pod_id=pod.id,
+        hostname=pod.hostname,
+        namespace_paths=paths,
+        pid_mode=pod.request.security.namespace_options.pid,
+        cgroup_parent=pod.cgroup_parent,
+        resolv_conf_path=str(pod.resolv_conf_path),
+        hosts_path=str(pod.hosts_path),
+        hostname_path=str(pod.hostname_path),
+        shm_path=None if pod.host_ipc else str(pod.shm_path),
+        host_network=pod.host_network,
+        host_ipc=pod.host_ipc,
+        host_pid=pod.host_pid,
+        sysctls=dict(pod.request.security.sysctls),
+    )
+
+
+def _image_runtime_config(image: Image) -> ImageRuntimeConfig:
+    config = image.config.get("config") or {}
+    return ImageRuntimeConfig(
+        user=config.get("User") or "",
+        env=list(config.get("Env") or []),
+        entrypoint=list(config.get("Entrypoint") or []),
+        cmd=list(config.get("Cmd") or []),
+        working_dir=config.get("WorkingDir") or "",
+        volumes=sorted(config.get("Volumes") or {}),
+        stop_signal=config.get("StopSignal") or "",
+        labels=dict(config.get("Labels") or {}),
+    )
+
+
+def _log_path(pod: PodSandbox, request: ContainerRequest) -> str:
+    if request.log_path and pod.request.log_directory:
+        return str(Path(pod.request.log_directory) / request.log_path)
+    if request.log_path and os.path.isabs(request.log_path):
+        return request.log_path
+    # kubelet always sets both; crictl may not. The log then lives with the pod's runtime files.
+    return str(pod.run_dir / "logs" / f"{request.name}_{request.attempt}.log")
+
+
+def _check_host_paths(request: ContainerRequest) -> None:
+    for mount in request.mounts:
+        if not os.path.isabs(mount.host_path):
+            raise InvalidArgument(f"mount {mount.container_path}: host path {mount.host_path!r} is not absolute")
+        if not os.path.exists(mount.host_path):
+            raise InvalidArgument(f"mount {mount.container_path}: host path {mount.host_path} does not exist")
+
+
+def _mount_rootfs(ctr_dir: Path, layers: list[Path]) -> None:
+    for sub in ("upper", "work", "merged"):
+        (ctr_dir / sub).mkdir(parents=True, exist_ok=True)
+    lower = list(reversed(layers))  # overlay wants the topmost layer first
+    if not lower:
+        (ctr_dir / "empty").mkdir(exist_ok=True)
+        lower = [ctr_dir / "empty"]
+    mnt.mount_overlay(lower, ctr_dir / "upper", ctr_dir / "work", ctr_dir / "merged")
+
+
+def _unmount_all(path: Path) -> None:
+    if path.exists():
+        mnt.unmount_all_under(path)
+
+
+def _write_bundle(bundle: Path, spec: dict, volume_dirs: list[Path], log_path: Path) -> None:
+    bundle.mkdir(parents=True, exist_ok=True)
+    for directory in volume_dirs:
+        directory.mkdir(parents=True, exist_ok=True)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    (bundle / "config.json").write_text(json.dumps(spec))
+
+
+def _signal_number(name: str) -> int:
+    if not name:
+        return signal.SIGTERM
+    text = name.upper()
+    if text.isdigit():
+        return int(text)
+    if not text.startswith("SIG"):
+        text = "SIG" + text
+    try:
+        return int(signal.Signals[text])
+    except KeyError:
+        log.warning("unknown stop signal %r: using SIGTERM", name)
+        return signal.SIGTERM
+
+
+def _conmon_alive(container: Container) -> bool:
+    if container.conmon_pid <= 0:
+        return False
+    try:
+        cmdline = Path(f"/proc/{container.conmon_pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"conmon" in cmdline and container.id.encode() in cmdline
+
+
+def _disk_usage(path: Path) -> tuple[int, int]:
+    used = inodes = 0
+    for directory, dirnames, filenames in os.walk(path):
+        for name in (*dirnames, *filenames):
+            try:
+                st = os.lstat(os.path.join(directory, name))
+            except OSError:
+                continue
+            used += st.st_blocks * 512
+            inodes += 1
+    return used, inodes
+
+
+def _from_row(row: object) -> Container:
+    return Container(
+        id=row["id"],  # type: ignore[index]
+        pod_id=row["pod_id"],  # type: ignore[index]
+        name=row["name"],  # type: ignore[index]
+        state=row["state"],  # type: ignore[index]
+        created_at=row["created_at"],  # type: ignore[index]
+        image_id=row["image_id"],  # type: ignore[index]
+        image_name=row["image_name"],  # type: ignore[index]
+        request=serde.loads(ContainerRequest, row["request"]),  # type: ignore[index]
+        log_path=row["log_path"],  # type: ignore[index]
+        started_at=row["started_at"],  # type: ignore[index]
+        finished_at=row["finished_at"],  # type: ignore[index]
+        exit_code=row["exit_code"],  # type: ignore[index]
+        reason=row["reason"],  # type: ignore[index]
+        message=row["message"],  # type: ignore[index]
+        pid=row["pid"],  # type: ignore[index]
+        conmon_pid=row["conmon_pid"],  # type: ignore[index]
+        stop_signal=row["stop_signal"],  # type: ignore[index]
+        cgroup_path=row["cgroup_path"],  # type: ignore[index]
+    )
+
+
+def _insert(conn: object, container: Container) -> None:
+    conn.execute(  # type: ignore[attr-defined]
+        "INSERT INTO containers (id, pod_id, name, state, created_at, image_id, image_name, request, log_path)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (container.id, container.pod_id, container.name, container.state, container.created_at, container.image_id,
+         container.image_name, serde.dumps(container.request), container.log_path),
+    )
+

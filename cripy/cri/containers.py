@@ -1,0 +1,201 @@
+"""CRI container calls: create/start/stop/remove, status and list, exec-sync, resources, logs, events."""
+
+from __future__ import annotations
+
+import json
+from typing import AsyncIterator
+
+import grpc
+from cri_api.v1 import api_pb2
+
+from cripy.containers.container import STATE_CREATED, STATE_CREATING, STATE_EXITED, STATE_RUNNING, Container
+from cripy.containers.events import ContainerEvent, EventType
+from cripy.containers.manager import ContainerManager
+from cripy.containers.spec import spec_resources
+from cripy.cri.convert import container_request_from_pb, resources_from_pb
+from cripy.cri.errors import grpc_method
+from cripy.cri.filters import labels_match
+from cripy.cri.pods import pod_status_to_pb
+from cripy.errors import InvalidArgument
+from cripy.pods.manager import PodManager
+
+_STATE = {
+    STATE_CREATING: api_pb2.CONTAINER_UNKNOWN,
+    STATE_CREATED: api_pb2.CONTAINER_CREATED,
+    STATE_RUNNING: api_pb2.CONTAINER_RUNNING,
+    STATE_EXITED: api_pb2.CONTAINER_EXITED,
+}
+_EVENT = {
+    EventType.CREATED: api_pb2.CONTAINER_CREATED_EVENT,
+    EventType.STARTED: api_pb2.CONTAINER_STARTED_EVENT,
+    EventType.STOPPED: api_pb2.CONTAINER_STOPPED_EVENT,
+    EventType.DELETED: api_pb2.CONTAINER_DELETED_EVENT,
+}
+_PROPAGATION = {
+    "private": api_pb2.PROPAGATION_PRIVATE,
+    "rslave": api_pb2.PROPAGATION_HOST_TO_CONTAINER,
+    "rshared": api_pb2.PROPAGATION_BIDIRECTIONAL,
+}
+
+
+class ContainersServicer:
+    """Mixed into RuntimeService; `self.pods` and `self.containers` are the managers."""
+
+    pods: PodManager
+    containers: ContainerManager
+
+    @grpc_method
+    async def CreateContainer(self, request: api_pb2.CreateContainerRequest, context: grpc.aio.ServicerContext) -> api_pb2.CreateContainerResponse:
+        if not request.pod_sandbox_id:
+            raise InvalidArgument("CreateContainer needs a pod_sandbox_id")
+        domain = container_request_from_pb(request.config, request.sandbox_config)
+        ctr_id = await self.containers.create(request.pod_sandbox_id, domain)
+        return api_pb2.CreateContainerResponse(container_id=ctr_id)
+
+    @grpc_method
+    async def StartContainer(self, request: api_pb2.StartContainerRequest, context: grpc.aio.ServicerContext) -> api_pb2.StartContainerResponse:
+        await self.containers.start(request.container_id)
+        return api_pb2.StartContainerResponse()
+
+    @grpc_method
+    async def StopContainer(self, request: api_pb2.StopContainerRequest, context: grpc.aio.ServicerContext) -> api_pb2.StopContainerResponse:
+        await self.containers.stop(request.container_id, int(request.timeout))
+        return api_pb2.StopContainerResponse()
+
+    @grpc_method
+    async def RemoveContainer(self, request: api_pb2.RemoveContainerRequest, context: grpc.aio.ServicerContext) -> api_pb2.RemoveContainerResponse:
+        await self.containers.remove(request.container_id)
+        return api_pb2.RemoveContainerResponse()
+
+    @grpc_method
+    async def ListContainers(self, request: api_pb2.ListContainersRequest, context: grpc.aio.ServicerContext) -> api_pb2.ListContainersResponse:
+        wanted = request.filter if request.HasField("filter") else None
+        result = []
+        for container in await self.containers.list():
+            if container.state == STATE_CREATING:
+                continue
+            if wanted is not None and not _matches(container, wanted):
+                continue
+            result.append(api_pb2.Container(
+                id=container.id,
+                pod_sandbox_id=container.pod_id,
+                metadata=_metadata(container),
+                image=api_pb2.ImageSpec(image=container.image_name),
+                image_ref=container.image_id,
+                image_id=container.image_id,
+                state=_STATE[container.state],
+                created_at=container.created_at,
+                labels=container.request.labels,
+                annotations=container.request.annotations,
+            ))
+        return api_pb2.ListContainersResponse(containers=result)
+
+    @grpc_method
+    async def ContainerStatus(self, request: api_pb2.ContainerStatusRequest, context: grpc.aio.ServicerContext) -> api_pb2.ContainerStatusResponse:
+        container = await self.containers.get(request.container_id)
+        info = {"info": json.dumps(_verbose(container))} if request.verbose else {}
+        return api_pb2.ContainerStatusResponse(status=container_status_to_pb(container), info=info)
+
+    @grpc_method
+    async def UpdateContainerResources(self, request: api_pb2.UpdateContainerResourcesRequest, context: grpc.aio.ServicerContext) -> api_pb2.UpdateContainerResourcesResponse:
+        if not request.HasField("linux"):
+            raise InvalidArgument("UpdateContainerResources needs linux resources")
+        await self.containers.update_resources(request.container_id, resources_from_pb(request.linux))
+        return api_pb2.UpdateContainerResourcesResponse()
+
+    @grpc_method
+    async def ReopenContainerLog(self, request: api_pb2.ReopenContainerLogRequest, context: grpc.aio.ServicerContext) -> api_pb2.ReopenContainerLogResponse:
+        await self.containers.reopen_log(request.container_id)
+        return api_pb2.ReopenContainerLogResponse()
+
+    @grpc_method
+    async def ExecSync(self, request: api_pb2.ExecSyncRequest, context: grpc.aio.ServicerContext) -> api_pb2.ExecSyncResponse:
+        result = await self.containers.exec_sync(request.container_id, list(request.cmd), int(request.timeout))
+        return api_pb2.ExecSyncResponse(stdout=result.stdout, stderr=result.stderr, exit_code=result.exit_code)
+
+    async def GetContainerEvents(self, request: api_pb2.GetEventsRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[api_pb2.ContainerEventResponse]:
+        queue = self.containers.events.subscribe()
+        try:
+            while True:
+                event = await queue.get()
+                yield await self._event_to_pb(event)
+        finally:
+            self.containers.events.unsubscribe(queue)
+
+    async def _event_to_pb(self, event: ContainerEvent) -> api_pb2.ContainerEventResponse:
+        response = api_pb2.ContainerEventResponse(
+            container_id=event.container_id,
+            container_event_type=_EVENT[event.type],
+            created_at=event.created_at,
+        )
+        pod = await self.pods.find(event.pod_id)
+        if pod is not None:
+            response.pod_sandbox_status.CopyFrom(pod_status_to_pb(pod))
+            for container in await self.containers.list(pod.id):
+                if container.state != STATE_CREATING:
+                    response.containers_statuses.append(container_status_to_pb(container))
+        return response
+
+
+def _matches(container: Container, wanted: api_pb2.ContainerFilter) -> bool:
+    if wanted.id and not container.id.startswith(wanted.id):
+        return False
+    if wanted.pod_sandbox_id and not container.pod_id.startswith(wanted.pod_sandbox_id):
+        return False
+    if wanted.HasField("state") and _STATE[container.state] != wanted.state.state:
+        return False
+    return labels_match(container.request.labels, wanted.label_selector)
+
+
+def _metadata(container: Container) -> api_pb2.ContainerMetadata:
+    return api_pb2.ContainerMetadata(name=container.request.name, attempt=container.request.attempt)
+
+
+def container_status_to_pb(container: Container) -> api_pb2.ContainerStatus:
+    request = container.request
+    status = api_pb2.ContainerStatus(
+        id=container.id,
+        metadata=_metadata(container),
+        state=_STATE[container.state],
+        created_at=container.created_at,
+        started_at=container.started_at,
+        finished_at=container.finished_at,
+        exit_code=container.exit_code,
+        image=api_pb2.ImageSpec(image=container.image_name),
+        image_ref=container.image_id,
+        image_id=container.image_id,
+        reason=container.reason,
+        message=container.message,
+        labels=request.labels,
+        annotations=request.annotations,
+        mounts=[
+            api_pb2.Mount(container_path=m.container_path, host_path=m.host_path, readonly=m.readonly,
+                          propagation=_PROPAGATION.get(m.propagation, api_pb2.PROPAGATION_PRIVATE))
+            for m in request.mounts
+        ],
+        log_path=container.log_path,
+    )
+    resources = spec_resources(request.resources)
+    linux = status.resources.linux
+    linux.cpu_period = resources.get("cpu", {}).get("period", 0)
+    linux.cpu_quota = resources.get("cpu", {}).get("quota", 0)
+    linux.cpu_shares = resources.get("cpu", {}).get("shares", 0)
+    linux.cpuset_cpus = resources.get("cpu", {}).get("cpus", "")
+    linux.cpuset_mems = resources.get("cpu", {}).get("mems", "")
+    linux.memory_limit_in_bytes = resources.get("memory", {}).get("limit", 0)
+    linux.oom_score_adj = request.resources.oom_score_adj
+    return status
+
+
+def _verbose(container: Container) -> dict:
+    return {
+        "id": container.id,
+        "name": container.name,
+        "podSandboxId": container.pod_id,
+        "pid": container.pid,
+        "conmonPid": container.conmon_pid,
+        "cgroupPath": container.cgroup_path,
+        "stopSignal": container.stop_signal,
+        "imageName": container.image_name,
+    }
+

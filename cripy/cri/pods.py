@@ -1,0 +1,115 @@
+"""CRI pod sandbox calls: RunPodSandbox, StopPodSandbox, RemovePodSandbox, PodSandboxStatus, ListPodSandbox."""
+
+from __future__ import annotations
+
+import json
+
+import grpc
+from cri_api.v1 import api_pb2
+
+from cripy.cri.convert import pod_request_from_pb
+from cripy.cri.errors import grpc_method
+from cripy.cri.filters import labels_match
+from cripy.pods.manager import PodManager
+from cripy.pods.model import STATE_READY, PodSandbox
+
+_NAMESPACE_MODE = {"pod": api_pb2.POD, "container": api_pb2.CONTAINER, "node": api_pb2.NODE, "target": api_pb2.TARGET}
+
+
+class PodsServicer:
+    """Mixed into RuntimeService; `self.pods` is the PodManager."""
+
+    pods: PodManager
+
+    @grpc_method
+    async def RunPodSandbox(self, request: api_pb2.RunPodSandboxRequest, context: grpc.aio.ServicerContext) -> api_pb2.RunPodSandboxResponse:
+        pod_id = await self.pods.run(pod_request_from_pb(request.config, request.runtime_handler))
+        return api_pb2.RunPodSandboxResponse(pod_sandbox_id=pod_id)
+
+    @grpc_method
+    async def StopPodSandbox(self, request: api_pb2.StopPodSandboxRequest, context: grpc.aio.ServicerContext) -> api_pb2.StopPodSandboxResponse:
+        await self.pods.stop(request.pod_sandbox_id)
+        return api_pb2.StopPodSandboxResponse()
+
+    @grpc_method
+    async def RemovePodSandbox(self, request: api_pb2.RemovePodSandboxRequest, context: grpc.aio.ServicerContext) -> api_pb2.RemovePodSandboxResponse:
+        await self.pods.remove(request.pod_sandbox_id)
+        return api_pb2.RemovePodSandboxResponse()
+
+    @grpc_method
+    async def PodSandboxStatus(self, request: api_pb2.PodSandboxStatusRequest, context: grpc.aio.ServicerContext) -> api_pb2.PodSandboxStatusResponse:
+        pod = await self.pods.get(request.pod_sandbox_id)
+        info = {"info": json.dumps(_verbose(pod))} if request.verbose else {}
+        return api_pb2.PodSandboxStatusResponse(status=pod_status_to_pb(pod), info=info)
+
+    @grpc_method
+    async def ListPodSandbox(self, request: api_pb2.ListPodSandboxRequest, context: grpc.aio.ServicerContext) -> api_pb2.ListPodSandboxResponse:
+        wanted = request.filter if request.HasField("filter") else None
+        items = []
+        for pod in await self.pods.list():
+            if pod.state not in (STATE_READY, "notready"):
+                continue  # a pod still being created is not listed until it is
+            if wanted is not None:
+                if wanted.id and not pod.id.startswith(wanted.id):
+                    continue
+                if wanted.HasField("state") and _state(pod) != wanted.state.state:
+                    continue
+                if not labels_match(pod.request.labels, wanted.label_selector):
+                    continue
+            items.append(api_pb2.PodSandbox(
+                id=pod.id,
+                metadata=_metadata(pod),
+                state=_state(pod),
+                created_at=pod.created_at,
+                labels=pod.request.labels,
+                annotations=pod.request.annotations,
+                runtime_handler=pod.runtime_handler,
+            ))
+        return api_pb2.ListPodSandboxResponse(items=items)
+
+
+def _state(pod: PodSandbox) -> int:
+    return api_pb2.SANDBOX_READY if pod.state == STATE_READY else api_pb2.SANDBOX_NOTREADY
+
+
+def _metadata(pod: PodSandbox) -> api_pb2.PodSandboxMetadata:
+    r = pod.request
+    return api_pb2.PodSandboxMetadata(name=r.name, uid=r.uid, namespace=r.namespace, attempt=r.attempt)
+
+
+def pod_status_to_pb(pod: PodSandbox) -> api_pb2.PodSandboxStatus:
+    options = pod.request.security.namespace_options
+    network = api_pb2.PodSandboxNetworkStatus()
+    if pod.ips and pod.state == STATE_READY:
+        network.ip = pod.ips[0]
+        network.additional_ips.extend(api_pb2.PodIP(ip=ip) for ip in pod.ips[1:])
+    return api_pb2.PodSandboxStatus(
+        id=pod.id,
+        metadata=_metadata(pod),
+        state=_state(pod),
+        created_at=pod.created_at,
+        network=network,
+        linux=api_pb2.LinuxPodSandboxStatus(namespaces=api_pb2.Namespace(options=api_pb2.NamespaceOption(
+            network=_NAMESPACE_MODE[options.network.value],
+            pid=_NAMESPACE_MODE[options.pid.value],
+            ipc=_NAMESPACE_MODE[options.ipc.value],
+        ))),
+        labels=pod.request.labels,
+        annotations=pod.request.annotations,
+        runtime_handler=pod.runtime_handler,
+    )
+
+
+def _verbose(pod: PodSandbox) -> dict:
+    return {
+        "id": pod.id,
+        "name": pod.name,
+        "runtimeHandler": pod.runtime_handler,
+        "cgroupParent": pod.cgroup_parent,
+        "runDir": str(pod.run_dir),
+        "namespaces": {kind: str(pod.namespace_path(kind)) for kind in pod.pinned_kinds},
+        "infraPid": pod.infra_pid,
+        "ips": pod.ips,
+        "hostname": pod.hostname,
+        "portMappings": [vars(m) for m in pod.request.port_mappings],
+    }

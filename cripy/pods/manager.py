@@ -1,0 +1,340 @@
+"""Pod sandboxes: their life (run, stop, remove), their records, and undoing exactly what they did.
+
+RunPodSandbox pins the pod's network, IPC and UTS namespaces, writes hostname/resolv.conf/hosts, mounts a /dev/shm
+tmpfs, attaches the network through CNI and, when the pod shares one PID namespace, starts the infra process
+that holds it. Each of these is journalled before it happens (storage/effects.py), so stop, remove and recovery
+undo what was done and nothing else. Stop keeps the pod's record and files; remove takes the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import secrets
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cripy.containers.model import PodSandboxRequest
+from cripy.errors import FailedPrecondition, InvalidArgument, NotFound
+from cripy.linux import mount as mnt
+from cripy.linux import namespaces
+from cripy.network.cni import CNIManager, PortMapping
+from cripy.oci.runtime import OCIRuntime
+from cripy.pods import files
+from cripy.pods.infra import infra_spec
+from cripy.pods.model import STATE_CREATING, STATE_NOTREADY, STATE_READY, PodSandbox, reserved_name
+from cripy.storage import serde
+from cripy.storage.db import Database
+from cripy.storage.effects import Effect, EffectJournal
+from cripy.storage.names import NameReservations
+
+if TYPE_CHECKING:
+    from cripy.containers.manager import ContainerManager
+
+log = logging.getLogger(__name__)
+
+SHM_SIZE = 64 * 1024 * 1024
+# Undone at stop; the rest (the pod's directory) goes at removal.
+STOP_EFFECTS = ("pod-infra", "pod-network", "pod-shm", "pod-namespaces")
+
+
+class PodManager:
+    def __init__(
+        self,
+        db: Database,
+        journal: EffectJournal,
+        *,
+        runroot: Path,
+        network: CNIManager,
+        runtimes: dict[str, OCIRuntime],
+        default_runtime: str,
+        default_cgroup_parent: str,
+        pause_command: str,
+    ) -> None:
+        self._db = db
+        self._journal = journal
+        self._pods_dir = runroot / "pods"
+        self._network = network
+        self._runtimes = runtimes
+        self._default_runtime = default_runtime
+        self._default_cgroup_parent = default_cgroup_parent
+        self._pause_command = pause_command
+        self._names = NameReservations("pod sandbox")
+        self._locks: dict[str, asyncio.Lock] = {}
+        self.containers: ContainerManager | None = None  # wired by the daemon
+        journal.register("pod-dir", self._undo_dir)
+        journal.register("pod-namespaces", self._undo_namespaces)
+        journal.register("pod-shm", self._undo_shm)
+        journal.register("pod-network", self._undo_network)
+        journal.register("pod-infra", self._undo_infra)
+
+    # ---- queries --------------------------------------------------------------------------------------
+
+    async def get(self, pod_id: str) -> PodSandbox:
+        pod = await self.find(pod_id)
+        if pod is None:
+            raise NotFound(f"pod sandbox {pod_id!r} not found")
+        return pod
+
+    async def find(self, pod_id: str) -> PodSandbox | None:
+        """A pod by full id or unique id prefix."""
+        if not pod_id:
+            raise InvalidArgument("pod sandbox id is empty")
+        rows = await self._db.run(
+            lambda conn: conn.execute(
+                "SELECT * FROM pods WHERE id = ? OR id LIKE ? LIMIT 2", (pod_id, pod_id.replace("%", "") + "%")
+            ).fetchall()
+        )
+        exact = [row for row in rows if row["id"] == pod_id]
+        if exact:
+            return _pod_from_row(exact[0])
+        return _pod_from_row(rows[0]) if len(rows) == 1 else None
+
+    async def list(self) -> list[PodSandbox]:
+        rows = await self._db.run(lambda conn: conn.execute("SELECT * FROM pods ORDER BY created_at").fetchall())
+        return [_pod_from_row(row) for row in rows]
+
+    def runtime_for(self, pod: PodSandbox) -> OCIRuntime:
+        return self._runtimes[pod.runtime_handler]
+
+    def lock(self, pod_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(pod_id, asyncio.Lock())
+
+    # ---- run --------------------------------------------------------------------------------------------
+
+    async def run(self, request: PodSandboxRequest) -> str:
+        if not request.name or not request.namespace or not request.uid:
+            raise InvalidArgument("pod sandbox metadata needs a name, a namespace and a uid")
+        handler = request.runtime_handler or self._default_runtime
+        if handler not in self._runtimes:
+            raise NotFound(f"runtime handler {handler!r} is not configured (known: {', '.join(sorted(self._runtimes))})")
+        name = reserved_name(request)
+        return await self._names.create_once(name, self._name_holder, lambda: self._create(request, name, handler))
+
+    async def _name_holder(self, name: str) -> str | None:
+        row = await self._db.run(lambda conn: conn.execute("SELECT id FROM pods WHERE name = ?", (name,)).fetchone())
+        return row[0] if row else None
+
+    async def _create(self, request: PodSandboxRequest, name: str, handler: str) -> str:
+        pod = PodSandbox(
+            id=secrets.token_hex(32),
+            name=name,
+            state=STATE_CREATING,
+            created_at=time.time_ns(),
+            request=request,
+            runtime_handler=handler,
+            cgroup_parent=request.cgroup_parent or self._default_cgroup_parent,
+            run_dir=self._pods_dir / "",
+        )
+        pod.run_dir = self._pods_dir / pod.id
+        await self._db.run(lambda conn: _insert_pod(conn, pod))
+        started = time.monotonic()
+        try:
+            await self._set_up(pod)
+        except BaseException as e:
+            log.warning("pod %s (%s): set-up failed, undoing it: %s", pod.id, name, e)
+            await asyncio.shield(self._discard(pod))
+            raise
+        pod.state = STATE_READY
+        await self._save(pod)
+        log.info("pod %s (%s) ready in %.3fs, ips %s", pod.id, name, time.monotonic() - started, pod.ips or "-")
+        return pod.id
+
+    async def _set_up(self, pod: PodSandbox) -> None:
+        await self._journal.record(pod.id, "pod-dir", path=str(pod.run_dir))
+        await asyncio.to_thread(pod.run_dir.mkdir, parents=True)
+        await self._write_files(pod)
+        kinds = pod.pinned_kinds
+        if kinds:
+            await self._journal.record(pod.id, "pod-namespaces", path=str(pod.ns_dir))
+            await asyncio.to_thread(
+                namespaces.pin_namespaces,
+                kinds,
+                pod.ns_dir,
+                pod.hostname if "uts" in kinds else None,
+                pod.request.security.sysctls,
+            )
+        elif pod.request.security.sysctls:
+            raise InvalidArgument("sysctls need the pod's own network or IPC namespace (the pod uses the host's)")
+        if not pod.host_ipc:
+            await self._journal.record(pod.id, "pod-shm", path=str(pod.shm_path))
+            await asyncio.to_thread(_mount_shm, pod.shm_path)
+        network = asyncio.create_task(self._attach_network(pod))
+        try:
+            if pod.shares_pid:
+                await self._start_infra(pod)
+        finally:
+            await network  # CNI ADD runs while the infra process starts; both must finish before Ready
+        await asyncio.to_thread(pod.hosts_path.write_text, files.hosts(pod.hostname, pod.ips))
+
+    async def _write_files(self, pod: PodSandbox) -> None:
+        def write() -> None:
+            host_resolv = files.HOST_RESOLV_CONF.read_text() if files.HOST_RESOLV_CONF.exists() else ""
+            pod.resolv_conf_path.write_text(files.resolv_conf(pod.request.dns, host_resolv))
+            hostname = os.uname().nodename if pod.host_network else pod.hostname
+            pod.hostname_path.write_text(files.hostname_file(hostname))
+            pod.hosts_path.write_text(files.hosts(hostname, []))
+
+        await asyncio.to_thread(write)
+
+    async def _attach_network(self, pod: PodSandbox) -> None:
+        if pod.host_network or pod.netns is None:
+            return
+        mappings = [
+            PortMapping(m.host_port, m.container_port, m.protocol, m.host_ip)
+            for m in pod.request.port_mappings
+            if m.host_port > 0
+        ]
+        await self._journal.record(pod.id, "pod-network", netns=str(pod.netns))
+        result = await self._network.attach(
+            pod.id,
+            pod.netns,
+            pod_name=pod.request.name,
+            pod_namespace=pod.request.namespace,
+            pod_uid=pod.request.uid,
+            port_mappings=mappings,
+        )
+        pod.ips = result.ips
+
+    async def _start_infra(self, pod: PodSandbox) -> None:
+        runtime = self.runtime_for(pod)
+        infra_id = f"{pod.id[:32]}-infra"
+        bundle = pod.run_dir / "infra"
+        await self._journal.record(pod.id, "pod-infra", ctr_id=infra_id, handler=pod.runtime_handler)
+        spec = infra_spec(pod, infra_id, self._pause_command)
+        await asyncio.to_thread(_write_bundle, bundle, spec)
+        created = await runtime.create(
+            infra_id, bundle, log_path=bundle / "infra.log", persist_dir=bundle / "persist",
+            cgroup_parent="", name=f"{pod.name}-infra",
+        )
+        await runtime.start(infra_id)
+        pod.infra_id = infra_id
+        pod.infra_pid = created.pid
+        await self._save(pod)
+
+    # ---- stop and remove ----------------------------------------------------------------------------------
+
+    async def stop(self, pod_id: str) -> None:
+        """StopPodSandbox: idempotent; a pod that does not exist is not an error."""
+        pod = await self.find(pod_id)
+        if pod is None:
+            return
+        async with self.lock(pod.id):
+            if self.containers is not None:
+                await self.containers.stop_all_in_pod(pod.id)
+            await self._journal.undo(pod.id, STOP_EFFECTS)
+            if pod.state != STATE_NOTREADY:
+                pod.state = STATE_NOTREADY
+                await self._save(pod)
+                log.info("pod %s (%s) stopped", pod.id, pod.name)
+
+    async def remove(self, pod_id: str) -> None:
+        """RemovePodSandbox: stops what still runs, removes every container and whatever is left."""
+        pod = await self.find(pod_id)
+        if pod is None:
+            return
+        await self.stop(pod.id)
+        async with self.lock(pod.id):
+            if self.containers is not None:
+                await self.containers.remove_all_in_pod(pod.id)
+            await self._journal.undo(pod.id)
+            await self._db.run(lambda conn: conn.execute("DELETE FROM pods WHERE id = ?", (pod.id,)))
+        self._locks.pop(pod.id, None)
+        log.info("pod %s (%s) removed", pod.id, pod.name)
+
+    async def _discard(self, pod: PodSandbox) -> None:
+        """Undo a pod whose set-up failed, keeping nothing: not even its record or name."""
+        await self._journal.undo(pod.id, keep_going=True)
+        if not await self._journal.effects_of(pod.id):
+            await self._db.run(lambda conn: conn.execute("DELETE FROM pods WHERE id = ?", (pod.id,)))
+        else:
+            # Something would not undo; keep the record (not ready) so that remove and recovery retry it.
+            pod.state = STATE_NOTREADY
+            await self._save(pod)
+
+    async def _save(self, pod: PodSandbox) -> None:
+        await self._db.run(
+            lambda conn: conn.execute(
+                "UPDATE pods SET state = ?, ips = ?, infra_id = ?, infra_pid = ? WHERE id = ?",
+                (pod.state, json.dumps(pod.ips), pod.infra_id, pod.infra_pid, pod.id),
+            )
+        )
+
+    # ---- recovery -----------------------------------------------------------------------------------------
+
+    async def recover(self) -> None:
+        """After a restart: finish undoing pods whose creation never completed; check the rest."""
+        for pod in await self.list():
+            if pod.state == STATE_CREATING:
+                log.warning("pod %s (%s) was being created when cripy stopped: undoing it", pod.id, pod.name)
+                await self._discard(pod)
+            elif pod.state == STATE_READY and pod.pinned_kinds and not pod.ns_dir.exists():
+                # The run root is a tmpfs: its loss means the node rebooted and the pod's namespaces are gone.
+                log.warning("pod %s (%s) lost its namespaces (node restarted?): marking it not ready", pod.id, pod.name)
+                await self.stop(pod.id)
+
+    # ---- undo functions -----------------------------------------------------------------------------------
+
+    async def _undo_dir(self, effect: Effect) -> None:
+        await asyncio.to_thread(shutil.rmtree, effect.data["path"], True)
+
+    async def _undo_namespaces(self, effect: Effect) -> None:
+        await asyncio.to_thread(namespaces.unpin_namespaces, Path(effect.data["path"]))
+
+    async def _undo_shm(self, effect: Effect) -> None:
+        await asyncio.to_thread(_unmount_if_mounted, Path(effect.data["path"]))
+
+    async def _undo_network(self, effect: Effect) -> None:
+        await self._network.detach(effect.owner, Path(effect.data["netns"]))
+
+    async def _undo_infra(self, effect: Effect) -> None:
+        runtime = self._runtimes.get(effect.data["handler"])
+        if runtime is None:
+            raise FailedPrecondition(f"pod {effect.owner}: runtime handler {effect.data['handler']!r} is gone")
+        ctr_id = effect.data["ctr_id"]
+        await runtime.kill(ctr_id, 9, all_processes=True)
+        await runtime.delete(ctr_id, force=True)
+
+
+def _pod_from_row(row: object) -> PodSandbox:
+    return PodSandbox(
+        id=row["id"],  # type: ignore[index]
+        name=row["name"],  # type: ignore[index]
+        state=row["state"],  # type: ignore[index]
+        created_at=row["created_at"],  # type: ignore[index]
+        request=serde.loads(PodSandboxRequest, row["request"]),  # type: ignore[index]
+        runtime_handler=row["runtime_handler"],  # type: ignore[index]
+        cgroup_parent=row["cgroup_parent"],  # type: ignore[index]
+        run_dir=Path(row["run_dir"]),  # type: ignore[index]
+        ips=json.loads(row["ips"]),  # type: ignore[index]
+        infra_id=row["infra_id"],  # type: ignore[index]
+        infra_pid=row["infra_pid"],  # type: ignore[index]
+    )
+
+
+def _insert_pod(conn: object, pod: PodSandbox) -> None:
+    conn.execute(  # type: ignore[attr-defined]
+        "INSERT INTO pods (id, name, state, created_at, request, runtime_handler, ips, cgroup_parent, run_dir)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (pod.id, pod.name, pod.state, pod.created_at, serde.dumps(pod.request), pod.runtime_handler,
+         json.dumps(pod.ips), pod.cgroup_parent, str(pod.run_dir)),
+    )
+
+
+def _mount_shm(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    mnt.mount_tmpfs(path, SHM_SIZE, 0o1777, mnt.MS_NOSUID | mnt.MS_NODEV | mnt.MS_NOEXEC)
+
+
+def _unmount_if_mounted(path: Path) -> None:
+    if path.exists() and mnt.is_mountpoint(path):
+        mnt.umount(path, detach=True)
+
+
+def _write_bundle(bundle: Path, spec: dict) -> None:
+    (bundle / "rootfs").mkdir(parents=True, exist_ok=True)
+    (bundle / "config.json").write_text(json.dumps(spec))
