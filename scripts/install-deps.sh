@@ -24,6 +24,6 @@ if [ ! -x .venv/bin/python ] || ! cmp -s requirements-dev.txt .venv/.installed-r
     echo "setting up the Python venv (.venv)"
     "$PYTHON" -m venv .venv
     .venv/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
-    .venv/bin/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+    .venv/bin/pip install --quiet --disable-pip-version-check --no-deps -e .
     cp requirements-dev.txt .venv/.installed-requirements
 fi

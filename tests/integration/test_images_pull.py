@@ -25,6 +25,7 @@ from tests.integration.test_images_common import (
     rpc_error,
     unique,
     wait_for,
+    with_dropin,
 )
 from tests.support.images import (
     busybox_image,
@@ -245,3 +246,33 @@ def test_shared_layer_is_stored_once_and_removed_with_its_last_image(cripy_facto
     daemon.remove_image(proxy.ref(repo2, "v1"))
     assert layer_dir_names(daemon) == set()
     assert daemon.list_images() == []
+
+
+def test_layers_are_downloaded_in_parallel(cripy_factory, plain_registry, fault_proxy) -> None:
+    proxy = fault_proxy(plain_registry)
+    daemon = cripy_factory(registries_conf=insecure_conf(proxy.host))
+    image = multilayer_whiteout_image()
+    repo = unique("parallel")
+    plain_registry.push_image(repo, "v1", image)
+    layer_paths = {f"/v2/{repo}/blobs/{layer.digest}" for layer in image.layers}
+    for path in layer_paths:
+        proxy.delay(path, 1.5)  # each answer is held back: a sequential puller would never have two open
+
+    puller = threading.Thread(target=daemon.pull, args=(proxy.ref(repo, "v1"),))
+    puller.start()
+    try:
+        wait_for(lambda: len([r for r in proxy.requests if r.path in layer_paths and r.status == 0]) >= 2,
+                 "two layer downloads to be open at the same time")
+    finally:
+        puller.join(60)
+    assert daemon.image_status(proxy.ref(repo, "v1")).image.id == image.config_digest
+
+
+def test_pinned_images_are_reported_pinned(daemon, plain_registry) -> None:
+    pinned_ref = plain_registry.push_image(unique("pinned"), "v1", marker_image("pinned"))
+    other_ref = plain_registry.push_image(unique("unpinned"), "v1", marker_image("unpinned"))
+    with_dropin(daemon, f'[images]\npinned_images = ["{pinned_ref}"]\n')
+    daemon.pull(pinned_ref)
+    daemon.pull(other_ref)
+    assert daemon.image_status(pinned_ref).image.pinned
+    assert not daemon.image_status(other_ref).image.pinned

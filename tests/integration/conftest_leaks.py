@@ -1,0 +1,126 @@
+"""The suite's leak check: a session-scoped autouse fixture that notes, before the first test, the mounts, pinned
+network namespaces, cgroup directories and conmon/runc/catatonit/container processes, and fails the session's
+teardown with a list of whatever the tests left behind.
+
+Only what the tests can own is compared (paths under the test directories, the session's cgroup parent, cripy's
+default cgroup parent), so that other users of the machine do not make the check fail.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from cripy.linux.mount import read_mountinfo
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+DEFAULT_CGROUP_PARENT = "cripy"
+# Every daemon of the pod/container tests puts its containers under this cgroup parent (see podlib.PodEnv).
+SESSION_CGROUP_PARENT = f"cripyt-{secrets.token_hex(3)}"
+MONITOR_NAMES = ("conmon", "runc", "catatonit")
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    mounts: frozenset[str]
+    netns_pins: frozenset[str]
+    cgroups: frozenset[str]
+    processes: frozenset[str]
+
+
+def _test_roots(basetemp: Path) -> tuple[str, ...]:
+    from tests.integration.podlib import SHORT_BASE, SHORT_PREFIX
+
+    return (str(basetemp), f"{SHORT_BASE}/{SHORT_PREFIX}")
+
+
+def _owned(path: str, roots: tuple[str, ...]) -> bool:
+    return any(path.startswith(root) for root in roots)
+
+
+def _cgroup_dirs() -> set[str]:
+    found: set[str] = set()
+    if not CGROUP_ROOT.is_dir():
+        return found
+    for hierarchy in CGROUP_ROOT.iterdir():
+        for parent in (DEFAULT_CGROUP_PARENT, SESSION_CGROUP_PARENT):
+            top = hierarchy / parent
+            if not top.is_dir():
+                continue
+            for directory, dirnames, _ in os.walk(top):
+                found.update(str(Path(directory) / name) for name in dirnames)
+    return found
+
+
+def _processes(roots: tuple[str, ...]) -> set[str]:
+    """Monitors and runtimes of the tests (by command line), and any process in a test cgroup."""
+    found: set[str] = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            cgroup = (entry / "cgroup").read_text()
+        except OSError:
+            continue
+        name = os.path.basename(cmdline.split(" ", 1)[0]) if cmdline else ""
+        in_test_cgroup = f"/{SESSION_CGROUP_PARENT}/" in cgroup
+        if (name in MONITOR_NAMES and any(root in cmdline for root in roots)) or in_test_cgroup:
+            found.add(f"pid {entry.name}: {cmdline[:200]}")
+    return found
+
+
+def snapshot(basetemp: Path) -> Snapshot:
+    roots = _test_roots(basetemp)
+    mounts = read_mountinfo()
+    return Snapshot(
+        mounts=frozenset(m.mount_point for m in mounts if _owned(m.mount_point, roots)),
+        netns_pins=frozenset(m.mount_point for m in mounts if m.fs_type == "nsfs" and _owned(m.mount_point, roots)),
+        cgroups=frozenset(_cgroup_dirs()),
+        processes=frozenset(_processes(roots)),
+    )
+
+
+def leftovers(before: Snapshot, after: Snapshot) -> list[str]:
+    report = []
+    for label, attr in (("mounts", "mounts"), ("pinned namespaces", "netns_pins"), ("cgroups", "cgroups"),
+                        ("processes", "processes")):
+        new = sorted(getattr(after, attr) - getattr(before, attr))
+        if new:
+            report.append(f"{label} left behind ({len(new)}):\n    " + "\n    ".join(new))
+    return report
+
+
+def _remove_session_cgroup_parent() -> None:
+    for hierarchy in CGROUP_ROOT.iterdir() if CGROUP_ROOT.is_dir() else ():
+        top = hierarchy / SESSION_CGROUP_PARENT
+        if top.is_dir():
+            for directory, _, _ in sorted(os.walk(top), key=lambda item: -len(item[0])):
+                try:
+                    os.rmdir(directory)
+                except OSError:
+                    pass
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leaks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Fails the session when the tests left mounts, namespaces, cgroups or processes behind."""
+    basetemp = tmp_path_factory.getbasetemp()
+    before = snapshot(basetemp)
+    yield
+    report = leftovers(before, snapshot(basetemp))
+    if not report:
+        _remove_session_cgroup_parent()
+    assert not report, "the integration tests leaked:\n  " + "\n  ".join(report)
+
+
+def session_cgroup_parent() -> str:
+    return "/" + SESSION_CGROUP_PARENT
+
+
+__all__ = ["no_leaks", "session_cgroup_parent", "SESSION_CGROUP_PARENT"]
