@@ -8,6 +8,7 @@ values of the wrong type stop start-up with a message naming the key and the fil
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import tomllib
 import types
 import typing
@@ -88,6 +89,17 @@ class NetworkConfig:
 
 
 @dataclass
+class StreamingConfig:
+    """The streaming server: where the exec/attach/port-forward URLs point, and how long they stay valid."""
+
+    address: str = "127.0.0.1"
+    port: int = 0  # 0: a free port chosen at start
+    tls_cert: str = ""
+    tls_key: str = ""
+    token_ttl_seconds: float = 60.0
+
+
+@dataclass
 class Config:
     """The whole effective configuration."""
 
@@ -95,6 +107,7 @@ class Config:
     images: ImagesConfig = field(default_factory=ImagesConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
+    streaming: StreamingConfig = field(default_factory=StreamingConfig)
 
     @property
     def root(self) -> Path:
@@ -146,6 +159,24 @@ def validate(config: Config) -> None:
     for key in ("root", "runroot", "listen"):
         if not Path(getattr(config.cripy, key)).is_absolute():
             raise ConfigError(f"cripy.{key}: {getattr(config.cripy, key)!r} must be an absolute path")
+    _validate_streaming(config.streaming)
+
+
+def _validate_streaming(streaming: StreamingConfig) -> None:
+    try:
+        ipaddress.ip_address(streaming.address)
+    except ValueError:
+        raise ConfigError(f"streaming.address: {streaming.address!r} is not an IP address") from None
+    if not 0 <= streaming.port <= 65535:
+        raise ConfigError(f"streaming.port: {streaming.port} is outside 0..65535 (0 picks a free port)")
+    if bool(streaming.tls_cert) != bool(streaming.tls_key):
+        raise ConfigError("streaming.tls_cert and streaming.tls_key: set both (TLS) or neither (plain HTTP)")
+    for key in ("tls_cert", "tls_key"):
+        value = getattr(streaming, key)
+        if value and not Path(value).is_absolute():
+            raise ConfigError(f"streaming.{key}: {value!r} must be an absolute path")
+    if streaming.token_ttl_seconds <= 0:
+        raise ConfigError("streaming.token_ttl_seconds: must be positive")
 
 
 def handler_runtime_root(config: Config, name: str) -> Path:

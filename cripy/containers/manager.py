@@ -276,8 +276,9 @@ class ContainerManager:
             if container.state != STATE_CREATED:
                 raise FailedPrecondition(f"container {container.id} is {container.state}, not created: cannot start it")
             self._exited.setdefault(container.id, asyncio.Event())
-            await (await self.runtime_of(container)).start(container.id)
+            # Taken before the start: a short-lived process may exit (and conmon stamp its exit) before runc returns.
             started_at = time.time_ns()
+            await (await self.runtime_of(container)).start(container.id)
             await self._db.run(lambda conn: conn.execute(
                 "UPDATE containers SET state = ?, started_at = ? WHERE id = ? AND state = ?",
                 (STATE_RUNNING, started_at, container.id, STATE_CREATED)))

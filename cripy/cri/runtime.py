@@ -1,5 +1,6 @@
-"""CRI RuntimeService: the daemon's own calls (Version, Status, RuntimeConfig), composed with the pod, container
-and stats calls (cri/pods.py, cri/containers.py, cri/stats.py). Calls cripy does not serve answer Unimplemented.
+"""CRI RuntimeService: the daemon's own calls (Version, Status, RuntimeConfig), composed with the pod, container,
+stats and streaming calls (cri/pods.py, cri/containers.py, cri/stats.py, cri/streaming.py). Calls cripy does not
+serve answer Unimplemented.
 """
 
 from __future__ import annotations
@@ -16,13 +17,16 @@ from cripy.cri.containers import ContainersServicer
 from cripy.cri.errors import grpc_method, unimplemented
 from cripy.cri.pods import PodsServicer
 from cripy.cri.stats import StatsServicer
+from cripy.cri.streaming import StreamingServicer
 from cripy.pods.manager import PodManager
+from cripy.streaming.server import StreamingServer
 
 # What the node reports about the network; answered by whoever owns networking.
 NetworkStatusFn = Callable[[], tuple[bool, str, str]]
 
 
-class RuntimeService(PodsServicer, ContainersServicer, StatsServicer, api_pb2_grpc.RuntimeServiceServicer):
+class RuntimeService(PodsServicer, ContainersServicer, StatsServicer, StreamingServicer,
+                     api_pb2_grpc.RuntimeServiceServicer):
     def __init__(
         self,
         *,
@@ -31,9 +35,11 @@ class RuntimeService(PodsServicer, ContainersServicer, StatsServicer, api_pb2_gr
         handlers: list[str],
         network_status: NetworkStatusFn,
         config_info: Callable[[], dict],
+        streaming: StreamingServer | None = None,
     ) -> None:
         self.pods = pods
         self.containers = containers
+        self.streaming = streaming
         self._handlers = handlers
         self._network_status = network_status
         self._config_info = config_info

@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 PROGRESS_LOG_INTERVAL = 5.0
 # docker.io is a name; the registry API behind it answers at this host.
 DOCKER_HUB_ENDPOINT = "registry-1.docker.io"
+MIRROR_RETRIES = 1
 # Errors after which the next mirror or search registry is worth trying; others (bad credentials, a refused
 # policy) are the answer.
 _TRY_NEXT = (NotFound, Unavailable, DataLoss, DeadlineExceeded)
@@ -68,7 +69,7 @@ class Puller:
         self._store = store
         self._settings = settings
         self._downloads = downloads
-        self._in_flight: dict[tuple[str, str], asyncio.Future[Image]] = {}
+        self._in_flight: dict[tuple[str, str], asyncio.Task[Image]] = {}
         self._layer_slots = asyncio.Semaphore(settings.max_parallel_layers)
         self._session: aiohttp.ClientSession | None = None
 
@@ -96,24 +97,17 @@ class Puller:
         return Platform(*parts)
 
     async def pull(self, request: PullRequest) -> Image:
-        """Pull, or join the identical pull already running."""
+        """Pull, or join the identical pull already running. The pull is a task of its own, so a client that
+        gives up does not waste the work: its retry joins the same pull."""
         key = (request.image, _credentials_key(request.credentials))
         running = self._in_flight.get(key)
         if running is not None:
             log.info("pull of %s already in progress: waiting for it", request.image)
-            return await asyncio.shield(running)
-        future: asyncio.Future[Image] = asyncio.get_running_loop().create_future()
-        self._in_flight[key] = future
-        try:
-            image = await self._pull(request)
-            future.set_result(image)
-            return image
-        except BaseException as e:
-            future.set_exception(e)
-            future.exception()
-            raise
-        finally:
-            del self._in_flight[key]
+        else:
+            running = asyncio.get_running_loop().create_task(self._pull(request), name=f"pull {request.image}")
+            self._in_flight[key] = running
+            running.add_done_callback(lambda _: self._in_flight.pop(key, None))
+        return await asyncio.shield(running)
 
     async def _pull(self, request: PullRequest) -> Image:
         conf = self.registries()
@@ -153,7 +147,8 @@ class Puller:
             credentials=credentials,
             session=self._http(),
             certs_dir=Path(self._settings.certs_dir) if self._settings.certs_dir else None,
-            retries=self._settings.pull_retries,
+            # A mirror is an optimisation: one that is down costs one retry, not the primary's full backoff.
+            retries=min(self._settings.pull_retries, MIRROR_RETRIES) if source.is_mirror else self._settings.pull_retries,
             backoff=self._settings.pull_retry_backoff_seconds,
             min_throughput=self._settings.pull_min_throughput_bytes,
             throughput_window=self._settings.pull_throughput_window_seconds,

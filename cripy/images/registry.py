@@ -645,9 +645,13 @@ class RegistryClient:
             return InvalidArgument(f"registry {self.endpoint} rejected the request for {what}: {details}")
         return Internal(f"registry {self.endpoint} answered HTTP {status} for {what}: {details}")
 
+    def _has_credentials(self) -> bool:
+        c = self._credentials
+        return c is not None and bool(c.username or c.password or c.identity_token or c.registry_token)
+
     def _credential_kind(self) -> str:
         c = self._credentials
-        if c is None or not (c.username or c.password or c.identity_token or c.registry_token):
+        if c is None or not self._has_credentials():
             return "anonymous access (no credentials configured)"
         if c.registry_token:
             return "the configured registry token"
@@ -675,6 +679,13 @@ class RegistryClient:
                 self._challenge = challenge
             self._forget_token(repository)
             if round_ == 2 or auth.static or challenge is None:
+                if challenge is not None and challenge.params.get("error") == "insufficient_scope" \
+                        and self._has_credentials():
+                    # The credentials were accepted; they just do not reach this repository.
+                    raise PermissionDenied(
+                        f"registry {self.endpoint} denied {self._credential_kind()} access to {what} "
+                        f"(insufficient_scope): {registry_error_text(body)}"
+                    )
                 raise self._status_error(401, body, what)
         raise AssertionError("unreachable")
 

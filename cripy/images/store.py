@@ -165,18 +165,25 @@ class ImageStore:
         chain_ids = chain_ids_of(diff_ids)
         self._in_use.hold(chain_ids)
         try:
-            await asyncio.gather(
-                *(self._ensure_layer(chain, parent, layer)
-                  for chain, parent, layer in zip(chain_ids, [None, *chain_ids[:-1]], layers))
-            )
+            # A TaskGroup: when one layer fails, the others are cancelled and cleaned up before the pull answers.
+            async with asyncio.TaskGroup() as group:
+                for chain, parent, layer in zip(chain_ids, [None, *chain_ids[:-1]], layers):
+                    group.create_task(self._ensure_layer(chain, parent, layer))
             async with self._lock:
                 await self._db.transaction(
                     lambda conn: _insert_image(
                         conn, config_digest, manifest_digest, manifest, manifest_type, config, chain_ids, names
                     )
                 )
+        except BaseExceptionGroup as group_error:
+            # Report the first real failure (not the cancellations it caused), as a plain error.
+            raise _first_cause(group_error) from None
         finally:
             self._in_use.release(chain_ids)
+            if not await self._db.run(lambda conn: _image_exists(conn, config_digest)):
+                # Layers this failed add unpacked are referenced by nothing: they go now, not at the next removal.
+                async with self._lock:
+                    await self._collect_layers()
         image = await self.get(config_digest)
         assert image is not None
         log.info("image %s stored as %s (%d layers, %d bytes)", ", ".join(map(str, names)) or "(no name)",
@@ -191,12 +198,17 @@ class ImageStore:
             pending = self._layer_fetches.get(chain_id)
             if pending is None:
                 break
-            await asyncio.shield(pending)
+            await asyncio.wait([pending])  # its failure is the other pull's; ours only if it was not cancelled
+            if not pending.cancelled() and pending.exception() is not None:
+                raise pending.exception()  # type: ignore[misc]
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._layer_fetches[chain_id] = future
         try:
             await self._fetch_and_unpack(chain_id, parent, layer)
             future.set_result(None)
+        except asyncio.CancelledError:
+            future.cancel()  # a waiting pull takes over the layer
+            raise
         except BaseException as e:
             future.set_exception(e)
             future.exception()  # a failure is reported to each waiter; not "never retrieved" noise
@@ -428,6 +440,19 @@ def _tag_named(conn: sqlite3.Connection, ref: str, candidates: Sequence[Referenc
 
 def _tag_count(conn: sqlite3.Connection, image_id: str) -> int:
     return conn.execute("SELECT COUNT(*) FROM image_names WHERE image_id = ? AND kind = 'tag'", (image_id,)).fetchone()[0]
+
+
+def _image_exists(conn: sqlite3.Connection, image_id: str) -> bool:
+    return conn.execute("SELECT 1 FROM images WHERE id = ?", (image_id,)).fetchone() is not None
+
+
+def _first_cause(group: BaseExceptionGroup) -> BaseException:
+    for error in group.exceptions:
+        if isinstance(error, BaseExceptionGroup):
+            return _first_cause(error)
+        if not isinstance(error, asyncio.CancelledError):
+            return error
+    return group.exceptions[0]
 
 
 def _layer_exists(conn: sqlite3.Connection, chain_id: str) -> bool:

@@ -15,11 +15,15 @@ from cripy.errors import AlreadyExists
 
 
 class NameReservations:
-    """Serialises creations per name and lets a repeated call join the one in flight."""
+    """Serialises creations per name and lets a repeated call join the one in flight.
+
+    The creation runs as a task of its own: when the client that asked gives up (kubelet's deadline cancels its
+    call), the creation still completes, and kubelet's retry joins it instead of starting over.
+    """
 
     def __init__(self, what: str) -> None:
         self._what = what
-        self._in_flight: dict[str, asyncio.Future[str]] = {}
+        self._in_flight: dict[str, asyncio.Task[str]] = {}
 
     async def create_once(
         self,
@@ -29,20 +33,13 @@ class NameReservations:
     ) -> str:
         """Run create() unless a call for `name` is in flight (then answer its id); refuse a name held already."""
         running = self._in_flight.get(name)
-        if running is not None:
-            return await asyncio.shield(running)
-        existing = await holder(name)
-        if existing is not None:
-            raise AlreadyExists(f"{self._what} name {name!r} is reserved by {self._what} {existing}")
-        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._in_flight[name] = future
-        try:
-            new_id = await create()
-            future.set_result(new_id)
-            return new_id
-        except BaseException as e:
-            future.set_exception(e)
-            future.exception()
-            raise
-        finally:
-            del self._in_flight[name]
+        if running is None:
+            existing = await holder(name)
+            running = self._in_flight.get(name)  # another call may have started while we looked
+        if running is None:
+            if existing is not None:
+                raise AlreadyExists(f"{self._what} name {name!r} is reserved by {self._what} {existing}")
+            running = asyncio.get_running_loop().create_task(create(), name=f"create {self._what} {name}")
+            self._in_flight[name] = running
+            running.add_done_callback(lambda _: self._in_flight.pop(name, None))
+        return await asyncio.shield(running)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ class Snapshot:
     netns_pins: frozenset[str]
     cgroups: frozenset[str]
     processes: frozenset[str]
+    nat_chains: frozenset[str]
 
 
 def _test_roots(basetemp: Path) -> tuple[str, ...]:
@@ -75,6 +77,17 @@ def _processes(roots: tuple[str, ...]) -> set[str]:
     return found
 
 
+def _cni_nat_chains() -> set[str]:
+    """The per-pod chains CNI plugins add to the nat table (portmap's CNI-DN-*, bridge ipMasq's CNI-*)."""
+    try:
+        out = subprocess.run(["iptables-save", "-t", "nat"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return set()
+    shared = {"CNI-HOSTPORT-DNAT", "CNI-HOSTPORT-MASQ", "CNI-HOSTPORT-SETMARK"}
+    return {line[1:].split()[0] for line in out.splitlines()
+            if line.startswith(":CNI-") and line[1:].split()[0] not in shared}
+
+
 def snapshot(basetemp: Path) -> Snapshot:
     roots = _test_roots(basetemp)
     mounts = read_mountinfo()
@@ -83,13 +96,14 @@ def snapshot(basetemp: Path) -> Snapshot:
         netns_pins=frozenset(m.mount_point for m in mounts if m.fs_type == "nsfs" and _owned(m.mount_point, roots)),
         cgroups=frozenset(_cgroup_dirs()),
         processes=frozenset(_processes(roots)),
+        nat_chains=frozenset(_cni_nat_chains()),
     )
 
 
 def leftovers(before: Snapshot, after: Snapshot) -> list[str]:
     report = []
     for label, attr in (("mounts", "mounts"), ("pinned namespaces", "netns_pins"), ("cgroups", "cgroups"),
-                        ("processes", "processes")):
+                        ("processes", "processes"), ("iptables nat chains of CNI", "nat_chains")):
         new = sorted(getattr(after, attr) - getattr(before, attr))
         if new:
             report.append(f"{label} left behind ({len(new)}):\n    " + "\n    ".join(new))

@@ -107,15 +107,21 @@ class PodEnv:
 
     # -- pods
 
-    def pod_config(self, name: str, **kwargs: Any) -> api_pb2.PodSandboxConfig:
-        """A pod config with a unique uid; kwargs set PodSandboxConfig fields (linux=..., dns_config=...)."""
-        config = api_pb2.PodSandboxConfig(
+    def pod_config(self, name: str, *, pid: int = api_pb2.CONTAINER, network: int = api_pb2.POD,
+                   ipc: int = api_pb2.POD, **kwargs: Any) -> api_pb2.PodSandboxConfig:
+        """A pod config with a unique uid, as kubelet sends it (namespace modes always set: kubelet asks for a PID
+        namespace per container unless the pod shares one); kwargs set PodSandboxConfig fields."""
+        linux = api_pb2.LinuxPodSandboxConfig()
+        if "linux" in kwargs:
+            linux.CopyFrom(kwargs.pop("linux"))
+        linux.security_context.namespace_options.CopyFrom(api_pb2.NamespaceOption(network=network, pid=pid, ipc=ipc))
+        return api_pb2.PodSandboxConfig(
             metadata=api_pb2.PodSandboxMetadata(name=name, uid=secrets.token_hex(8), namespace="cripytest"),
             hostname=kwargs.pop("hostname", name),
             log_directory=str(self.workdir / "logs" / name),
+            linux=linux,
             **kwargs,
         )
-        return config
 
     def run_pod(self, config: api_pb2.PodSandboxConfig | str, **kwargs: Any) -> tuple[str, api_pb2.PodSandboxConfig]:
         if isinstance(config, str):
@@ -230,15 +236,30 @@ class PodEnv:
         return problems
 
     def close(self) -> None:
+        """Remove every pod through CRI (starting the daemon again if a test left it stopped or killed), stop the
+        daemon, delete the bridge; the directory goes only when nothing is mounted under it any more."""
         problems: list[str] = []
         try:
+            if self.daemon.pid is None and (self.daemon.root / "cripy.db").exists():
+                try:
+                    self.daemon.start()
+                except RuntimeError as e:
+                    problems.append(f"the daemon did not start again for the teardown: {e}")
             if self.daemon.pid is not None:
-                problems = self.remove_all_pods()
+                problems += self.remove_all_pods()
         finally:
             self.daemon.stop()
             self.network.delete()
-            shutil.rmtree(self.workdir, ignore_errors=True)
+            if not mounts_under(self.workdir):
+                shutil.rmtree(self.workdir, ignore_errors=True)
         assert not problems, "tearing the pods down failed:\n" + "\n".join(problems)
+
+
+def mounts_under(path: Path) -> list[str]:
+    prefix = str(path).rstrip("/") + "/"
+    with open("/proc/self/mountinfo") as f:
+        points = [line.split()[4] for line in f]
+    return [p for p in points if p.startswith(prefix) or p == str(path)]
 
 
 def _dir_name(image_name: str) -> str:

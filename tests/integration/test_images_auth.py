@@ -114,10 +114,6 @@ def restricted_registry(registry_factory):
         server.stop()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "cripy/images/registry.py _authorized_exchange/_status_error: a second 401 is always Unauthenticated "
-    "('refused the credentials of user ...'), also when the token server accepted the credentials and the "
-    "registry's challenge says error=\"insufficient_scope\": that is PermissionDenied"))
 def test_token_valid_user_without_access_to_the_repo_is_permission_denied(cripy_factory,
                                                                           restricted_registry) -> None:
     repo = unique("restricted/app")

@@ -56,10 +56,6 @@ def test_corrupted_blob_is_data_loss_and_leaves_nothing_of_it(proxied, plain_reg
     assert_store_consistent(daemon)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "cripy/images/store.py add_image: layers of a failed pull that did unpack stay recorded and on disk, "
-    "unreferenced (here the top layer, whose chain id is built on the corrupted base), until a later removal "
-    "or restart collects them; a failed add_image should collect what it added and nothing references"))
 def test_failed_pull_leaves_no_layer_behind(proxied, plain_registry) -> None:
     daemon, proxy = proxied
     repo = unique("corrupt-late")
@@ -74,11 +70,6 @@ def test_failed_pull_leaves_no_layer_behind(proxied, plain_registry) -> None:
     assert_store_empty(daemon)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "cripy/images/store.py add_image: asyncio.gather() returns the first layer failure while the other "
-    "layers' _ensure_layer tasks keep downloading/unpacking unsupervised; PullImage answers with <root>/tmp "
-    "still holding their blobs (and records their layers later). A TaskGroup (cancel siblings, await their "
-    "clean-up) would make the answer come after everything of the pull is undone"))
 def test_failed_pull_answers_only_after_its_other_downloads_stopped(proxied, plain_registry) -> None:
     daemon, proxy = proxied
     image = corrupt_diffid_image()

@@ -1,0 +1,207 @@
+"""Entry point: `python -m bench.run [--quick] [--iterations N] [--output docs/benchmarks.md] [--only a,b]`.
+
+Builds the images, starts a registry, cripy and containerd on a temporary directory, runs the scenarios, prints
+the table, writes the markdown, and tears everything down again, also when a scenario fails or on Ctrl-C.
+
+The process makes itself a child subreaper: conmon and containerd-shim daemonize, and on machines whose PID 1 does
+not reap orphans their exits would otherwise pile up as zombies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import secrets
+import shlex
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from contextlib import ExitStack
+from pathlib import Path
+
+from bench import report
+from bench.images import ImageSizes, build_images, push_images
+from bench.peers import (BenchNetwork, ContainerdPeer, CripyPeer, Peer, containerd_package_version,
+                         ensure_containerd, remove_cgroup_tree, tool_version, unmount_under)
+from bench.scenarios import SCENARIOS, Driver, Plan, Results, image_pulls, pull_warm_images, record_idle_memory
+from tests.support.registry import Registry
+
+PR_SET_CHILD_SUBREAPER = 36
+CONTAINERD_RUN_DIRS = (Path("/run/containerd/s"), Path("/run/containerd"))  # deepest first
+SCENARIO_NAMES = ("pull",) + tuple(name for name, _ in SCENARIOS)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a smoke run: few iterations, small images")
+    parser.add_argument("--iterations", type=int, default=None,
+                        help="iterations of the lifecycle, exec and list figures (default 30; quick 3)")
+    parser.add_argument("--output", type=Path, default=None, help="markdown report to write")
+    parser.add_argument("--only", default="", help=f"comma-separated subset of {','.join(SCENARIO_NAMES)}")
+    parser.add_argument("--keep-logs", type=Path, default=None, help="copy both daemons' logs here at the end")
+    args = parser.parse_args(argv)
+    if args.iterations is not None and args.iterations < 1:
+        parser.error("--iterations must be at least 1")
+    unknown = set(filter(None, args.only.split(","))) - set(SCENARIO_NAMES)
+    if unknown:
+        parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    return args
+
+
+def become_subreaper() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+
+
+def reap_orphans(keep: set[int]) -> None:
+    """Collects exited daemonized helpers that were re-parented to us; leaves our own Popen children alone."""
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) in keep:
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] == "Z" and int(fields[1]) == me:
+            try:
+                os.waitpid(int(entry), os.WNOHANG)
+            except ChildProcessError:
+                pass
+
+
+def interrupt(signum: int, frame: object) -> None:
+    """SIGTERM unwinds like Ctrl-C, so the ExitStack tears everything down."""
+    raise KeyboardInterrupt
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def versions(peers: list[Peer]) -> dict[str, str]:
+    found = {peer.name: peer.version() for peer in peers}
+    found["containerd"] = containerd_package_version()
+    found["runc"] = tool_version(["runc", "--version"])
+    found["conmon"] = tool_version(["conmon", "--version"])
+    found["python"] = sys.version.split()[0]
+    return found
+
+
+def run(args: argparse.Namespace) -> int:
+    become_subreaper()
+    signal.signal(signal.SIGTERM, interrupt)
+    wanted = set(filter(None, args.only.split(","))) or set(SCENARIO_NAMES)
+    plan = Plan.make(args.quick, args.iterations)
+    ensure_containerd()
+    workdir = Path(tempfile.mkdtemp(prefix="crb-", dir="/tmp"))  # short: conmon socket paths must fit sun_path
+    cgroup_parent = f"/cripybench-{secrets.token_hex(3)}"
+    results = Results()
+    peers: list[Peer] = []
+    keep: set[int] = set()
+    with ExitStack() as cleanup:
+        cleanup.callback(shutil.rmtree, workdir, True)
+        cleanup.callback(reap_orphans, keep)  # last: after the peers stopped
+        cleanup.callback(remove_cgroup_tree, cgroup_parent)
+        cleanup.callback(unmount_under, workdir)
+        if args.keep_logs:
+            cleanup.callback(copy_logs, workdir, args.keep_logs)
+
+        log(f"building images ({'quick' if args.quick else 'full'} sizes) in {workdir}")
+        built = build_images(ImageSizes.for_mode(args.quick))
+        registry = Registry(workdir / "registry")
+        cleanup.callback(registry.stop)
+        registry.start()
+        images = push_images(registry, built, ImageSizes.for_mode(args.quick))
+        del built
+        cleanup.callback(remove_if_created_empty, [p for p in CONTAINERD_RUN_DIRS if not p.exists()])
+        network = BenchNetwork.create(workdir)
+        cleanup.callback(network.delete)
+        peers = [CripyPeer(workdir / "cripy", network, registry.host, f"{cgroup_parent}/cripy"),
+                 ContainerdPeer(workdir / "containerd", network, registry.host, f"{cgroup_parent}/containerd",
+                                sandbox_image=images.pause.ref)]
+        for peer in peers:
+            cleanup.callback(peer.stop)
+            peer.start()
+        keep.update(p.pid for p in peers if p.pid)
+        keep.add(registry.pid or 0)
+        drivers = [Driver(peer, images, workdir / "logs") for peer in peers]
+        info = report.RunInfo(command=shlex.join(["python", "-m", "bench.run", *sys.argv[1:]]), date=report.now(),
+                              machine=report.machine_info(), versions=versions(peers),
+                              mode="quick" if args.quick else "full")
+        time.sleep(1.0)
+        record_idle_memory(drivers, results, "idle (fresh start, no images)")
+
+        steps: list[tuple[str, Callable[[], None]]] = []
+        if "pull" in wanted:
+            steps.append(("pull", lambda: image_pulls(drivers, plan, results)))
+        steps.append(("warm images", lambda: pull_warm_images(drivers)))
+        steps.append(("idle memory", lambda: record_idle_memory(drivers, results, "idle (after pulls, no pods)")))
+        steps += [(name, (lambda fn=fn: fn(drivers, plan, results))) for name, fn in SCENARIOS if name in wanted]
+        for name, step in steps:
+            log(f"scenario {name}")
+            begin = time.monotonic()
+            step()
+            reap_orphans(keep)
+            log(f"scenario {name} done in {time.monotonic() - begin:.1f}s")
+
+        info.notes.append(plan_note(plan))
+        print(report.terminal_table(results))
+        if args.output:
+            args.output.parent.mkdir(parents=True, exist_ok=True)
+            args.output.write_text(report.markdown(results, info))
+            log(f"wrote {args.output}")
+    return 0
+
+
+def plan_note(plan: Plan) -> str:
+    return (f"iterations: lifecycle {plan.lifecycle_iterations}, ExecSync {plan.exec_iterations}, list "
+            f"{plan.list_iterations}, pulls {plan.pull_iterations}, concurrent rounds {plan.concurrent_rounds} x "
+            f"{plan.concurrent_pods} pods; memory with {plan.memory_pods} pods; CPU window "
+            f"{plan.cpu_window_seconds:.0f} s. Memory: RSS from /proc/<pid>/statm, PSS from smaps_rollup; helpers "
+            "are the conmon processes whose command line names cripy's run root, and the containerd-shim "
+            "processes whose -address is this containerd's socket; pause processes are their children running "
+            "/catatonit or /pause. CPU = utime+stime+cutime+cstime of daemon, helpers and pause processes.")
+
+
+def remove_if_created_empty(paths: list[Path]) -> None:
+    """containerd puts its shims' sockets in /run/containerd/s whatever its state dir; the caller passes the
+    directories that did not exist before the run, and those that are empty again are removed."""
+    for path in paths:
+        try:
+            path.rmdir()
+        except OSError:
+            pass
+
+
+def copy_logs(workdir: Path, target: Path) -> None:
+    target.mkdir(parents=True, exist_ok=True)
+    for name in ("cripy/cripy.log", "containerd/containerd.log"):
+        source = workdir / name
+        if source.exists():
+            shutil.copy(source, target / source.name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if os.geteuid() != 0:
+        print("bench: must run as root (it starts container runtimes)", file=sys.stderr)
+        return 2
+    try:
+        return run(args)
+    except KeyboardInterrupt:
+        log("interrupted; everything was torn down")
+        return 130
+    except Exception:
+        traceback.print_exc()
+        log("failed; everything was torn down")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,657 @@
+"""Exec and attach sessions: the kubelet remote-command protocols on an upgraded connection, and what runs them.
+
+Owns:
+* the requests a token stands for (ExecRequest, AttachRequest) and their validation;
+* the transport-neutral streams a runner sees (CommandIO: stdin, stdout, stderr, terminal resizes) and their two
+  carriers: SPDY streams typed by the ``streamtype`` header (stdin, stdout, stderr, error, resize) and WebSocket
+  channels (0 stdin, 1 stdout, 2 stderr, 3 error, 4 resize; v5's close signal ends stdin);
+* the result on the error stream as each protocol version defines it (v4/v5: a metav1.Status JSON, also on
+  success; older versions: the failure message as text, nothing on success);
+* exec: ``runc exec`` with pipes, or with a terminal: runc then runs on a host pseudo-terminal we own (its slave is
+  runc's controlling terminal) and proxies it to the container's; resizing our master (TIOCSWINSZ) makes the
+  kernel signal runc (SIGWINCH), which resizes the container's terminal - CRI-O's approach, and runc reports the
+  exit code as its own. A client that goes away gets its process killed.
+* attach: conmon's attach socket (SOCK_SEQPACKET; conmon prefixes each output packet with one byte naming the
+  pipe, 2 stdout and 3 stderr, and takes raw stdin packets), resizes through conmon's control fifo. Detaching
+  only closes our socket: the container keeps running.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import struct
+import tempfile
+import termios
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cripy.containers.container import STATE_RUNNING
+from cripy.errors import CripyError, FailedPrecondition, Internal, InvalidArgument
+from cripy.streaming import channels, spdy
+from cripy.streaming.channels import ResizeDecoder, TerminalSize
+from cripy.streaming.server import (CLOSED, ChannelClosed, ChannelMessage, ClientGone, InputPipe, Pump, SpdyPump,
+                                    WebSocketPump)
+
+if TYPE_CHECKING:
+    from cripy.containers.container import Container
+    from cripy.containers.manager import ContainerManager
+    from cripy.oci.runtime import OCIRuntime
+
+log = logging.getLogger(__name__)
+
+STDIN, STDOUT, STDERR, ERROR, RESIZE = channels.STDIN, channels.STDOUT, channels.STDERR, channels.ERROR, channels.RESIZE
+STREAM_TYPES = {channels.STREAM_TYPE_STDIN: STDIN, channels.STREAM_TYPE_STDOUT: STDOUT,
+                channels.STREAM_TYPE_STDERR: STDERR, channels.STREAM_TYPE_ERROR: ERROR,
+                channels.STREAM_TYPE_RESIZE: RESIZE}
+
+STREAM_CREATION_TIMEOUT = 30.0
+READ_CHUNK = 32 * 1024
+# After the exec'd command exited, how long its output pipes may stay open (a background child holding them)
+# before the session ends with what it has.
+OUTPUT_DRAIN_GRACE = 2.0
+# conmon reads at most this much of one stdin packet (CONN_SOCK_BUF_SIZE - 1); larger packets would be cut.
+ATTACH_STDIN_PACKET = 8192
+ATTACH_RECV_SIZE = 64 * 1024 + 1
+ATTACH_PIPE_STDOUT = 2
+ATTACH_PIPE_STDERR = 3
+SETSID = "/usr/bin/setsid"
+
+
+# ---- requests -----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExecRequest:
+    container_id: str
+    cmd: tuple[str, ...]
+    tty: bool = False
+    stdin: bool = False
+    stdout: bool = True
+    stderr: bool = True
+
+
+@dataclass(frozen=True)
+class AttachRequest:
+    container_id: str
+    tty: bool = False
+    stdin: bool = False
+    stdout: bool = True
+    stderr: bool = True
+
+
+def validate_streams(what: str, tty: bool, stdin: bool, stdout: bool, stderr: bool) -> None:
+    if not (stdin or stdout or stderr):
+        raise InvalidArgument(f"{what}: one of stdin, stdout and stderr must be requested")
+    if tty and stderr:
+        raise InvalidArgument(f"{what}: tty and stderr cannot both be requested (a terminal has one output "
+                              f"stream: ask for stdout only)")
+
+
+def validate_exec(request: ExecRequest) -> None:
+    if not request.container_id:
+        raise InvalidArgument("exec: the container id is empty")
+    if not request.cmd or not request.cmd[0]:
+        raise InvalidArgument(f"exec in container {request.container_id}: the command is empty")
+    validate_streams(f"exec in container {request.container_id}", request.tty, request.stdin, request.stdout,
+                     request.stderr)
+
+
+def validate_attach(request: AttachRequest) -> None:
+    if not request.container_id:
+        raise InvalidArgument("attach: the container id is empty")
+    validate_streams(f"attach to container {request.container_id}", request.tty, request.stdin, request.stdout,
+                     request.stderr)
+
+
+# ---- results -------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a session ended: an exit code (exec), or neither (attach: success), or an error message."""
+
+    exit_code: int | None = None
+    error: str = ""
+
+
+def status_payload(protocol: str, outcome: Outcome) -> bytes:
+    """What the error stream carries at the end (empty: nothing), as the protocol version defines it."""
+    return channels.status_payload(protocol, outcome.exit_code, outcome.error or None)
+
+
+def decode_resizes(decoder: ResizeDecoder, data: bytes) -> list[TerminalSize]:
+    try:
+        return decoder.feed(data)
+    except ValueError as err:
+        log.info("streaming: ignoring a malformed resize event: %s", err)
+        return []
+
+
+# ---- transport-neutral streams ------------------------------------------------------------------------------
+
+
+@dataclass
+class CommandIO:
+    """What a runner reads and writes; the transport session behind it decides where bytes go."""
+
+    stdin: InputPipe | None
+    stdout: bool
+    stderr: bool
+    write: Callable[[int, bytes], Awaitable[None]]
+    resizes: asyncio.Queue[TerminalSize] = field(default_factory=asyncio.Queue)
+
+    async def write_output(self, channel: int, data: bytes) -> None:
+        if data and (self.stdout if channel == STDOUT else self.stderr):
+            await self.write(channel, data)
+
+
+Runner = Callable[[CommandIO], Awaitable[Outcome]]
+
+
+class _Session:
+    """Runs a runner against a transport until it ends or the client goes away (the runner is then cancelled)."""
+
+    def __init__(self, tty: bool, stdin: bool, stdout: bool, stderr: bool) -> None:
+        self.tty = tty
+        self.want = {STDIN: stdin, STDOUT: stdout, STDERR: stderr}
+
+    async def run(self, runner: Runner) -> None:
+        io = await self.open()
+        dispatcher = asyncio.create_task(self.dispatch(io), name="streaming-dispatch")
+        work = asyncio.create_task(runner(io), name="streaming-runner")
+        try:
+            done, _ = await asyncio.wait({dispatcher, work}, return_when=asyncio.FIRST_COMPLETED)
+            if work not in done:
+                # The client went away (or broke the protocol) first: stop the command.
+                work.cancel()
+                with contextlib.suppress(asyncio.CancelledError, ClientGone):
+                    await work
+                return
+            try:
+                outcome = work.result()
+            except ClientGone:
+                return
+            except CripyError as err:
+                outcome = Outcome(error=str(err))
+            await self.finish(outcome)
+        finally:
+            for task in (work, dispatcher):
+                task.cancel()
+            for task in (work, dispatcher):
+                with contextlib.suppress(asyncio.CancelledError, ClientGone, Exception):
+                    await task
+            if io.stdin is not None:
+                io.stdin.close()
+
+    async def open(self) -> CommandIO:
+        raise NotImplementedError
+
+    async def dispatch(self, io: CommandIO) -> None:
+        raise NotImplementedError
+
+    async def finish(self, outcome: Outcome) -> None:
+        raise NotImplementedError
+
+
+class SpdyCommandSession(_Session):
+    def __init__(self, pump: SpdyPump, tty: bool, stdin: bool, stdout: bool, stderr: bool) -> None:
+        super().__init__(tty, stdin, stdout, stderr)
+        self.pump = pump
+        self.streams: dict[int, int] = {}  # channel -> stream id
+        self.roles: dict[int, int] = {}  # stream id -> channel
+        self.resize_decoder = ResizeDecoder()
+        self._early: list[object] = []
+        self._stdin: InputPipe | None = None
+
+    def _required(self) -> set[int]:
+        required = {ERROR} | {channel for channel, wanted in self.want.items() if wanted}
+        if self.tty and channels.supports_resize(self.pump.protocol, websocket=False):
+            required.add(RESIZE)
+        return required
+
+    async def open(self) -> CommandIO:
+        if self.want[STDIN]:
+            self._stdin = InputPipe(pause=self.pump.pause_reading, resume=self.pump.resume_reading,
+                                    on_consumed=self._acknowledge_stdin)
+        required = self._required()
+        try:
+            async with asyncio.timeout(STREAM_CREATION_TIMEOUT):
+                while not required <= set(self.streams):
+                    event = await self.pump.next_event()
+                    if event is CLOSED:
+                        raise ClientGone("the client left before creating its streams")
+                    if isinstance(event, spdy.StreamOpened):
+                        await self._accept_stream(event)
+                    else:
+                        self._early.append(event)
+        except TimeoutError:
+            log.info("streaming: client did not create the %s streams within %ss",
+                     sorted(required - set(self.streams)), STREAM_CREATION_TIMEOUT)
+            raise ClientGone("timed out waiting for the client to create streams") from None
+        return CommandIO(stdin=self._stdin, stdout=self.want[STDOUT], stderr=self.want[STDERR], write=self._write)
+
+    async def _accept_stream(self, event: spdy.StreamOpened) -> None:
+        kind = {name.lower(): value for name, value in event.headers.items()}.get(channels.STREAM_TYPE_HEADER, "")
+        channel = STREAM_TYPES.get(kind)
+        await self.pump.reply(event.stream_id)
+        if channel is None or channel in self.streams:
+            log.info("streaming: refusing an unexpected %r stream", kind)
+            await self.pump.reset(event.stream_id, spdy.RstStatus.REFUSED_STREAM)
+            return
+        self.streams[channel] = event.stream_id
+        self.roles[event.stream_id] = channel
+
+    async def _acknowledge_stdin(self, nbytes: int) -> None:
+        stream_id = self.streams.get(STDIN)
+        if stream_id is not None:
+            await self.pump.acknowledge(stream_id, nbytes)
+
+    async def _write(self, channel: int, data: bytes) -> None:
+        stream_id = self.streams.get(channel)
+        if stream_id is not None:
+            await self.pump.send(stream_id, data)
+
+    async def dispatch(self, io: CommandIO) -> None:
+        for event in self._early:
+            await self._handle(event, io)
+        self._early.clear()
+        while True:
+            event = await self.pump.next_event()
+            if event is CLOSED:
+                return
+            await self._handle(event, io)
+
+    async def _handle(self, event: object, io: CommandIO) -> None:
+        if isinstance(event, spdy.StreamOpened):
+            await self._accept_stream(event)
+        elif isinstance(event, spdy.DataReceived):
+            channel = self.roles.get(event.stream_id)
+            if channel == STDIN and io.stdin is not None:
+                io.stdin.feed(event.data)
+                return
+            await self.pump.acknowledge(event.stream_id, len(event.data))
+            if channel == RESIZE:
+                for size in decode_resizes(self.resize_decoder, event.data):
+                    io.resizes.put_nowait(size)
+        elif isinstance(event, (spdy.StreamEnded, spdy.StreamReset)):
+            if self.roles.get(event.stream_id) == STDIN and io.stdin is not None:
+                io.stdin.feed_eof()
+
+    async def finish(self, outcome: Outcome) -> None:
+        payload = status_payload(self.pump.protocol, outcome)
+        error_stream = self.streams.get(ERROR)
+        for channel in (STDOUT, STDERR):
+            if channel in self.streams:
+                await self.pump.end(self.streams[channel])
+        if error_stream is not None:
+            if payload:
+                await self.pump.send(error_stream, payload)
+            await self.pump.end(error_stream)
+        for channel in (STDOUT, STDERR, ERROR):
+            if channel in self.streams:
+                await self.pump.drain_stream(self.streams[channel])
+        await self.pump.go_away()
+
+
+class WebSocketCommandSession(_Session):
+    def __init__(self, pump: WebSocketPump, tty: bool, stdin: bool, stdout: bool, stderr: bool) -> None:
+        super().__init__(tty, stdin, stdout, stderr)
+        self.pump = pump
+        self.resize_decoder = ResizeDecoder()
+
+    async def open(self) -> CommandIO:
+        stdin = InputPipe(pause=self.pump.pause_reading, resume=self.pump.resume_reading) \
+            if self.want[STDIN] else None
+        # kubelet tells the client the streams are ready with an empty message on the first output channel.
+        first = STDOUT if self.want[STDOUT] else STDERR if self.want[STDERR] else ERROR
+        await self.pump.send(first, b"")
+        return CommandIO(stdin=stdin, stdout=self.want[STDOUT], stderr=self.want[STDERR], write=self.pump.send)
+
+    async def dispatch(self, io: CommandIO) -> None:
+        while True:
+            event = await self.pump.next_event()
+            if event is CLOSED:
+                return
+            if isinstance(event, ChannelClosed):
+                if event.channel == STDIN and io.stdin is not None:
+                    io.stdin.feed_eof()
+            elif isinstance(event, ChannelMessage):
+                if event.channel == STDIN and io.stdin is not None:
+                    io.stdin.feed(event.data)
+                elif event.channel == RESIZE:
+                    for size in decode_resizes(self.resize_decoder, event.data):
+                        io.resizes.put_nowait(size)
+
+    async def finish(self, outcome: Outcome) -> None:
+        payload = status_payload(self.pump.wire_protocol, outcome)
+        if payload:
+            await self.pump.send(ERROR, payload)
+        await self.pump.close()
+
+
+def command_session(pump: Pump, tty: bool, stdin: bool, stdout: bool, stderr: bool) -> _Session:
+    if isinstance(pump, SpdyPump):
+        return SpdyCommandSession(pump, tty, stdin, stdout, stderr)
+    return WebSocketCommandSession(pump, tty, stdin, stdout, stderr)
+
+
+# ---- exec -----------------------------------------------------------------------------------------------------
+
+
+def runc_exec_argv(runtime: "OCIRuntime", ctr_id: str, cmd: tuple[str, ...], tty: bool, pidfile: Path) -> list[str]:
+    handler = runtime.handler
+    argv = [handler.runtime_path, "--root", str(handler.runtime_root), "exec", "--pid-file", str(pidfile)]
+    if tty:
+        argv.append("--tty")
+    return [*argv, ctr_id, *cmd]
+
+
+async def run_exec(runtime: "OCIRuntime", ctr_id: str, cmd: tuple[str, ...], tty: bool, io: CommandIO) -> Outcome:
+    """Run ``cmd`` in the container with the session's streams; its exit code, or an error."""
+    runtime.exec_dir.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="stream-", dir=runtime.exec_dir))
+    try:
+        argv = runc_exec_argv(runtime, ctr_id, cmd, tty, scratch / "pid")
+        if tty:
+            return await _exec_with_terminal(argv, scratch / "pid", io)
+        return await _exec_with_pipes(argv, scratch / "pid", io)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+async def _exec_with_pipes(argv: list[str], pidfile: Path, io: CommandIO) -> Outcome:
+    pipe, devnull = asyncio.subprocess.PIPE, asyncio.subprocess.DEVNULL
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv, stdin=pipe if io.stdin is not None else devnull, stdout=pipe if io.stdout else devnull,
+            stderr=pipe if io.stderr else devnull, start_new_session=True)
+    except OSError as err:
+        raise Internal(f"cannot run {argv[0]}: {err}") from err
+    tasks = [asyncio.create_task(_copy_reader(proc.stdout, io, STDOUT)),
+             asyncio.create_task(_copy_reader(proc.stderr, io, STDERR))]
+    feeder = asyncio.create_task(_feed_process_stdin(proc, io.stdin)) if io.stdin is not None else None
+    try:
+        code = await proc.wait()
+        await _wait_output(tasks)
+        return Outcome(exit_code=code)
+    finally:
+        await _stop_process(proc, pidfile)
+        for task in [*tasks, *([feeder] if feeder else [])]:
+            task.cancel()
+        await asyncio.gather(*tasks, *([feeder] if feeder else []), return_exceptions=True)
+
+
+async def _copy_reader(stream: asyncio.StreamReader | None, io: CommandIO, channel: int) -> None:
+    if stream is None:
+        return
+    while data := await stream.read(READ_CHUNK):
+        await io.write_output(channel, data)
+
+
+async def _feed_process_stdin(proc: asyncio.subprocess.Process, stdin: InputPipe) -> None:
+    assert proc.stdin is not None
+    try:
+        while (data := await stdin.read()) is not None:
+            proc.stdin.write(data)
+            await proc.stdin.drain()
+        proc.stdin.close()
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the command stopped reading; the rest of stdin has nowhere to go
+
+
+async def _wait_output(tasks: list[asyncio.Task[None]]) -> None:
+    """Let the output copies finish; a background child holding a pipe gets OUTPUT_DRAIN_GRACE, then is cut."""
+    done, pending = await asyncio.wait(tasks, timeout=OUTPUT_DRAIN_GRACE)
+    for task in done:
+        task.result()  # ClientGone propagates: nobody to report to
+    if pending:
+        log.info("streaming: exec output still open %ss after the command exited; ending the session",
+                 OUTPUT_DRAIN_GRACE)
+
+
+async def _stop_process(proc: asyncio.subprocess.Process, pidfile: Path) -> None:
+    """Kill the exec'd command (by the pid runc recorded) and runc (by process group) if still there."""
+    if proc.returncode is None:
+        _kill_pidfile(pidfile)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await asyncio.shield(proc.wait())
+        _kill_pidfile(pidfile)  # runc may have written it after the first look
+
+
+def _kill_pidfile(pidfile: Path) -> None:
+    try:
+        text = pidfile.read_text().strip()
+    except OSError:
+        return
+    if text.isdigit():
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(int(text), signal.SIGKILL)
+
+
+async def _exec_with_terminal(argv: list[str], pidfile: Path, io: CommandIO) -> Outcome:
+    master, slave = os.openpty()
+    try:
+        try:
+            # setsid --ctty: runc leads a new session whose controlling terminal is our pty's slave, so it
+            # receives SIGWINCH when the master is resized.
+            proc = await asyncio.create_subprocess_exec(SETSID, "--ctty", *argv, stdin=slave, stdout=slave,
+                                                        stderr=slave)
+        except OSError as err:
+            raise Internal(f"cannot run {argv[0]} on a terminal: {err}") from err
+        finally:
+            os.close(slave)
+        terminal = PtyMaster(master)
+        master = -1  # owned by terminal now
+        tasks = [asyncio.create_task(_copy_terminal_output(terminal, io)),
+                 asyncio.create_task(_apply_resizes(io, terminal.resize))]
+        if io.stdin is not None:
+            tasks.append(asyncio.create_task(_feed_terminal(terminal, io.stdin)))
+        try:
+            code = await proc.wait()
+            await _wait_output(tasks[:1])
+            return Outcome(exit_code=code)
+        finally:
+            await _stop_process(proc, pidfile)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            terminal.close()
+    finally:
+        if master >= 0:
+            os.close(master)
+
+
+class PtyMaster:
+    """The master side of a pseudo-terminal, read and written without blocking the event loop."""
+
+    def __init__(self, fd: int) -> None:
+        os.set_blocking(fd, False)
+        self.fd = fd
+        self._loop = asyncio.get_running_loop()
+
+    async def read(self) -> bytes:
+        """Output, or b"" once every slave is closed (EIO)."""
+        while True:
+            try:
+                return os.read(self.fd, READ_CHUNK)
+            except BlockingIOError:
+                await self._wait(self._loop.add_reader, self._loop.remove_reader)
+            except OSError as err:
+                if err.errno == errno.EIO:
+                    return b""
+                raise
+
+    async def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                written = os.write(self.fd, view)
+                view = view[written:]
+            except BlockingIOError:
+                await self._wait(self._loop.add_writer, self._loop.remove_writer)
+
+    def resize(self, size: TerminalSize) -> None:
+        fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", size.height, size.width, 0, 0))
+
+    async def _wait(self, add: Callable[..., None], remove: Callable[[int], bool]) -> None:
+        ready = self._loop.create_future()
+        add(self.fd, lambda: ready.done() or ready.set_result(None))
+        try:
+            await ready
+        finally:
+            remove(self.fd)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+async def _copy_terminal_output(terminal: PtyMaster, io: CommandIO) -> None:
+    while data := await terminal.read():
+        await io.write_output(STDOUT, data)
+
+
+async def _feed_terminal(terminal: PtyMaster, stdin: InputPipe) -> None:
+    # The end of the client's input does not end a terminal session (as with CRI-O): the user types exit.
+    while (data := await stdin.read()) is not None:
+        await terminal.write(data)
+
+
+async def _apply_resizes(io: CommandIO, resize: Callable[[TerminalSize], object]) -> None:
+    while True:
+        size = await io.resizes.get()
+        try:
+            result = resize(size)
+            if asyncio.iscoroutine(result):
+                await result
+        except (OSError, CripyError) as err:
+            log.info("streaming: resizing the terminal to %sx%s failed: %s", size.width, size.height, err)
+
+
+# ---- attach ---------------------------------------------------------------------------------------------------
+
+
+async def run_attach(runtime: "OCIRuntime", container: "Container", io: CommandIO) -> Outcome:
+    """Relay the container's stdio through conmon's attach socket until it closes or the client leaves."""
+    path = runtime.attach_socket_path(container.id)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    tty = container.request.tty
+    try:
+        try:
+            await loop.sock_connect(sock, str(path))
+        except OSError as err:
+            raise FailedPrecondition(f"cannot attach to container {container.id}: its attach socket {path}: "
+                                     f"{err.strerror or err}") from None
+        tasks = [asyncio.create_task(_apply_resizes(io, lambda size: runtime.resize(
+            container.id, min(size.height, 1000), min(size.width, 1000))))] if tty else []
+        if io.stdin is not None:
+            tasks.append(asyncio.create_task(_feed_attach(sock, io.stdin, close_on_eof=container.request.stdin_once
+                                                          and not tty)))
+        try:
+            await _copy_attach_output(sock, io)
+            return Outcome()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+    finally:
+        sock.close()
+
+
+async def _copy_attach_output(sock: socket.socket, io: CommandIO) -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            packet = await loop.sock_recv(sock, ATTACH_RECV_SIZE)
+        except ConnectionError:
+            return
+        if not packet:
+            return  # conmon closed: the container exited
+        pipe, data = packet[0], packet[1:]
+        await io.write_output(STDERR if pipe == ATTACH_PIPE_STDERR else STDOUT, data)
+
+
+async def _feed_attach(sock: socket.socket, stdin: InputPipe, close_on_eof: bool) -> None:
+    loop = asyncio.get_running_loop()
+    try:
+        while (data := await stdin.read()) is not None:
+            for start in range(0, len(data), ATTACH_STDIN_PACKET):
+                await loop.sock_sendall(sock, data[start:start + ATTACH_STDIN_PACKET])
+        if close_on_eof:
+            # conmon closes the container's stdin when an attached client shuts down its side (stdin_once).
+            sock.shutdown(socket.SHUT_WR)
+    except (BrokenPipeError, ConnectionError):
+        pass
+
+
+# ---- the session handlers the server calls ------------------------------------------------------------------
+
+
+async def running_container(containers: "ContainerManager", ctr_id: str, action: str) -> "Container":
+    container = await containers.get(ctr_id)
+    if container.state != STATE_RUNNING:
+        raise FailedPrecondition(f"cannot {action} container {container.id}: it is {container.state}, not running")
+    return container
+
+
+class ExecHandler:
+    """Serves /exec/<token>."""
+
+    def __init__(self, containers: "ContainerManager") -> None:
+        self.containers = containers
+
+    async def prepare(self, request: ExecRequest) -> None:
+        validate_exec(request)
+        await running_container(self.containers, request.container_id, "exec in")
+
+    async def serve(self, pump: Pump, request: ExecRequest) -> None:
+        session = command_session(pump, request.tty, request.stdin, request.stdout, request.stderr)
+
+        async def runner(io: CommandIO) -> Outcome:
+            container = await running_container(self.containers, request.container_id, "exec in")
+            runtime = await self.containers.runtime_of(container)
+            return await run_exec(runtime, container.id, request.cmd, request.tty, io)
+
+        await session.run(runner)
+
+
+class AttachHandler:
+    """Serves /attach/<token>."""
+
+    def __init__(self, containers: "ContainerManager") -> None:
+        self.containers = containers
+
+    async def prepare(self, request: AttachRequest) -> None:
+        validate_attach(request)
+        container = await running_container(self.containers, request.container_id, "attach to")
+        if request.stdin and not container.request.stdin:
+            raise FailedPrecondition(f"cannot attach to the stdin of container {container.id}: it was not created "
+                                     f"with stdin")
+        if request.tty and not container.request.tty:
+            raise InvalidArgument(f"cannot attach with a terminal to container {container.id}: it was not created "
+                                  f"with tty")
+
+    async def serve(self, pump: Pump, request: AttachRequest) -> None:
+        session = command_session(pump, request.tty, request.stdin, request.stdout, request.stderr)
+
+        async def runner(io: CommandIO) -> Outcome:
+            container = await running_container(self.containers, request.container_id, "attach to")
+            runtime = await self.containers.runtime_of(container)
+            return await run_attach(runtime, container, io)
+
+        await session.run(runner)
