@@ -35,6 +35,9 @@ from cripy.pods.manager import PodManager
 from cripy.storage.db import Database
 from cripy.storage.effects import EffectJournal
 from cripy.storage.layout import Layout
+from cripy.streaming.portforward import PortForwardHandler
+from cripy.streaming.remotecommand import AttachHandler, ExecHandler
+from cripy.streaming.server import KIND_ATTACH, KIND_EXEC, KIND_PORTFORWARD, ServerSettings, StreamingServer
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +51,7 @@ class Daemon:
         self.layout = Layout(config.root, config.runroot)
         self._stopping = asyncio.Event()
         self._server: grpc.aio.Server | None = None
+        self.streaming: StreamingServer | None = None
         self.db: Database | None = None
 
     async def start(self) -> None:
@@ -90,6 +94,7 @@ class Daemon:
         await self.containers.recover()
         self.exits = ExitWatcher(self.layout.runroot / "exits", self.containers.handle_exit)
         await self.exits.start()
+        await self._start_streaming()
         await self._serve_grpc()
         log.info("cripy serving CRI on %s (root %s, run root %s)", self.config.cripy.listen, self.layout.root, self.layout.runroot)
 
@@ -121,6 +126,15 @@ class Daemon:
             cgroup_parent_default=self.config.runtime.cgroup_parent,
         )
 
+    async def _start_streaming(self) -> None:
+        settings = ServerSettings(**dataclasses.asdict(self.config.streaming))
+        self.streaming = StreamingServer(settings, {
+            KIND_EXEC: ExecHandler(self.containers),
+            KIND_ATTACH: AttachHandler(self.containers),
+            KIND_PORTFORWARD: PortForwardHandler(self.pods),
+        })
+        await self.streaming.start()
+
     async def _serve_grpc(self) -> None:
         limit = self.config.cripy.grpc_max_message_bytes
         server = grpc.aio.server(
@@ -134,6 +148,7 @@ class Daemon:
                 handlers=sorted(self.config.runtime.handlers),
                 network_status=self._network_status,
                 config_info=lambda: dataclasses.asdict(self.config),
+                streaming=self.streaming,
             ),
             server,
         )
@@ -171,9 +186,10 @@ class Daemon:
         self.config.cripy.log_level = new.cripy.log_level
         self.config.images = new.images
         ignored = [key for key in ("root", "runroot", "listen") if getattr(new.cripy, key) != getattr(self.config.cripy, key)]
-        if ignored or new.runtime != self.config.runtime or new.network != self.config.network:
+        if ignored or new.runtime != self.config.runtime or new.network != self.config.network \
+                or new.streaming != self.config.streaming:
             log.warning("configuration reloaded; changes to %s take effect at the next start",
-                        ", ".join(ignored + ["runtime/network settings"]))
+                        ", ".join(ignored + ["runtime/network/streaming settings"]))
         log.info("configuration reloaded")
 
     async def run(self) -> None:
@@ -191,6 +207,8 @@ class Daemon:
         log.info("cripy shutting down")
         if self._server is not None:
             await self._server.stop(grace=5)
+        if self.streaming is not None:
+            await self.streaming.stop()
         await self.exits.stop()
         await self.puller.close()
         if self.db is not None:

@@ -1085,7 +1085,8 @@ class RemoteCommandClient:
 
 def remotecommand_stream_types(protocol: str, *, stdin: bool, stdout: bool, stderr: bool, tty: bool) -> list[str]:
     """The streams client-go opens, in its order: error first; stderr is merged into stdout by a TTY; resize only
-    with a TTY and a protocol that knows it (v3, v4)."""
+    with a TTY and a protocol that knows it (v3, v4, and v5, which kubectl 1.30+ offers first even over SPDY, where
+    it means v4)."""
     kinds = ["error"]
     if stdin:
         kinds.append("stdin")
@@ -1093,7 +1094,7 @@ def remotecommand_stream_types(protocol: str, *, stdin: bool, stdout: bool, stde
         kinds.append("stdout")
     if stderr and not tty:
         kinds.append("stderr")
-    if tty and protocol in ("v3.channel.k8s.io", "v4.channel.k8s.io"):
+    if tty and protocol in ("v3.channel.k8s.io", "v4.channel.k8s.io", "v5.channel.k8s.io"):
         kinds.append("resize")
     return kinds
 

@@ -248,6 +248,28 @@ def test_validate_refuses_bad_values(changes: dict[str, object], message: str) -
         validate(_config_with(**changes))
 
 
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"streaming__address": "localhost"}, "streaming.address"),
+        ({"streaming__port": 65536}, "streaming.port"),
+        ({"streaming__port": -1}, "streaming.port"),
+        ({"streaming__tls_cert": "/etc/cripy/tls.crt"}, "set both"),
+        ({"streaming__tls_key": "/etc/cripy/tls.key"}, "set both"),
+        ({"streaming__tls_cert": "tls.crt", "streaming__tls_key": "/k"}, "streaming.tls_cert"),
+        ({"streaming__token_ttl_seconds": 0.0}, "streaming.token_ttl_seconds"),
+    ],
+)
+def test_validate_refuses_bad_streaming_values(changes: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        validate(_config_with(**changes))
+
+
+def test_validate_accepts_streaming_settings() -> None:
+    validate(_config_with(streaming__address="::1", streaming__port=10010, streaming__tls_cert="/c",
+                          streaming__tls_key="/k"))
+
+
 def test_validate_refuses_non_oci_handler() -> None:
     config = Config()
     config.runtime.handlers["vm"] = RuntimeHandlerConfig(runtime_type="vm")

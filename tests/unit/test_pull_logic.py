@@ -240,11 +240,6 @@ async def test_cancelling_a_joiner_leaves_the_pull_running(fake: tuple[Puller, F
     assert (await first).id == "sha256:busybox#1"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: cancelling the first caller of a pull (crictl interrupted, RPC cancelled) delivers "
-    "CancelledError to every joiner that was not cancelled itself, instead of an image or a domain error",
-)
 async def test_cancelling_the_first_caller_does_not_fail_the_joiners(fake: tuple[Puller, FakePull]) -> None:
     p, f = fake
     first = asyncio.create_task(p.pull(PullRequest("busybox")))
@@ -255,11 +250,22 @@ async def test_cancelling_the_first_caller_does_not_fail_the_joiners(fake: tuple
     with pytest.raises(asyncio.CancelledError):
         await first
     f.release.set()
-    try:
-        result = await joiner
-    except CripyError:
-        return  # an explicit domain error would be an acceptable answer
-    assert result.id.startswith("sha256:busybox#")
+    assert (await joiner).id == "sha256:busybox#1"
+    assert len(f.requests) == 1
+
+
+async def test_a_pull_whose_only_client_gave_up_still_completes(fake: tuple[Puller, FakePull]) -> None:
+    p, f = fake
+    first = asyncio.create_task(p.pull(PullRequest("busybox")))
+    await f.started.wait()
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    retry = asyncio.create_task(p.pull(PullRequest("busybox")))  # kubelet's retry joins the running pull
+    await asyncio.sleep(0)
+    f.release.set()
+    assert (await retry).id == "sha256:busybox#1"
+    assert len(f.requests) == 1
 
 
 def test_permission_denied_is_not_retried_on_the_next_source() -> None:

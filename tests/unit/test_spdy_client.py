@@ -5,11 +5,15 @@ written here (which check what the clients send: upgrade request, stream order a
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import socket
+import subprocess
 import struct
 import threading
 import zlib
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from dataclasses import dataclass, field
 
 import pytest
@@ -434,6 +438,99 @@ def test_window_updates_when_asked_for(spdy_server: Callable[..., FakeSpdyServer
         server.finish()
     assert sum(u.delta for u in updates if u.stream_id == 1) == len(payload)
     assert sum(u.delta for u in updates if u.stream_id == 0) == len(payload)
+
+
+class FakeApiServer:
+    """Just enough of a Kubernetes API server for `kubectl exec` (discovery, the pod, the exec upgrade), whose SPDY
+    side is this module's codec: kubectl's Go framer then checks our encoder and our decoder reads Go's frames."""
+
+    POD = {"kind": "Pod", "apiVersion": "v1", "metadata": {"name": "foo", "namespace": "default"},
+           "spec": {"containers": [{"name": "c", "image": "busybox"}]}, "status": {"phase": "Running"}}
+    DISCOVERY = {
+        "/version": {"major": "1", "minor": "32", "gitVersion": "v1.32.0"},
+        "/api": {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []},
+        "/apis": {"kind": "APIGroupList", "apiVersion": "v1", "groups": []},
+        "/api/v1": {"kind": "APIResourceList", "groupVersion": "v1", "resources": [
+            {"name": "pods", "singularName": "pod", "namespaced": True, "kind": "Pod", "verbs": ["get"]},
+            {"name": "pods/exec", "singularName": "", "namespaced": True, "kind": "PodExecOptions",
+             "verbs": ["create", "get"]}]},
+    }
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.exec_request = ""
+        self.stream_headers: list[dict[str, str]] = []
+        self.failures: list[BaseException] = []
+        self._connections: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self._connections.append(conn)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            buffer = b""
+            while True:
+                while b"\r\n\r\n" not in buffer:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    buffer += chunk
+                head, _, buffer = buffer.partition(b"\r\n\r\n")
+                request_line = head.split(b"\r\n")[0].decode()
+                path = request_line.split()[1].split("?")[0]
+                if path.endswith("/exec"):
+                    self.exec_request = head.decode()
+                    self._exec(conn, buffer)
+                    return
+                body = json.dumps(self.DISCOVERY.get(path, self.POD)).encode()
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+                             % len(body) + body)
+        except BaseException as exc:
+            self.failures.append(exc)
+
+    def _exec(self, conn: socket.socket, initial: bytes) -> None:
+        conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"
+                     b"X-Stream-Protocol-Version: v4.channel.k8s.io\r\n\r\n")
+        side = ServerSide(conn)
+        side.pending += side.decoder.feed(initial)
+        streams = {}
+        for _ in range(4):
+            frame = side.accept_stream()
+            self.stream_headers.append(dict(frame.headers))
+            streams[dict(frame.headers)["streamtype"]] = frame.stream_id
+        stdin = side.data_until_fin(streams["stdin"])
+        side.send(DataFrame(streams["stdout"], b"OUT:" + stdin, 0x01), DataFrame(streams["stderr"], b"ERR", 0x01),
+                  DataFrame(streams["error"], exit_status(3), 0x01), GoAwayFrame(0, 0))
+        conn.shutdown(socket.SHUT_WR)
+
+    def stop(self) -> None:
+        self.listener.close()
+        for conn in self._connections:
+            conn.close()
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (a real Go SPDY peer) is not installed")
+def test_codec_interoperates_with_kubectl(tmp_path: Path) -> None:
+    server = FakeApiServer()
+    try:
+        env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "KUBECTL_REMOTE_COMMAND_WEBSOCKETS": "false"}
+        done = subprocess.run(["kubectl", "--server", f"http://127.0.0.1:{server.port}", "exec", "-i", "foo", "--",
+                               "cat"], input=b"hello", capture_output=True, env=env, timeout=60, check=False)
+    finally:
+        server.stop()
+    assert not server.failures, server.failures
+    assert [h["streamtype"] for h in server.stream_headers] == ["error", "stdin", "stdout", "stderr"]
+    assert "Upgrade: SPDY/3.1" in server.exec_request
+    assert (done.returncode, done.stdout) == (3, b"OUT:hello"), done.stderr
+    assert done.stderr.startswith(b"ERR"), done.stderr
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -140,7 +140,7 @@ async def layer_rows(db: Database) -> dict[str, tuple]:
 
 
 async def settle(store: ImageStore) -> None:
-    """Wait for layer work a failed add_image left running (see test_failed_add_leaves_no_layer_work_running)."""
+    """Wait for layer work still running (belt and braces: add_image should leave none behind)."""
     while store._layer_fetches:
         await asyncio.gather(*store._layer_fetches.values(), return_exceptions=True)
 
@@ -240,38 +240,62 @@ async def test_failing_fetch_leaves_no_layer_behind(
     with pytest.raises(ConnectionResetError):
         await add(store, fetcher, IMAGE_A, "example.com/a:1")
     chains = chain_ids_of([BASE.diff_id, APP_A.diff_id])
-    rows = await layer_rows(db)
-    assert chains[1] not in rows
-    assert not layout.layer_dir(chains[1]).exists()
-    # The failed layer's partial blob is gone (the base layer may still be on its way: see the xfail below).
-    assert not [p for p in layout.downloads.iterdir() if p.name.startswith(hexpart(chains[1]))]
+    # Nothing of the failed add is left: not the failed layer, and not the base it unpacked (nothing uses it).
+    assert await layer_rows(db) == {}
+    assert layer_dirs_on_disk(layout) == set()
+    assert list(layout.downloads.iterdir()) == []
     assert await store.list() == []
     assert await store.find("example.com/a:1") is None
-    # The base layer that did arrive is kept (a retry reuses it); the retry fetches only what is missing.
     del fetcher.fail[APP_A.diff_id]
     image = await add(store, fetcher, IMAGE_A, "example.com/a:1")
     assert image.chain_ids == chains
-    assert fetcher.count == Counter({BASE.diff_id: 1, APP_A.diff_id: 2})
+    assert fetcher.count == Counter({BASE.diff_id: 2, APP_A.diff_id: 2})
     assert list(layout.downloads.iterdir()) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: add_image runs the layers with asyncio.gather, which does not cancel the sibling layer tasks "
-    "when one fails: the error returns while the other layers keep downloading and unpacking, detached",
-)
-async def test_failed_add_leaves_no_layer_work_running(store: ImageStore, fetcher: Fetcher) -> None:
+async def test_failed_add_keeps_layers_other_images_use(
+    store: ImageStore, fetcher: Fetcher, layout: Layout, db: Database
+) -> None:
+    a = await add(store, fetcher, IMAGE_A, "example.com/a:1")
+    fetcher.fail[APP_B.diff_id] = ConnectionResetError("registry hung up")
+    with pytest.raises(ConnectionResetError):
+        await add(store, fetcher, IMAGE_B, "example.com/b:1")
+    assert set(await layer_rows(db)) == set(a.chain_ids)
+    assert layer_dirs_on_disk(layout) == {hexpart(c) for c in a.chain_ids}
+
+
+async def test_failed_add_leaves_no_layer_work_running(store: ImageStore, fetcher: Fetcher, layout: Layout) -> None:
+    """When one layer fails, the sibling layers are cancelled and cleaned up before add_image answers."""
     release_base = fetcher.gate(BASE)
     fetcher.fail[APP_A.diff_id] = ConnectionResetError("registry hung up")
     try:
-        with pytest.raises(ConnectionResetError):
+        with pytest.raises(ConnectionResetError):  # the cause itself, not an ExceptionGroup
             await add(store, fetcher, IMAGE_A, "example.com/a:1")
         assert fetcher.running == set()
+        assert store._layer_fetches == {}
+        assert list(layout.downloads.iterdir()) == []
+        assert layer_dirs_on_disk(layout) == set()
     finally:
         release_base.set()
-        # Join whatever is still running so that nothing outlives the test's database.
-        del fetcher.fail[APP_A.diff_id]
-        await add(store, fetcher, IMAGE_A, "example.com/a:1")
+        await settle(store)
+
+
+async def test_cancelled_add_hands_its_layer_to_a_waiting_add(store: ImageStore, fetcher: Fetcher) -> None:
+    """A waiter does not inherit another pull's cancellation: it fetches the layer itself."""
+    release_base = fetcher.gate(BASE)
+    fetcher.gate(APP_B).set()
+    first = asyncio.create_task(add(store, fetcher, IMAGE_A, "example.com/a:1"))
+    await fetcher.started[BASE.diff_id].wait()
+    second = asyncio.create_task(add(store, fetcher, IMAGE_B, "example.com/b:1"))
+    await fetcher.started[APP_B.diff_id].wait()
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    release_base.set()
+    b = await second
+    assert b.chain_ids[0] == BASE.diff_id
+    assert fetcher.count[BASE.diff_id] == 2  # fetched again by the waiter
+    assert await store.find("example.com/a:1") is None
 
 
 async def test_failure_reaches_the_concurrent_waiter(store: ImageStore, fetcher: Fetcher, layout: Layout) -> None:
