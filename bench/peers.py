@@ -305,8 +305,9 @@ class CripyPeer(Peer):
     name = "cripy"
 
     def __init__(self, workdir: Path, network: BenchNetwork, registry_host: str, cgroup_parent: str,
-                 log_level: str = "info") -> None:
+                 log_level: str = "info", profile_path: Path | None = None) -> None:
         super().__init__(workdir, network, registry_host, cgroup_parent)
+        self.profile_path = profile_path
         self.root = workdir / "root"
         self.runroot = workdir / "run"
         self.config_path = workdir / "cripy.toml"
@@ -349,7 +350,9 @@ plugin_dirs = ["{CNI_BIN_DIR}"]
 """)
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "cripy.cli", "--config", str(self.config_path),
+        # cProfile writes its file when the daemon returns from main (cripy exits cleanly on SIGTERM).
+        profiler = ["-m", "cProfile", "-o", str(self.profile_path)] if self.profile_path else []
+        return [sys.executable, *profiler, "-m", "cripy.cli", "--config", str(self.config_path),
                 "--config-dir", str(self.workdir / "cripy.d")]
 
     def environment(self) -> dict[str, str]:

@@ -43,6 +43,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="iterations of the lifecycle, exec and list figures (default 30; quick 3)")
     parser.add_argument("--output", type=Path, default=None, help="markdown report to write")
     parser.add_argument("--only", default="", help=f"comma-separated subset of {','.join(SCENARIO_NAMES)}")
+    parser.add_argument("--profile-cripy", type=Path, default=None,
+                        help="run cripy under cProfile and write its stats to this file (slows cripy down)")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                        help="cripy's log level (default info, like containerd's)")
     parser.add_argument("--keep-logs", type=Path, default=None, help="copy both daemons' logs here at the end")
     args = parser.parse_args(argv)
     if args.iterations is not None and args.iterations < 1:
@@ -122,7 +126,8 @@ def run(args: argparse.Namespace) -> int:
         cleanup.callback(remove_if_created_empty, [p for p in CONTAINERD_RUN_DIRS if not p.exists()])
         network = BenchNetwork.create(workdir)
         cleanup.callback(network.delete)
-        peers = [CripyPeer(workdir / "cripy", network, registry.host, f"{cgroup_parent}/cripy"),
+        peers = [CripyPeer(workdir / "cripy", network, registry.host, f"{cgroup_parent}/cripy",
+                           log_level=args.log_level, profile_path=args.profile_cripy),
                  ContainerdPeer(workdir / "containerd", network, registry.host, f"{cgroup_parent}/containerd",
                                 sandbox_image=images.pause.ref)]
         for peer in peers:

@@ -44,7 +44,20 @@ POD_NAMESPACE_LABEL = "io.kubernetes.pod.namespace"
 # Interactive exec (-i/-t) needs the streaming protocols (SPDY/WebSocket to the URL from Exec). A streaming client
 # plugs in here: it gets the client and the Exec request and returns the command's exit code.
 InteractiveExec = Callable[[CRIClient, api_pb2.ExecRequest], int]
-interactive_exec: InteractiveExec | None = None
+
+
+def streaming_exec(client: CRIClient, request: api_pb2.ExecRequest) -> int:
+    """Exec through the streaming server (the URL from the Exec call), as crictl exec -it does."""
+    from cripy.ctl import stream
+
+    url = client.exec(request).url
+    try:
+        return stream.run_remote_command(url, stdin=request.stdin, tty_mode=request.tty)
+    except (stream.StreamError, OSError) as error:
+        raise CommandError(f"exec in {request.container_id}: {error}") from None
+
+
+interactive_exec: InteractiveExec | None = streaming_exec
 
 
 class CommandError(Exception):
@@ -527,6 +540,41 @@ def cmd_exec(ctx: Context) -> int:
     return response.exit_code
 
 
+def cmd_attach(ctx: Context) -> int:
+    from cripy.ctl import stream
+
+    args = ctx.args
+    request = api_pb2.AttachRequest(container_id=args.container, stdin=args.stdin, tty=args.tty, stdout=True,
+                                    stderr=not args.tty)
+    url = ctx.client.attach(request).url
+    try:
+        return stream.run_remote_command(url, stdin=args.stdin, tty_mode=args.tty)
+    except (stream.StreamError, OSError) as error:
+        raise CommandError(f"attach to {args.container}: {error}") from None
+
+
+def cmd_port_forward(ctx: Context) -> int:
+    from cripy.ctl import stream
+
+    args = ctx.args
+    try:
+        mappings = stream.parse_port_mappings(args.ports)
+    except ValueError as error:
+        raise CommandError(str(error)) from None
+    request = api_pb2.PortForwardRequest(pod_sandbox_id=args.pod_id, port=[remote for _, remote in mappings])
+    url = ctx.client.port_forward(request).url
+
+    def announce(line: str) -> None:
+        ctx.print(line)
+        ctx.stdout.flush()
+
+    try:
+        stream.PortForwarder(url, mappings, announce).run()
+    except (stream.StreamError, OSError) as error:
+        raise CommandError(f"port-forward to {args.pod_id}: {error}") from None
+    return 0
+
+
 def cmd_logs(ctx: Context) -> int:
     args = ctx.args
     status = ctx.client.container_status(args.container).status
@@ -755,6 +803,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("-t", "--tty", action="store_true", help="allocate a terminal")
     sub.add_argument("container", metavar="CONTAINER-ID")
     sub.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND [ARG...]")
+    sub = verb("attach", cmd_attach, "attach to a running container")
+    sub.add_argument("-i", "--stdin", action="store_true", help="pass stdin to the container")
+    sub.add_argument("-t", "--tty", action="store_true", help="stdin is a terminal")
+    sub.add_argument("container", metavar="CONTAINER-ID")
+    sub = verb("port-forward", cmd_port_forward, "forward local ports to a pod sandbox")
+    sub.add_argument("pod_id", metavar="POD-ID")
+    sub.add_argument("ports", nargs="+", metavar="[LOCAL:]REMOTE")
     sub = verb("stats", cmd_stats, "show container resource usage")
     sub.add_argument("container", nargs="?", metavar="CONTAINER-ID")
     sub.add_argument("-a", "--all", action="store_true", help="all containers (default: running)")

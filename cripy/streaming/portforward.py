@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -84,20 +85,24 @@ async def connect_in_pod(netns: Path | None, port: int) -> tuple[asyncio.StreamR
             else:
                 sock = await loop.run_in_executor(_netns_threads, _socket_in_netns, netns, family)
         except OSError as err:
-            problems.append(f"{host}: {err.strerror or err}")
+            problems.append(f"{host}: cannot create a socket in the pod: {err.strerror or err}")
             continue
         sock.setblocking(False)
         try:
             await asyncio.wait_for(loop.sock_connect(sock, (host, port)), CONNECT_TIMEOUT)
-        except (OSError, TimeoutError) as err:
+        except TimeoutError:
             sock.close()
-            problems.append(f"{host}: {getattr(err, 'strerror', None) or err or 'timed out'}")
+            problems.append(f"{host}: no answer within {CONNECT_TIMEOUT:g}s")
+            continue
+        except OSError as err:
+            sock.close()
+            problems.append(f"{host}: {os.strerror(err.errno) if err.errno else err}")
             continue
         except BaseException:
             sock.close()
             raise
         return await asyncio.open_connection(sock=sock, limit=READ_CHUNK * 2)
-    raise PortForwardError(f"cannot connect to port {port}: {'; '.join(problems)}")
+    raise PortForwardError(f"nothing accepts connections on localhost:{port} in the pod ({'; '.join(problems)})")
 
 
 async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, inbound: InputPipe,

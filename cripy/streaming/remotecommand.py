@@ -31,6 +31,7 @@ import socket
 import struct
 import tempfile
 import termios
+import tty
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -421,28 +422,49 @@ async def _wait_output(tasks: list[asyncio.Task[None]]) -> None:
 
 
 async def _stop_process(proc: asyncio.subprocess.Process, pidfile: Path) -> None:
-    """Kill the exec'd command (by the pid runc recorded) and runc (by process group) if still there."""
+    """Kill the exec'd command and runc if still there.
+
+    The command is found by the pid runc recorded and, because runc writes that file only after the command
+    started (a client may leave in between), also as runc's child; runc itself goes by process group.
+    """
     if proc.returncode is None:
-        _kill_pidfile(pidfile)
+        for pid in {*_children(proc.pid), *_pidfile_pid(pidfile)}:
+            _kill_quietly(pid)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
         await asyncio.shield(proc.wait())
-        _kill_pidfile(pidfile)  # runc may have written it after the first look
+        for pid in _pidfile_pid(pidfile):
+            _kill_quietly(pid)
 
 
-def _kill_pidfile(pidfile: Path) -> None:
+def _children(pid: int) -> list[int]:
+    pids: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                pids += [int(child) for child in (task / "children").read_text().split()]
+    return pids
+
+
+def _pidfile_pid(pidfile: Path) -> list[int]:
     try:
         text = pidfile.read_text().strip()
     except OSError:
-        return
-    if text.isdigit():
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(int(text), signal.SIGKILL)
+        return []
+    return [int(text)] if text.isdigit() else []
+
+
+def _kill_quietly(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGKILL)
 
 
 async def _exec_with_terminal(argv: list[str], pidfile: Path, io: CommandIO) -> Outcome:
     master, slave = os.openpty()
     try:
+        # Raw from the start: runc sets this itself, but only once it runs, and input arriving earlier would be
+        # echoed (and ^C turned into a signal) by our side's line discipline.
+        tty.setraw(slave)
         try:
             # setsid --ctty: runc leads a new session whose controlling terminal is our pty's slave, so it
             # receives SIGWINCH when the master is resized.

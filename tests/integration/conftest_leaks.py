@@ -9,6 +9,7 @@ default cgroup parent), so that other users of the machine do not make the check
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import subprocess
 from collections.abc import Iterator
@@ -38,7 +39,7 @@ class Snapshot:
 def _test_roots(basetemp: Path) -> tuple[str, ...]:
     from tests.integration.podlib import SHORT_BASE, SHORT_PREFIX
 
-    return (str(basetemp), f"{SHORT_BASE}/{SHORT_PREFIX}")
+    return (f"{basetemp}/", f"{SHORT_BASE}/{SHORT_PREFIX}")
 
 
 def _owned(path: str, roots: tuple[str, ...]) -> bool:
@@ -78,14 +79,18 @@ def _processes(roots: tuple[str, ...]) -> set[str]:
 
 
 def _cni_nat_chains() -> set[str]:
-    """The per-pod chains CNI plugins add to the nat table (portmap's CNI-DN-*, bridge ipMasq's CNI-*)."""
+    """portmap's per-pod chains in the nat table, for the test networks (named cripyt*): a jump rule's comment
+    names the network (`dnat name: "<network>" id: "<pod>"`), so other users' CNI networks are left out."""
     try:
         out = subprocess.run(["iptables-save", "-t", "nat"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.TimeoutExpired):
         return set()
-    shared = {"CNI-HOSTPORT-DNAT", "CNI-HOSTPORT-MASQ", "CNI-HOSTPORT-SETMARK"}
-    return {line[1:].split()[0] for line in out.splitlines()
-            if line.startswith(":CNI-") and line[1:].split()[0] not in shared}
+    found = set()
+    for line in out.splitlines():
+        match = re.search(r'dnat name: \\?"(cripyt[^"\\]*)\\?" id: \\?"([^"\\]+)\\?".* -j (CNI-DN-\S+)', line)
+        if match:
+            found.add(f"{match.group(3)} (network {match.group(1)}, pod {match.group(2)[:12]})")
+    return found
 
 
 def snapshot(basetemp: Path) -> Snapshot:

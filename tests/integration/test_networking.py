@@ -10,10 +10,11 @@ import subprocess
 import urllib.request
 from pathlib import Path
 
+import grpc
 import pytest
 from cri_api.v1 import api_pb2
 
-from tests.integration.podlib import PodEnv
+from tests.integration.podlib import PodEnv, rpc_error
 
 pytestmark = pytest.mark.integration
 
@@ -107,3 +108,26 @@ def test_stop_tears_the_network_down_and_releases_the_ip(pod_env: PodEnv) -> Non
     assert not cache.exists()
     assert bridge_ports(pod_env) - before == set(), "the pod's veth outlived StopPodSandbox"
     pod_env.remove_pod(pod_id)
+
+
+def test_without_a_network_config_status_says_not_ready_and_pods_are_refused(pod_env: PodEnv) -> None:
+    conflist = next(pod_env.daemon.cni_dir.glob("*.conflist"))
+    saved = conflist.read_text()
+    pods_before = {p.id for p in pod_env.list_pods()}
+    dirs_before = {d.name for d in (pod_env.daemon.runroot / "pods").iterdir()}
+    conflist.unlink()
+    try:
+        conditions = {c.type: c for c in pod_env.rt.Status(api_pb2.StatusRequest(), timeout=10).status.conditions}
+        network = conditions["NetworkReady"]
+        assert network.status is False and network.reason == "NetworkPluginNotReady"
+        assert str(pod_env.daemon.cni_dir) in network.message
+        error = rpc_error(lambda: pod_env.run_pod("no-network"))
+        assert error.code() == grpc.StatusCode.FAILED_PRECONDITION, error.details()
+        assert {p.id for p in pod_env.list_pods()} == pods_before
+        assert {d.name for d in (pod_env.daemon.runroot / "pods").iterdir()} == dirs_before, "pod files left"
+    finally:
+        conflist.write_text(saved)
+    conditions = {c.type: c for c in pod_env.rt.Status(api_pb2.StatusRequest(), timeout=10).status.conditions}
+    assert conditions["NetworkReady"].status is True
+    pod_id, _ = pod_env.run_pod("network-back")
+    assert pod_env.pod_status(pod_id).status.network.ip

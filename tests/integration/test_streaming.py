@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import secrets
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +21,7 @@ import grpc
 import pytest
 from cri_api.v1 import api_pb2
 
+from tests.integration.daemon import REPO_ROOT
 from tests.integration.podlib import PodEnv, rpc_error
 from tests.support.spdy_client import PortForwardClient, RemoteCommandClient, UpgradeRefused
 from tests.support.ws_client import WsPortForwardClient, WsRemoteCommandClient, WsUpgradeRefused
@@ -165,29 +168,24 @@ def test_exec_with_an_older_protocol_reports_failure_as_text(pod_env: PodEnv, sl
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_tty_exec_sees_the_resize(pod_env: PodEnv, sleeper: str, transport: str) -> None:
-    url = exec_url(pod_env, sleeper, ["sh", "-c", "while read line; do stty size; done; echo bye"], stdin=True,
-                   stderr=False, tty=True)
+    script = 'while read line; do echo "size=$(stty size)."; done; echo bye'
+    url = exec_url(pod_env, sleeper, ["sh", "-c", script], stdin=True, stderr=False, tty=True)
     with connect(transport, url, stdin=True, stderr=False, tty=True) as client:
-        client.resize(123, 45)
-        # runc applies the size when it gets SIGWINCH, concurrently with the input; ask until it shows.
-        for _ in range(50):
-            client.send_stdin(b"\n")
-            line = client.read_until(b"\n")
-            if b"45 123" in line:
-                break
-        else:
-            raise AssertionError("stty never reported 45 rows and 123 columns")
-        client.resize(80, 24)
-        for _ in range(50):
-            client.send_stdin(b"\n")
-            if b"24 80" in client.read_until(b"\n"):
-                break
-        else:
-            raise AssertionError("stty never reported 24 rows and 80 columns")
+        for width, height in ((123, 45), (80, 24)):
+            client.resize(width, height)
+            # runc applies the size when it gets SIGWINCH, concurrently with the input: ask until it shows.
+            for _ in range(100):
+                client.send_stdin(b"\n")
+                client.read_until(b"size=")
+                if client.read_until(b".") == f"{height} {width}.".encode():
+                    break
+            else:
+                raise AssertionError(f"stty never reported {height} rows and {width} columns")
         client.send_stdin(b"\x04")  # ^D: end of input for the terminal's line discipline
         result = client.read_until_exit()
     assert result.exit_code == 0, result
     assert b"bye" in result.stdout
+    assert result.stdout.count(b"\x04") == 0
 
 
 # ---- the clean-up after a vanished client ----------------------------------------------------------------------
@@ -206,7 +204,223 @@ def test_a_client_that_disconnects_leaves_no_process(pod_env: PodEnv, sleeper: s
     client.read_until(b"started")
     assert host_processes_with(f"sleep {marker}")
     client.abort()
-    pod_env.wait_for("the exec'd process to be killed", lambda: not host_processes_with(f"sleep {marker}"))
+    pod_env.wait_for(f"the exec'd process to be killed: {host_processes_with(marker)}", lambda: not host_processes_with(f"sleep {marker}"))
     pod_env.wait_for("runc exec to be gone", lambda: not host_processes_with(f"sh -c echo started; exec sleep {marker}"))
     pod_env.wait_for("the server to close its side", lambda: established_connections(port) == 0)
     assert "Traceback" not in pod_env.daemon.log_text()
+
+
+# ---- attach -----------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def echoer(pod_env: PodEnv, pod: tuple) -> str:
+    """A container created with stdin that echoes every line it reads."""
+    pod_id, config = pod
+    script = 'echo ready; while read line; do echo "echo:$line"; echo "err:$line" >&2; done'
+    return pod_env.run(pod_id, config, "echoer", ["sh", "-c", script], stdin=True)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_attach_to_a_container_that_echoes_its_stdin(pod_env: PodEnv, echoer: str, transport: str) -> None:
+    for round_ in range(2):  # detaching leaves the container running: a second attach works the same
+        word = f"{transport}-{round_}-{secrets.token_hex(4)}"
+        with connect(transport, attach_url(pod_env, echoer, stdin=True), stdin=True) as client:
+            client.send_stdin(f"{word}\n".encode())
+            assert client.read_until(f"echo:{word}\n".encode()).endswith(f"echo:{word}\n".encode())
+            assert client.read_until(f"err:{word}\n".encode(), stream="stderr")
+        assert pod_env.status(echoer).state == api_pb2.CONTAINER_RUNNING
+
+
+def test_attach_with_a_terminal_resizes_through_conmon(pod_env: PodEnv, pod: tuple) -> None:
+    pod_id, config = pod
+    ctr = pod_env.run(pod_id, config, "tty-shell", ["sh"], stdin=True, tty=True)
+    url = attach_url(pod_env, ctr, stdin=True, stderr=False, tty=True)
+    with RemoteCommandClient.connect(url, stdin=True, stderr=False, tty=True) as client:
+        client.resize(101, 33)
+        for _ in range(100):
+            client.send_stdin(b'echo "size=$(stty size)."\n')
+            client.read_until(b"size=")
+            client.read_until(b"size=")  # the terminal echoes the command line first
+            if client.read_until(b".") == b"33 101.":
+                break
+        else:
+            raise AssertionError("stty in the attached terminal never reported 33 rows and 101 columns")
+    assert pod_env.status(ctr).state == api_pb2.CONTAINER_RUNNING
+    pod_env.stop(ctr)
+    pod_env.remove(ctr)
+
+
+def test_attach_ends_when_the_container_exits(pod_env: PodEnv, pod: tuple) -> None:
+    pod_id, config = pod
+    ctr = pod_env.run(pod_id, config, "short-lived", ["sh", "-c", "read line; echo last:$line; exit 0"], stdin=True,
+                      stdin_once=True)
+    with RemoteCommandClient.connect(attach_url(pod_env, ctr, stdin=True), stdin=True) as client:
+        client.send_stdin(b"words\n")
+        result = client.read_until_exit()
+    assert b"last:words" in result.stdout
+    assert result.exit_code == 0 and result.status == {"metadata": {}, "status": "Success"}
+    pod_env.wait_state(ctr)
+    pod_env.remove(ctr)
+
+
+# ---- port-forward ------------------------------------------------------------------------------------------------
+
+
+def test_port_forward_over_spdy_two_ports_concurrently_and_10_mib(pod_env: PodEnv, pod: tuple,
+                                                                  web: dict[str, Any]) -> None:
+    pod_id, _ = pod
+    url = port_forward_url(pod_env, pod_id, list(HTTP_PORTS))
+    results: dict[str, bytes] = {}
+    errors: list[BaseException] = []
+
+    def fetch(client: PortForwardClient, port: int, path: str, key: str) -> None:
+        try:
+            channel = client.open(port)
+            http_get(channel.send, path)
+            channel.close()
+            results[key] = http_body(channel.recv_all(timeout=60))
+            assert channel.error() == ""
+            channel.reset()
+        except BaseException as e:  # reported by the main thread
+            errors.append(e)
+
+    with PortForwardClient.connect(url) as client:
+        jobs = [(HTTP_PORTS[i % 2], "/index.html", f"small-{i}") for i in range(12)]
+        jobs += [(HTTP_PORTS[1], "/big", "big-1"), (HTTP_PORTS[0], "/big", "big-0")]
+        threads = [threading.Thread(target=fetch, args=(client, *job)) for job in jobs]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert not errors, errors
+        for i in range(12):
+            assert results[f"small-{i}"] == b"hello-from-httpd\n"
+        for key in ("big-0", "big-1"):
+            assert len(results[key]) == BIG_SIZE
+            assert hashlib.sha256(results[key]).hexdigest() == web["big_sha256"]
+
+
+def test_port_forward_over_websocket_two_ports_and_10_mib(pod_env: PodEnv, pod: tuple,
+                                                          web: dict[str, Any]) -> None:
+    pod_id, _ = pod
+    url = port_forward_url(pod_env, pod_id, list(HTTP_PORTS))
+    with WsPortForwardClient.connect(url, list(HTTP_PORTS)) as client:
+        assert client.protocol == "v4.channel.k8s.io"
+        http_get(client.channel(HTTP_PORTS[0]).send, "/index.html")
+        http_get(client.channel(HTTP_PORTS[1]).send, "/big")
+        small = client.channel(HTTP_PORTS[0]).read_until(b"hello-from-httpd\n")
+        head = client.channel(HTTP_PORTS[1]).read_until(b"\r\n\r\n")
+        body = client.channel(HTTP_PORTS[1]).recv_exactly(BIG_SIZE, timeout=60)
+    assert b" 200 " in small.split(b"\r\n")[0]
+    assert b" 200 " in head.split(b"\r\n")[0]
+    assert hashlib.sha256(body).hexdigest() == web["big_sha256"]
+
+
+def test_port_forward_to_a_port_nothing_listens_on(pod_env: PodEnv, pod: tuple, web: dict[str, Any]) -> None:
+    pod_id, _ = pod
+    with PortForwardClient.connect(port_forward_url(pod_env, pod_id, [9, HTTP_PORTS[0]])) as client:
+        refused = client.open(9)
+        message = refused.error()
+        assert "9" in message and pod_id in message and "refused" in message.lower(), message
+        assert refused.recv_all() == b""
+        # the same connection still forwards other requests
+        good = client.open(HTTP_PORTS[0])
+        http_get(good.send, "/index.html")
+        good.close()
+        assert http_body(good.recv_all()) == b"hello-from-httpd\n"
+        assert good.error() == ""
+    with WsPortForwardClient.connect(port_forward_url(pod_env, pod_id, [9]), [9, HTTP_PORTS[0]]) as client:
+        assert "refused" in client.channel(9).error().lower()
+        http_get(client.channel(HTTP_PORTS[0]).send, "/index.html")
+        assert client.channel(HTTP_PORTS[0]).read_until(b"hello-from-httpd\n")
+
+
+# ---- refusals ----------------------------------------------------------------------------------------------------
+
+
+def test_unknown_and_used_tokens_get_404(pod_env: PodEnv, sleeper: str) -> None:
+    url = exec_url(pod_env, sleeper, ["true"])
+    with RemoteCommandClient.connect(url) as client:
+        assert client.read_until_exit().exit_code == 0
+    for bad in (url, url.rsplit("/", 1)[0] + "/" + secrets.token_urlsafe(32),
+                url.replace("/exec/", "/attach/"), url.rsplit("/", 2)[0] + "/nothing-here"):
+        with pytest.raises(UpgradeRefused) as refused:
+            RemoteCommandClient.connect(bad)
+        assert refused.value.response.status == 404, bad
+    with pytest.raises(WsUpgradeRefused) as ws_refused:
+        WsRemoteCommandClient.connect(url)
+    assert ws_refused.value.status == 404
+
+
+def test_a_protocol_nobody_offered_is_refused_clearly(pod_env: PodEnv, sleeper: str) -> None:
+    with pytest.raises(UpgradeRefused) as refused:
+        RemoteCommandClient.connect(exec_url(pod_env, sleeper, ["true"]), protocols=("v9.channel.k8s.io",))
+    response = refused.value.response
+    assert response.status == 403
+    assert "v9.channel.k8s.io" in response.body.decode() and "v4.channel.k8s.io" in response.body.decode()
+    assert "v4.channel.k8s.io" in response.header_values("X-Accepted-Stream-Protocol-Versions")
+    with pytest.raises(WsUpgradeRefused) as ws_refused:
+        WsRemoteCommandClient.connect(exec_url(pod_env, sleeper, ["true"]), protocols=("v9.channel.k8s.io",))
+    assert ws_refused.value.status == 403
+    with pytest.raises(UpgradeRefused) as pf_refused:
+        PortForwardClient.connect(port_forward_url(pod_env, pod_env.list_pods()[0].id, [80]),
+                                  protocols=("v4.channel.k8s.io",))
+    assert pf_refused.value.response.status == 403
+    assert "portforward.k8s.io" in pf_refused.value.response.body.decode()
+
+
+def test_streaming_calls_check_the_container_and_the_streams(pod_env: PodEnv, pod: tuple, sleeper: str) -> None:
+    pod_id, config = pod
+    created = pod_env.create(pod_id, config, pod_env.container_config("never-started", SLEEP))
+    try:
+        for call in (lambda: exec_url(pod_env, created, ["true"]), lambda: attach_url(pod_env, created)):
+            error = rpc_error(call)
+            assert error.code() == grpc.StatusCode.FAILED_PRECONDITION, error
+            assert "not running" in error.details() and created in error.details()
+    finally:
+        pod_env.remove(created)
+    assert rpc_error(lambda: exec_url(pod_env, "no-such-container", ["true"])).code() == grpc.StatusCode.NOT_FOUND
+    for flags in ({"tty": True, "stderr": True}, {"stdin": False, "stdout": False, "stderr": False}):
+        error = rpc_error(lambda: exec_url(pod_env, sleeper, ["true"], **flags))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, flags
+    assert rpc_error(lambda: exec_url(pod_env, sleeper, [])).code() == grpc.StatusCode.INVALID_ARGUMENT
+    # stdin only where the container was created with it
+    error = rpc_error(lambda: attach_url(pod_env, sleeper, stdin=True))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION and "stdin" in error.details()
+    assert rpc_error(lambda: port_forward_url(pod_env, "no-such-pod", [80])).code() == grpc.StatusCode.NOT_FOUND
+
+
+# ---- cripy ctl ---------------------------------------------------------------------------------------------------
+
+
+def ctl(env: PodEnv, *args: str, **kwargs: Any) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "cripy.cli", "ctl", "-r", str(env.daemon.socket), *args],
+                            cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+
+
+def test_ctl_exec_interactive_pipes_stdin_and_returns_the_exit_code(pod_env: PodEnv, sleeper: str) -> None:
+    process = ctl(pod_env, "exec", "-i", sleeper, "sh", "-c", "cat; exit 5", stdin=subprocess.PIPE)
+    out, err = process.communicate(b"through ctl\n", timeout=60)
+    assert out == b"through ctl\n", err
+    assert process.returncode == 5, err
+
+
+def test_ctl_port_forward(pod_env: PodEnv, pod: tuple, web: dict[str, Any]) -> None:
+    pod_id, _ = pod
+    process = ctl(pod_env, "port-forward", pod_id, f"0:{HTTP_PORTS[0]}")
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline().decode()
+        assert line.startswith("Forwarding from 127.0.0.1:"), line
+        local_port = int(line.split(":")[1].split()[0])
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", local_port), timeout=30) as conn:
+                http_get(conn.sendall, "/index.html")
+                response = b""
+                while chunk := conn.recv(65536):
+                    response += chunk
+            assert http_body(response) == b"hello-from-httpd\n"
+    finally:
+        process.terminate()
+        process.communicate(timeout=30)
