@@ -257,13 +257,13 @@ def process_capabilities(sec: ContainerSecurity, defaults: list[str]) -> dict[st
     [CHOWN] drop [ALL] is CHOWN alone. Ambient capabilities are also made inheritable and permitted.
     """
     if sec.privileged:
-        chosen = caps.known_capabilities()
+        chosen = caps.grantable_capabilities()
     else:
         adds, add_all = _split_all(sec.capabilities_add)
         drops, drop_all = _split_all(sec.capabilities_drop)
         selected: dict[str, None] = dict.fromkeys(caps.normalize(c) for c in defaults)
         if add_all:
-            selected = dict.fromkeys(caps.known_capabilities())
+            selected = dict.fromkeys(caps.grantable_capabilities())
         if drop_all:
             selected = {}
         selected.update(dict.fromkeys(adds))
@@ -356,12 +356,13 @@ def default_mounts(sec: ContainerSecurity, pod: PodContext) -> list[dict[str, An
         {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
          "options": ["nosuid", "noexec", "nodev", "relatime", sys_mode]},
     ]
+    # A fresh mqueue mount shows the message queues of the container's IPC namespace: the host's when it shares
+    # the host IPC namespace (a bind of the host's /dev/mqueue would need the host to have one mounted).
+    mounts.append({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
+                   "options": ["nosuid", "noexec", "nodev"]})
     if pod.host_ipc:
-        mounts.append(_bind("/dev/mqueue", "/dev/mqueue", "rw"))
         mounts.append(_bind("/dev/shm", "/dev/shm", "rw"))
     else:
-        mounts.append({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue",
-                       "options": ["nosuid", "noexec", "nodev"]})
         if pod.shm_path:
             mounts.append(_bind("/dev/shm", pod.shm_path, "rw"))
         else:

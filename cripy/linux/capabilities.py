@@ -47,6 +47,29 @@ def known_capabilities() -> list[str]:
     return list(_NAMES[: last_cap() + 1])
 
 
+@functools.cache
+def grantable_capabilities() -> list[str]:
+    """The capabilities this process can hand to a container: the kernel's, within our own bounding set.
+
+    A privileged container (or add: [ALL]) gets these, as containerd and CRI-O do: asking runc for a capability
+    the daemon itself lacks (e.g. CAP_SYS_RESOURCE in some sandboxes) would fail the container.
+    """
+    bounding = _own_bounding_mask()
+    if bounding is None:
+        return known_capabilities()
+    return [name for name in known_capabilities() if bounding >> CAPABILITIES[name] & 1]
+
+
+def _own_bounding_mask() -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapBnd:"):
+                return int(line.split(":", 1)[1], 16)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def normalize(name: str) -> str:
     """"NET_ADMIN", "net_admin", "cap_net_admin" -> "CAP_NET_ADMIN"; unknown names are InvalidArgument."""
     upper = name.strip().upper()
@@ -61,7 +84,7 @@ def resolve(names: Iterable[str]) -> list[str]:
     out: dict[str, None] = {}
     for name in names:
         if name.strip().upper() in ("ALL", "CAP_ALL"):
-            out.update(dict.fromkeys(known_capabilities()))
+            out.update(dict.fromkeys(grantable_capabilities()))
         else:
             out[normalize(name)] = None
     return list(out)

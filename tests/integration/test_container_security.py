@@ -140,13 +140,6 @@ def _node_lacks_capabilities() -> bool:
     return set(parse_cap_mask(bounding)) != set(known_capabilities())
 
 
-@pytest.mark.xfail(
-    _node_lacks_capabilities(), strict=True,
-    reason="cripy/containers/spec.py process_capabilities gives a privileged container every capability the kernel "
-           "knows (capabilities.known_capabilities()), also those outside cripy's own bounding set (here "
-           "CAP_SYS_RESOURCE); runc then fails 'unable to apply caps: operation not permitted'. containerd "
-           "(WithAllCurrentCapabilities) and CRI-O give privileged containers the runtime's own bounding set. "
-           "Same for add_capabilities [ALL].")
 def test_privileged_container(pod_env: PodEnv) -> None:
     pod_id, config = pod_env.run_pod("privileged-pod", linux=api_pb2.LinuxPodSandboxConfig(
         security_context=api_pb2.LinuxSandboxSecurityContext(privileged=True)))

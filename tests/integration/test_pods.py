@@ -206,12 +206,6 @@ def test_host_pid_pod(pod_env: PodEnv) -> None:
     assert pod_env.pod_status(pod_id).status.linux.namespaces.options.pid == api_pb2.NODE
 
 
-@pytest.mark.xfail(
-    not os.path.isdir("/dev/mqueue"), strict=True,
-    reason="cripy/containers/spec.py default_mounts bind-mounts the host's /dev/mqueue into host-IPC containers; "
-           "this node has no /dev/mqueue, so runc fails 'stat /dev/mqueue: no such file or directory'. A fresh "
-           "`mqueue` mount (as for other pods) already shows the host's queues, since an mqueue mount belongs to "
-           "the IPC namespace of its mounter (containerd keeps that mount for host IPC and only binds /dev/shm).")
 def test_host_ipc_pod(pod_env: PodEnv) -> None:
     pod_id, config = pod_env.run_pod("hostipc-pod", ipc=api_pb2.NODE)
     ctr = pod_env.run(pod_id, config, "main", ["sleep", "3622"])

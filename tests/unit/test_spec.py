@@ -187,12 +187,12 @@ def test_add_and_drop_accept_any_spelling(tmp_path):
 
 
 def test_add_all_is_every_known_capability(tmp_path):
-    assert set(caps_of(tmp_path, capabilities_add=["ALL"])["bounding"]) == set(capabilities.known_capabilities())
+    assert set(caps_of(tmp_path, capabilities_add=["ALL"])["bounding"]) == set(capabilities.grantable_capabilities())
 
 
 def test_add_all_then_drop_one(tmp_path):
     c = caps_of(tmp_path, capabilities_add=["ALL"], capabilities_drop=["SYS_ADMIN"])
-    assert set(c["bounding"]) == set(capabilities.known_capabilities()) - {"CAP_SYS_ADMIN"}
+    assert set(c["bounding"]) == set(capabilities.grantable_capabilities()) - {"CAP_SYS_ADMIN"}
 
 
 def test_drop_all_then_add_one(tmp_path):
@@ -230,7 +230,7 @@ def test_settings_default_capabilities_are_used(tmp_path):
 def test_privileged_gets_everything(tmp_path):
     spec = spec_of(tmp_path, req=req_with(security=security(privileged=True, capabilities_drop=["ALL"])))
     linux = spec["linux"]
-    assert set(spec["process"]["capabilities"]["bounding"]) == set(capabilities.known_capabilities())
+    assert set(spec["process"]["capabilities"]["bounding"]) == set(capabilities.grantable_capabilities())
     assert linux["maskedPaths"] == [] and linux["readonlyPaths"] == []
     assert "seccomp" not in linux
     assert linux["resources"]["devices"] == [{"allow": True, "access": "rwm"}]
@@ -435,11 +435,11 @@ def test_without_pod_shm_a_private_tmpfs_is_used(tmp_path):
     assert shm["type"] == "tmpfs" and "mode=1777" in shm["options"]
 
 
-def test_host_ipc_binds_host_shm_and_mqueue(tmp_path):
+def test_host_ipc_binds_host_shm_and_mounts_its_own_mqueue(tmp_path):
     mounts = {m["destination"]: m for m in spec_of(tmp_path, pod=PodContext(pod_id="p", host_ipc=True,
                                                                             shm_path="/run/p/shm"))["mounts"]}
     assert mounts["/dev/shm"]["source"] == "/dev/shm" and mounts["/dev/shm"]["type"] == "bind"
-    assert mounts["/dev/mqueue"]["source"] == "/dev/mqueue"
+    assert mounts["/dev/mqueue"]["type"] == "mqueue"  # shows the queues of the (host's) IPC namespace
 
 
 def test_request_mounts_options_propagation_and_order(tmp_path, host_dir):
