@@ -14,7 +14,7 @@ COMMANDS = ("config", "version", "ctl", "image", "daemon")
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    command_at = next((i for i, arg in enumerate(argv) if arg in COMMANDS), None)
+    command_at = _command_position(argv)
     if command_at is not None and argv[command_at] == "ctl":
         from cripy.ctl.main import main as ctl_main
 
@@ -37,6 +37,22 @@ def main(argv: list[str] | None = None) -> int:
     from cripy.daemon import run_daemon
 
     return run_daemon(config, reload=lambda: _effective_config(args))
+
+
+OPTIONS_WITH_VALUES = ("--config", "--config-dir", "--root", "--runroot", "--listen", "--log-level")
+
+
+def _command_position(argv: list[str]) -> int | None:
+    """Where the sub-command is: the first argument that is neither an option nor an option's value."""
+    skip = False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+        elif arg in OPTIONS_WITH_VALUES:
+            skip = True
+        elif not arg.startswith("-"):
+            return i if arg in COMMANDS else None
+    return None
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -42,7 +42,7 @@ from cripy.linux import mount as mnt
 from cripy.oci.exits import read_oom_file
 from cripy.oci.runtime import ExecResult, OCIRuntime
 from cripy.pods.model import STATE_READY, PodSandbox
-from cripy.storage import serde
+from cripy.storage import records
 from cripy.storage.db import Database
 from cripy.storage.effects import Effect, EffectJournal
 from cripy.storage.names import NameReservations
@@ -53,6 +53,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 KILL_WAIT_SECONDS = 10.0
+_INSERTED = ("id", "pod_id", "name", "state", "created_at", "image_id", "image_name", "request", "log_path")
+_UPDATED = ("state", "started_at", "finished_at", "exit_code", "reason", "message", "pid", "conmon_pid",
+            "stop_signal", "cgroup_path")
 
 
 @dataclass(frozen=True)
@@ -110,15 +113,8 @@ class ContainerManager:
     async def find(self, ctr_id: str) -> Container | None:
         if not ctr_id:
             raise InvalidArgument("container id is empty")
-        rows = await self._db.run(
-            lambda conn: conn.execute(
-                "SELECT * FROM containers WHERE id = ? OR id LIKE ? LIMIT 2", (ctr_id, ctr_id.replace("%", "") + "%")
-            ).fetchall()
-        )
-        exact = [row for row in rows if row["id"] == ctr_id]
-        if exact:
-            return _from_row(exact[0])
-        return _from_row(rows[0]) if len(rows) == 1 else None
+        row = await self._db.run(lambda conn: records.find_by_id(conn, "containers", ctr_id))
+        return records.from_row(Container, row) if row is not None else None
 
     async def list(self, pod_id: str | None = None) -> list[Container]:
         if pod_id is None:
@@ -126,7 +122,7 @@ class ContainerManager:
         else:
             rows = await self._db.run(lambda conn: conn.execute(
                 "SELECT * FROM containers WHERE pod_id = ? ORDER BY created_at", (pod_id,)).fetchall())
-        return [_from_row(row) for row in rows]
+        return [records.from_row(Container, row) for row in rows]
 
     def lock(self, ctr_id: str) -> asyncio.Lock:
         return self._locks.setdefault(ctr_id, asyncio.Lock())
@@ -183,7 +179,7 @@ class ContainerManager:
             current = await self._pods.get(pod.id)
             if current.state != STATE_READY:
                 raise FailedPrecondition(f"pod sandbox {pod.id} stopped while the container was being created")
-            await self._db.run(lambda conn: _insert(conn, container))
+            await self._db.run(lambda conn: records.insert(conn, "containers", container, _INSERTED))
         try:
             await self._set_up(container, pod, image, runtime)
         except BaseException as e:
@@ -371,8 +367,7 @@ class ContainerManager:
             raise FailedPrecondition(f"container {container.id} is {container.state}: cannot update its resources")
         await (await self.runtime_of(container)).update_resources(container.id, spec_resources(resources))
         container.request.resources = resources
-        await self._db.run(lambda conn: conn.execute(
-            "UPDATE containers SET request = ? WHERE id = ?", (serde.dumps(container.request), container.id)))
+        await self._db.run(lambda conn: records.update(conn, "containers", container, ("request",)))
 
     async def reopen_log(self, ctr_id: str) -> None:
         container = await self._running(ctr_id, "reopen the log of")
@@ -411,12 +406,7 @@ class ContainerManager:
         return container
 
     async def _save(self, container: Container) -> None:
-        await self._db.run(lambda conn: conn.execute(
-            "UPDATE containers SET state = ?, started_at = ?, finished_at = ?, exit_code = ?, reason = ?, message = ?,"
-            " pid = ?, conmon_pid = ?, stop_signal = ?, cgroup_path = ? WHERE id = ?",
-            (container.state, container.started_at, container.finished_at, container.exit_code, container.reason,
-             container.message, container.pid, container.conmon_pid, container.stop_signal, container.cgroup_path,
-             container.id)))
+        await self._db.run(lambda conn: records.update(conn, "containers", container, _UPDATED))
 
     async def _image_in_use(self, image_id: str) -> bool:
         row = await self._db.run(lambda conn: conn.execute(
@@ -546,18 +536,27 @@ def _write_bundle(bundle: Path, spec: dict, volume_dirs: list[Path], log_path: P
 
 
 def _signal_number(name: str) -> int:
+    """A stop signal as images and CRI write it: "SIGTERM", "TERM", "15", "SIGRTMIN+3", "RTMAX-1"."""
     if not name:
         return signal.SIGTERM
-    text = name.upper()
+    text = name.strip().upper().removeprefix("SIG")
+    number: int | None = None
     if text.isdigit():
-        return int(text)
-    if not text.startswith("SIG"):
-        text = "SIG" + text
-    try:
-        return int(signal.Signals[text])
-    except KeyError:
+        number = int(text)
+    elif text.startswith(("RTMIN", "RTMAX")):
+        base = signal.SIGRTMIN if text.startswith("RTMIN") else signal.SIGRTMAX
+        offset = text[5:]
+        if not offset:
+            number = int(base)
+        elif offset[0] in "+-" and offset[1:].isdigit():
+            number = int(base) + int(offset)
+    else:
+        member = signal.Signals.__members__.get("SIG" + text)
+        number = int(member) if member is not None else None
+    if number is None or not 1 <= number <= signal.SIGRTMAX:
         log.warning("unknown stop signal %r: using SIGTERM", name)
         return signal.SIGTERM
+    return number
 
 
 def _conmon_alive(container: Container) -> bool:
@@ -581,36 +580,3 @@ def _disk_usage(path: Path) -> tuple[int, int]:
             used += st.st_blocks * 512
             inodes += 1
     return used, inodes
-
-
-def _from_row(row: object) -> Container:
-    return Container(
-        id=row["id"],  # type: ignore[index]
-        pod_id=row["pod_id"],  # type: ignore[index]
-        name=row["name"],  # type: ignore[index]
-        state=row["state"],  # type: ignore[index]
-        created_at=row["created_at"],  # type: ignore[index]
-        image_id=row["image_id"],  # type: ignore[index]
-        image_name=row["image_name"],  # type: ignore[index]
-        request=serde.loads(ContainerRequest, row["request"]),  # type: ignore[index]
-        log_path=row["log_path"],  # type: ignore[index]
-        started_at=row["started_at"],  # type: ignore[index]
-        finished_at=row["finished_at"],  # type: ignore[index]
-        exit_code=row["exit_code"],  # type: ignore[index]
-        reason=row["reason"],  # type: ignore[index]
-        message=row["message"],  # type: ignore[index]
-        pid=row["pid"],  # type: ignore[index]
-        conmon_pid=row["conmon_pid"],  # type: ignore[index]
-        stop_signal=row["stop_signal"],  # type: ignore[index]
-        cgroup_path=row["cgroup_path"],  # type: ignore[index]
-    )
-
-
-def _insert(conn: object, container: Container) -> None:
-    conn.execute(  # type: ignore[attr-defined]
-        "INSERT INTO containers (id, pod_id, name, state, created_at, image_id, image_name, request, log_path)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (container.id, container.pod_id, container.name, container.state, container.created_at, container.image_id,
-         container.image_name, serde.dumps(container.request), container.log_path),
-    )
-

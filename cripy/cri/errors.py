@@ -53,6 +53,11 @@ def grpc_method(method: F) -> F:
             await context.abort(code, str(e))
         except NotImplementedError as e:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, str(e) or f"{method.__name__} is not implemented")
+        except grpc.aio.AbortError:
+            raise
+        except Exception as e:
+            log.exception("%s failed unexpectedly", method.__name__)
+            await context.abort(grpc.StatusCode.INTERNAL, f"{method.__name__}: internal error: {type(e).__name__}: {e}")
 
     return wrapper  # type: ignore[return-value]
 

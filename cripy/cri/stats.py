@@ -139,5 +139,5 @@ def parse_net_dev(text: str) -> dict[str, tuple[int, int, int, int]]:
 def _read_net_dev(netns: Path) -> dict[str, tuple[int, int, int, int]]:
     with in_netns(netns):
         # /proc/self/net follows the reading thread's network namespace.
-        with open(f"/proc/thread-self/net/dev") as f:
+        with open("/proc/thread-self/net/dev") as f:
             return parse_net_dev(f.read())

@@ -39,7 +39,7 @@ from cripy.images.manifest import (
     select_platform,
 )
 from cripy.images.policy import load_policy
-from cripy.images.reference import Reference
+from cripy.images.reference import Reference, is_short_name
 from cripy.images.registries import PullSource, RegistriesConf, load_registries_conf
 from cripy.images.registry import RegistryClient
 from cripy.images.store import Image, ImageStore, LayerSource
@@ -50,6 +50,7 @@ PROGRESS_LOG_INTERVAL = 5.0
 # docker.io is a name; the registry API behind it answers at this host.
 DOCKER_HUB_ENDPOINT = "registry-1.docker.io"
 MIRROR_RETRIES = 1
+DOCKER_HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
 # Errors after which the next mirror or search registry is worth trying; others (bad credentials, a refused
 # policy) are the answer.
 _TRY_NEXT = (NotFound, Unavailable, DataLoss, DeadlineExceeded)
@@ -132,11 +133,16 @@ class Puller:
 
     @staticmethod
     def _credentials_for(source: PullSource, request: PullRequest, auth_store: AuthStore) -> Credentials | None:
-        """CRI credentials serve the image's own registry, or the server they name; everything else is looked
-        up in auth.json."""
-        server = request.credentials_server.removeprefix("https://").removeprefix("http://").split("/")[0]
-        if request.credentials is not None and (server in ("", source.reference.domain) or not source.is_mirror):
-            return request.credentials
+        """CRI credentials go only where they belong: to the registry their server_address names, or, when it
+        names none, to the primary location of a fully qualified image. Never to a mirror or to another search
+        registry of a short name. Everything else is looked up in auth.json."""
+        if request.credentials is not None:
+            server = _registry_host(request.credentials_server)
+            if server:
+                if server == _registry_host(source.reference.domain):
+                    return request.credentials
+            elif not source.is_mirror and not is_short_name(request.image):
+                return request.credentials
         return auth_store.lookup(source.reference)
 
     async def _pull_from(self, wanted: Reference, source: PullSource, credentials: Credentials | None) -> Image:
@@ -227,6 +233,12 @@ class _ProgressLog:
             self._last = now
             percent = 100.0 * done / total if total else 0.0
             log.info("pull %s: layer %s %d/%d bytes (%.0f%%)", self._image, self._digest, done, total, percent)
+
+
+def _registry_host(server: str) -> str:
+    """"https://index.docker.io/v1/" -> "docker.io": the registry a server address or domain names."""
+    host = server.strip().removeprefix("https://").removeprefix("http://").split("/")[0].lower()
+    return "docker.io" if host in DOCKER_HUB_ALIASES else host
 
 
 def _credentials_key(credentials: Credentials | None) -> str:

@@ -18,15 +18,16 @@ import sqlite3
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Awaitable, Callable, Iterable, Sequence
+from typing import Awaitable, Callable, Iterable, Sequence, TypeVar
 
 from cripy.errors import DataLoss, InvalidArgument, NotFound
-from cripy.images.reference import Reference, is_short_name, parse_image_id, parse_normalized
+from cripy.images.reference import Reference, parse_image_id, parse_normalized
 from cripy.images.unpack import remove_tree, unpack_layer
 from cripy.storage.db import Database
 from cripy.storage.layout import Layout
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # fetch(dest) downloads or copies one layer blob to dest, verified against its compressed digest.
 LayerFetch = Callable[[Path], Awaitable[None]]
@@ -160,7 +161,7 @@ class ImageStore:
         names: Sequence[Reference],
     ) -> Image:
         """Make sure every layer is unpacked, then record the image and its names in one transaction."""
-        config_doc = _parse_config(config, config_digest)
+        _parse_config(config, config_digest)  # refuse a config that is not a JSON object before any download
         diff_ids = [layer.diff_id for layer in layers]
         chain_ids = chain_ids_of(diff_ids)
         self._in_use.hold(chain_ids)
@@ -221,9 +222,9 @@ class ImageStore:
         blob = self._layout.downloads / f"{_hex(chain_id)}-{os.getpid()}-{time.monotonic_ns()}.blob"
         try:
             await layer.fetch(blob)
-            await asyncio.to_thread(_clear_dir, layer_dir)
+            await _in_thread(_clear_dir, layer_dir)
             layer_dir.mkdir(parents=True)
-            unpacked = await asyncio.to_thread(
+            unpacked = await _in_thread(
                 unpack_layer, blob, self._layout.layer_diff(chain_id), layer.media_type, layer.diff_id
             )
             await self._db.run(
@@ -235,10 +236,10 @@ class ImageStore:
             )
         except BaseException:
             if not await self._db.run(lambda conn: _layer_exists(conn, chain_id)):
-                await asyncio.to_thread(_clear_dir, layer_dir)
+                await _in_thread(_clear_dir, layer_dir)
             raise
         finally:
-            await asyncio.to_thread(_unlink_quietly, blob)
+            await _in_thread(_unlink_quietly, blob)
 
     # ---- removal --------------------------------------------------------------------------------------
 
@@ -312,6 +313,17 @@ class ImageStore:
             pinned=any(tag in self._pinned_names for tag in tags),
             pulled_at=int(row["pulled_at"]),
         )
+
+
+async def _in_thread(fn: Callable[..., T], *args: object) -> T:
+    """fn(*args) in a worker thread. Cancelling the caller waits for the thread to finish first, so clean-up
+    never races a thread that is still writing (a thread cannot be stopped half-way)."""
+    work = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        await asyncio.wait([work])
+        raise
 
 
 async def _nothing_uses(image_id: str) -> bool:

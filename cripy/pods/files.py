@@ -8,8 +8,9 @@ from cripy.containers.model import DNSConfig
 from cripy.errors import InvalidArgument
 
 HOST_RESOLV_CONF = Path("/etc/resolv.conf")
-# glibc reads at most 3 nameservers and 6 search domains (longer lists are silently cut, so refuse them).
+# glibc reads at most 3 nameservers and ignores the rest: refuse them rather than write what will not be used.
 MAX_NAMESERVERS = 3
+# kubelet's own limit on search domains (glibc 2.26+ reads any number).
 MAX_SEARCH_DOMAINS = 32
 
 
@@ -17,6 +18,8 @@ def resolv_conf(dns: DNSConfig, host_text: str) -> str:
     """The pod's resolv.conf: from its DNSConfig when it sets anything, else the host's."""
     if not (dns.servers or dns.searches or dns.options):
         return host_text
+    if len(dns.servers) > MAX_NAMESERVERS:
+        raise InvalidArgument(f"DNS config has {len(dns.servers)} nameservers; at most {MAX_NAMESERVERS} are used")
     if len(dns.searches) > MAX_SEARCH_DOMAINS:
         raise InvalidArgument(f"DNS config has {len(dns.searches)} search domains; at most {MAX_SEARCH_DOMAINS}")
     for value in (*dns.servers, *dns.searches, *dns.options):

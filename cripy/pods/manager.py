@@ -27,7 +27,7 @@ from cripy.oci.runtime import OCIRuntime
 from cripy.pods import files
 from cripy.pods.infra import infra_spec
 from cripy.pods.model import STATE_CREATING, STATE_NOTREADY, STATE_READY, PodSandbox, reserved_name
-from cripy.storage import serde
+from cripy.storage import records
 from cripy.storage.db import Database
 from cripy.storage.effects import Effect, EffectJournal
 from cripy.storage.names import NameReservations
@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 SHM_SIZE = 64 * 1024 * 1024
 # Undone at stop; the rest (the pod's directory) goes at removal.
 STOP_EFFECTS = ("pod-infra", "pod-network", "pod-shm", "pod-namespaces")
+_INSERTED = ("id", "name", "state", "created_at", "request", "runtime_handler", "ips", "cgroup_parent", "run_dir")
+_UPDATED = ("state", "ips", "infra_id", "infra_pid")
 
 
 class PodManager:
@@ -84,19 +86,12 @@ class PodManager:
         """A pod by full id or unique id prefix."""
         if not pod_id:
             raise InvalidArgument("pod sandbox id is empty")
-        rows = await self._db.run(
-            lambda conn: conn.execute(
-                "SELECT * FROM pods WHERE id = ? OR id LIKE ? LIMIT 2", (pod_id, pod_id.replace("%", "") + "%")
-            ).fetchall()
-        )
-        exact = [row for row in rows if row["id"] == pod_id]
-        if exact:
-            return _pod_from_row(exact[0])
-        return _pod_from_row(rows[0]) if len(rows) == 1 else None
+        row = await self._db.run(lambda conn: records.find_by_id(conn, "pods", pod_id))
+        return records.from_row(PodSandbox, row) if row is not None else None
 
     async def list(self) -> list[PodSandbox]:
         rows = await self._db.run(lambda conn: conn.execute("SELECT * FROM pods ORDER BY created_at").fetchall())
-        return [_pod_from_row(row) for row in rows]
+        return [records.from_row(PodSandbox, row) for row in rows]
 
     def runtime_for(self, pod: PodSandbox) -> OCIRuntime:
         return self._runtimes[pod.runtime_handler]
@@ -131,7 +126,7 @@ class PodManager:
             run_dir=self._pods_dir / "",
         )
         pod.run_dir = self._pods_dir / pod.id
-        await self._db.run(lambda conn: _insert_pod(conn, pod))
+        await self._db.run(lambda conn: records.insert(conn, "pods", pod, _INSERTED))
         started = time.monotonic()
         try:
             await self._set_up(pod)
@@ -257,12 +252,7 @@ class PodManager:
             await self._save(pod)
 
     async def _save(self, pod: PodSandbox) -> None:
-        await self._db.run(
-            lambda conn: conn.execute(
-                "UPDATE pods SET state = ?, ips = ?, infra_id = ?, infra_pid = ? WHERE id = ?",
-                (pod.state, json.dumps(pod.ips), pod.infra_id, pod.infra_pid, pod.id),
-            )
-        )
+        await self._db.run(lambda conn: records.update(conn, "pods", pod, _UPDATED))
 
     # ---- recovery -----------------------------------------------------------------------------------------
 
@@ -298,31 +288,6 @@ class PodManager:
         ctr_id = effect.data["ctr_id"]
         await runtime.kill(ctr_id, 9, all_processes=True)
         await runtime.delete(ctr_id, force=True)
-
-
-def _pod_from_row(row: object) -> PodSandbox:
-    return PodSandbox(
-        id=row["id"],  # type: ignore[index]
-        name=row["name"],  # type: ignore[index]
-        state=row["state"],  # type: ignore[index]
-        created_at=row["created_at"],  # type: ignore[index]
-        request=serde.loads(PodSandboxRequest, row["request"]),  # type: ignore[index]
-        runtime_handler=row["runtime_handler"],  # type: ignore[index]
-        cgroup_parent=row["cgroup_parent"],  # type: ignore[index]
-        run_dir=Path(row["run_dir"]),  # type: ignore[index]
-        ips=json.loads(row["ips"]),  # type: ignore[index]
-        infra_id=row["infra_id"],  # type: ignore[index]
-        infra_pid=row["infra_pid"],  # type: ignore[index]
-    )
-
-
-def _insert_pod(conn: object, pod: PodSandbox) -> None:
-    conn.execute(  # type: ignore[attr-defined]
-        "INSERT INTO pods (id, name, state, created_at, request, runtime_handler, ips, cgroup_parent, run_dir)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        (pod.id, pod.name, pod.state, pod.created_at, serde.dumps(pod.request), pod.runtime_handler,
-         json.dumps(pod.ips), pod.cgroup_parent, str(pod.run_dir)),
-    )
 
 
 def _mount_shm(path: Path) -> None:

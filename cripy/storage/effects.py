@@ -70,17 +70,18 @@ class EffectJournal:
         what is left stays recorded for the next attempt.
         """
         wanted = set(kinds) if kinds is not None else None
-        first_error: BaseException | None = None
         for effect in reversed(await self.effects_of(owner)):
             if wanted is not None and effect.kind not in wanted:
                 continue
             try:
-                await self._undo[effect.kind](effect)
+                undo = self._undo.get(effect.kind)
+                if undo is None:
+                    raise RuntimeError(f"no undo is known for effect {effect.kind!r} (written by another cripy version?)")
+                await undo(effect)
             except Exception as e:
                 if not keep_going:
                     raise
                 log.error("undoing %s of %s failed: %s", effect.kind, owner, e)
-                first_error = first_error or e
                 continue
             await self._forget(effect.seq)
 

@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -53,9 +53,9 @@ def sleeper(pod_env: PodEnv, pod: tuple) -> str:
 def web(pod_env: PodEnv, pod: tuple) -> dict[str, Any]:
     """Two busybox httpd in the pod (ports 8080 and 8081) serving a small page and a 10 MiB random file."""
     pod_id, config = pod
-    script = (f"mkdir -p /www && echo hello-from-httpd > /www/index.html && head -c {BIG_SIZE} /dev/urandom > "
-              f"/www/big && touch /www/ready && httpd -f -p {HTTP_PORTS[0]} -h /www & "
-              f"httpd -f -p {HTTP_PORTS[1]} -h /www & wait")
+    script = (f"set -e; mkdir -p /www; echo hello-from-httpd > /www/index.html; "
+              f"head -c {BIG_SIZE} /dev/urandom > /www/big; "
+              f"httpd -f -p {HTTP_PORTS[0]} -h /www & httpd -f -p {HTTP_PORTS[1]} -h /www & wait")
     ctr = pod_env.run(pod_id, config, "web", ["sh", "-c", script])
     for port in HTTP_PORTS:
         pod_env.wait_for(f"httpd on port {port}", lambda port=port: pod_env.exec(

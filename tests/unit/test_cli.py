@@ -93,11 +93,6 @@ def test_command_line_values_are_validated(capsys: pytest.CaptureFixture[str], t
     assert "cripy.root" in capsys.readouterr().err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: cli.main picks the first argv word equal to a command name, so an option value that happens to "
-    "be 'ctl' (e.g. a relative --config path) hands the whole command line to the ctl client",
-)
 def test_an_option_value_named_ctl_is_not_the_ctl_command(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

@@ -107,11 +107,6 @@ async def test_grpc_method_turns_not_implemented_into_unimplemented() -> None:
     assert "Call" in context.aborted[1]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: cri/errors.py's docstring promises that any other exception is logged and answered as Internal, "
-    "but grpc_method lets it escape, so grpc.aio answers UNKNOWN ('Unexpected <class ...>')",
-)
 async def test_grpc_method_answers_a_bug_as_internal() -> None:
     context = FakeContext()
     with pytest.raises(Aborted):
@@ -207,21 +202,11 @@ def test_signal_number(name: str, number: int) -> None:
     assert _signal_number(name) == number
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: _signal_number does not understand real-time signals written as SIGRTMIN+n / SIGRTMAX-n "
-    "(systemd images use StopSignal SIGRTMIN+3); they fall back to SIGTERM",
-)
 @pytest.mark.parametrize(("name", "offset"), [("SIGRTMIN+3", 3), ("RTMIN+3", 3)])
 def test_signal_number_real_time(name: str, offset: int) -> None:
     assert _signal_number(name) == signal.SIGRTMIN + offset
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: _signal_number accepts \"0\" (no signal at all: stop then waits the whole timeout) and numbers "
-    "beyond SIGRTMAX; such a stop signal should fall back to SIGTERM like other unusable values",
-)
 @pytest.mark.parametrize("name", ["0", "999"])
 def test_signal_number_refuses_numbers_that_are_not_signals(name: str) -> None:
     assert _signal_number(name) == signal.SIGTERM

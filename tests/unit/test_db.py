@@ -155,11 +155,6 @@ async def test_deleting_an_image_cascades_to_its_names_and_layer_list(db: Databa
     assert counts == [0, 0, 1]  # the layer row itself is the store's to collect
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Database.transaction only rolls back when fn raises; when COMMIT itself fails (here a deferred "
-    "foreign key violation) the transaction stays open and every later BEGIN IMMEDIATE fails",
-)
 async def test_failed_commit_leaves_the_connection_usable(db: Database) -> None:
     def deferred_violation(conn: sqlite3.Connection) -> None:
         conn.execute("PRAGMA defer_foreign_keys = ON")

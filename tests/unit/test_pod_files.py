@@ -66,11 +66,6 @@ def test_resolv_conf_search_domain_limit() -> None:
         files.resolv_conf(too_many, HOST)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: pods/files.py defines MAX_NAMESERVERS = 3 and its comment says longer lists are refused, but "
-    "resolv_conf never checks it: a 4th nameserver is written and silently ignored by the resolver",
-)
 def test_resolv_conf_refuses_more_nameservers_than_the_resolver_reads() -> None:
     dns = DNSConfig(servers=["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"])
     with pytest.raises(InvalidArgument, match="nameserver"):

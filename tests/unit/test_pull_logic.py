@@ -101,12 +101,6 @@ def test_without_cri_credentials_auth_json_is_used() -> None:
     assert Puller._credentials_for(source("example.org/app:1"), request, auth_store()) is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (credential leak): for a non-mirror source _credentials_for hands out the CRI credentials even "
-    "when their server_address names another registry, e.g. docker.io credentials are sent to every "
-    "unqualified-search registry tried before docker.io",
-)
 def test_cri_credentials_for_one_registry_are_not_sent_to_another_search_registry() -> None:
     request = PullRequest("nginx", CRI, "docker.io")
     chosen = Puller._credentials_for(source("quay.io/library/nginx:latest"), request, AuthStore())

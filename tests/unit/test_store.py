@@ -289,12 +289,6 @@ async def test_failed_add_leaves_no_layer_work_running(store: ImageStore, fetche
         await settle(store)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a layer task cancelled while unpack_layer runs in asyncio.to_thread does not wait for the "
-    "thread: add_image answers (and _fetch_and_unpack's clean-up runs) while the unpack is still writing into the "
-    "layer directory; depending on the interleaving that leaves an orphan layer dir, a clean-up OSError, or a blob",
-)
 async def test_failed_add_does_not_answer_while_an_unpack_thread_still_runs(
     store: ImageStore, fetcher: Fetcher, layout: Layout, monkeypatch: pytest.MonkeyPatch
 ) -> None:
