@@ -155,13 +155,23 @@ def run(args: argparse.Namespace) -> int:
             reap_orphans(keep)
             log(f"scenario {name} done in {time.monotonic() - begin:.1f}s")
 
-        info.notes.append(plan_note(plan))
+        info.notes += [plan_note(plan), *READING_NOTES]
         print(report.terminal_table(results))
         if args.output:
             args.output.parent.mkdir(parents=True, exist_ok=True)
             args.output.write_text(report.markdown(results, info))
             log(f"wrote {args.output}")
     return 0
+
+
+READING_NOTES = (
+    "containerd's CreateContainer only stores metadata and prepares the snapshot; its `runc create` runs inside "
+    "StartContainer (task create + start), while cripy runs conmon + `runc create` in CreateContainer. Compare "
+    "Create + Start, or \"pod ready\", rather than either call alone. Likewise containerd deletes the task when "
+    "the container exits (StopContainer), cripy in RemoveContainer.",
+    "The 20k-file pulls are bound by the disk's metadata writes and vary several-fold between iterations on both "
+    "runtimes (see min and max); with 3 iterations their medians are not stable.",
+)
 
 
 def plan_note(plan: Plan) -> str:
