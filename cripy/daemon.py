@@ -89,6 +89,8 @@ class Daemon:
             settings=await asyncio.to_thread(self._spec_settings),
         )
         self.pods.containers = self.containers
+        await self.pods.load()
+        await self.containers.load()
         await self.store.recover()
         await self.pods.recover()
         await self.containers.recover()

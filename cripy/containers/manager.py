@@ -94,6 +94,7 @@ class ContainerManager:
         self._run_dirs = runroot / "containers"
         self._settings = settings
         self._names = NameReservations("container")
+        self._table = records.RecordTable(db, "containers", Container, _INSERTED, _UPDATED)
         self._locks: dict[str, asyncio.Lock] = {}
         self._exited: dict[str, asyncio.Event] = {}
         self.events = EventBus()
@@ -113,16 +114,10 @@ class ContainerManager:
     async def find(self, ctr_id: str) -> Container | None:
         if not ctr_id:
             raise InvalidArgument("container id is empty")
-        row = await self._db.run(lambda conn: records.find_by_id(conn, "containers", ctr_id))
-        return records.from_row(Container, row) if row is not None else None
+        return self._table.find(ctr_id)
 
     async def list(self, pod_id: str | None = None) -> list[Container]:
-        if pod_id is None:
-            rows = await self._db.run(lambda conn: conn.execute("SELECT * FROM containers ORDER BY created_at").fetchall())
-        else:
-            rows = await self._db.run(lambda conn: conn.execute(
-                "SELECT * FROM containers WHERE pod_id = ? ORDER BY created_at", (pod_id,)).fetchall())
-        return [records.from_row(Container, row) for row in rows]
+        return [c for c in self._table.all() if pod_id is None or c.pod_id == pod_id]
 
     def lock(self, ctr_id: str) -> asyncio.Lock:
         return self._locks.setdefault(ctr_id, asyncio.Lock())
@@ -158,8 +153,7 @@ class ContainerManager:
         )
 
     async def _name_holder(self, name: str) -> str | None:
-        row = await self._db.run(lambda conn: conn.execute("SELECT id FROM containers WHERE name = ?", (name,)).fetchone())
-        return row[0] if row else None
+        return self._table.holder_of(name)
 
     async def _create(self, pod: PodSandbox, image: Image, request: ContainerRequest, name: str) -> str:
         started = time.monotonic()
@@ -179,7 +173,7 @@ class ContainerManager:
             current = await self._pods.get(pod.id)
             if current.state != STATE_READY:
                 raise FailedPrecondition(f"pod sandbox {pod.id} stopped while the container was being created")
-            await self._db.run(lambda conn: records.insert(conn, "containers", container, _INSERTED))
+            await self._table.insert(container)
         try:
             await self._set_up(container, pod, image, runtime)
         except BaseException as e:
@@ -257,7 +251,7 @@ class ContainerManager:
     async def _discard(self, container: Container) -> None:
         await self._journal.undo(container.id, keep_going=True)
         if not await self._journal.effects_of(container.id):
-            await self._db.run(lambda conn: conn.execute("DELETE FROM containers WHERE id = ?", (container.id,)))
+            await self._table.delete(container.id)
         else:
             container.state = STATE_EXITED
             container.reason, container.message = REASON_ERROR, "create failed and could not be fully undone"
@@ -275,9 +269,9 @@ class ContainerManager:
             # Taken before the start: a short-lived process may exit (and conmon stamp its exit) before runc returns.
             started_at = time.time_ns()
             await (await self.runtime_of(container)).start(container.id)
-            await self._db.run(lambda conn: conn.execute(
-                "UPDATE containers SET state = ?, started_at = ? WHERE id = ? AND state = ?",
-                (STATE_RUNNING, started_at, container.id, STATE_CREATED)))
+            # The exit handler takes this lock too: no exit can have been recorded in between.
+            container.state, container.started_at = STATE_RUNNING, started_at
+            await self._table.update(container, ("state", "started_at"))
         self.events.publish(ContainerEvent(container.id, container.pod_id, EventType.STARTED))
         log.info("container %s (%s) started", container.id, container.name)
 
@@ -326,6 +320,10 @@ class ContainerManager:
         self._exited.setdefault(ctr_id, asyncio.Event()).set()
         self.events.publish(ContainerEvent(ctr_id, container.pod_id, EventType.STOPPED))
         log.info("container %s (%s) exited with %d (%s)", ctr_id, container.name, code, container.reason)
+        async with self.lock(ctr_id):
+            # A container never runs again (kubelet creates a new one): its runc state and rootfs mount go now,
+            # off the RemoveContainer path. Its directories (upper layer, logs) stay until removal.
+            await self._journal.undo(ctr_id, ("ctr-runtime", "ctr-rootfs"), keep_going=True)
 
     async def remove(self, ctr_id: str) -> None:
         """RemoveContainer: idempotent; a running container is killed first."""
@@ -336,13 +334,13 @@ class ContainerManager:
             await self.stop(container.id, 0)
         async with self.lock(container.id):
             await self._journal.undo(container.id)
-            await self._db.run(lambda conn: conn.execute("DELETE FROM containers WHERE id = ?", (container.id,)))
+            await self._table.delete(container.id)
             runtime = (await self.runtime_of(container))
             await asyncio.to_thread(runtime.exit_file_path(container.id).unlink, True)
         self._locks.pop(container.id, None)
         self._exited.pop(container.id, None)
         self.events.publish(ContainerEvent(container.id, container.pod_id, EventType.DELETED))
-        await self._images.remove_unnamed_unused()
+        await self._images.release(container.image_id)
         log.info("container %s (%s) removed", container.id, container.name)
 
     async def stop_all_in_pod(self, pod_id: str) -> None:
@@ -367,7 +365,7 @@ class ContainerManager:
             raise FailedPrecondition(f"container {container.id} is {container.state}: cannot update its resources")
         await (await self.runtime_of(container)).update_resources(container.id, spec_resources(resources))
         container.request.resources = resources
-        await self._db.run(lambda conn: records.update(conn, "containers", container, ("request",)))
+        await self._table.update(container, ("request",))
 
     async def reopen_log(self, ctr_id: str) -> None:
         container = await self._running(ctr_id, "reopen the log of")
@@ -406,14 +404,16 @@ class ContainerManager:
         return container
 
     async def _save(self, container: Container) -> None:
-        await self._db.run(lambda conn: records.update(conn, "containers", container, _UPDATED))
+        await self._table.update(container)
 
     async def _image_in_use(self, image_id: str) -> bool:
-        row = await self._db.run(lambda conn: conn.execute(
-            "SELECT 1 FROM containers WHERE image_id = ? LIMIT 1", (image_id,)).fetchone())
-        return row is not None
+        return any(container.image_id == image_id for container in self._table.all())
 
     # ---- recovery -----------------------------------------------------------------------------------------
+
+    async def load(self) -> None:
+        """Read the records into memory: first thing at start-up, before any recovery step looks at them."""
+        await self._table.load()
 
     async def recover(self) -> None:
         """After a restart: undo half-made containers; containers whose monitor died without an exit file
@@ -449,8 +449,7 @@ class ContainerManager:
         runtime = self._runtimes.get(effect.data["handler"])
         if runtime is None:
             raise FailedPrecondition(f"container {effect.owner}: runtime handler {effect.data['handler']!r} is gone")
-        await runtime.kill(effect.owner, signal.SIGKILL, all_processes=True)
-        await runtime.delete(effect.owner, force=True)
+        await runtime.delete(effect.owner, force=True)  # --force kills whatever still runs
 
 
 # ---- helpers ------------------------------------------------------------------------------------------------

@@ -277,6 +277,17 @@ class ImageStore:
             await asyncio.to_thread(_clear_dir, self._layout.layer_dir(chain_id))
         log.info("removed %d unused layer(s)", len(doomed))
 
+    async def release(self, image_id: str) -> None:
+        """A container of this image is gone: if the image lost all its names meanwhile and nothing else uses
+        it, it goes now (one look-up in the common case of a named image)."""
+        if await self._db.run(lambda conn: _has_names(conn, image_id)) or await self.image_in_use(image_id):
+            return
+        async with self._lock:
+            if not await self._db.run(lambda conn: _has_names(conn, image_id)):
+                await self._db.transaction(lambda conn: conn.execute("DELETE FROM images WHERE id = ?", (image_id,)))
+                log.info("removed image %s: its last user is gone and it has no name", image_id)
+                await self._collect_layers()
+
     async def remove_unnamed_unused(self) -> None:
         """Images that lost all their names while a container used them go once nothing uses them."""
         async with self._lock:
@@ -474,6 +485,10 @@ def _layer_exists(conn: sqlite3.Connection, chain_id: str) -> bool:
 def _unreferenced_layers(conn: sqlite3.Connection) -> list[str]:
     return [r[0] for r in conn.execute(
         "SELECT chain_id FROM layers WHERE chain_id NOT IN (SELECT chain_id FROM image_layers)")]
+
+
+def _has_names(conn: sqlite3.Connection, image_id: str) -> bool:
+    return conn.execute("SELECT 1 FROM image_names WHERE image_id = ? LIMIT 1", (image_id,)).fetchone() is not None
 
 
 def _unnamed_images(conn: sqlite3.Connection) -> list[str]:

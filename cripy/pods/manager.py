@@ -66,6 +66,7 @@ class PodManager:
         self._default_cgroup_parent = default_cgroup_parent
         self._pause_command = pause_command
         self._names = NameReservations("pod sandbox")
+        self._table = records.RecordTable(db, "pods", PodSandbox, _INSERTED, _UPDATED)
         self._locks: dict[str, asyncio.Lock] = {}
         self.containers: ContainerManager | None = None  # wired by the daemon
         journal.register("pod-dir", self._undo_dir)
@@ -86,12 +87,10 @@ class PodManager:
         """A pod by full id or unique id prefix."""
         if not pod_id:
             raise InvalidArgument("pod sandbox id is empty")
-        row = await self._db.run(lambda conn: records.find_by_id(conn, "pods", pod_id))
-        return records.from_row(PodSandbox, row) if row is not None else None
+        return self._table.find(pod_id)
 
     async def list(self) -> list[PodSandbox]:
-        rows = await self._db.run(lambda conn: conn.execute("SELECT * FROM pods ORDER BY created_at").fetchall())
-        return [records.from_row(PodSandbox, row) for row in rows]
+        return self._table.all()
 
     def runtime_for(self, pod: PodSandbox) -> OCIRuntime:
         return self._runtimes[pod.runtime_handler]
@@ -111,8 +110,7 @@ class PodManager:
         return await self._names.create_once(name, self._name_holder, lambda: self._create(request, name, handler))
 
     async def _name_holder(self, name: str) -> str | None:
-        row = await self._db.run(lambda conn: conn.execute("SELECT id FROM pods WHERE name = ?", (name,)).fetchone())
-        return row[0] if row else None
+        return self._table.holder_of(name)
 
     async def _create(self, request: PodSandboxRequest, name: str, handler: str) -> str:
         pod = PodSandbox(
@@ -126,7 +124,7 @@ class PodManager:
             run_dir=self._pods_dir / "",
         )
         pod.run_dir = self._pods_dir / pod.id
-        await self._db.run(lambda conn: records.insert(conn, "pods", pod, _INSERTED))
+        await self._table.insert(pod)
         started = time.monotonic()
         try:
             await self._set_up(pod)
@@ -237,7 +235,7 @@ class PodManager:
             if self.containers is not None:
                 await self.containers.remove_all_in_pod(pod.id)
             await self._journal.undo(pod.id)
-            await self._db.run(lambda conn: conn.execute("DELETE FROM pods WHERE id = ?", (pod.id,)))
+            await self._table.delete(pod.id)
         self._locks.pop(pod.id, None)
         log.info("pod %s (%s) removed", pod.id, pod.name)
 
@@ -245,16 +243,20 @@ class PodManager:
         """Undo a pod whose set-up failed, keeping nothing: not even its record or name."""
         await self._journal.undo(pod.id, keep_going=True)
         if not await self._journal.effects_of(pod.id):
-            await self._db.run(lambda conn: conn.execute("DELETE FROM pods WHERE id = ?", (pod.id,)))
+            await self._table.delete(pod.id)
         else:
             # Something would not undo; keep the record (not ready) so that remove and recovery retry it.
             pod.state = STATE_NOTREADY
             await self._save(pod)
 
     async def _save(self, pod: PodSandbox) -> None:
-        await self._db.run(lambda conn: records.update(conn, "pods", pod, _UPDATED))
+        await self._table.update(pod)
 
     # ---- recovery -----------------------------------------------------------------------------------------
+
+    async def load(self) -> None:
+        """Read the records into memory: first thing at start-up, before any recovery step looks at them."""
+        await self._table.load()
 
     async def recover(self) -> None:
         """After a restart: finish undoing pods whose creation never completed; check the rest."""

@@ -1,5 +1,5 @@
 """Domain dataclasses as database rows: columns are named like fields; documents (nested dataclasses, lists,
-dicts) are stored as JSON, paths as text. Used for pods and containers, which are looked up by id or id prefix."""
+dicts) are stored as JSON, paths as text. RecordTable keeps pods and containers in memory, written through."""
 
 from __future__ import annotations
 
@@ -7,21 +7,18 @@ import dataclasses
 import sqlite3
 import typing
 from pathlib import Path
-from typing import Any, Sequence, TypeVar
+from typing import Any, Generic, Sequence, TypeVar
 
 from cripy.storage import serde
+from cripy.storage.db import Database
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 def from_row(cls: type[T], row: sqlite3.Row) -> T:
-    hints = typing.get_type_hints(cls)
     columns = set(row.keys())
-    values = {}
-    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
-        if field.name in columns:
-            values[field.name] = _decode(hints[field.name], row[field.name])
-    return cls(**values)
+    return cls(**{name: _decode(hint, row[name]) for name, hint in serde.field_hints(cls).items() if name in columns})
 
 
 def insert(conn: sqlite3.Connection, table: str, record: Any, columns: Sequence[str]) -> None:
@@ -75,3 +72,49 @@ def _encode(value: Any) -> Any:
     if isinstance(value, (list, dict, tuple)) or dataclasses.is_dataclass(value):
         return serde.dumps(value)
     return value
+
+
+class RecordTable(Generic[R]):
+    """A table of records kept in memory and written through to SQLite.
+
+    Reads (find, list, name look-ups) never touch the database: kubelet lists pods and containers every second
+    or so, and a list must not cost a query and a rebuild of every row. Every change is written to the database
+    before the call that made it returns, so the database stays the truth a restart reloads.
+    """
+
+    def __init__(self, db: Database, table: str, cls: type[R], inserted: Sequence[str], updated: Sequence[str]):
+        self._db = db
+        self._table = table
+        self._cls = cls
+        self._inserted = tuple(inserted)
+        self._updated = tuple(updated)
+        self._records: dict[str, R] = {}
+
+    async def load(self) -> None:
+        rows = await self._db.run(lambda conn: conn.execute(f"SELECT * FROM {self._table}").fetchall())
+        self._records = {row["id"]: from_row(self._cls, row) for row in rows}
+
+    def find(self, ident: str) -> R | None:
+        """By id, or by an id prefix that only one record has."""
+        record = self._records.get(ident)
+        if record is not None:
+            return record
+        matches = [r for key, r in self._records.items() if key.startswith(ident)] if ident else []
+        return matches[0] if len(matches) == 1 else None
+
+    def all(self) -> list[R]:
+        return sorted(self._records.values(), key=lambda r: r.created_at)  # type: ignore[attr-defined]
+
+    def holder_of(self, name: str) -> str | None:
+        return next((key for key, r in self._records.items() if r.name == name), None)  # type: ignore[attr-defined]
+
+    async def insert(self, record: R) -> None:
+        await self._db.run(lambda conn: insert(conn, self._table, record, self._inserted))
+        self._records[record.id] = record  # type: ignore[attr-defined]
+
+    async def update(self, record: R, columns: Sequence[str] | None = None) -> None:
+        await self._db.run(lambda conn: update(conn, self._table, record, columns or self._updated))
+
+    async def delete(self, ident: str) -> None:
+        await self._db.run(lambda conn: conn.execute(f"DELETE FROM {self._table} WHERE id = ?", (ident,)))
+        self._records.pop(ident, None)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import json
 import types
 import typing
@@ -59,7 +60,13 @@ def from_jsonable(hint: Any, data: Any) -> Any:
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
         return hint(data)
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
-        hints = typing.get_type_hints(hint)
-        known = {f.name for f in dataclasses.fields(hint) if f.init}
-        return hint(**{k: from_jsonable(hints[k], v) for k, v in data.items() if k in known})
+        hints = field_hints(hint)
+        return hint(**{k: from_jsonable(hints[k], v) for k, v in data.items() if k in hints})
     return data
+
+
+@functools.cache
+def field_hints(cls: type) -> dict[str, Any]:
+    """The resolved type of each init field of a dataclass (resolving string annotations is slow: done once)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init}
