@@ -29,6 +29,9 @@ MIB = 1 << 20
 CALL_TIMEOUT = 120
 PULL_TIMEOUT = 600
 SLEEPER = ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]
+# What kubelet sends for a pod that names no profile (without the SeccompDefault feature): both runtimes get the
+# same explicit request instead of each one's own default for an absent field.
+KUBELET_DEFAULT_SECCOMP = api_pb2.SecurityProfile(profile_type=api_pb2.SecurityProfile.Unconfined)
 LIFECYCLE_CALLS = ("RunPodSandbox", "CreateContainer", "StartContainer", "StopContainer", "RemoveContainer",
                    "StopPodSandbox", "RemovePodSandbox")
 
@@ -119,7 +122,8 @@ class Driver:
                 cgroup_parent=f"{self.peer.cgroup_parent}/pod{uid}",
                 security_context=api_pb2.LinuxSandboxSecurityContext(
                     namespace_options=api_pb2.NamespaceOption(network=api_pb2.POD, pid=api_pb2.CONTAINER,
-                                                              ipc=api_pb2.POD)),
+                                                              ipc=api_pb2.POD),
+                    seccomp=KUBELET_DEFAULT_SECCOMP),
             ),
         )
 
@@ -131,7 +135,8 @@ class Driver:
             log_path=f"{name}.log",
             linux=api_pb2.LinuxContainerConfig(security_context=api_pb2.LinuxContainerSecurityContext(
                 namespace_options=api_pb2.NamespaceOption(network=api_pb2.POD, pid=api_pb2.CONTAINER,
-                                                          ipc=api_pb2.POD))),
+                                                          ipc=api_pb2.POD),
+                seccomp=KUBELET_DEFAULT_SECCOMP)),
         )
 
     def run_pod(self, config: api_pb2.PodSandboxConfig) -> str:

@@ -91,6 +91,7 @@ class Daemon:
         self.pods.containers = self.containers
         await self.pods.load()
         await self.containers.load()
+        await self._undo_orphaned_effects(journal)
         await self.store.recover()
         await self.pods.recover()
         await self.containers.recover()
@@ -99,6 +100,13 @@ class Daemon:
         await self._start_streaming()
         await self._serve_grpc()
         log.info("cripy serving CRI on %s (root %s, run root %s)", self.config.cripy.listen, self.layout.root, self.layout.runroot)
+
+    async def _undo_orphaned_effects(self, journal: EffectJournal) -> None:
+        """Effects whose pod or container record is gone were being cleaned up when the daemon stopped."""
+        for owner in await journal.owners():
+            if await self.pods.find(owner) is None and await self.containers.find(owner) is None:
+                log.info("finishing the clean-up of removed object %s", owner)
+                await journal.undo(owner, keep_going=True)
 
     def _runtimes(self) -> dict[str, OCIRuntime]:
         runtime = self.config.runtime
@@ -212,6 +220,7 @@ class Daemon:
         if self.streaming is not None:
             await self.streaming.stop()
         await self.exits.stop()
+        await self.containers.wait_for_clean_up()
         await self.puller.close()
         if self.db is not None:
             await asyncio.to_thread(self.db.close)

@@ -14,6 +14,7 @@ STATE_EXITED = "exited"
 REASON_COMPLETED = "Completed"
 REASON_ERROR = "Error"
 REASON_OOM = "OOMKilled"
+REASON_START_ERROR = "StartError"
 
 
 @dataclass

@@ -24,6 +24,7 @@ from cripy.containers.container import (
     REASON_COMPLETED,
     REASON_ERROR,
     REASON_OOM,
+    REASON_START_ERROR,
     STATE_CREATED,
     STATE_CREATING,
     STATE_EXITED,
@@ -35,7 +36,7 @@ from cripy.containers.events import ContainerEvent, EventBus, EventType
 from cripy.containers.model import ContainerRequest, ImageRuntimeConfig, NamespaceMode, Resources
 from cripy.containers.spec import PodContext, SpecSettings, build_spec, spec_resources
 from cripy.containers.users import resolve_user
-from cripy.errors import FailedPrecondition, InvalidArgument, NotFound
+from cripy.errors import CripyError, FailedPrecondition, InvalidArgument, NotFound
 from cripy.images.store import Image, ImageStore
 from cripy.linux import cgroups
 from cripy.linux import mount as mnt
@@ -46,6 +47,7 @@ from cripy.storage import records
 from cripy.storage.db import Database
 from cripy.storage.effects import Effect, EffectJournal
 from cripy.storage.names import NameReservations
+from cripy.timing import Phases
 
 if TYPE_CHECKING:
     from cripy.pods.manager import PodManager
@@ -97,6 +99,7 @@ class ContainerManager:
         self._table = records.RecordTable(db, "containers", Container, _INSERTED, _UPDATED)
         self._locks: dict[str, asyncio.Lock] = {}
         self._exited: dict[str, asyncio.Event] = {}
+        self._cleanups: dict[str, asyncio.Task[None]] = {}
         self.events = EventBus()
         journal.register("ctr-dirs", self._undo_dirs)
         journal.register("ctr-rootfs", self._undo_rootfs)
@@ -157,7 +160,6 @@ class ContainerManager:
 
     async def _create(self, pod: PodSandbox, image: Image, request: ContainerRequest, name: str) -> str:
         started = time.monotonic()
-        runtime = self._pods.runtime_for(pod)
         container = Container(
             id=secrets.token_hex(32),
             pod_id=pod.id,
@@ -175,7 +177,7 @@ class ContainerManager:
                 raise FailedPrecondition(f"pod sandbox {pod.id} stopped while the container was being created")
             await self._table.insert(container)
         try:
-            await self._set_up(container, pod, image, runtime)
+            await self._set_up(container, pod, image)
         except BaseException as e:
             log.warning("container %s (%s): create failed, undoing it: %s", container.id, name, e)
             await asyncio.shield(self._discard(container))
@@ -186,14 +188,17 @@ class ContainerManager:
         log.info("container %s (%s) created in %.3fs", container.id, name, time.monotonic() - started)
         return container.id
 
-    async def _set_up(self, container: Container, pod: PodSandbox, image: Image, runtime: OCIRuntime) -> None:
+    async def _set_up(self, container: Container, pod: PodSandbox, image: Image) -> None:
         ctr_dir = self._dirs / container.id
         bundle = self.bundle_dir(container.id)
+        phases = Phases(f"CreateContainer {container.id[:12]}", log)
         await self._journal.record(container.id, "ctr-dirs", paths=[str(ctr_dir), str(bundle)])
         layers = await self._images.layer_dirs(image.id)
+        phases.mark("journal+layers")
         rootfs = self.rootfs_dir(container.id)
         await self._journal.record(container.id, "ctr-rootfs", path=str(rootfs))
         await asyncio.to_thread(_mount_rootfs, ctr_dir, layers)
+        phases.mark("rootfs")
         image_config = _image_runtime_config(image)
         request = container.request
         sec = request.security
@@ -207,6 +212,7 @@ class ContainerManager:
             supplemental_groups=sec.supplemental_groups,
             supplemental_groups_policy=sec.supplemental_groups_policy,
         )
+        phases.mark("user")
         target_pid_ns = await self._target_pid_namespace(request, pod)
         built = await asyncio.to_thread(
             build_spec,
@@ -224,20 +230,10 @@ class ContainerManager:
             log.warning("container %s (%s): %s", container.id, container.name, warning)
         container.stop_signal = request.stop_signal or image_config.stop_signal
         container.cgroup_path = built.spec["linux"]["cgroupsPath"]
+        phases.mark("spec")
         await asyncio.to_thread(_write_bundle, bundle, built.spec, built.volume_dirs, Path(container.log_path))
-        await self._journal.record(container.id, "ctr-runtime", handler=pod.runtime_handler)
-        created = await runtime.create(
-            container.id,
-            bundle,
-            log_path=Path(container.log_path),
-            persist_dir=bundle / "persist",
-            terminal=request.tty,
-            stdin=request.stdin,
-            stdin_once=request.stdin_once,
-            name=container.name,
-        )
-        container.pid = created.pid
-        container.conmon_pid = created.conmon_pid
+        phases.mark("bundle")
+        phases.done()
 
     async def _target_pid_namespace(self, request: ContainerRequest, pod: PodSandbox) -> str | None:
         options = request.security.namespace_options
@@ -260,20 +256,56 @@ class ContainerManager:
     # ---- start, stop, exits -------------------------------------------------------------------------------
 
     async def start(self, ctr_id: str) -> None:
+        """StartContainer: conmon and `runc create`, then `runc start`. As in containerd, the process only comes
+        into being here: a container that is created and never started holds no monitor and no process."""
         container = await self.get(ctr_id)
         async with self.lock(container.id):
             container = await self.get(container.id)
             if container.state != STATE_CREATED:
                 raise FailedPrecondition(f"container {container.id} is {container.state}, not created: cannot start it")
+            pod = await self._pods.get(container.pod_id)
+            if pod.state != STATE_READY:
+                raise FailedPrecondition(f"pod sandbox {pod.id} is not ready: cannot start container {container.id}")
             self._exited.setdefault(container.id, asyncio.Event())
-            # Taken before the start: a short-lived process may exit (and conmon stamp its exit) before runc returns.
-            started_at = time.time_ns()
-            await (await self.runtime_of(container)).start(container.id)
-            # The exit handler takes this lock too: no exit can have been recorded in between.
-            container.state, container.started_at = STATE_RUNNING, started_at
-            await self._table.update(container, ("state", "started_at"))
+            try:
+                await self._run(container, pod)
+            except CripyError as e:
+                await self._journal.undo(container.id, ("ctr-runtime",), keep_going=True)
+                container.state, container.exit_code, container.finished_at = STATE_EXITED, 128, time.time_ns()
+                container.reason, container.message = REASON_START_ERROR, str(e)
+                await self._save(container)
+                self._exited[container.id].set()
+                raise
         self.events.publish(ContainerEvent(container.id, container.pod_id, EventType.STARTED))
         log.info("container %s (%s) started", container.id, container.name)
+
+    async def _run(self, container: Container, pod: PodSandbox) -> None:
+        phases = Phases(f"StartContainer {container.id[:12]}", log)
+        runtime = self._pods.runtime_for(pod)
+        request = container.request
+        bundle = self.bundle_dir(container.id)
+        await self._journal.record(container.id, "ctr-runtime", handler=pod.runtime_handler)
+        created = await runtime.create(
+            container.id,
+            bundle,
+            log_path=Path(container.log_path),
+            persist_dir=bundle / "persist",
+            terminal=request.tty,
+            stdin=request.stdin,
+            stdin_once=request.stdin_once,
+            name=container.name,
+        )
+        phases.mark("conmon+runc create")
+        container.pid, container.conmon_pid = created.pid, created.conmon_pid
+        # Taken before the start: a short-lived process may exit (and conmon stamp its exit) before runc returns.
+        started_at = time.time_ns()
+        await runtime.start(container.id)
+        phases.mark("runc start")
+        # The exit handler takes the container's lock too: no exit can have been recorded in between.
+        container.state, container.started_at = STATE_RUNNING, started_at
+        await self._table.update(container, ("state", "started_at", "pid", "conmon_pid"))
+        phases.mark("record")
+        phases.done()
 
     async def stop(self, ctr_id: str, timeout: int) -> None:
         """StopContainer: the stop signal, then SIGKILL after `timeout` seconds; stopping a stopped one is fine."""
@@ -282,11 +314,11 @@ class ContainerManager:
             raise NotFound(f"container {ctr_id!r} not found")
         if container.state in (STATE_EXITED, STATE_CREATING):
             return
+        if container.state == STATE_CREATED:
+            return  # nothing runs before StartContainer; the container stays created, as in containerd
         runtime = (await self.runtime_of(container))
         exited = self._exited.setdefault(container.id, asyncio.Event())
-        if container.state == STATE_CREATED:
-            await runtime.kill(container.id, signal.SIGKILL)
-        elif timeout > 0:
+        if timeout > 0:
             await runtime.kill(container.id, _signal_number(container.stop_signal))
             try:
                 await asyncio.wait_for(exited.wait(), timeout)
@@ -314,29 +346,31 @@ class ContainerManager:
             oom = await asyncio.to_thread(read_oom_file, self.bundle_dir(ctr_id) / "persist")
             container.state = STATE_EXITED
             container.exit_code = code
-            container.finished_at = int(exit_time.timestamp() * 1e9)
+            # The exit file's mtime comes from the kernel's coarse clock: it can read a few ms before the start.
+            container.finished_at = max(int(exit_time.timestamp() * 1e9), container.started_at)
             container.reason = REASON_OOM if oom else (REASON_COMPLETED if code == 0 else REASON_ERROR)
             await self._save(container)
         self._exited.setdefault(ctr_id, asyncio.Event()).set()
         self.events.publish(ContainerEvent(ctr_id, container.pod_id, EventType.STOPPED))
         log.info("container %s (%s) exited with %d (%s)", ctr_id, container.name, code, container.reason)
-        async with self.lock(ctr_id):
-            # A container never runs again (kubelet creates a new one): its runc state and rootfs mount go now,
-            # off the RemoveContainer path. Its directories (upper layer, logs) stay until removal.
-            await self._journal.undo(ctr_id, ("ctr-runtime", "ctr-rootfs"), keep_going=True)
+        # A container never runs again (kubelet creates a new one): its runc state and rootfs mount go now, in
+        # the background, off the Stop and Remove paths. Its directories (upper layer, logs) stay until removal.
+        self._clean_up_later(ctr_id, ("ctr-runtime", "ctr-rootfs"))
 
     async def remove(self, ctr_id: str) -> None:
         """RemoveContainer: idempotent; a running container is killed first."""
         container = await self.find(ctr_id)
         if container is None:
             return
-        if container.state in (STATE_RUNNING, STATE_CREATED):
+        if container.state == STATE_RUNNING:
             await self.stop(container.id, 0)
         async with self.lock(container.id):
-            await self._journal.undo(container.id)
+            runtime = await self.runtime_of(container)
             await self._table.delete(container.id)
-            runtime = (await self.runtime_of(container))
             await asyncio.to_thread(runtime.exit_file_path(container.id).unlink, True)
+        # What the container left on the node is journalled: it is undone in the background (and by recovery,
+        # should the daemon stop first), so that RemoveContainer answers as soon as the record is gone.
+        self._clean_up_later(container.id)
         self._locks.pop(container.id, None)
         self._exited.pop(container.id, None)
         self.events.publish(ContainerEvent(container.id, container.pod_id, EventType.DELETED))
@@ -344,12 +378,35 @@ class ContainerManager:
         log.info("container %s (%s) removed", container.id, container.name)
 
     async def stop_all_in_pod(self, pod_id: str) -> None:
-        containers = [c for c in await self.list(pod_id) if c.state in (STATE_RUNNING, STATE_CREATED)]
+        containers = [c for c in await self.list(pod_id) if c.state == STATE_RUNNING]
         await asyncio.gather(*(self.stop(c.id, 0) for c in containers))
 
     async def remove_all_in_pod(self, pod_id: str) -> None:
-        for container in await self.list(pod_id):
+        """Remove the pod's containers and wait until what they left is cleaned up: the pod's own clean-up
+        comes next."""
+        containers = await self.list(pod_id)
+        for container in containers:
             await self.remove(container.id)
+        await self.wait_for_clean_up([c.id for c in containers])
+
+    def _clean_up_later(self, ctr_id: str, kinds: tuple[str, ...] | None = None) -> None:
+        """Undo the container's journalled effects (only `kinds`, when given) in a task; one after the other
+        per container."""
+        previous = self._cleanups.get(ctr_id)
+
+        async def clean_up() -> None:
+            if previous is not None:
+                await asyncio.wait([previous])
+            await self._journal.undo(ctr_id, kinds, keep_going=True)
+
+        task = asyncio.get_running_loop().create_task(clean_up(), name=f"clean up container {ctr_id[:12]}")
+        self._cleanups[ctr_id] = task
+        task.add_done_callback(lambda done: self._cleanups.pop(ctr_id, None) if self._cleanups.get(ctr_id) is done else None)
+
+    async def wait_for_clean_up(self, ctr_ids: list[str] | None = None) -> None:
+        tasks = [task for key, task in self._cleanups.items() if ctr_ids is None or key in ctr_ids]
+        if tasks:
+            await asyncio.wait(tasks)
 
     # ---- exec, update, logs, stats ------------------------------------------------------------------------
 
@@ -363,7 +420,10 @@ class ContainerManager:
         container = await self.get(ctr_id)
         if container.state not in (STATE_CREATED, STATE_RUNNING):
             raise FailedPrecondition(f"container {container.id} is {container.state}: cannot update its resources")
-        await (await self.runtime_of(container)).update_resources(container.id, spec_resources(resources))
+        if container.state == STATE_CREATED:
+            await asyncio.to_thread(_update_bundle_resources, self.bundle_dir(container.id), spec_resources(resources))
+        else:
+            await (await self.runtime_of(container)).update_resources(container.id, spec_resources(resources))
         container.request.resources = resources
         await self._table.update(container, ("request",))
 
@@ -423,8 +483,8 @@ class ContainerManager:
                 log.warning("container %s was being created when cripy stopped: undoing it", container.id)
                 await self._discard(container)
                 continue
-            if container.state not in (STATE_CREATED, STATE_RUNNING):
-                continue
+            if container.state != STATE_RUNNING:
+                continue  # a created container has no process (it gets one at StartContainer)
             runtime = (await self.runtime_of(container))
             if runtime.exit_file_path(container.id).exists() or _conmon_alive(container):
                 continue
@@ -532,6 +592,17 @@ def _write_bundle(bundle: Path, spec: dict, volume_dirs: list[Path], log_path: P
         directory.mkdir(parents=True, exist_ok=True)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     (bundle / "config.json").write_text(json.dumps(spec))
+
+
+def _update_bundle_resources(bundle: Path, resources: dict) -> None:
+    """Resources of a container not started yet: they go into its spec, which runc reads at start."""
+    path = bundle / "config.json"
+    spec = json.loads(path.read_text())
+    devices = spec.get("linux", {}).get("resources", {}).get("devices", [])
+    spec.setdefault("linux", {})["resources"] = {**resources, "devices": devices}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(spec))
+    tmp.replace(path)
 
 
 def _signal_number(name: str) -> int:
