@@ -70,25 +70,11 @@ class ContainersServicer:
     @grpc_method
     async def ListContainers(self, request: api_pb2.ListContainersRequest, context: grpc.aio.ServicerContext) -> api_pb2.ListContainersResponse:
         wanted = request.filter if request.HasField("filter") else None
-        result = []
-        for container in await self.containers.list():
-            if container.state == STATE_CREATING:
-                continue
-            if wanted is not None and not _matches(container, wanted):
-                continue
-            result.append(api_pb2.Container(
-                id=container.id,
-                pod_sandbox_id=container.pod_id,
-                metadata=_metadata(container),
-                image=api_pb2.ImageSpec(image=container.image_name),
-                image_ref=container.image_id,
-                image_id=container.image_id,
-                state=_STATE[container.state],
-                created_at=container.created_at,
-                labels=container.request.labels,
-                annotations=container.request.annotations,
-            ))
-        return api_pb2.ListContainersResponse(containers=result)
+        listed = [
+            container for container in await self.containers.list()
+            if container.state != STATE_CREATING and (wanted is None or _matches(container, wanted))
+        ]
+        return api_pb2.ListContainersResponse(containers=_LISTED.messages(listed, complete=wanted is None))
 
     @grpc_method
     async def ContainerStatus(self, request: api_pb2.ContainerStatusRequest, context: grpc.aio.ServicerContext) -> api_pb2.ContainerStatusResponse:
@@ -135,6 +121,45 @@ class ContainersServicer:
                 if container.state != STATE_CREATING:
                     response.containers_statuses.append(container_status_to_pb(container))
         return response
+
+
+class _ListedContainers:
+    """ListContainers' messages, kept between calls: kubelet lists every second or so, and a container's entry
+    only changes with its state (everything else in it is fixed at creation)."""
+
+    def __init__(self) -> None:
+        self._cache: dict[str, tuple[str, api_pb2.Container]] = {}
+
+    def messages(self, containers: list[Container], *, complete: bool) -> list[api_pb2.Container]:
+        """Entries for `containers`; `complete` says they are all there are (then removed ones are dropped)."""
+        fresh: dict[str, tuple[str, api_pb2.Container]] = {}
+        for container in containers:
+            cached = self._cache.get(container.id)
+            fresh[container.id] = cached if cached and cached[0] == container.state else (
+                container.state, _list_entry(container))
+        if complete:
+            self._cache = fresh
+        else:
+            self._cache.update(fresh)
+        return [message for _, message in fresh.values()]
+
+
+_LISTED = _ListedContainers()
+
+
+def _list_entry(container: Container) -> api_pb2.Container:
+    return api_pb2.Container(
+        id=container.id,
+        pod_sandbox_id=container.pod_id,
+        metadata=_metadata(container),
+        image=api_pb2.ImageSpec(image=container.image_name),
+        image_ref=container.image_id,
+        image_id=container.image_id,
+        state=_STATE[container.state],
+        created_at=container.created_at,
+        labels=container.request.labels,
+        annotations=container.request.annotations,
+    )
 
 
 def _matches(container: Container, wanted: api_pb2.ContainerFilter) -> bool:
