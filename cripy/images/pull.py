@@ -41,8 +41,8 @@ from cripy.images.manifest import (
 from cripy.images.policy import load_policy
 from cripy.images.reference import Reference, is_short_name
 from cripy.images.registries import PullSource, RegistriesConf, load_registries_conf
-from cripy.images.registry import RegistryClient
-from cripy.images.store import Image, ImageStore, LayerSource
+from cripy.images.registry import CHUNK_SIZE as BLOB_CHUNK_SIZE, BlobSink, RegistryClient
+from cripy.images.store import Image, ImageStore, LayerSource, LayerStream
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +179,7 @@ class Puller:
                 media_type=desc.media_type,
                 fetch=self._layer_fetcher(client, ref, desc, wanted),
                 label=desc.digest,
+                stream=self._layer_streamer(client, ref, desc, wanted),
             )
             for desc, diff_id in zip(manifest.layers, config.diff_ids)
         ]
@@ -210,11 +211,23 @@ class Puller:
 
         return fetch
 
+    def _layer_streamer(self, client: RegistryClient, ref: Reference, desc: Descriptor, wanted: Reference) -> LayerStream:
+        """Download straight into the store's unpacker: no blob file written and read back, and the unpacking
+        of a layer overlaps its own download. The slot is held until the last byte is handed on."""
+        async def stream(sink: BlobSink) -> None:
+            async with self._layer_slots:
+                log.info("pull %s: downloading layer %s (%d bytes) from %s", wanted, desc.digest, desc.size, ref.domain)
+                await client.stream_blob(ref.path, desc, sink, _ProgressLog(str(wanted), desc.digest))
+
+        return stream
+
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=None, connect=30, sock_connect=30),
                 auto_decompress=False,
+                # Blob chunks of up to CHUNK_SIZE: fewer, bigger hash updates and pipe hand-overs per layer.
+                read_bufsize=BLOB_CHUNK_SIZE,
             )
         return self._session
 

@@ -45,7 +45,7 @@ MAX_MANIFEST_SIZE = 4 * 1024 * 1024  # same limit as containerd: a manifest larg
 MAX_ERROR_BODY = 64 * 1024
 MAX_REDIRECTS = 10
 MAX_RETRY_AFTER = 60.0
-CHUNK_SIZE = 256 * 1024
+CHUNK_SIZE = 1024 * 1024
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
 _REPOSITORY_RE = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
@@ -275,32 +275,60 @@ class _Authorization:
     static: bool = False
 
 
-class _BlobFile:
-    """The partial file of a blob download and the running hash of what it holds."""
+# Receives one verified-as-it-goes blob chunk; awaiting it is how a slow consumer holds the download back.
+BlobSink = Callable[[bytes], Awaitable[None]]
 
-    def __init__(self, fd: int, digest: str, size: int, what: str) -> None:
-        self._file = os.fdopen(fd, "wb")
+
+class _BlobReceiver:
+    """What a blob download has handed on so far: byte count, running hash, and the sink the bytes go to.
+
+    Bytes reach the sink in order and exactly once. Resuming after a cut continues the same stream; only a sink
+    that can start over (`reset`) allows a download to restart from byte 0.
+    """
+
+    def __init__(self, sink: BlobSink, reset: Callable[[], None] | None, digest: str, size: int, what: str) -> None:
+        self._sink = sink
+        self._reset = reset
         self._digest = digest
         self._size = size
         self._what = what
         self.hasher = hasher_for(digest)
         self.received = 0
+        self.sink_wait = 0.0  # seconds spent waiting for the sink: not the network's fault
 
-    def write(self, chunk: bytes) -> None:
+    async def write(self, chunk: bytes) -> None:
         if self.received + len(chunk) > self._size:
             raise DataLoss(
                 f"{self._what}: the server sent more than the {self._size} bytes the descriptor declares"
             )
-        # Plain writes from the event loop: they land in the page cache and chunks are small.
-        self._file.write(chunk)
         self.hasher.update(chunk)
         self.received += len(chunk)
+        started = time.monotonic()
+        await self._sink(chunk)
+        self.sink_wait += time.monotonic() - started
 
-    def restart(self) -> None:
-        self._file.seek(0)
-        self._file.truncate()
+    def restart(self, why: str) -> None:
+        """Start over from byte 0 (the sink permitting), after a server answered a resume unusably."""
+        if self._reset is None:
+            raise Unavailable(f"{why}; the download cannot start over because its bytes were already consumed")
+        self._reset()
         self.hasher = hasher_for(self._digest)
         self.received = 0
+
+
+class _PartialFile:
+    """The "<dest>.partial" file of fetch_blob, as a sink that can start over."""
+
+    def __init__(self, fd: int) -> None:
+        self._file = os.fdopen(fd, "wb")
+
+    async def write(self, chunk: bytes) -> None:
+        # Plain writes from the event loop: they land in the page cache.
+        self._file.write(chunk)
+
+    def reset(self) -> None:
+        self._file.seek(0)
+        self._file.truncate()
 
     def close(self) -> None:
         self._file.close()
@@ -423,7 +451,6 @@ class RegistryClient:
         """
         _check_repository(repository)
         hasher_for(desc.digest)  # validates the digest before anything touches the disk
-        what = f"blob {desc.digest} from {self.endpoint}/{repository}"
         partial = dest.with_name(dest.name + ".partial")
         try:
             fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -432,27 +459,57 @@ class RegistryClient:
                 f"{partial} exists: another download of {desc.digest} is running or a stale partial file "
                 f"was left behind"
             ) from None
-        blob = _BlobFile(fd, desc.digest, desc.size, what)
+        file = _PartialFile(fd)
         try:
-            monitor = None
-            if self._min_throughput > 0:
-                monitor = ThroughputMonitor(
-                    self._min_throughput,
-                    self._throughput_window,
-                    f"pull of layer {desc.digest} from {self.endpoint}/{repository}",
-                    start=time.monotonic(),
-                )
-            await self._download(repository, desc, blob, monitor, progress, what)
-            got = f"{desc.digest.split(':', 1)[0]}:{blob.hasher.hexdigest()}"
-            if got != desc.digest:
-                raise DataLoss(f"{what}: digest mismatch, got {got}")
-            blob.close()
+            await self._receive_blob(repository, desc, file.write, file.reset, progress)
+            file.close()
             os.replace(partial, dest)
         except BaseException:
             # Also on cancellation: a partial file must never be mistaken for content.
-            blob.close()
+            file.close()
             partial.unlink(missing_ok=True)
             raise
+
+    async def stream_blob(
+        self,
+        repository: str,
+        desc: Descriptor,
+        sink: BlobSink,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> None:
+        """Download desc and hand its bytes to `sink` as they arrive, in order and each exactly once.
+
+        Returns only when all desc.size bytes were delivered and their digest matched; raises otherwise (DataLoss
+        for a wrong size or digest), so the consumer must treat what it got as unverified until then. A cut
+        download resumes where it stopped; a server that cannot resume fails the download (Unavailable).
+        Whatever `sink` raises ends the download and is raised as is.
+        """
+        _check_repository(repository)
+        hasher_for(desc.digest)
+        await self._receive_blob(repository, desc, sink, None, progress)
+
+    async def _receive_blob(
+        self,
+        repository: str,
+        desc: Descriptor,
+        sink: BlobSink,
+        reset: Callable[[], None] | None,
+        progress: Callable[[int, int], None] | None,
+    ) -> None:
+        what = f"blob {desc.digest} from {self.endpoint}/{repository}"
+        blob = _BlobReceiver(sink, reset, desc.digest, desc.size, what)
+        monitor = None
+        if self._min_throughput > 0:
+            monitor = ThroughputMonitor(
+                self._min_throughput,
+                self._throughput_window,
+                f"pull of layer {desc.digest} from {self.endpoint}/{repository}",
+                start=time.monotonic(),
+            )
+        await self._download(repository, desc, blob, monitor, progress, what)
+        got = f"{desc.digest.split(':', 1)[0]}:{blob.hasher.hexdigest()}"
+        if got != desc.digest:
+            raise DataLoss(f"{what}: digest mismatch, got {got}")
 
     # --- blob download -------------------------------------------------------------------------------------
 
@@ -460,7 +517,7 @@ class RegistryClient:
         self,
         repository: str,
         desc: Descriptor,
-        blob: _BlobFile,
+        blob: _BlobReceiver,
         monitor: ThroughputMonitor | None,
         progress: Callable[[int, int], None] | None,
         what: str,
@@ -486,7 +543,7 @@ class RegistryClient:
         self,
         repository: str,
         desc: Descriptor,
-        blob: _BlobFile,
+        blob: _BlobReceiver,
         monitor: ThroughputMonitor | None,
         progress: Callable[[int, int], None] | None,
         what: str,
@@ -497,14 +554,21 @@ class RegistryClient:
             headers["Range"] = f"bytes={offset}-"
         resp = await self._guarded(monitor, self._open_blob(repository, desc, headers, what), what)
         try:
-            self._position_for_response(resp, blob, offset, desc, what)
+            skip = self._position_for_response(resp, blob, offset, desc, what)
             while True:
                 chunk = await self._guarded(monitor, resp.content.read(CHUNK_SIZE), what)
                 if not chunk:
                     break
-                blob.write(chunk)
+                if skip:  # bytes we already have, sent again by a server that ignored (part of) the Range
+                    dropped = min(skip, len(chunk))
+                    skip -= dropped
+                    chunk = chunk[dropped:]
+                    if not chunk:
+                        continue
+                await blob.write(chunk)
                 if monitor is not None:
-                    monitor.feed(len(chunk), time.monotonic())
+                    # The monitor's clock stops while the consumer holds the download back.
+                    monitor.feed(len(chunk), time.monotonic() - blob.sink_wait)
                 if progress is not None:
                     progress(blob.received, desc.size)
         except BaseException:
@@ -513,25 +577,25 @@ class RegistryClient:
         resp.release()
 
     def _position_for_response(
-        self, resp: aiohttp.ClientResponse, blob: _BlobFile, offset: int, desc: Descriptor, what: str
-    ) -> None:
+        self, resp: aiohttp.ClientResponse, blob: _BlobReceiver, offset: int, desc: Descriptor, what: str
+    ) -> int:
+        """How many leading bytes of this response the receiver already has (and must skip)."""
         if resp.status == 416:
-            blob.restart()
-            raise _Transient(f"{what}: the server refused the range request from byte {offset}")
+            why = f"{what}: the server refused the range request from byte {offset}"
+            blob.restart(why)
+            raise _Transient(why)
         if resp.status == 206:
             m = _CONTENT_RANGE_RE.match(resp.headers.get("Content-Range", ""))
-            if m is None or int(m.group(1)) != offset:
-                blob.restart()
-                raise _Transient(
-                    f"{what}: asked for bytes from {offset}, got Content-Range "
-                    f"{resp.headers.get('Content-Range')!r}; restarting from 0"
-                )
-            return
-        if offset:
-            blob.restart()  # the server ignored Range and sends the whole blob again
+            if m is None or int(m.group(1)) > offset:
+                why = (f"{what}: asked for bytes from {offset}, got Content-Range "
+                       f"{resp.headers.get('Content-Range')!r}")
+                blob.restart(why)
+                raise _Transient(f"{why}; restarting from 0")
+            return offset - int(m.group(1))
         length = resp.content_length
         if length is not None and length != desc.size:
             raise DataLoss(f"{what}: the server announces {length} bytes but the descriptor says {desc.size}")
+        return offset  # the server ignored Range and sends the whole blob again
 
     async def _guarded(self, monitor: ThroughputMonitor | None, aw: Awaitable[T], what: str) -> T:
         """Await one network step; stalls beyond the throughput window raise DeadlineExceeded."""

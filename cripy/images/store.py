@@ -15,14 +15,16 @@ import json
 import logging
 import os
 import sqlite3
+import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Awaitable, Callable, Iterable, Sequence, TypeVar
 
-from cripy.errors import DataLoss, InvalidArgument, NotFound
+from cripy.errors import DataLoss, InvalidArgument, NotFound, Unavailable
 from cripy.images.reference import Reference, parse_image_id, parse_normalized
-from cripy.images.unpack import remove_tree, unpack_layer
+from cripy.images.unpack import UnpackedLayer, remove_tree, unpack_layer, unpack_stream
 from cripy.storage.db import Database
 from cripy.storage.layout import Layout
 
@@ -31,16 +33,28 @@ T = TypeVar("T")
 
 # fetch(dest) downloads or copies one layer blob to dest, verified against its compressed digest.
 LayerFetch = Callable[[Path], Awaitable[None]]
+# stream(sink) hands the layer blob to sink chunk by chunk (awaiting it: that is the back-pressure) and returns
+# only once the blob is complete and verified against its compressed digest; it raises otherwise.
+LayerStream = Callable[[Callable[[bytes], Awaitable[None]]], Awaitable[None]]
+
+# Compressed bytes allowed between a layer's download and its unpacking thread: enough to keep both busy.
+PIPE_LIMIT = 4 << 20
 
 
 @dataclass(frozen=True)
 class LayerSource:
-    """One layer of an image being added: its uncompressed digest (from the config) and how to get its blob."""
+    """One layer of an image being added: its uncompressed digest (from the config) and how to get its blob:
+    streamed into the unpacker as it downloads (preferred), or fetched to a file first."""
 
     diff_id: str
     media_type: str
-    fetch: LayerFetch
+    fetch: LayerFetch | None
     label: str  # what to call it in logs and errors (usually the blob digest)
+    stream: LayerStream | None = None
+
+    def __post_init__(self) -> None:
+        if self.fetch is None and self.stream is None:
+            raise InvalidArgument(f"layer {self.label}: neither a fetch nor a stream function")
 
 
 @dataclass
@@ -219,14 +233,13 @@ class ImageStore:
 
     async def _fetch_and_unpack(self, chain_id: str, parent: str | None, layer: LayerSource) -> None:
         layer_dir = self._layout.layer_dir(chain_id)
-        blob = self._layout.downloads / f"{_hex(chain_id)}-{os.getpid()}-{time.monotonic_ns()}.blob"
         try:
-            await layer.fetch(blob)
             await _in_thread(_clear_dir, layer_dir)
             layer_dir.mkdir(parents=True)
-            unpacked = await _in_thread(
-                unpack_layer, blob, self._layout.layer_diff(chain_id), layer.media_type, layer.diff_id
-            )
+            if layer.stream is not None:
+                unpacked = await self._stream_and_unpack(chain_id, layer)
+            else:
+                unpacked = await self._download_then_unpack(chain_id, layer)
             await self._db.run(
                 lambda conn: conn.execute(
                     "INSERT OR IGNORE INTO layers (chain_id, diff_id, parent, size, inodes, created_at)"
@@ -238,8 +251,51 @@ class ImageStore:
             if not await self._db.run(lambda conn: _layer_exists(conn, chain_id)):
                 await _in_thread(_clear_dir, layer_dir)
             raise
+
+    async def _download_then_unpack(self, chain_id: str, layer: LayerSource) -> UnpackedLayer:
+        assert layer.fetch is not None
+        blob = self._layout.downloads / f"{_hex(chain_id)}-{os.getpid()}-{time.monotonic_ns()}.blob"
+        try:
+            await layer.fetch(blob)
+            return await _in_thread(
+                unpack_layer, blob, self._layout.layer_diff(chain_id), layer.media_type, layer.diff_id
+            )
         finally:
             await _in_thread(_unlink_quietly, blob)
+
+    async def _stream_and_unpack(self, chain_id: str, layer: LayerSource) -> UnpackedLayer:
+        """Unpack while downloading: the blob flows through a bounded pipe into an unpacking thread.
+
+        The thread renames the layer into place only after the pipe's end, which comes only after the download
+        verified the compressed digest; a failed download aborts the pipe and the thread removes its work."""
+        assert layer.stream is not None
+        pipe = _ChunkPipe(asyncio.get_running_loop(), PIPE_LIMIT, layer.label)
+        diff = self._layout.layer_diff(chain_id)
+        # The thread starts with the first byte: a layer waiting for a download slot holds no thread.
+        pipe.on_first_write(lambda: _start_thread(
+            unpack_stream, pipe, diff, layer.media_type, layer.diff_id, name=layer.label, what=f"unpack {layer.label}"
+        ))
+        try:
+            await layer.stream(pipe.write)
+        except BaseException as error:
+            pipe.abort(error)
+            unpacking = pipe.consumer
+            if unpacking is not None:
+                await asyncio.wait([unpacking])  # the thread stops at its next read and cleans up
+                cause = None if unpacking.cancelled() else unpacking.exception()
+                if isinstance(error, _ConsumerGone) and cause is not None:
+                    raise cause from None  # the real cause
+            raise
+        pipe.close()
+        unpacking = pipe.consumer
+        assert unpacking is not None
+        try:
+            return await asyncio.shield(unpacking)
+        except asyncio.CancelledError:
+            if not unpacking.done():
+                pipe.abort(asyncio.CancelledError())
+                await asyncio.wait([unpacking])
+            raise
 
     # ---- removal --------------------------------------------------------------------------------------
 
@@ -335,6 +391,125 @@ async def _in_thread(fn: Callable[..., T], *args: object) -> T:
     except asyncio.CancelledError:
         await asyncio.wait([work])
         raise
+
+
+class _ConsumerGone(Exception):
+    """The unpacking thread stopped reading (it failed); its own error says why."""
+
+
+class _ChunkPipe:
+    """Blob chunks from the event loop (write, close, abort) to one reading thread (read_chunk), with at most
+    `limit` bytes in flight: a full pipe makes write wait, so a slow disk slows the download instead of
+    filling memory."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, limit: int, label: str) -> None:
+        self._loop = loop
+        self._limit = limit
+        self._label = label
+        self._cond = threading.Condition()
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._closed = False
+        self._aborted: BaseException | None = None
+        self._reader_gone = False
+        self._writer_waiting = False
+        self._space = asyncio.Event()
+        self._start: Callable[[], asyncio.Future] | None = None
+        self.consumer: asyncio.Future | None = None  # the reading thread's outcome, once started
+
+    def on_first_write(self, start: Callable[[], asyncio.Future]) -> None:
+        self._start = start
+
+    def _ensure_consumer(self) -> None:
+        if self.consumer is None and self._start is not None:
+            self.consumer = self._start()
+
+    async def write(self, chunk: bytes) -> None:
+        self._ensure_consumer()
+        while True:
+            with self._cond:
+                if self._reader_gone:
+                    raise _ConsumerGone(f"layer {self._label}: the unpacking stopped")
+                if self._buffered < self._limit:
+                    self._chunks.append(chunk)
+                    self._buffered += len(chunk)
+                    self._cond.notify()
+                    return
+                self._writer_waiting = True
+                self._space.clear()
+            await self._space.wait()
+
+    def close(self) -> None:
+        """The blob is complete and verified: the reader sees its end after the last chunk."""
+        self._ensure_consumer()
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+
+    def abort(self, error: BaseException) -> None:
+        with self._cond:
+            self._aborted = error
+            self._chunks.clear()
+            self._cond.notify()
+
+    def read_chunk(self) -> bytes:
+        """Thread side: the next chunk, b"" at the verified end; raises Unavailable once aborted."""
+        with self._cond:
+            while not self._chunks and not self._closed and self._aborted is None:
+                self._cond.wait()
+            if self._aborted is not None:
+                raise Unavailable(f"layer {self._label}: the download stopped: "
+                                  f"{str(self._aborted) or type(self._aborted).__name__}")
+            if not self._chunks:
+                return b""
+            chunk = self._chunks.popleft()
+            self._buffered -= len(chunk)
+            self._wake_writer()
+            return chunk
+
+    def reader_done(self) -> None:
+        """Thread side: no more reads will come (success or failure); a waiting writer must not wait forever."""
+        with self._cond:
+            self._reader_gone = True
+            self._chunks.clear()
+            self._wake_writer()
+
+    def _wake_writer(self) -> None:
+        if self._writer_waiting:
+            self._writer_waiting = False
+            self._loop.call_soon_threadsafe(self._space.set)
+
+
+def _start_thread(fn: Callable[..., T], pipe: _ChunkPipe, *args: object, what: str, **kwargs: object) -> asyncio.Future:
+    """fn(pipe, *args, **kwargs) in a thread of its own (a blocked reader must not hold a shared executor's
+    worker); the future resolves when the thread is done, with fn's result or exception."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future = loop.create_future()
+
+    def settle(result: object, error: BaseException | None) -> None:
+        if future.cancelled():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def run() -> None:
+        result: object = None
+        error: BaseException | None = None
+        try:
+            result = fn(pipe, *args, **kwargs)
+        except BaseException as e:  # handed to the awaiting coroutine
+            error = e
+        finally:
+            pipe.reader_done()
+        try:
+            loop.call_soon_threadsafe(settle, result, error)
+        except RuntimeError:  # the loop is gone (shutdown): nobody waits for the outcome any more
+            pass
+
+    threading.Thread(target=run, name=what, daemon=True).start()
+    return future
 
 
 async def _nothing_uses(image_id: str) -> bool:

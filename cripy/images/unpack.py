@@ -1,17 +1,16 @@
-"""Layer unpacking: one OCI/Docker layer blob (already on disk, compressed digest already verified) becomes one
+"""Layer unpacking: one OCI/Docker layer blob (a file, or the chunks of a download in progress) becomes one
 directory in overlayfs form.
 
 Owns decompression (gzip, zstd, none), the uncompressed digest check (diff_id), the tar reading, the safety rules
 (nothing is written outside the layer directory, never through a symlink), and the translation of OCI whiteouts
 (`.wh.<name>`, `.wh..wh..opq`) into overlayfs whiteouts (char device 0:0, xattr `trusted.overlay.opaque=y`).
 
-Everything here is blocking; the daemon runs `unpack_layer` in a worker thread.
+Everything here is blocking; the daemon runs `unpack_layer` / `unpack_stream` in a worker thread.
 """
 
 from __future__ import annotations
 
 import errno
-import gzip
 import hashlib
 import logging
 import os
@@ -21,7 +20,7 @@ import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Callable, Protocol
 
 import zstandard
 
@@ -89,21 +88,32 @@ def _compression_from_media_type(media_type: str) -> str:
     return "none"
 
 
-def unpack_layer(blob: Path, dest: Path, media_type: str = "", expected_diff_id: str | None = None) -> UnpackedLayer:
-    """Unpack the layer `blob` into the new directory `dest`, in overlayfs form.
+class ChunkSource(Protocol):
+    """Where a layer's compressed bytes come from, in order: a file, or a download still in progress."""
 
-    Extraction happens in a temporary sibling of `dest` that is renamed to `dest` only after the whole stream was
-    read and its digest matched `expected_diff_id` (when given). On any failure nothing is left behind.
-    Raises LayerError (bad or malicious content), DataLoss (digest mismatch, corrupt compressed stream),
-    AlreadyExists (dest exists), NotFound (no blob), Internal (the filesystem failed us).
-    Ownership is only restored when running as root (like tar's --same-owner default).
+    def read_chunk(self) -> bytes:
+        """The next piece of the blob (any length); b"" once the blob is complete. May block."""
+        ...
+
+
+class _FileChunks:
+    """A blob on disk as a ChunkSource."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self._file = file
+
+    def read_chunk(self) -> bytes:
+        return self._file.read(_CHUNK)
+
+
+def unpack_layer(blob: Path, dest: Path, media_type: str = "", expected_diff_id: str | None = None) -> UnpackedLayer:
+    """Unpack the layer `blob` (a file) into the new directory `dest`, in overlayfs form; see unpack_stream.
+
+    Raises NotFound (no blob) besides what unpack_stream raises.
     """
     blob, dest = Path(blob), Path(dest)
     expected = _parse_digest(expected_diff_id) if expected_diff_id is not None else None
-    if os.path.lexists(dest):
-        raise errors.AlreadyExists(f"unpacking layer {blob}: destination {dest} already exists")
-    if not dest.parent.is_dir():
-        raise errors.FailedPrecondition(f"unpacking layer {blob}: parent directory of {dest} does not exist")
+    _check_destination(dest, str(blob))
     try:
         raw = open(blob, "rb")
     except FileNotFoundError:
@@ -111,53 +121,85 @@ def unpack_layer(blob: Path, dest: Path, media_type: str = "", expected_diff_id:
     except OSError as e:
         raise errors.Internal(f"opening layer blob {blob}: {e}") from e
     with raw:
-        try:
-            tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{dest.name}-", dir=dest.parent))
-        except OSError as e:
-            raise errors.Internal(f"unpacking layer {blob}: creating a temporary directory next to {dest}: "
-                                  f"{e}") from e
-        try:
-            return _unpack_into(raw, blob, tmp, dest, media_type, expected)
-        except BaseException as exc:
-            _cleanup_after_failure(tmp)
-            if isinstance(exc, (errors.CripyError, KeyboardInterrupt, SystemExit)):
-                raise
-            if isinstance(exc, tarfile.TarError):
-                raise LayerError(f"layer {blob}: malformed tar stream: {exc}") from exc
-            if isinstance(exc, OSError):
-                raise errors.Internal(f"unpacking layer {blob} into {dest}: {exc}") from exc
+        return _unpack_checked(_FileChunks(raw), dest, media_type, expected, str(blob))
+
+
+def unpack_stream(source: ChunkSource, dest: Path, media_type: str = "", expected_diff_id: str | None = None,
+                  *, name: str = "") -> UnpackedLayer:
+    """Unpack the layer blob that `source` delivers into the new directory `dest`, in overlayfs form.
+
+    Decompression, the diff_id hash and extraction run as the bytes arrive, in big chunks. Extraction happens in
+    a temporary sibling of `dest` that is renamed to `dest` only after `source` reported the end of the blob
+    (a download reports it only once the compressed digest is verified), the whole stream was read and its digest
+    matched `expected_diff_id` (when given). On any failure, including one raised by `source`, nothing is left
+    behind. `name` names the layer in errors (e.g. its blob digest).
+    Raises LayerError (bad or malicious content), DataLoss (digest mismatch, corrupt compressed stream),
+    AlreadyExists (dest exists), Internal (the filesystem failed us), or whatever `source` raises.
+    Ownership is only restored when running as root (like tar's --same-owner default).
+    """
+    dest = Path(dest)
+    expected = _parse_digest(expected_diff_id) if expected_diff_id is not None else None
+    name = name or str(dest)
+    _check_destination(dest, name)
+    return _unpack_checked(source, dest, media_type, expected, name)
+
+
+def _check_destination(dest: Path, name: str) -> None:
+    if os.path.lexists(dest):
+        raise errors.AlreadyExists(f"unpacking layer {name}: destination {dest} already exists")
+    if not dest.parent.is_dir():
+        raise errors.FailedPrecondition(f"unpacking layer {name}: parent directory of {dest} does not exist")
+
+
+def _unpack_checked(source: ChunkSource, dest: Path, media_type: str, expected: tuple[str, str] | None,
+                    name: str) -> UnpackedLayer:
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{dest.name}-", dir=dest.parent))
+    except OSError as e:
+        raise errors.Internal(f"unpacking layer {name}: creating a temporary directory next to {dest}: "
+                              f"{e}") from e
+    try:
+        return _unpack_into(source, name, tmp, dest, media_type, expected)
+    except BaseException as exc:
+        _cleanup_after_failure(tmp)
+        if isinstance(exc, (errors.CripyError, KeyboardInterrupt, SystemExit)):
             raise
+        if isinstance(exc, tarfile.TarError):
+            raise LayerError(f"layer {name}: malformed tar stream: {exc}") from exc
+        if isinstance(exc, OSError):
+            raise errors.Internal(f"unpacking layer {name} into {dest}: {exc}") from exc
+        raise
 
 
-def _unpack_into(raw: BinaryIO, blob: Path, tmp: Path, dest: Path, media_type: str,
+def _unpack_into(source: ChunkSource, name: str, tmp: Path, dest: Path, media_type: str,
                  expected: tuple[str, str] | None) -> UnpackedLayer:
     algorithms = ["sha256"] + ([expected[0]] if expected and expected[0] != "sha256" else [])
-    reader = _DigestingReader(_decompressed_stream(raw, media_type, blob), algorithms, blob)
-    extractor = _Extractor(str(tmp), blob)
+    reader = _TarInput(_decompressed_chunks(_RawInput(source), media_type, name), algorithms, name)
+    extractor = _Extractor(str(tmp), name)
     try:
         extractor.extract(reader)
     except LayerError as bad_content:
         if expected is not None:
             # Bad content that also misses its digest is damaged data (worth fetching again), not a bad image.
             reader.drain()
-            _check_digest(reader, expected, blob, cause=bad_content)
+            _check_digest(reader, expected, name, cause=bad_content)
         raise
     reader.drain()
     diff_id = f"sha256:{reader.hexdigest('sha256')}"
     if expected is not None:
-        _check_digest(reader, expected, blob)
+        _check_digest(reader, expected, name)
     size, inodes = _measure_tree(str(tmp))
     extractor.finish()  # directory modes and times last: measuring the tree above reads (and atime-touches) dirs
-    _rename_into_place(tmp, dest, blob)
+    _rename_into_place(tmp, dest, name)
     return UnpackedLayer(diff_id=diff_id, size=size, inodes=inodes)
 
 
-def _check_digest(reader: _DigestingReader, expected: tuple[str, str], blob: Path,
+def _check_digest(reader: _TarInput, expected: tuple[str, str], name: str,
                   cause: BaseException | None = None) -> None:
     algorithm, wanted = expected
     actual = reader.hexdigest(algorithm)
     if actual != wanted:
-        raise errors.DataLoss(f"layer {blob}: uncompressed digest mismatch: expected {algorithm}:{wanted}, "
+        raise errors.DataLoss(f"layer {name}: uncompressed digest mismatch: expected {algorithm}:{wanted}, "
                               f"got {algorithm}:{actual}") from cause
 
 
@@ -203,14 +245,14 @@ def _parse_digest(digest: str) -> tuple[str, str]:
     return algorithm, hexpart
 
 
-def _rename_into_place(tmp: Path, dest: Path, blob: Path) -> None:
+def _rename_into_place(tmp: Path, dest: Path, name: str) -> None:
     if os.path.lexists(dest):
-        raise errors.AlreadyExists(f"unpacking layer {blob}: destination {dest} appeared meanwhile")
+        raise errors.AlreadyExists(f"unpacking layer {name}: destination {dest} appeared meanwhile")
     try:
         os.rename(tmp, dest)
     except OSError as e:
         if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
-            raise errors.AlreadyExists(f"unpacking layer {blob}: destination {dest} appeared meanwhile") from e
+            raise errors.AlreadyExists(f"unpacking layer {name}: destination {dest} appeared meanwhile") from e
         raise
 
 
@@ -237,101 +279,303 @@ def _measure_tree(root: str) -> tuple[int, int]:
 
 
 # --- the uncompressed stream ---------------------------------------------------------------------------------
+#
+# Bytes travel in chunks of up to _CHUNK from the source through the decompressor to the tar reader: every
+# hash update, zlib call and file write works on a big buffer (which also releases the GIL for its duration),
+# and the tar reader slices headers out of a chunk without copying the rest of it.
 
 
-class _Readable(Protocol):
-    def read(self, size: int = ..., /) -> bytes: ...
+class _RawInput:
+    """The compressed bytes of a ChunkSource, with push-back (for magic detection and gzip member ends)."""
+
+    def __init__(self, source: ChunkSource) -> None:
+        self._source = source
+        self._pushed: list[bytes] = []
+        self.total = 0  # bytes taken from the source so far
+
+    def read_chunk(self) -> bytes:
+        if self._pushed:
+            return self._pushed.pop()
+        chunk = self._source.read_chunk()
+        self.total += len(chunk)
+        return chunk
+
+    def push_back(self, data: bytes) -> None:
+        if data:
+            self._pushed.append(data)
+
+    def peek(self, n: int) -> bytes:
+        """At least n bytes from the start of what is left (fewer only at the end), without consuming them."""
+        parts: list[bytes] = []
+        have = 0
+        while have < n:
+            chunk = self.read_chunk()
+            if not chunk:
+                break
+            parts.append(chunk)
+            have += len(chunk)
+        head = b"".join(parts)
+        self.push_back(head)
+        return head
+
+    def skip_zero_padding(self) -> None:
+        while chunk := self.read_chunk():
+            rest = chunk.lstrip(b"\0")
+            if rest:
+                self.push_back(rest)
+                return
 
 
-def _decompressed_stream(raw: BinaryIO, media_type: str, blob: Path) -> _Readable:
-    compression = detect_compression(media_type, raw.read(4))
-    raw.seek(0)
-    if compression != "none" and os.fstat(raw.fileno()).st_size == 0:
-        raise errors.DataLoss(f"layer {blob}: empty blob, but a {compression} stream was expected")
+def _decompressed_chunks(raw: _RawInput, media_type: str, name: str) -> Callable[[], bytes]:
+    """A function returning the next chunk of uncompressed tar stream, b"" at its end."""
+    head = raw.peek(len(_ZSTD_MAGIC))
+    compression = detect_compression(media_type, head)
+    if compression != "none" and not head:
+        raise errors.DataLoss(f"layer {name}: empty blob, but a {compression} stream was expected")
     if compression == "gzip":
-        return gzip.GzipFile(fileobj=raw, mode="rb")
+        return _GzipChunks(raw, name).read_chunk
     if compression == "zstd":
-        _verify_zstd_framing(raw, blob)
-        raw.seek(0)
+        framing = _ZstdFraming(name)
         decompressor = zstandard.ZstdDecompressor(max_window_size=_ZSTD_MAX_WINDOW)
-        return decompressor.stream_reader(raw, read_size=_CHUNK, read_across_frames=True, closefd=False)
-    return raw
+        reader = decompressor.stream_reader(_FramingCheckedFile(raw, framing), read_size=_CHUNK,
+                                            read_across_frames=True, closefd=False)
+        return lambda: reader.read(_CHUNK)
+    return raw.read_chunk
+
+
+class _GzipChunks:
+    """gzip members (one or more, zero padding allowed between and after them) decompressed with zlib directly.
+
+    zlib checks each member's CRC-32 and length trailer; a stream that ends inside a member is DataLoss.
+    """
+
+    def __init__(self, raw: _RawInput, name: str) -> None:
+        self._raw = raw
+        self._name = name
+        self._inflater: Any = None
+        self._members = 0
+
+    def read_chunk(self) -> bytes:
+        while True:
+            if self._inflater is None:
+                if self._members:
+                    self._raw.skip_zero_padding()
+                data = self._raw.read_chunk()
+                if not data:
+                    return b""  # a clean end between members (an empty blob was refused up front)
+                self._inflater = zlib.decompressobj(wbits=31)
+                self._members += 1
+            else:
+                data = self._inflater.unconsumed_tail or self._raw.read_chunk()
+                if not data:
+                    raise errors.DataLoss(f"layer {self._name}: corrupt or truncated compressed stream: "
+                                          f"the gzip stream ends inside member {self._members}")
+            out = self._inflater.decompress(data, _CHUNK)  # bounded: a tiny blob may inflate enormously
+            if self._inflater.eof:
+                self._raw.push_back(self._inflater.unused_data)
+                self._inflater = None
+            if out:
+                return out
+
+
+class _FramingCheckedFile:
+    """The file zstandard's stream reader reads from: raw chunks, each passed through the framing check."""
+
+    def __init__(self, raw: _RawInput, framing: _ZstdFraming) -> None:
+        self._raw = raw
+        self._framing = framing
+        self._chunk = b""
+        self._start = 0
+
+    def read(self, size: int = -1) -> bytes:
+        if self._start >= len(self._chunk):
+            chunk = self._raw.read_chunk()
+            if not chunk:
+                self._framing.finish()
+                return b""
+            self._framing.feed(chunk)
+            self._chunk, self._start = chunk, 0
+        start = self._start
+        end = len(self._chunk) if size < 0 else min(len(self._chunk), start + size)
+        self._start = end
+        return self._chunk if (start, end) == (0, len(self._chunk)) else self._chunk[start:end]
+
+
+class _ZstdFraming:
+    """Walks zstd frame and block headers as the compressed bytes stream past, and fails unless the stream
+    ends exactly at a frame boundary: zstandard's stream reader reports a truncated final frame as a clean end.
+    Only headers are looked at; block contents are skipped."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._offset = 0  # stream offset of the start of self._header
+        self._header = bytearray()  # bytes of the header being parsed
+        self._skip = 0  # content bytes to pass over before the next header
+        self._state = "magic"  # the header expected next: magic, skippable-length, frame-descriptor, frame-rest,
+        # block, or checksum
+        self._need = 4
+        self._has_checksum = False
+
+    def feed(self, chunk: bytes) -> None:
+        view = memoryview(chunk)
+        while view:
+            if self._skip:
+                n = min(self._skip, len(view))
+                self._skip -= n
+                self._offset += n
+                view = view[n:]
+                continue
+            take = min(self._need - len(self._header), len(view))
+            self._header += view[:take]
+            view = view[take:]
+            if len(self._header) == self._need:
+                self._offset += self._need
+                header = bytes(self._header)
+                self._header.clear()
+                self._parse(header)
+
+    def _parse(self, header: bytes) -> None:
+        at = self._offset - len(header)
+        if self._state == "magic":
+            if header == _ZSTD_MAGIC:
+                self._state, self._need = "frame-descriptor", 1
+            elif _is_zstd_skippable_magic(header):
+                self._state, self._need = "skippable-length", 4
+            else:
+                raise errors.DataLoss(f"layer {self._name}: no zstd frame at offset {at} (corrupt or trailing data)")
+        elif self._state == "skippable-length":
+            self._skip = int.from_bytes(header, "little")
+            self._state, self._need = "magic", 4
+        elif self._state == "frame-descriptor":
+            fhd = header[0]
+            single_segment = (fhd >> 5) & 1
+            self._has_checksum = bool((fhd >> 2) & 1)
+            rest = (0 if single_segment else 1) + (0, 1, 2, 4)[fhd & 3] + (single_segment, 2, 4, 8)[fhd >> 6]
+            self._state, self._need = "block", 3
+            self._skip = rest
+        elif self._state == "block":
+            value = int.from_bytes(header, "little")
+            last, block_type, block_size = value & 1, (value >> 1) & 3, value >> 3
+            if block_type == 3:
+                raise errors.DataLoss(f"layer {self._name}: zstd block at offset {at} has the reserved type")
+            self._skip = 1 if block_type == 1 else block_size  # an RLE block stores one byte
+            if last:
+                self._skip += 4 if self._has_checksum else 0
+                self._state, self._need = "magic", 4
+
+    def finish(self) -> None:
+        if self._state != "magic" or self._header or self._skip:
+            raise errors.DataLoss(f"layer {self._name}: zstd stream is truncated "
+                                  f"({self._offset + len(self._header)} bytes, inside a frame)")
 
 
 def _verify_zstd_framing(raw: BinaryIO, blob: Path) -> None:
-    """Walk the zstd frame and block headers and fail unless the blob ends exactly at a frame boundary.
-
-    zstandard's stream reader reports a truncated final frame as a normal end of stream; this catches it.
-    Only headers are read: block contents are skipped by seeking.
-    """
-    end = os.fstat(raw.fileno()).st_size
-    pos = 0
-    while pos < end:
-        raw.seek(pos)
-        magic = raw.read(4)
-        if magic == _ZSTD_MAGIC:
-            pos = _end_of_zstd_frame(raw, pos + 4, blob)
-        elif _is_zstd_skippable_magic(magic):
-            length = raw.read(4)
-            if len(length) < 4:
-                raise errors.DataLoss(f"layer {blob}: zstd skippable frame at offset {pos} is truncated")
-            pos += 8 + int.from_bytes(length, "little")
-        else:
-            raise errors.DataLoss(f"layer {blob}: no zstd frame at offset {pos} (corrupt or trailing data)")
-        if pos > end:
-            raise errors.DataLoss(f"layer {blob}: zstd stream is truncated ({end} bytes, last frame needs {pos})")
+    """Fail with DataLoss unless the zstd blob in `raw` ends exactly at a frame boundary."""
+    framing = _ZstdFraming(str(blob))
+    raw.seek(0)
+    while chunk := raw.read(_CHUNK):
+        framing.feed(chunk)
+    framing.finish()
 
 
-def _end_of_zstd_frame(raw: BinaryIO, pos: int, blob: Path) -> int:
-    """Offset just after the zstd frame whose header descriptor is at `pos` (after the magic)."""
-    descriptor = raw.read(1)
-    if not descriptor:
-        raise errors.DataLoss(f"layer {blob}: zstd frame header at offset {pos} is truncated")
-    fhd = descriptor[0]
-    single_segment = (fhd >> 5) & 1
-    has_checksum = (fhd >> 2) & 1
-    window_size = 0 if single_segment else 1
-    dict_id_size = (0, 1, 2, 4)[fhd & 3]
-    content_size_size = (single_segment, 2, 4, 8)[fhd >> 6]
-    pos += 1 + window_size + dict_id_size + content_size_size
-    while True:
-        raw.seek(pos)
-        header = raw.read(3)
-        if len(header) < 3:
-            raise errors.DataLoss(f"layer {blob}: zstd stream is truncated inside a frame (offset {pos})")
-        value = int.from_bytes(header, "little")
-        last, block_type, block_size = value & 1, (value >> 1) & 3, value >> 3
-        if block_type == 3:
-            raise errors.DataLoss(f"layer {blob}: zstd block at offset {pos} has the reserved type")
-        pos += 3 + (1 if block_type == 1 else block_size)  # an RLE block stores one byte
-        if last:
-            return pos + (4 if has_checksum else 0)
+class _TarInput:
+    """The uncompressed stream as the file the tar reader reads from (forward only), hashing every byte once,
+    chunk by chunk; maps decompression failures to DataLoss."""
 
+    def __init__(self, next_chunk: Callable[[], bytes], algorithms: list[str], name: str) -> None:
+        self._next_chunk = next_chunk
+        self._hashes = [hashlib.new(algorithm) for algorithm in algorithms]
+        self._algorithms = algorithms
+        self._name = name
+        self._chunk = b""
+        self._start = 0  # unread bytes are self._chunk[self._start:]
+        self._position = 0  # stream offset of self._chunk[self._start]
+        self._eof = False
 
-class _DigestingReader:
-    """Hashes every byte read from the decompressed stream; maps decompression failures to DataLoss."""
+    def _fill(self) -> bool:
+        """Load the next chunk once the current one is used up; False at the end of the stream."""
+        if self._start < len(self._chunk):
+            return True
+        if self._eof:
+            return False
+        try:
+            chunk = self._next_chunk()
+        except (EOFError, zlib.error, zstandard.ZstdError) as e:
+            raise errors.DataLoss(f"layer {self._name}: corrupt or truncated compressed stream: {e}") from e
+        if not chunk:
+            self._eof = True
+            return False
+        for h in self._hashes:
+            h.update(chunk)
+        self._chunk, self._start = chunk, 0
+        return True
 
-    def __init__(self, source: _Readable, algorithms: list[str], blob: Path) -> None:
-        self._source = source
-        self._hashes = {name: hashlib.new(name) for name in algorithms}
-        self._blob = blob
+    def _take(self, n: int) -> tuple[bytes, int, int]:
+        """(chunk, start, end) of up to n next bytes, consumed; end == start at the end of the stream."""
+        if not self._fill():
+            return self._chunk, self._start, self._start
+        start = self._start
+        end = min(len(self._chunk), start + n)
+        self._start = end
+        self._position += end - start
+        return self._chunk, start, end
 
     def read(self, size: int = -1) -> bytes:
-        try:
-            data = self._source.read(size)
-        except (EOFError, zlib.error, gzip.BadGzipFile, zstandard.ZstdError) as e:
-            raise errors.DataLoss(f"layer {self._blob}: corrupt or truncated compressed stream: {e}") from e
-        for h in self._hashes.values():
-            h.update(data)
-        return data
+        if size is None or size < 0:
+            size = 1 << 62
+        parts: list[bytes] = []
+        while size > 0:
+            chunk, start, end = self._take(size)
+            if end == start:
+                break
+            parts.append(chunk if (start, end) == (0, len(chunk)) else chunk[start:end])
+            size -= end - start
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        if whence == os.SEEK_CUR:
+            offset += self._position
+        elif whence != os.SEEK_SET:
+            raise tarfile.ReadError("the layer stream can only seek forward")
+        if offset < self._position:
+            raise tarfile.ReadError(f"the layer stream cannot seek back from {self._position} to {offset}")
+        while self._position < offset:
+            _, start, end = self._take(offset - self._position)
+            if end == start:
+                raise tarfile.ReadError("unexpected end of data")
+        return self._position
+
+    def copy_to(self, fd: int, size: int) -> None:
+        """Write the next `size` bytes to fd; all-zero pieces become holes (sparse files stay sparse)."""
+        left = size
+        ends_in_hole = False
+        while left > 0:
+            chunk, start, end = self._take(left)
+            if end == start:
+                raise tarfile.ReadError("unexpected end of data")
+            left -= end - start
+            if chunk[start] == 0 and chunk[end - 1] == 0 and chunk.count(0, start, end) == end - start:
+                os.lseek(fd, end - start, os.SEEK_CUR)
+                ends_in_hole = True
+                continue
+            view = memoryview(chunk)[start:end]
+            while view:
+                view = view[os.write(fd, view):]
+            ends_in_hole = False
+        if ends_in_hole:
+            os.ftruncate(fd, size)
 
     def drain(self) -> None:
         """Read to EOF: the diff_id covers bytes after the tar end-of-archive marker too."""
-        while self.read(_CHUNK):
-            pass
+        while self._fill():
+            self._position += len(self._chunk) - self._start
+            self._start = len(self._chunk)
 
     def hexdigest(self, algorithm: str) -> str:
-        return self._hashes[algorithm].hexdigest()
+        return self._hashes[self._algorithms.index(algorithm)].hexdigest()
 
 
 class _StrictTarStream(tarfile.TarFile):
@@ -415,17 +659,18 @@ def _member_parts(name: str) -> tuple[str, ...]:
 class _Extractor:
     """Creates the entries of one tar stream below `root`, refusing anything that would leave it."""
 
-    def __init__(self, root: str, blob: Path) -> None:
+    def __init__(self, root: str, name: str) -> None:
         self._root = root
-        self._blob = blob
+        self._blob = name
         self._preserve_owner = os.geteuid() == 0
         self._known_dirs: set[str] = {""}  # real directories below root; closed under prefixes
         self._pending_dirs: dict[str, _Meta] = {}  # modes and times applied once all children exist
         self._entry = ""
 
-    def extract(self, stream: _DigestingReader) -> None:
+    def extract(self, stream: _TarInput) -> None:
+        self._input = stream
         try:
-            tar = _StrictTarStream.open(fileobj=stream, mode="r|", encoding="utf-8", errors="surrogateescape")
+            tar = _StrictTarStream(fileobj=stream, mode="r", encoding="utf-8", errors="surrogateescape")
             while (member := tar.next()) is not None:
                 self._entry = member.name
                 self._extract_one(tar, member)
@@ -497,11 +742,15 @@ class _Extractor:
     def _make_file(self, parts: tuple[str, ...], tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
         rel = self._prepare(parts)
         meta = _meta_of(member)
-        source = tar.extractfile(member)
-        assert source is not None  # regular members always have a data stream
         fd = os.open(self._path(rel), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
-            _copy_content(source, fd)
+            if member.sparse is None:  # the common case: straight from the stream's chunks to the file
+                self._input.seek(member.offset_data)
+                self._input.copy_to(fd, member.size)
+            else:
+                source = tar.extractfile(member)
+                assert source is not None  # regular members always have a data stream
+                _copy_content(source, fd)
             if self._preserve_owner:
                 os.fchown(fd, meta.uid, meta.gid)
             os.fchmod(fd, meta.mode)  # after chown: chown clears setuid/setgid
@@ -688,7 +937,7 @@ def _copy_content(source: BinaryIO, fd: int) -> None:
     ends_in_hole = False
     while chunk := source.read(_CHUNK):
         total += len(chunk)
-        if chunk.count(0) == len(chunk):
+        if chunk[0] == 0 and chunk[-1] == 0 and chunk.count(0) == len(chunk):
             os.lseek(fd, len(chunk), os.SEEK_CUR)
             ends_in_hole = True
             continue

@@ -3,6 +3,7 @@ and SIGKILL, also in the middle of a pull), and bad input answered with clear co
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 
@@ -167,9 +168,15 @@ def test_pull_killed_with_the_daemon_leaves_nothing_half_written(cripy_factory, 
 
     puller = threading.Thread(target=pull)
     puller.start()
+    big_layer_dir = layer_diff(daemon, image_chain_ids(image)[0]).parent
+
+    def big_layer_half_done() -> bool:
+        # Downloaded to a partial file first, or streamed straight into a temporary unpack directory.
+        unpacking = big_layer_dir.is_dir() and any(name.startswith(".tmp-") for name in os.listdir(big_layer_dir))
+        return unpacking or any(name.endswith(".partial") for name in tmp_entries(daemon))
+
     # Kill when the big layer is half downloaded and the small one is already unpacked in place.
-    wait_for(lambda: any(name.endswith(".partial") for name in tmp_entries(daemon))
-             and layer_diff(daemon, small_chain).is_dir(), "the pull to be under way")
+    wait_for(lambda: big_layer_half_done() and layer_diff(daemon, small_chain).is_dir(), "the pull to be under way")
     daemon.kill()
     puller.join(30)
     assert len(outcome) == 1 and isinstance(outcome[0], grpc.RpcError)

@@ -689,3 +689,67 @@ async def test_insecure_uses_https_without_verification(tls_registry, session):
     c = client(endpoint, session, insecure=True)
     assert (await c.get_manifest(REPO, "v1"))[1] == manifest
     assert c.scheme == "https"
+
+
+# --- stream_blob: the same download handed to a consumer chunk by chunk ------------------------------------------
+
+
+class CollectingSink:
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.calls = 0
+
+    async def __call__(self, chunk: bytes) -> None:
+        self.calls += 1
+        self.data += chunk
+
+
+async def test_stream_blob_resumes_and_hands_on_each_byte_once(registry, proxy, session):
+    _, img = registry
+    proxy.mode = "cut-once"
+    sink = CollectingSink()
+    await client(proxy.endpoint, session).stream_blob(REPO, img.layer_desc, sink)
+    assert bytes(sink.data) == img.layer
+    ranges = [r for path, r, _ in proxy.seen if path.endswith(img.layer_digest)]
+    assert len(ranges) == 2 and ranges[1] is not None and ranges[1].startswith("bytes=")
+
+
+async def test_stream_blob_resume_answered_with_200_skips_what_it_has(fake, session):
+    fake.cdn_cut_first = True
+    desc = Descriptor(m.OCI_LAYER_TAR_GZIP, sha256(fake.blob), len(fake.blob))
+    sink = CollectingSink()
+    await fake_client(fake, session).stream_blob(REPO, desc, sink)
+    assert bytes(sink.data) == fake.blob  # the re-sent beginning was not handed on twice
+    assert fake.cdn_ranges[0] is None and fake.cdn_ranges[1].startswith("bytes=")
+
+
+async def test_stream_blob_digest_mismatch_raises_after_the_bytes(proxy, session):
+    reg = RunningRegistry(proxy.upstream)
+    blob, other = os.urandom(1000), os.urandom(1000)
+    reg.push_blob(blob)
+    other_digest = reg.push_blob(other)
+    original = proxy.handle
+
+    async def swap(request: web.Request) -> web.StreamResponse:
+        if request.path.endswith(sha256(blob)):
+            request = request.clone(rel_url=request.rel_url.with_path(request.path.replace(sha256(blob), other_digest)))
+        return await original(request)
+
+    proxy.handle = swap  # type: ignore[method-assign]
+    sink = CollectingSink()
+    with pytest.raises(DataLoss, match=f"digest mismatch, got {other_digest}"):
+        await client(proxy.endpoint, session).stream_blob(REPO, Descriptor(m.OCI_LAYER_TAR_GZIP, sha256(blob), len(blob)), sink)
+    assert bytes(sink.data) == other  # handed on, but the consumer learns it is bad before using it
+
+
+async def test_stream_blob_stops_when_the_sink_fails(registry, session):
+    _, img = registry
+
+    class Full(Exception):
+        pass
+
+    async def sink(chunk: bytes) -> None:
+        raise Full()
+
+    with pytest.raises(Full):
+        await client(registry[0].endpoint, session).stream_blob(REPO, img.layer_desc, sink)
