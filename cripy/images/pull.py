@@ -13,9 +13,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
-
-import aiohttp
+from typing import TYPE_CHECKING, Callable
 
 from cripy.config import ImagesConfig
 from cripy.errors import (
@@ -41,8 +39,15 @@ from cripy.images.manifest import (
 from cripy.images.policy import load_policy
 from cripy.images.reference import Reference, is_short_name
 from cripy.images.registries import PullSource, RegistriesConf, load_registries_conf
-from cripy.images.registry import CHUNK_SIZE as BLOB_CHUNK_SIZE, BlobSink, RegistryClient
 from cripy.images.store import Image, ImageStore, LayerSource, LayerStream
+from cripy.linux.memory import release_free_heap
+
+if TYPE_CHECKING:
+    # The HTTP stack (aiohttp) is imported at the first pull, not at start-up: a node that never pulls (or has
+    # not yet) does not carry its ~20 MiB.
+    import aiohttp
+
+    from cripy.images.registry import BlobSink, RegistryClient
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +112,14 @@ class Puller:
         else:
             running = asyncio.get_running_loop().create_task(self._pull(request), name=f"pull {request.image}")
             self._in_flight[key] = running
-            running.add_done_callback(lambda _: self._in_flight.pop(key, None))
+            running.add_done_callback(lambda _: self._pull_done(key))
         return await asyncio.shield(running)
+
+    def _pull_done(self, key: tuple[str, str]) -> None:
+        self._in_flight.pop(key, None)
+        if not self._in_flight:
+            # The last pull's buffers are free now; without this the daemon keeps its peak RSS.
+            asyncio.get_running_loop().run_in_executor(None, release_free_heap)
 
     async def _pull(self, request: PullRequest) -> Image:
         conf = self.registries()
@@ -147,6 +158,8 @@ class Puller:
 
     async def _pull_from(self, wanted: Reference, source: PullSource, credentials: Credentials | None) -> Image:
         ref = source.reference
+        from cripy.images.registry import RegistryClient
+
         client = RegistryClient(
             DOCKER_HUB_ENDPOINT if ref.domain == "docker.io" else ref.domain,
             insecure=source.insecure,
@@ -222,6 +235,10 @@ class Puller:
         return stream
 
     def _http(self) -> aiohttp.ClientSession:
+        import aiohttp
+
+        from cripy.images.registry import CHUNK_SIZE as BLOB_CHUNK_SIZE
+
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=None, connect=30, sock_connect=30),
