@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Callable
 
 import grpc
-from cri_api.v1 import api_pb2_grpc
 
 from cripy.config import Config, ConfigError, handler_runtime_root
 from cripy.containers.manager import ContainerManager
 from cripy.containers.spec import SpecSettings
 from cripy.cri.admin import admin_handler
+from cripy.cri.handlers import service_handler
 from cripy.cri.images import ImageService
 from cripy.cri.runtime import RuntimeService
 from cripy.images.archive import Importer
@@ -150,19 +150,19 @@ class Daemon:
         server = grpc.aio.server(
             options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
         )
-        api_pb2_grpc.add_ImageServiceServicer_to_server(ImageService(self.store, self.puller), server)
-        api_pb2_grpc.add_RuntimeServiceServicer_to_server(
-            RuntimeService(
-                pods=self.pods,
-                containers=self.containers,
-                handlers=sorted(self.config.runtime.handlers),
-                network_status=self._network_status,
-                config_info=lambda: dataclasses.asdict(self.config),
-                streaming=self.streaming,
-            ),
-            server,
+        runtime_service = RuntimeService(
+            pods=self.pods,
+            containers=self.containers,
+            handlers=sorted(self.config.runtime.handlers),
+            network_status=self._network_status,
+            config_info=lambda: dataclasses.asdict(self.config),
+            streaming=self.streaming,
         )
-        server.add_generic_rpc_handlers([admin_handler(self.importer)])
+        server.add_generic_rpc_handlers([
+            service_handler("ImageService", ImageService(self.store, self.puller)),
+            service_handler("RuntimeService", runtime_service),
+            admin_handler(self.importer),
+        ])
         socket_path = Path(self.config.cripy.listen)
         socket_path.parent.mkdir(parents=True, exist_ok=True)
         socket_path.unlink(missing_ok=True)

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Awaitable, Callable
 
 from cripy.containers.container import (
     REASON_COMPLETED,
@@ -118,6 +118,11 @@ class ContainerManager:
         if not ctr_id:
             raise InvalidArgument("container id is empty")
         return self._table.find(ctr_id)
+
+    @property
+    def version(self) -> int:
+        """Changes whenever any record changes."""
+        return self._table.version
 
     async def list(self, pod_id: str | None = None) -> list[Container]:
         return [c for c in self._table.all() if pod_id is None or c.pod_id == pod_id]
@@ -365,16 +370,19 @@ class ContainerManager:
         if container.state == STATE_RUNNING:
             await self.stop(container.id, 0)
         async with self.lock(container.id):
-            runtime = await self.runtime_of(container)
+            exit_file = (await self.runtime_of(container)).exit_file_path(container.id)
             await self._table.delete(container.id)
-            await asyncio.to_thread(runtime.exit_file_path(container.id).unlink, True)
+
+        async def finish() -> None:
+            await asyncio.to_thread(exit_file.unlink, True)
+            await self._images.release(container.image_id)
+
         # What the container left on the node is journalled: it is undone in the background (and by recovery,
         # should the daemon stop first), so that RemoveContainer answers as soon as the record is gone.
-        self._clean_up_later(container.id)
+        self._clean_up_later(container.id, finish=finish)
         self._locks.pop(container.id, None)
         self._exited.pop(container.id, None)
         self.events.publish(ContainerEvent(container.id, container.pod_id, EventType.DELETED))
-        await self._images.release(container.image_id)
         log.info("container %s (%s) removed", container.id, container.name)
 
     async def stop_all_in_pod(self, pod_id: str) -> None:
@@ -389,15 +397,19 @@ class ContainerManager:
             await self.remove(container.id)
         await self.wait_for_clean_up([c.id for c in containers])
 
-    def _clean_up_later(self, ctr_id: str, kinds: tuple[str, ...] | None = None) -> None:
-        """Undo the container's journalled effects (only `kinds`, when given) in a task; one after the other
-        per container."""
+    def _clean_up_later(
+        self, ctr_id: str, kinds: tuple[str, ...] | None = None, finish: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
+        """Undo the container's journalled effects (only `kinds`, when given), then run `finish`, in a task; one
+        after the other per container."""
         previous = self._cleanups.get(ctr_id)
 
         async def clean_up() -> None:
             if previous is not None:
                 await asyncio.wait([previous])
             await self._journal.undo(ctr_id, kinds, keep_going=True)
+            if finish is not None:
+                await finish()
 
         task = asyncio.get_running_loop().create_task(clean_up(), name=f"clean up container {ctr_id[:12]}")
         self._cleanups[ctr_id] = task

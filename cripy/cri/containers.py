@@ -43,6 +43,7 @@ class ContainersServicer:
 
     pods: PodManager
     containers: ContainerManager
+    listed_containers: "ListedContainers"
 
     @grpc_method
     async def CreateContainer(self, request: api_pb2.CreateContainerRequest, context: grpc.aio.ServicerContext) -> api_pb2.CreateContainerResponse:
@@ -70,11 +71,18 @@ class ContainersServicer:
     @grpc_method
     async def ListContainers(self, request: api_pb2.ListContainersRequest, context: grpc.aio.ServicerContext) -> api_pb2.ListContainersResponse:
         wanted = request.filter if request.HasField("filter") else None
+        if wanted is None and self.listed_containers.serialized_version == self.containers.version:
+            return self.listed_containers.serialized  # kubelet's relist, nothing changed since the last one
+        version = self.containers.version
         listed = [
             container for container in await self.containers.list()
             if container.state != STATE_CREATING and (wanted is None or _matches(container, wanted))
         ]
-        return api_pb2.ListContainersResponse(containers=_LISTED.messages(listed, complete=wanted is None))
+        response = api_pb2.ListContainersResponse(containers=self.listed_containers.messages(listed, complete=wanted is None))
+        if wanted is None:
+            self.listed_containers.serialized, self.listed_containers.serialized_version = response.SerializeToString(), version
+            return self.listed_containers.serialized
+        return response
 
     @grpc_method
     async def ContainerStatus(self, request: api_pb2.ContainerStatusRequest, context: grpc.aio.ServicerContext) -> api_pb2.ContainerStatusResponse:
@@ -123,12 +131,15 @@ class ContainersServicer:
         return response
 
 
-class _ListedContainers:
+class ListedContainers:
     """ListContainers' messages, kept between calls: kubelet lists every second or so, and a container's entry
     only changes with its state (everything else in it is fixed at creation)."""
 
     def __init__(self) -> None:
         self._cache: dict[str, tuple[str, api_pb2.Container]] = {}
+        # The whole unfiltered answer, serialized, and the version of the records it was made from.
+        self.serialized = b""
+        self.serialized_version = -1
 
     def messages(self, containers: list[Container], *, complete: bool) -> list[api_pb2.Container]:
         """Entries for `containers`; `complete` says they are all there are (then removed ones are dropped)."""
@@ -143,8 +154,6 @@ class _ListedContainers:
             self._cache.update(fresh)
         return [message for _, message in fresh.values()]
 
-
-_LISTED = _ListedContainers()
 
 
 def _list_entry(container: Container) -> api_pb2.Container:

@@ -20,6 +20,8 @@ class PodsServicer:
     """Mixed into RuntimeService; `self.pods` is the PodManager."""
 
     pods: PodManager
+    # The unfiltered answer, serialized, with the version of the pod records it was made from.
+    listed_pods: tuple[int, bytes]
 
     @grpc_method
     async def RunPodSandbox(self, request: api_pb2.RunPodSandboxRequest, context: grpc.aio.ServicerContext) -> api_pb2.RunPodSandboxResponse:
@@ -43,8 +45,11 @@ class PodsServicer:
         return api_pb2.PodSandboxStatusResponse(status=pod_status_to_pb(pod), info=info)
 
     @grpc_method
-    async def ListPodSandbox(self, request: api_pb2.ListPodSandboxRequest, context: grpc.aio.ServicerContext) -> api_pb2.ListPodSandboxResponse:
+    async def ListPodSandbox(self, request: api_pb2.ListPodSandboxRequest, context: grpc.aio.ServicerContext) -> api_pb2.ListPodSandboxResponse | bytes:
         wanted = request.filter if request.HasField("filter") else None
+        if wanted is None and self.listed_pods[0] == self.pods.version:
+            return self.listed_pods[1]  # kubelet's relist, nothing changed since the last one
+        version = self.pods.version
         items = []
         for pod in await self.pods.list():
             if pod.state not in (STATE_READY, "notready"):
@@ -65,7 +70,11 @@ class PodsServicer:
                 annotations=pod.request.annotations,
                 runtime_handler=pod.runtime_handler,
             ))
-        return api_pb2.ListPodSandboxResponse(items=items)
+        response = api_pb2.ListPodSandboxResponse(items=items)
+        if wanted is None:
+            self.listed_pods = (version, response.SerializeToString())
+            return self.listed_pods[1]
+        return response
 
 
 def _state(pod: PodSandbox) -> int:

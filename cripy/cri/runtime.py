@@ -13,7 +13,7 @@ from cri_api.v1 import api_pb2, api_pb2_grpc
 
 from cripy import CRI_API_VERSION, RUNTIME_NAME, __version__
 from cripy.containers.manager import ContainerManager
-from cripy.cri.containers import ContainersServicer
+from cripy.cri.containers import ContainersServicer, ListedContainers
 from cripy.cri.errors import grpc_method, unimplemented
 from cripy.cri.pods import PodsServicer
 from cripy.cri.stats import StatsServicer
@@ -39,6 +39,8 @@ class RuntimeService(PodsServicer, ContainersServicer, StatsServicer, StreamingS
     ) -> None:
         self.pods = pods
         self.containers = containers
+        self.listed_pods = (-1, b"")
+        self.listed_containers = ListedContainers()
         self.streaming = streaming
         self._handlers = handlers
         self._network_status = network_status

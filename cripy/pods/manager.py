@@ -89,6 +89,11 @@ class PodManager:
             raise InvalidArgument("pod sandbox id is empty")
         return self._table.find(pod_id)
 
+    @property
+    def version(self) -> int:
+        """Changes whenever any record changes."""
+        return self._table.version
+
     async def list(self) -> list[PodSandbox]:
         return self._table.all()
 

@@ -89,10 +89,12 @@ class RecordTable(Generic[R]):
         self._inserted = tuple(inserted)
         self._updated = tuple(updated)
         self._records: dict[str, R] = {}
+        self.version = 0  # changes with every write: lets readers keep what they derived from the records
 
     async def load(self) -> None:
         rows = await self._db.run(lambda conn: conn.execute(f"SELECT * FROM {self._table}").fetchall())
         self._records = {row["id"]: from_row(self._cls, row) for row in rows}
+        self.version += 1
 
     def find(self, ident: str) -> R | None:
         """By id, or by an id prefix that only one record has."""
@@ -111,10 +113,13 @@ class RecordTable(Generic[R]):
     async def insert(self, record: R) -> None:
         await self._db.run(lambda conn: insert(conn, self._table, record, self._inserted))
         self._records[record.id] = record  # type: ignore[attr-defined]
+        self.version += 1
 
     async def update(self, record: R, columns: Sequence[str] | None = None) -> None:
         await self._db.run(lambda conn: update(conn, self._table, record, columns or self._updated))
+        self.version += 1
 
     async def delete(self, ident: str) -> None:
         await self._db.run(lambda conn: conn.execute(f"DELETE FROM {self._table} WHERE id = ?", (ident,)))
         self._records.pop(ident, None)
+        self.version += 1

@@ -298,7 +298,53 @@ class InputPipe:
             self._resume()
 
 
-class SpdyPump:
+class _Connection:
+    """What both transports share: the socket, an event queue for the session, reading that a session can pause
+    while its input buffers are full, and flushing what the codec queued."""
+
+    codec: Any
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, protocol: str,
+                 query: dict[str, list[str]] | None) -> None:
+        self.protocol = protocol
+        self.query = query or {}
+        self._reader = reader
+        self._writer = writer
+        self._events: asyncio.Queue[Any] = asyncio.Queue()
+        self._pauses = 0
+        self._resumed = asyncio.Event()
+        self._resumed.set()
+        self.closed = asyncio.Event()
+
+    def pause_reading(self) -> None:
+        self._pauses += 1
+        self._resumed.clear()
+
+    def resume_reading(self) -> None:
+        self._pauses = max(0, self._pauses - 1)
+        if self._pauses == 0:
+            self._resumed.set()
+
+    async def next_event(self) -> Any:
+        event = await self._events.get()
+        if event is CLOSED:
+            self._events.put_nowait(CLOSED)  # later callers see the end too
+        return event
+
+    async def flush(self) -> None:
+        data = self.codec.data_to_send()
+        if data:
+            if self._writer.is_closing():
+                raise ClientGone("the connection is closed")
+            self._writer.write(data)
+            try:
+                await self._writer.drain()
+            except (ConnectionError, OSError) as err:
+                self.closed.set()
+                raise ClientGone(str(err)) from None
+
+
+class SpdyPump(_Connection):
     """One SPDY/3.1 connection: a reader task feeding the codec, and flow-controlled senders.
 
     Events (spdy.StreamOpened, DataReceived, StreamReset, ...) are queued for the session; ``next_event`` returns
@@ -311,17 +357,9 @@ class SpdyPump:
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, protocol: str,
                  query: dict[str, list[str]] | None = None) -> None:
-        self.protocol = protocol
-        self.query = query or {}
-        self._reader = reader
-        self._writer = writer
+        super().__init__(reader, writer, protocol, query)
         self.codec = spdy.SpdyConnection(is_server=True, auto_acknowledge=False)
-        self._events: asyncio.Queue[Any] = asyncio.Queue()
         self._progress = asyncio.Event()
-        self._pauses = 0
-        self._resumed = asyncio.Event()
-        self._resumed.set()
-        self.closed = asyncio.Event()
 
     async def read_loop(self) -> None:
         try:
@@ -352,33 +390,6 @@ class SpdyPump:
             if isinstance(event, spdy.GoAwayReceived):
                 self.closed.set()
             self._events.put_nowait(event)
-
-    def pause_reading(self) -> None:
-        self._pauses += 1
-        self._resumed.clear()
-
-    def resume_reading(self) -> None:
-        self._pauses = max(0, self._pauses - 1)
-        if self._pauses == 0:
-            self._resumed.set()
-
-    async def next_event(self) -> Any:
-        event = await self._events.get()
-        if event is CLOSED:
-            self._events.put_nowait(CLOSED)  # later callers see the end too
-        return event
-
-    async def flush(self) -> None:
-        data = self.codec.data_to_send()
-        if data:
-            if self._writer.is_closing():
-                raise ClientGone("the connection is closed")
-            self._writer.write(data)
-            try:
-                await self._writer.drain()
-            except (ConnectionError, OSError) as err:
-                self.closed.set()
-                raise ClientGone(str(err)) from None
 
     def _wake_senders(self) -> None:
         self._progress.set()
@@ -438,24 +449,16 @@ class ChannelClosed:
     channel: int
 
 
-class WebSocketPump:
+class WebSocketPump(_Connection):
     """One WebSocket connection speaking a Kubernetes channel protocol: one channel id per message."""
 
     transport = "websocket"
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, protocol: str,
                  query: dict[str, list[str]] | None = None) -> None:
-        self.protocol = protocol
-        self.query = query or {}
+        super().__init__(reader, writer, protocol, query)
         self.wire_protocol = protocol
-        self._reader = reader
-        self._writer = writer
         self.codec = websocket.WebSocketConnection()
-        self._events: asyncio.Queue[Any] = asyncio.Queue()
-        self._pauses = 0
-        self._resumed = asyncio.Event()
-        self._resumed.set()
-        self.closed = asyncio.Event()
         self._close_sent = False
 
     async def read_loop(self) -> None:
@@ -488,33 +491,6 @@ class WebSocketPump:
             log.info("streaming: ignoring an undecodable WebSocket message: %s", err)
             return
         self._events.put_nowait(ChannelClosed(closed) if closed is not None else ChannelMessage(channel, data))
-
-    def pause_reading(self) -> None:
-        self._pauses += 1
-        self._resumed.clear()
-
-    def resume_reading(self) -> None:
-        self._pauses = max(0, self._pauses - 1)
-        if self._pauses == 0:
-            self._resumed.set()
-
-    async def next_event(self) -> Any:
-        event = await self._events.get()
-        if event is CLOSED:
-            self._events.put_nowait(CLOSED)  # later callers see the end too
-        return event
-
-    async def flush(self) -> None:
-        data = self.codec.data_to_send()
-        if data:
-            if self._writer.is_closing():
-                raise ClientGone("the connection is closed")
-            self._writer.write(data)
-            try:
-                await self._writer.drain()
-            except (ConnectionError, OSError) as err:
-                self.closed.set()
-                raise ClientGone(str(err)) from None
 
     async def send(self, channel: int, data: bytes) -> None:
         if self.closed.is_set():
