@@ -10,7 +10,6 @@ import asyncio
 import hashlib
 import json
 import logging
-import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -156,6 +155,8 @@ def _read_verified(root: Path, desc: Descriptor) -> bytes:
 
 def _extract_archive(archive: Path, dest: Path) -> None:
     """Unpack an archive's plain files, refusing anything that would land outside `dest`."""
+    import tarfile  # only imports need it: not loaded at start-up
+
     try:
         with tarfile.open(archive) as tar:
             tar.extractall(dest, filter="data")

@@ -20,13 +20,15 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Awaitable, Callable, Iterable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Awaitable, Callable, Iterable, Sequence, TypeVar
 
 from cripy.errors import DataLoss, InvalidArgument, NotFound, Unavailable
 from cripy.images.reference import Reference, parse_image_id, parse_normalized
-from cripy.images.unpack import UnpackedLayer, remove_tree, unpack_layer, unpack_stream
 from cripy.storage.db import Database
 from cripy.storage.layout import Layout
+
+if TYPE_CHECKING:
+    from cripy.images.unpack import UnpackedLayer
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -253,6 +255,8 @@ class ImageStore:
             raise
 
     async def _download_then_unpack(self, chain_id: str, layer: LayerSource) -> UnpackedLayer:
+        from cripy.images.unpack import unpack_layer  # the unpacker (tar, zstd) loads at the first pull
+
         assert layer.fetch is not None
         blob = self._layout.downloads / f"{_hex(chain_id)}-{os.getpid()}-{time.monotonic_ns()}.blob"
         try:
@@ -264,6 +268,8 @@ class ImageStore:
             await _in_thread(_unlink_quietly, blob)
 
     async def _stream_and_unpack(self, chain_id: str, layer: LayerSource) -> UnpackedLayer:
+        from cripy.images.unpack import unpack_stream  # the unpacker (tar, zstd) loads at the first pull
+
         """Unpack while downloading: the blob flows through a bounded pipe into an unpacking thread.
 
         The thread renames the layer into place only after the pipe's end, which comes only after the download
@@ -681,6 +687,8 @@ def _clear_dir(path: Path) -> None:
     if path.is_symlink() or not path.is_dir():
         path.unlink()
         return
+    from cripy.images.unpack import remove_tree
+
     remove_tree(path)
 
 
