@@ -165,10 +165,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 READING_NOTES = (
-    "containerd's CreateContainer only stores metadata and prepares the snapshot; its `runc create` runs inside "
-    "StartContainer (task create + start), while cripy runs conmon + `runc create` in CreateContainer. Compare "
-    "Create + Start, or \"pod ready\", rather than either call alone. Likewise containerd deletes the task when "
-    "the container exits (StopContainer), cripy in RemoveContainer.",
+    "Both runtimes split the work alike: CreateContainer prepares the rootfs and the spec, StartContainer runs "
+    "`runc create` + `runc start` (under conmon for cripy, under a shim for containerd); both release the runc "
+    "container when it exits and clean the rest of a removed container up in the background (containerd: its "
+    "snapshot GC; cripy: its effect journal). \"pod ready\" is the sum kubelet waits for.",
+    "Pods and containers are configured as kubelet configures an ordinary pod: a PID namespace per container, "
+    "network and IPC per pod, seccomp Unconfined (what kubelet sends when the pod names no profile and the "
+    "SeccompDefault feature is off), so that neither runtime's default for an absent field decides.",
     "The 20k-file pulls are bound by the disk's metadata writes and vary several-fold between iterations on both "
     "runtimes (see min and max); with 3 iterations their medians are not stable.",
 )
