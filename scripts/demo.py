@@ -110,6 +110,7 @@ def main() -> int:
         ctl("rm", container_id)
         ctl("stopp", pod_id)
         ctl("rmp", pod_id)
+        pod_id = ""
         ctl("rmi", image)
         ctl("images")
         print("\ndemo: done")
