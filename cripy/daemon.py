@@ -57,7 +57,17 @@ class Daemon:
     async def start(self) -> None:
         await asyncio.to_thread(self.layout.ensure)
         self.db = await Database.open(self.layout.database)
-        self.store = ImageStore(self.db, self.layout, pinned=self.config.images.pinned_images)
+        journal = EffectJournal(self.db)
+        await self._build_services(self.db, journal)
+        await self._recover(journal)
+        self.exits = ExitWatcher(self.layout.runroot / "exits", self.containers.handle_exit)
+        await self.exits.start()
+        await self._start_streaming()
+        await self._serve_grpc()
+        log.info("cripy serving CRI on %s (root %s, run root %s)", self.config.cripy.listen, self.layout.root, self.layout.runroot)
+
+    async def _build_services(self, db: Database, journal: EffectJournal) -> None:
+        self.store = ImageStore(db, self.layout, pinned=self.config.images.pinned_images)
         self.puller = Puller(self.store, self.config.images, self.layout.downloads)
         self.importer = Importer(self.store, self.layout.downloads)
         self.network = CNIManager(
@@ -66,10 +76,9 @@ class Daemon:
             self.layout.root / "cni-cache",
             self.config.network.default_network,
         )
-        journal = EffectJournal(self.db)
         self.runtimes = self._runtimes()
         self.pods = PodManager(
-            self.db,
+            db,
             journal,
             runroot=self.layout.runroot,
             network=self.network,
@@ -79,7 +88,7 @@ class Daemon:
             pause_command=self.config.runtime.pause_command,
         )
         self.containers = ContainerManager(
-            self.db,
+            db,
             journal,
             pods=self.pods,
             images=self.store,
@@ -89,17 +98,15 @@ class Daemon:
             settings=await asyncio.to_thread(self._spec_settings),
         )
         self.pods.containers = self.containers
+
+    async def _recover(self, journal: EffectJournal) -> None:
+        """Reconcile what the database says with what the node has, before serving anything."""
         await self.pods.load()
         await self.containers.load()
         await self._undo_orphaned_effects(journal)
         await self.store.recover()
         await self.pods.recover()
         await self.containers.recover()
-        self.exits = ExitWatcher(self.layout.runroot / "exits", self.containers.handle_exit)
-        await self.exits.start()
-        await self._start_streaming()
-        await self._serve_grpc()
-        log.info("cripy serving CRI on %s (root %s, run root %s)", self.config.cripy.listen, self.layout.root, self.layout.runroot)
 
     async def _undo_orphaned_effects(self, journal: EffectJournal) -> None:
         """Effects whose pod or container record is gone were being cleaned up when the daemon stopped."""
