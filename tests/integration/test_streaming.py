@@ -6,12 +6,19 @@ nothing listens on) and the clean-up after clients that vanish mid-stream."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import os
+import pty
 import secrets
+import select
 import socket
+import struct
 import subprocess
 import sys
+import termios
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -424,3 +431,36 @@ def test_ctl_port_forward(pod_env: PodEnv, pod: tuple, web: dict[str, Any]) -> N
     finally:
         process.terminate()
         process.communicate(timeout=30)
+
+
+def test_ctl_exec_it_on_a_real_terminal(pod_env: PodEnv, sleeper: str) -> None:
+    """`cripy ctl exec -it` with a pty as its terminal: raw mode, the terminal's size passed on, the exit code."""
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: ctl with the pty as its controlling terminal
+        os.chdir(REPO_ROOT)
+        os.execv(sys.executable, [sys.executable, "-m", "cripy.cli", "ctl", "-r", str(pod_env.daemon.socket),
+                                  "exec", "-it", sleeper, "sh", "-c", "stty size; read line; echo got:$line; exit 4"])
+    try:
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 101, 0, 0))
+        output = _read_pty_until(fd, b"33 101")
+        os.write(fd, b"typed\r")
+        output += _read_pty_until(fd, b"got:typed")
+    finally:
+        _, status = os.waitpid(pid, 0)
+        os.close(fd)
+    assert b"33 101" in output and b"got:typed" in output, output
+    assert os.waitstatus_to_exitcode(status) == 4
+
+
+def _read_pty_until(fd: int, marker: bytes, timeout: float = 30.0) -> bytes:
+    """Bytes from the pty until `marker` shows (the timeout only stops a hang)."""
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while marker not in seen and time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.5)
+        if ready:
+            try:
+                seen += os.read(fd, 4096)
+            except OSError:
+                break
+    return seen
