@@ -100,6 +100,7 @@ class ContainerManager:
         self._locks: dict[str, asyncio.Lock] = {}
         self._exited: dict[str, asyncio.Event] = {}
         self._cleanups: dict[str, asyncio.Task[None]] = {}
+        self._warned: set[str] = set()
         self.events = EventBus()
         journal.register("ctr-dirs", self._undo_dirs)
         journal.register("ctr-rootfs", self._undo_rootfs)
@@ -232,7 +233,10 @@ class ContainerManager:
             target_pid_ns=target_pid_ns,
         )
         for warning in built.warnings:
-            log.warning("container %s (%s): %s", container.id, container.name, warning)
+            # A node-wide limit (e.g. no CAP_SYS_RESOURCE) would repeat for every container: said once, then quiet.
+            level = logging.DEBUG if warning in self._warned else logging.WARNING
+            self._warned.add(warning)
+            log.log(level, "container %s (%s): %s", container.id, container.name, warning)
         container.stop_signal = request.stop_signal or image_config.stop_signal
         container.cgroup_path = built.spec["linux"]["cgroupsPath"]
         phases.mark("spec")
