@@ -1,0 +1,77 @@
+"""The daemon as an operator meets it: the socket, start-up refusals, SIGHUP reloads, Status and RuntimeConfig."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from cri_api.v1 import api_pb2
+
+from tests.integration.daemon import REPO_ROOT, CripyDaemon
+from tests.integration.test_images_common import unique
+from tests.support.images import busybox_image, write_oci_layout
+
+
+def wait_for(predicate, what: str, timeout: float = 20.0) -> None:
+    """Polls until `predicate` holds; the timeout only stops a hang."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_socket_is_root_only_and_basic_calls_answer(cripy_factory) -> None:
+    daemon: CripyDaemon = cripy_factory()
+    assert stat.S_IMODE(os.stat(daemon.socket).st_mode) == 0o600
+    version = daemon.runtime.Version(api_pb2.VersionRequest(), timeout=10)
+    assert (version.runtime_name, version.runtime_api_version) == ("cripy", "v1")
+    config = daemon.runtime.RuntimeConfig(api_pb2.RuntimeConfigRequest(), timeout=10)
+    assert config.linux.cgroup_driver == api_pb2.CGROUPFS
+    conditions = {c.type: c for c in daemon.runtime.Status(api_pb2.StatusRequest(), timeout=10).status.conditions}
+    assert conditions["RuntimeReady"].status
+    # The daemon's CNI directory is empty: the network is not ready, and the reason says why.
+    assert not conditions["NetworkReady"].status
+    assert conditions["NetworkReady"].reason == "NetworkPluginNotReady"
+    assert str(daemon.cni_dir) in conditions["NetworkReady"].message
+
+
+def test_an_unknown_key_stops_start_up_naming_the_key_and_the_file(tmp_path: Path) -> None:
+    daemon = CripyDaemon(tmp_path / "d")
+    dropin_dir = daemon.workdir / "cripy.d"
+    dropin_dir.mkdir()
+    (dropin_dir / "10-typo.toml").write_text("[images]\nmax_parallel_layer = 2\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "cripy.cli", "--config", str(daemon.config_path), "--config-dir", str(dropin_dir)],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 2
+    assert "images.max_parallel_layer" in result.stderr and "10-typo.toml" in result.stderr
+    assert not daemon.socket.exists()
+
+
+def test_sighup_applies_pinned_images_and_keeps_the_config_when_a_reload_is_bad(cripy_factory, tmp_path) -> None:
+    daemon: CripyDaemon = cripy_factory()
+    layout = tmp_path / "layout"
+    name = f"localhost/{unique('pinned')}:v1"
+    write_oci_layout(layout, busybox_image())
+    subprocess.run([sys.executable, "-m", "cripy.cli", "image", "import", str(layout), "--name", name,
+                    "-r", str(daemon.socket)], cwd=REPO_ROOT, check=True, capture_output=True, timeout=120)
+    assert not daemon.image_status(name).image.pinned
+
+    dropin_dir = daemon.workdir / "cripy.d"
+    dropin_dir.mkdir(exist_ok=True)
+    (dropin_dir / "20-pin.toml").write_text(f'[images]\npinned_images = ["{name}"]\n')
+    assert daemon.pid is not None
+    os.kill(daemon.pid, signal.SIGHUP)
+    wait_for(lambda: daemon.image_status(name).image.pinned, "the reload to pin the image")
+
+    (dropin_dir / "30-broken.toml").write_text("[images\n")
+    os.kill(daemon.pid, signal.SIGHUP)
+    wait_for(lambda: "configuration reload failed" in daemon.log_text(), "the failed reload to be logged")
+    assert daemon.image_status(name).image.pinned  # the running configuration stayed
+    assert daemon.runtime.Version(api_pb2.VersionRequest(), timeout=10).runtime_name == "cripy"
