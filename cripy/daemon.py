@@ -68,7 +68,7 @@ class Daemon:
 
     async def _build_services(self, db: Database, journal: EffectJournal) -> None:
         self.store = ImageStore(db, self.layout, pinned=self.config.images.pinned_images)
-        self.puller = Puller(self.store, self.config.images, self.layout.downloads)
+        self.puller = Puller(self.store, self.config.images)
         self.importer = Importer(self.store, self.layout.downloads)
         self.network = CNIManager(
             Path(self.config.network.conf_dir),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 
@@ -12,7 +13,7 @@ from cripy.cri.errors import grpc_method
 from cripy.errors import InvalidArgument
 from cripy.images.auth import parse_cri_auth
 from cripy.images.pull import Puller, PullRequest
-from cripy.images.reference import Reference
+from cripy.images.reference import Reference, is_short_name
 from cripy.images.store import Image, ImageStore
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ class ImageService(api_pb2_grpc.ImageServiceServicer):
     @grpc_method
     async def RemoveImage(self, request: api_pb2.RemoveImageRequest, context: grpc.aio.ServicerContext) -> api_pb2.RemoveImageResponse:
         name = _image_name(request.image)
-        await self._store.remove(name, self._candidates(name))
+        await self._store.remove(name, await self._candidates(name))
         return api_pb2.RemoveImageResponse()
 
     @grpc_method
@@ -70,12 +71,16 @@ class ImageService(api_pb2_grpc.ImageServiceServicer):
         return api_pb2.ImageFsInfoResponse(image_filesystems=[fs])
 
     async def _find(self, name: str) -> Image | None:
-        return await self._store.find(name, self._candidates(name))
+        return await self._store.find(name, await self._candidates(name))
 
-    def _candidates(self, name: str) -> list[Reference]:
-        """Short names resolve through registries.conf's search list, as they do for a pull."""
+    async def _candidates(self, name: str) -> list[Reference]:
+        """Short names resolve through registries.conf's search list, as they do for a pull. A qualified name
+        needs no registries.conf (the store normalizes it itself): ImageStatus is called often."""
+        if not is_short_name(name):
+            return []
         try:
-            return self._puller.registries().candidates(name)
+            conf = await asyncio.to_thread(self._puller.registries)  # file reads: off the event loop
+            return conf.candidates(name)
         except InvalidArgument:
             return []
 

@@ -18,12 +18,15 @@ from typing import Any, Callable
 from cripy.errors import DataLoss, InvalidArgument, NotFound
 from cripy.images.manifest import (
     OCI_CONFIG,
+    OCI_INDEX,
     OCI_LAYER_TAR,
     OCI_MANIFEST,
     Descriptor,
     ImageIndex,
     ImageManifest,
     check_config_matches,
+    digest_of,
+    hasher_for,
     host_platform,
     parse_descriptor,
     parse_image_config,
@@ -122,7 +125,7 @@ def _blob_path(root: Path, desc: Descriptor) -> Path:
 
 
 def _copy_verified(source: Path, desc: Descriptor, dest: Path) -> None:
-    hasher = hashlib.new(desc.digest.split(":", 1)[0])
+    hasher = hasher_for(desc.digest)
     size = 0
     try:
         with open(source, "rb") as src, open(dest, "xb") as out:
@@ -133,13 +136,11 @@ def _copy_verified(source: Path, desc: Descriptor, dest: Path) -> None:
     except FileNotFoundError as e:
         dest.unlink(missing_ok=True)
         raise DataLoss(f"import: blob {desc.digest} is missing from the archive ({source.name})") from e
-    actual = f"{desc.digest.split(':', 1)[0]}:{hasher.hexdigest()}"
-    if actual != desc.digest or size != desc.size:
+    try:
+        _check_blob(desc, f"{hasher.name}:{hasher.hexdigest()}", size)
+    except DataLoss:
         dest.unlink(missing_ok=True)
-        raise DataLoss(
-            f"import: blob {desc.digest} does not match its descriptor: got {actual}, {size} bytes "
-            f"(expected {desc.size})"
-        )
+        raise
 
 
 def _read_verified(root: Path, desc: Descriptor) -> bytes:
@@ -147,10 +148,16 @@ def _read_verified(root: Path, desc: Descriptor) -> bytes:
         data = _blob_path(root, desc).read_bytes()
     except FileNotFoundError as e:
         raise DataLoss(f"import: blob {desc.digest} is missing from the archive") from e
-    actual = "sha256:" + hashlib.sha256(data).hexdigest()
-    if actual != desc.digest or len(data) != desc.size:
-        raise DataLoss(f"import: blob {desc.digest} does not match its descriptor: got {actual}")
+    _check_blob(desc, digest_of(data, desc.digest.split(":", 1)[0]), len(data))
     return data
+
+
+def _check_blob(desc: Descriptor, actual: str, size: int) -> None:
+    if actual != desc.digest or size != desc.size:
+        raise DataLoss(
+            f"import: blob {desc.digest} does not match its descriptor: got {actual}, {size} bytes "
+            f"(expected {desc.size})"
+        )
 
 
 def _extract_archive(archive: Path, dest: Path) -> None:
@@ -166,7 +173,7 @@ def _extract_archive(archive: Path, dest: Path) -> None:
 
 def _read_oci_layout(root: Path) -> list[_Found]:
     index_bytes = (root / "index.json").read_bytes()
-    index = parse_manifest("application/vnd.oci.image.index.v1+json", index_bytes)
+    index = parse_manifest(OCI_INDEX, index_bytes)
     if not isinstance(index, ImageIndex):
         raise InvalidArgument(f"import: {root}/index.json is not an image index")
     found: list[_Found] = []
@@ -221,7 +228,7 @@ def _read_docker_archive(root: Path) -> list[_Found]:
             separators=(",", ":"),
         ).encode()
         names = [parse_normalized(tag) for tag in entry.get("RepoTags") or []]
-        digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
+        digest = digest_of(manifest)
         found.append(_Found(manifest, OCI_MANIFEST, digest, config, layers, names))
     return found
 

@@ -13,7 +13,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from cripy.config import ImagesConfig
 from cripy.errors import (
@@ -71,10 +71,9 @@ class PullRequest:
 class Puller:
     """Pulls images into one ImageStore, with the pull settings of the config."""
 
-    def __init__(self, store: ImageStore, settings: ImagesConfig, downloads: Path) -> None:
+    def __init__(self, store: ImageStore, settings: ImagesConfig) -> None:
         self._store = store
         self._settings = settings
-        self._downloads = downloads
         self._in_flight: dict[tuple[str, str], asyncio.Task[Image]] = {}
         self._layer_slots = asyncio.Semaphore(settings.max_parallel_layers)
         self._session: aiohttp.ClientSession | None = None
@@ -122,9 +121,10 @@ class Puller:
             asyncio.get_running_loop().run_in_executor(None, release_free_heap)
 
     async def _pull(self, request: PullRequest) -> Image:
-        conf = self.registries()
-        policy = load_policy(Path(self._settings.signature_policy))
-        auth_store = self._auth_store()
+        # File reads and parsing: in a thread, not on the event loop that serves every other CRI call.
+        conf, policy, auth_store = await asyncio.to_thread(
+            lambda: (self.registries(), load_policy(Path(self._settings.signature_policy)), self._auth_store())
+        )
         failures: list[tuple[str, CripyError]] = []
         for candidate in conf.candidates(request.image):
             policy.check(candidate)
@@ -190,7 +190,7 @@ class Puller:
             LayerSource(
                 diff_id=diff_id,
                 media_type=desc.media_type,
-                fetch=self._layer_fetcher(client, ref, desc, wanted),
+                fetch=None,
                 label=desc.digest,
                 stream=self._layer_streamer(client, ref, desc, wanted),
             )
@@ -209,20 +209,14 @@ class Puller:
         return image
 
     async def _fetch_small_blob(self, client: RegistryClient, ref: Reference, desc: Descriptor) -> bytes:
-        path = self._downloads / f"config-{desc.digest.split(':')[-1]}-{time.monotonic_ns()}"
-        try:
-            await client.fetch_blob(ref.path, desc, path)
-            return path.read_bytes()
-        finally:
-            path.unlink(missing_ok=True)
+        """A small blob (the config) into memory, verified like any download."""
+        parts: list[bytes] = []
 
-    def _layer_fetcher(self, client: RegistryClient, ref: Reference, desc: Descriptor, wanted: Reference) -> Callable:
-        async def fetch(dest: Path) -> None:
-            async with self._layer_slots:
-                log.info("pull %s: downloading layer %s (%d bytes) from %s", wanted, desc.digest, desc.size, ref.domain)
-                await client.fetch_blob(ref.path, desc, dest, _ProgressLog(str(wanted), desc.digest))
+        async def collect(chunk: bytes) -> None:
+            parts.append(chunk)
 
-        return fetch
+        await client.stream_blob(ref.path, desc, collect, reset=parts.clear)
+        return b"".join(parts)
 
     def _layer_streamer(self, client: RegistryClient, ref: Reference, desc: Descriptor, wanted: Reference) -> LayerStream:
         """Download straight into the store's unpacker: no blob file written and read back, and the unpacking

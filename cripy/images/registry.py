@@ -476,17 +476,20 @@ class RegistryClient:
         desc: Descriptor,
         sink: BlobSink,
         progress: Callable[[int, int], None] | None = None,
+        *,
+        reset: Callable[[], None] | None = None,
     ) -> None:
         """Download desc and hand its bytes to `sink` as they arrive, in order and each exactly once.
 
         Returns only when all desc.size bytes were delivered and their digest matched; raises otherwise (DataLoss
         for a wrong size or digest), so the consumer must treat what it got as unverified until then. A cut
-        download resumes where it stopped; a server that cannot resume fails the download (Unavailable).
+        download resumes where it stopped; a server that cannot resume fails the download (Unavailable), unless
+        `reset` is given: it makes the sink forget what it got, and the download starts over from byte 0.
         Whatever `sink` raises ends the download and is raised as is.
         """
         _check_repository(repository)
         hasher_for(desc.digest)
-        await self._receive_blob(repository, desc, sink, None, progress)
+        await self._receive_blob(repository, desc, sink, reset, progress)
 
     async def _receive_blob(
         self,

@@ -147,10 +147,13 @@ class ImageStore:
 
     async def find(self, ref: str, candidates: Sequence[Reference] = ()) -> Image | None:
         """The image named by an id, an id prefix, a name or digest reference, or any of `candidates`."""
-        image_id = await self._db.run(lambda conn: _resolve_id(conn, ref, candidates))
-        if image_id is None:
-            return None
-        return await self.get(image_id)
+
+        def select(conn: sqlite3.Connection) -> list:
+            image_id = _resolve_id(conn, ref, candidates)
+            return [] if image_id is None else _select_images(conn, image_id)
+
+        rows = await self._db.run(select)  # one trip to the database thread: ImageStatus is called often
+        return self._image_from(*rows[0]) if rows else None
 
     async def get(self, image_id: str) -> Image | None:
         rows = await self._db.run(lambda conn: _select_images(conn, image_id))
@@ -327,7 +330,7 @@ class ImageStore:
 
     async def _collect_layers(self) -> None:
         """Delete layers no image references and no pull in flight holds."""
-        held = set(self._in_use.counts) | set(self._layer_fetches)
+        held = self._in_use.counts  # includes every layer being fetched: add_image holds them first
         unused = await self._db.run(_unreferenced_layers)
         doomed = [chain_id for chain_id in unused if chain_id not in held]
         if not doomed:

@@ -469,15 +469,6 @@ class _ZstdFraming:
                                   f"({self._offset + len(self._header)} bytes, inside a frame)")
 
 
-def _verify_zstd_framing(raw: BinaryIO, blob: Path) -> None:
-    """Fail with DataLoss unless the zstd blob in `raw` ends exactly at a frame boundary."""
-    framing = _ZstdFraming(str(blob))
-    raw.seek(0)
-    while chunk := raw.read(_CHUNK):
-        framing.feed(chunk)
-    framing.finish()
-
-
 class _TarInput:
     """The uncompressed stream as the file the tar reader reads from (forward only), hashing every byte once,
     chunk by chunk; maps decompression failures to DataLoss."""
@@ -776,7 +767,7 @@ class _Extractor:
             raise self._error("hard link to the layer root")
         if target_parts == parts:
             raise self._error("hard link to itself")
-        self._check_existing_parents(target_parts, f"hard link target {member.linkname!r}")
+        self._ensure_parents(target_parts, must_exist=f"hard link target {member.linkname!r}")
         target = self._path("/".join(target_parts))
         try:
             target_st = os.lstat(target)
@@ -838,10 +829,12 @@ class _Extractor:
         self._clear_for(rel, new_is_dir=False)
         return rel
 
-    def _ensure_parents(self, parts: tuple[str, ...]) -> None:
-        """Every parent of `parts` must be a real directory below root; missing ones are created (0755)."""
+    def _ensure_parents(self, parts: tuple[str, ...], must_exist: str = "") -> None:
+        """Every parent of `parts` must be a real directory below root. Missing ones are created (0755), or,
+        when `must_exist` names what needs them (a hard link target), refused."""
         if "/".join(parts[:-1]) in self._known_dirs:
             return
+        what = f"{must_exist}: path component" if must_exist else "parent"
         for depth in range(1, len(parts)):
             rel = "/".join(parts[:depth])
             if rel in self._known_dirs:
@@ -849,21 +842,12 @@ class _Extractor:
             try:
                 st = os.lstat(self._path(rel))
             except FileNotFoundError:
+                if must_exist:
+                    raise self._error(f"{must_exist}: {rel!r} does not exist in this layer") from None
                 self._make_implicit_dir(rel)
                 continue
-            self._require_real_dir(rel, st, "parent")
+            self._require_real_dir(rel, st, what)
             self._known_dirs.add(rel)
-
-    def _check_existing_parents(self, parts: tuple[str, ...], what: str) -> None:
-        for depth in range(1, len(parts)):
-            rel = "/".join(parts[:depth])
-            if rel in self._known_dirs:
-                continue
-            try:
-                st = os.lstat(self._path(rel))
-            except FileNotFoundError:
-                raise self._error(f"{what}: {rel!r} does not exist in this layer") from None
-            self._require_real_dir(rel, st, f"{what}: path component")
 
     def _require_real_dir(self, rel: str, st: os.stat_result, what: str) -> None:
         if stat.S_ISLNK(st.st_mode):

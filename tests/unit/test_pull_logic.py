@@ -111,7 +111,7 @@ def test_cri_credentials_for_one_registry_are_not_sent_to_another_search_registr
 
 
 def puller(tmp_path: Path, **settings: object) -> Puller:
-    return Puller(store=None, settings=ImagesConfig(**settings), downloads=tmp_path)  # type: ignore[arg-type]
+    return Puller(store=None, settings=ImagesConfig(**settings))  # type: ignore[arg-type]
 
 
 async def test_platform_defaults_to_the_host(tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import stat
 import struct
 import tarfile
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 import zstandard
@@ -18,7 +19,7 @@ from cripy import errors
 from cripy.images.unpack import (
     LayerError,
     UnpackedLayer,
-    _verify_zstd_framing,
+    _ZstdFraming,
     detect_compression,
     remove_tree,
     unpack_layer,
@@ -473,6 +474,15 @@ def test_zstd_truncated_at_a_frame_holding_only_the_tar_end_is_data_loss(layers:
     with pytest.raises(errors.DataLoss):
         unpack_layer(blob, layers.parent / "diff", ZSTD_MT)
     assert layers.leftovers() == []
+
+
+def _verify_zstd_framing(raw: BinaryIO, blob: Path) -> None:
+    """Fail with DataLoss unless the zstd blob in `raw` ends exactly at a frame boundary."""
+    framing = _ZstdFraming(str(blob))
+    raw.seek(0)
+    while chunk := raw.read(1 << 20):
+        framing.feed(chunk)
+    framing.finish()
 
 
 def test_zstd_framing_check_accepts_complete_and_rejects_truncated(tmp_path: Path) -> None:
