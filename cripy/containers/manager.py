@@ -87,7 +87,6 @@ class ContainerManager:
         runroot: Path,
         settings: SpecSettings,
     ) -> None:
-        self._db = db
         self._journal = journal
         self._pods = pods
         self._images = images
@@ -155,7 +154,7 @@ class ContainerManager:
         image = await self._images.find(request.image)
         if image is None:
             raise NotFound(f"image {request.image!r} not found: pull it first")
-        _check_host_paths(request)
+        await asyncio.to_thread(_check_host_paths, request)  # stats host paths: may be slow network mounts
         name = reserved_name(request, pod.request.name, pod.request.namespace, pod.request.uid)
         return await self._names.create_once(
             name, self._name_holder, lambda: self._create(pod, image, request, name)
@@ -318,14 +317,12 @@ class ContainerManager:
 
     async def stop(self, ctr_id: str, timeout: int) -> None:
         """StopContainer: the stop signal, then SIGKILL after `timeout` seconds; stopping a stopped one is fine."""
-        container = await self.find(ctr_id)
-        if container is None:
-            raise NotFound(f"container {ctr_id!r} not found")
+        container = await self.get(ctr_id)
         if container.state in (STATE_EXITED, STATE_CREATING):
             return
         if container.state == STATE_CREATED:
             return  # nothing runs before StartContainer; the container stays created, as in containerd
-        runtime = (await self.runtime_of(container))
+        runtime = await self.runtime_of(container)
         exited = self._exited.setdefault(container.id, asyncio.Event())
         if timeout > 0:
             await runtime.kill(container.id, _signal_number(container.stop_signal))
@@ -501,8 +498,8 @@ class ContainerManager:
                 continue
             if container.state != STATE_RUNNING:
                 continue  # a created container has no process (it gets one at StartContainer)
-            runtime = (await self.runtime_of(container))
-            if runtime.exit_file_path(container.id).exists() or _conmon_alive(container):
+            exit_file = (await self.runtime_of(container)).exit_file_path(container.id)
+            if await asyncio.to_thread(lambda: exit_file.exists() or _conmon_alive(container)):
                 continue
             container.state = STATE_EXITED
             container.exit_code = 255

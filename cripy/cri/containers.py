@@ -12,7 +12,7 @@ from cripy.containers.container import STATE_CREATED, STATE_CREATING, STATE_EXIT
 from cripy.containers.events import ContainerEvent, EventType
 from cripy.containers.manager import ContainerManager
 from cripy.containers.spec import spec_resources
-from cripy.cri.convert import container_request_from_pb, resources_from_pb
+from cripy.cri.convert import PROPAGATION, container_request_from_pb, resources_from_pb
 from cripy.cri.errors import grpc_method
 from cripy.cri.filters import labels_match
 from cripy.cri.pods import pod_status_to_pb
@@ -31,11 +31,7 @@ _EVENT = {
     EventType.STOPPED: api_pb2.CONTAINER_STOPPED_EVENT,
     EventType.DELETED: api_pb2.CONTAINER_DELETED_EVENT,
 }
-_PROPAGATION = {
-    "private": api_pb2.PROPAGATION_PRIVATE,
-    "rslave": api_pb2.PROPAGATION_HOST_TO_CONTAINER,
-    "rshared": api_pb2.PROPAGATION_BIDIRECTIONAL,
-}
+_PROPAGATION = {name: number for number, name in PROPAGATION.items()}  # back to the CRI enum
 
 
 class ContainersServicer:

@@ -35,12 +35,12 @@ from cripy.containers.model import (
     SecurityProfile,
 )
 
-_PROPAGATION = {
+PROPAGATION = {
     pb.PROPAGATION_PRIVATE: "private",
     pb.PROPAGATION_HOST_TO_CONTAINER: "rslave",
     pb.PROPAGATION_BIDIRECTIONAL: "rshared",
 }
-_NAMESPACE_MODE = {
+NAMESPACE_MODE = {
     pb.POD: NamespaceMode.POD,
     pb.CONTAINER: NamespaceMode.CONTAINER,
     pb.NODE: NamespaceMode.NODE,
@@ -182,13 +182,13 @@ def _mount(m: pb.Mount, where: str) -> Mount:
         raise Unimplemented(f"{where}: id-mapped mounts are not supported by cripy")
     if not m.host_path:
         raise InvalidArgument(f"{where}: host_path is required")
-    if m.propagation not in _PROPAGATION:
+    if m.propagation not in PROPAGATION:
         raise InvalidArgument(f"{where}: propagation={m.propagation} is not a known MountPropagation")
     return Mount(
         container_path=m.container_path,
         host_path=m.host_path,
         readonly=m.readonly,
-        propagation=_PROPAGATION[m.propagation],  # type: ignore[arg-type]
+        propagation=PROPAGATION[m.propagation],  # type: ignore[arg-type]
         selinux_relabel=m.selinux_relabel,
     )
 
@@ -224,9 +224,9 @@ def _namespace_options(opts: pb.NamespaceOption, where: str) -> NamespaceOptions
     modes = {}
     for kind in ("network", "pid", "ipc"):
         value = getattr(opts, kind)
-        if value not in _NAMESPACE_MODE:
+        if value not in NAMESPACE_MODE:
             raise InvalidArgument(f"{where}: namespace_options.{kind}={value} is not a known NamespaceMode")
-        modes[kind] = _NAMESPACE_MODE[value]
+        modes[kind] = NAMESPACE_MODE[value]
     for kind in ("network", "ipc"):
         if modes[kind] is NamespaceMode.TARGET:
             raise InvalidArgument(f"{where}: namespace_options.{kind}=TARGET is only valid for pid")

@@ -7,13 +7,13 @@ import json
 import grpc
 from cri_api.v1 import api_pb2
 
-from cripy.cri.convert import pod_request_from_pb
+from cripy.cri.convert import NAMESPACE_MODE, pod_request_from_pb
 from cripy.cri.errors import grpc_method
 from cripy.cri.filters import labels_match
 from cripy.pods.manager import PodManager
-from cripy.pods.model import STATE_READY, PodSandbox
+from cripy.pods.model import STATE_NOTREADY, STATE_READY, PodSandbox
 
-_NAMESPACE_MODE = {"pod": api_pb2.POD, "container": api_pb2.CONTAINER, "node": api_pb2.NODE, "target": api_pb2.TARGET}
+_NAMESPACE_MODE = {mode: number for number, mode in NAMESPACE_MODE.items()}  # back to the CRI enum
 
 
 class PodsServicer:
@@ -52,7 +52,7 @@ class PodsServicer:
         version = self.pods.version
         items = []
         for pod in await self.pods.list():
-            if pod.state not in (STATE_READY, "notready"):
+            if pod.state not in (STATE_READY, STATE_NOTREADY):
                 continue  # a pod still being created is not listed until it is
             if wanted is not None:
                 if wanted.id and not pod.id.startswith(wanted.id):
@@ -99,9 +99,9 @@ def pod_status_to_pb(pod: PodSandbox) -> api_pb2.PodSandboxStatus:
         created_at=pod.created_at,
         network=network,
         linux=api_pb2.LinuxPodSandboxStatus(namespaces=api_pb2.Namespace(options=api_pb2.NamespaceOption(
-            network=_NAMESPACE_MODE[options.network.value],
-            pid=_NAMESPACE_MODE[options.pid.value],
-            ipc=_NAMESPACE_MODE[options.ipc.value],
+            network=_NAMESPACE_MODE[options.network],
+            pid=_NAMESPACE_MODE[options.pid],
+            ipc=_NAMESPACE_MODE[options.ipc],
         ))),
         labels=pod.request.labels,
         annotations=pod.request.annotations,

@@ -5,6 +5,7 @@ serve answer Unimplemented.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Callable
 
@@ -57,7 +58,8 @@ class RuntimeService(PodsServicer, ContainersServicer, StatsServicer, StreamingS
 
     @grpc_method
     async def Status(self, request: api_pb2.StatusRequest, context: grpc.aio.ServicerContext) -> api_pb2.StatusResponse:
-        network_ready, reason, message = self._network_status()
+        # kubelet polls Status every few seconds; the CNI check stats the conf dir and plugin dirs.
+        network_ready, reason, message = await asyncio.to_thread(self._network_status)
         conditions = [
             api_pb2.RuntimeCondition(type="RuntimeReady", status=True),
             api_pb2.RuntimeCondition(type="NetworkReady", status=network_ready, reason=reason, message=message),

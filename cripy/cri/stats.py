@@ -52,7 +52,7 @@ class StatsServicer:
     @grpc_method
     async def PodSandboxStats(self, request: api_pb2.PodSandboxStatsRequest, context: grpc.aio.ServicerContext) -> api_pb2.PodSandboxStatsResponse:
         pod = await self.pods.get(request.pod_sandbox_id)
-        return api_pb2.PodSandboxStatsResponse(stats=await self._pod_stats(pod))
+        return api_pb2.PodSandboxStatsResponse(stats=await self._pod_stats(pod, await self.containers.list(pod.id)))
 
     @grpc_method
     async def ListPodSandboxStats(self, request: api_pb2.ListPodSandboxStatsRequest, context: grpc.aio.ServicerContext) -> api_pb2.ListPodSandboxStatsResponse:
@@ -63,10 +63,15 @@ class StatsServicer:
             and (not wanted.id or p.id.startswith(wanted.id))
             and labels_match(p.request.labels, wanted.label_selector)
         ]
-        return api_pb2.ListPodSandboxStatsResponse(stats=[await self._pod_stats(p) for p in pods])
+        # One pass over the containers, not one per pod; the pods are read side by side.
+        by_pod: dict[str, list[Container]] = {p.id: [] for p in pods}
+        for container in await self.containers.list():
+            by_pod.get(container.pod_id, []).append(container)
+        stats = await asyncio.gather(*(self._pod_stats(p, by_pod[p.id]) for p in pods))
+        return api_pb2.ListPodSandboxStatsResponse(stats=stats)
 
-    async def _pod_stats(self, pod: PodSandbox) -> api_pb2.PodSandboxStats:
-        containers = [c for c in await self.containers.list(pod.id) if c.state != STATE_CREATING]
+    async def _pod_stats(self, pod: PodSandbox, containers: list[Container]) -> api_pb2.PodSandboxStats:
+        containers = [c for c in containers if c.state != STATE_CREATING]
         stats = await asyncio.gather(*(self.containers.stats(c) for c in containers))
         now = time.time_ns()
         result = api_pb2.PodSandboxStats(

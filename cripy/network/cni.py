@@ -580,7 +580,7 @@ class CNIManager:
                 raise AlreadyExists(f"pod {pod_id} is already attached to a CNI network; detach it first")
             if not is_namespace_file(netns):
                 raise FailedPrecondition(f"{netns} is not a network namespace (pod {pod_id})")
-            network = self.current_network()
+            network = await asyncio.to_thread(self.current_network)  # re-reads changed conf files
             entry = CacheEntry(
                 pod_id=pod_id,
                 network=network.to_dict(),

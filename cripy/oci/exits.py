@@ -44,13 +44,6 @@ def read_exit_file(path: Path) -> int | None:
     return parse_exit_code(text, str(path))
 
 
-def exit_file_time(path: Path) -> datetime | None:
-    try:
-        return datetime.fromtimestamp(path.stat().st_mtime_ns / 1e9, tz=timezone.utc)
-    except FileNotFoundError:
-        return None
-
-
 def read_oom_file(persist_dir: Path) -> bool:
     """Whether conmon saw the container's cgroup hit an OOM kill (it creates ``<persist_dir>/oom``)."""
     return (persist_dir / "oom").exists()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
-import errno
 import os
 import struct
 from collections.abc import Callable
@@ -79,7 +78,6 @@ class Inotify:
         self._libc = _libc()
         self._libc.inotify_init1.argtypes = [ctypes.c_int]
         self._libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
-        self._libc.inotify_rm_watch.argtypes = [ctypes.c_int, ctypes.c_int]
         fd = self._libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
         if fd < 0:
             err = ctypes.get_errno()
@@ -93,12 +91,6 @@ class Inotify:
             err = ctypes.get_errno()
             raise OSError(err, f"inotify_add_watch on {path} failed: {os.strerror(err)}", str(path))
         return wd
-
-    def rm_watch(self, wd: int) -> None:
-        if self._libc.inotify_rm_watch(self.fd, wd) < 0:
-            err = ctypes.get_errno()
-            if err != errno.EINVAL:  # the watch is already gone (file deleted)
-                raise OSError(err, f"inotify_rm_watch failed: {os.strerror(err)}")
 
     def read_events(self) -> list[InotifyEvent]:
         """Everything queued right now; an empty list when nothing is (never blocks)."""

@@ -39,11 +39,9 @@ from pathlib import Path
 from cripy.errors import (CripyError, DeadlineExceeded, FailedPrecondition, Internal, InvalidArgument, NotFound,
                           Unimplemented)
 from cripy.oci import conmon
-from cripy.oci.exits import read_exit_file, read_oom_file  # re-exported: callers read conmon's files from here
 from cripy.oci.inotify import wait_for_path
 
-__all__ = ["RuntimeHandler", "CreateResult", "ExecResult", "OCIRuntime", "read_exit_file", "read_oom_file",
-           "remove_conmon_cgroup"]
+__all__ = ["RuntimeHandler", "CreateResult", "ExecResult", "OCIRuntime", "remove_conmon_cgroup"]
 
 log = logging.getLogger(__name__)
 
@@ -295,7 +293,7 @@ class OCIRuntime:
 
     async def _exec_in(self, ctr_id: str, cmd: list[str], timeout: float | None, scratch: Path) -> ExecResult:
         pidfile, runc_log = scratch / "pid", scratch / "runc.log"
-        argv = [*self._runc_base(), "--log", str(runc_log), "--log-format", "json",
+        argv = [*self.runc_command(), "--log", str(runc_log), "--log-format", "json",
                 "exec", "--pid-file", str(pidfile), ctr_id, *cmd]
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
@@ -357,11 +355,12 @@ class OCIRuntime:
 
     # ---- helpers ---------------------------------------------------------------------------------------------
 
-    def _runc_base(self) -> list[str]:
+    def runc_command(self) -> list[str]:
+        """The OCI runtime's command line up to the verb (its binary and state root), for every runc call."""
         return [self.handler.runtime_path, "--root", str(self.handler.runtime_root)]
 
     async def _runc(self, *args: str, stdin: bytes | None = None) -> _Completed:
-        argv = [*self._runc_base(), *args]
+        argv = [*self.runc_command(), *args]
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv, stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,

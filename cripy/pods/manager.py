@@ -57,7 +57,6 @@ class PodManager:
         default_cgroup_parent: str,
         pause_command: str,
     ) -> None:
-        self._db = db
         self._journal = journal
         self._pods_dir = runroot / "pods"
         self._network = network
@@ -269,7 +268,7 @@ class PodManager:
             if pod.state == STATE_CREATING:
                 log.warning("pod %s (%s) was being created when cripy stopped: undoing it", pod.id, pod.name)
                 await self._discard(pod)
-            elif pod.state == STATE_READY and pod.pinned_kinds and not pod.ns_dir.exists():
+            elif pod.state == STATE_READY and pod.pinned_kinds and not await asyncio.to_thread(pod.ns_dir.exists):
                 # The run root is a tmpfs: its loss means the node rebooted and the pod's namespaces are gone.
                 log.warning("pod %s (%s) lost its namespaces (node restarted?): marking it not ready", pod.id, pod.name)
                 await self.stop(pod.id)

@@ -37,10 +37,6 @@ class Layout:
     def containers(self) -> Path:
         return self.root / "containers"
 
-    @property
-    def socket_default(self) -> Path:
-        return self.runroot / "cripy.sock"
-
     def ensure(self) -> None:
         for path in (self.root, self.layers, self.downloads, self.containers, self.runroot):
             path.mkdir(parents=True, exist_ok=True)

@@ -35,18 +35,6 @@ def update(conn: sqlite3.Connection, table: str, record: Any, columns: Sequence[
     )
 
 
-def find_by_id(conn: sqlite3.Connection, table: str, ident: str) -> sqlite3.Row | None:
-    """The row with this id, or else the only row whose id starts with it (crictl-style short ids)."""
-    row = conn.execute(f"SELECT * FROM {table} WHERE id = ?", (ident,)).fetchone()
-    if row is not None:
-        return row
-    prefix = ident.replace("%", "").replace("_", "")
-    if prefix != ident:
-        return None
-    rows = conn.execute(f"SELECT * FROM {table} WHERE id LIKE ? LIMIT 2", (prefix + "%",)).fetchall()
-    return rows[0] if len(rows) == 1 else None
-
-
 def _is_document(hint: Any) -> bool:
     origin = typing.get_origin(hint)
     if origin in (list, dict, tuple):
