@@ -24,7 +24,6 @@ DEFAULT_PULL_TIMEOUT = 3600.0
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
-
 class _DefaultDeadline:
     """Marker: use the client's default deadline (None already means "no deadline")."""
 
@@ -177,9 +176,6 @@ class CRIClient:
     def status(self, verbose: bool = False) -> api_pb2.StatusResponse:
         return self._rt("Status", api_pb2.StatusRequest(verbose=verbose))
 
-    def runtime_config(self) -> api_pb2.RuntimeConfigResponse:
-        return self._rt("RuntimeConfig", api_pb2.RuntimeConfigRequest())
-
     def run_pod_sandbox(self, config: api_pb2.PodSandboxConfig, runtime_handler: str = "") -> str:
         request = api_pb2.RunPodSandboxRequest(config=config, runtime_handler=runtime_handler)
         return self._rt("RunPodSandbox", request).pod_sandbox_id
@@ -226,9 +222,6 @@ class CRIClient:
                                                           annotations=dict(annotations or {}))
         self._rt("UpdateContainerResources", request)
 
-    def reopen_container_log(self, container_id: str) -> None:
-        self._rt("ReopenContainerLog", api_pb2.ReopenContainerLogRequest(container_id=container_id))
-
     def exec_sync(self, container_id: str, cmd: Iterable[str], timeout: int = 0) -> api_pb2.ExecSyncResponse:
         request = api_pb2.ExecSyncRequest(container_id=container_id, cmd=list(cmd), timeout=timeout)
         # timeout 0 means "no limit" in CRI: the command may run as long as it likes.
@@ -243,16 +236,9 @@ class CRIClient:
     def port_forward(self, request: api_pb2.PortForwardRequest) -> api_pb2.PortForwardResponse:
         return self._rt("PortForward", request)
 
-    def container_stats(self, container_id: str) -> api_pb2.ContainerStats:
-        return self._rt("ContainerStats", api_pb2.ContainerStatsRequest(container_id=container_id)).stats
-
     def list_container_stats(self, filter: api_pb2.ContainerStatsFilter | None = None
                              ) -> list[api_pb2.ContainerStats]:
         return list(self._rt("ListContainerStats", api_pb2.ListContainerStatsRequest(filter=filter)).stats)
-
-    def pod_sandbox_stats(self, pod_sandbox_id: str) -> api_pb2.PodSandboxStats:
-        request = api_pb2.PodSandboxStatsRequest(pod_sandbox_id=pod_sandbox_id)
-        return self._rt("PodSandboxStats", request).stats
 
     def list_pod_sandbox_stats(self, filter: api_pb2.PodSandboxStatsFilter | None = None
                                ) -> list[api_pb2.PodSandboxStats]:

@@ -19,6 +19,7 @@ from typing import Any, TextIO
 
 import grpc
 from cri_api.v1 import api_pb2
+from google.protobuf.message import Message
 
 from cripy import __version__
 from cripy.ctl import output
@@ -48,13 +49,17 @@ InteractiveExec = Callable[[CRIClient, api_pb2.ExecRequest], int]
 
 def streaming_exec(client: CRIClient, request: api_pb2.ExecRequest) -> int:
     """Exec through the streaming server (the URL from the Exec call), as crictl exec -it does."""
+    return remote_command(client.exec(request).url, request, f"exec in {request.container_id}")
+
+
+def remote_command(url: str, request: api_pb2.ExecRequest | api_pb2.AttachRequest, what: str) -> int:
+    """Relay the local stdio to the exec or attach session at `url`; the command's exit code."""
     from cripy.ctl import stream
 
-    url = client.exec(request).url
     try:
         return stream.run_remote_command(url, stdin=request.stdin, tty_mode=request.tty)
     except (stream.StreamError, OSError) as error:
-        raise CommandError(f"exec in {request.container_id}: {error}") from None
+        raise CommandError(f"{what}: {error}") from None
 
 
 interactive_exec: InteractiveExec | None = streaming_exec
@@ -188,6 +193,18 @@ def build_auth(args: argparse.Namespace) -> api_pb2.AuthConfig | None:
     return None
 
 
+def print_ids_or_document(ctx: Context, items: Sequence[Any], response: Message) -> bool:
+    """A list verb's -q (ids) or -o json/yaml output; False when the verb prints its table instead."""
+    if ctx.args.quiet:
+        for item in items:
+            ctx.print(item.id)
+        return True
+    if ctx.args.output != "table":
+        ctx.write(output.render_message(response, ctx.args.output))
+        return True
+    return False
+
+
 def truncated(ctx: Context, value: str, prefix: str = "") -> str:
     return value if ctx.args.no_trunc else output.truncate_id(value, prefix)
 
@@ -237,12 +254,7 @@ def cmd_images(ctx: Context) -> int:
     args = ctx.args
     images = sorted(ctx.client.list_images(args.repo or ""),
                     key=lambda image: image.repo_tags[0] if image.repo_tags else "")
-    if args.quiet:
-        for image in images:
-            ctx.print(image.id)
-        return 0
-    if args.output != "table":
-        ctx.write(output.render_message(api_pb2.ListImagesResponse(images=images), args.output))
+    if print_ids_or_document(ctx, images, api_pb2.ListImagesResponse(images=images)):
         return 0
     headers = ["IMAGE", "TAG"] + (["DIGEST"] if args.digests else []) + ["IMAGE ID", "SIZE"]
     ctx.write(output.format_table(headers, image_rows(ctx, images)))
@@ -335,12 +347,7 @@ def cmd_pods(ctx: Context) -> int:
             if matches_pattern(args.name, pod.metadata.name)
             and matches_pattern(args.namespace, pod.metadata.namespace)]
     pods = newest_first(pods, args.latest, args.last)
-    if args.quiet:
-        for pod in pods:
-            ctx.print(pod.id)
-        return 0
-    if args.output != "table":
-        ctx.write(output.render_message(api_pb2.ListPodSandboxResponse(items=pods), args.output))
+    if print_ids_or_document(ctx, pods, api_pb2.ListPodSandboxResponse(items=pods)):
         return 0
     now = time.time()
     rows = [[truncated(ctx, pod.id), output.created_ago(pod.created_at, now),
@@ -461,12 +468,7 @@ def cmd_ps(ctx: Context) -> int:
                   and matches_pattern(args.namespace, container.labels.get(POD_NAMESPACE_LABEL, ""))
                   and image_matches(args.image, container)]
     containers = newest_first(containers, args.latest, args.last)
-    if args.quiet:
-        for container in containers:
-            ctx.print(container.id)
-        return 0
-    if args.output != "table":
-        ctx.write(output.render_message(api_pb2.ListContainersResponse(containers=containers), args.output))
+    if print_ids_or_document(ctx, containers, api_pb2.ListContainersResponse(containers=containers)):
         return 0
     now = time.time()
     rows = [[truncated(ctx, container.id), display_image(ctx, container.image.image),
@@ -541,16 +543,10 @@ def cmd_exec(ctx: Context) -> int:
 
 
 def cmd_attach(ctx: Context) -> int:
-    from cripy.ctl import stream
-
     args = ctx.args
     request = api_pb2.AttachRequest(container_id=args.container, stdin=args.stdin, tty=args.tty, stdout=True,
                                     stderr=not args.tty)
-    url = ctx.client.attach(request).url
-    try:
-        return stream.run_remote_command(url, stdin=args.stdin, tty_mode=args.tty)
-    except (stream.StreamError, OSError) as error:
-        raise CommandError(f"attach to {args.container}: {error}") from None
+    return remote_command(ctx.client.attach(request).url, request, f"attach to {args.container}")
 
 
 def cmd_port_forward(ctx: Context) -> int:

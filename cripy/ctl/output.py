@@ -64,14 +64,11 @@ def render_message(message: Message, fmt: str) -> str:
     return render_data(message_to_dict(message), fmt)
 
 
-def render_status_info(status: Message | None, info: Mapping[str, str], fmt: str,
-                       extra: Mapping[str, Any] | None = None) -> str:
+def render_status_info(status: Message | None, info: Mapping[str, str], fmt: str) -> str:
     """The `{"status": ..., "info": ...}` document of crictl's inspect verbs."""
     data: dict[str, Any] = {"status": message_to_dict(status) if status is not None else None}
     if info:
         data["info"] = parse_info_map(info)
-    if extra:
-        data.update(extra)
     return render_data(data, fmt)
 
 

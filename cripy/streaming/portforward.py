@@ -24,7 +24,7 @@ import os
 import socket
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -198,7 +198,7 @@ class SpdyPortForwardSession:
                 await self._abandon(pair)
 
     async def _open(self, event: spdy.StreamOpened) -> None:
-        headers = {name.lower(): value for name, value in event.headers.items()}
+        headers = event.headers  # names lower-cased by the codec
         kind = headers.get(channels.STREAM_TYPE_HEADER, "")
         await self.pump.reply(event.stream_id)
         try:
@@ -304,7 +304,6 @@ class _WsPort:
     port: int
     inbound: InputPipe
     task: asyncio.Task[None] | None = None
-    done: bool = field(default=False)
 
 
 class WebSocketPortForwardSession:

@@ -242,7 +242,7 @@ class SpdyCommandSession(_Session):
         return CommandIO(stdin=self._stdin, stdout=self.want[STDOUT], stderr=self.want[STDERR], write=self._write)
 
     async def _accept_stream(self, event: spdy.StreamOpened) -> None:
-        kind = {name.lower(): value for name, value in event.headers.items()}.get(channels.STREAM_TYPE_HEADER, "")
+        kind = event.headers.get(channels.STREAM_TYPE_HEADER, "")  # the codec lower-cases header names
         channel = STREAM_TYPES.get(kind)
         await self.pump.reply(event.stream_id)
         if channel is None or channel in self.streams:
@@ -334,7 +334,7 @@ class WebSocketCommandSession(_Session):
                         io.resizes.put_nowait(size)
 
     async def finish(self, outcome: Outcome) -> None:
-        payload = status_payload(self.pump.wire_protocol, outcome)
+        payload = status_payload(self.pump.protocol, outcome)
         if payload:
             await self.pump.send(ERROR, payload)
         await self.pump.close()
@@ -350,8 +350,7 @@ def command_session(pump: Pump, tty: bool, stdin: bool, stdout: bool, stderr: bo
 
 
 def runc_exec_argv(runtime: "OCIRuntime", ctr_id: str, cmd: tuple[str, ...], tty: bool, pidfile: Path) -> list[str]:
-    handler = runtime.handler
-    argv = [handler.runtime_path, "--root", str(handler.runtime_root), "exec", "--pid-file", str(pidfile)]
+    argv = [*runtime.runc_command(), "exec", "--pid-file", str(pidfile)]
     if tty:
         argv.append("--tty")
     return [*argv, ctr_id, *cmd]
@@ -523,7 +522,7 @@ class PtyMaster:
             except BlockingIOError:
                 await self._wait(self._loop.add_writer, self._loop.remove_writer)
 
-    def resize(self, size: TerminalSize) -> None:
+    async def resize(self, size: TerminalSize) -> None:
         fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", size.height, size.width, 0, 0))
 
     async def _wait(self, add: Callable[..., None], remove: Callable[[int], bool]) -> None:
@@ -551,13 +550,11 @@ async def _feed_terminal(terminal: PtyMaster, stdin: InputPipe) -> None:
         await terminal.write(data)
 
 
-async def _apply_resizes(io: CommandIO, resize: Callable[[TerminalSize], object]) -> None:
+async def _apply_resizes(io: CommandIO, resize: Callable[[TerminalSize], Awaitable[None]]) -> None:
     while True:
         size = await io.resizes.get()
         try:
-            result = resize(size)
-            if asyncio.iscoroutine(result):
-                await result
+            await resize(size)
         except (OSError, CripyError) as err:
             log.info("streaming: resizing the terminal to %sx%s failed: %s", size.width, size.height, err)
 

@@ -85,11 +85,7 @@ class HttpRequest:
     def header_list(self, name: str) -> list[str]:
         """All comma-separated items of every occurrence of a header, stripped, empty ones dropped."""
         wanted = name.lower()
-        items: list[str] = []
-        for key, value in self.headers:
-            if key.lower() == wanted:
-                items += [item.strip() for item in value.split(",") if item.strip()]
-        return items
+        return channels.parse_protocol_header(value for key, value in self.headers if key.lower() == wanted)
 
 
 def parse_request_head(head: bytes) -> HttpRequest:
@@ -184,7 +180,7 @@ def _negotiate_spdy(request: HttpRequest, kind: str) -> Upgrade:
     if not offered:
         raise HttpError(400, "Bad Request", f"unable to upgrade: the {PROTOCOL_HEADER} header is required; "
                                             f"this server accepts {', '.join(supported)}", accepted)
-    chosen = next((version for version in offered if version in supported), None)
+    chosen = channels.negotiate(offered, supported)
     if chosen is None:
         raise HttpError(403, "Forbidden", f"unable to upgrade: unable to negotiate protocol: client supports "
                                           f"{', '.join(offered)}; server accepts {', '.join(supported)}", accepted)
@@ -325,6 +321,28 @@ class _Connection:
         if self._pauses == 0:
             self._resumed.set()
 
+    async def read_loop(self) -> None:
+        """Feed the client's bytes to the codec until it leaves or the connection must end; then queue CLOSED."""
+        try:
+            while not self.closed.is_set():
+                await self._resumed.wait()
+                data = await self._reader.read(READ_CHUNK)
+                if not data or await self._receive(data):
+                    break
+        except (ConnectionError, OSError, ClientGone):
+            pass
+        finally:
+            self.closed.set()
+            self._events.put_nowait(CLOSED)
+            self._on_closed()
+
+    async def _receive(self, data: bytes) -> bool:
+        """Feed ``data`` to the codec, queue its events and flush; True when the connection must end."""
+        raise NotImplementedError
+
+    def _on_closed(self) -> None:
+        """Wake whatever waits for the connection besides ``next_event``."""
+
     async def next_event(self) -> Any:
         event = await self._events.get()
         if event is CLOSED:
@@ -361,29 +379,21 @@ class SpdyPump(_Connection):
         self.codec = spdy.SpdyConnection(is_server=True, auto_acknowledge=False)
         self._progress = asyncio.Event()
 
-    async def read_loop(self) -> None:
+    async def _receive(self, data: bytes) -> bool:
         try:
-            while not self.closed.is_set():
-                await self._resumed.wait()
-                data = await self._reader.read(READ_CHUNK)
-                if not data:
-                    break
-                try:
-                    events = self.codec.receive_data(data)
-                except spdy.SpdyError as err:
-                    log.info("streaming: closing a SPDY connection after a protocol error: %s", err)
-                    self._queue_events(err.events)
-                    await self.flush()
-                    break
-                self._queue_events(events)
-                self._wake_senders()
-                await self.flush()
-        except (ConnectionError, OSError, ClientGone):
-            pass
-        finally:
-            self.closed.set()
-            self._events.put_nowait(CLOSED)
-            self._wake_senders()
+            events = self.codec.receive_data(data)
+        except spdy.SpdyError as err:
+            log.info("streaming: closing a SPDY connection after a protocol error: %s", err)
+            self._queue_events(err.events)
+            await self.flush()
+            return True
+        self._queue_events(events)
+        self._wake_senders()
+        await self.flush()
+        return False
+
+    def _on_closed(self) -> None:
+        self._wake_senders()
 
     def _queue_events(self, events: list[Any]) -> None:
         for event in events:
@@ -395,8 +405,8 @@ class SpdyPump(_Connection):
         self._progress.set()
         self._progress = asyncio.Event()
 
-    async def reply(self, stream_id: int, headers: Mapping[str, str] | None = None) -> None:
-        self.codec.reply(stream_id, dict(headers or {}))
+    async def reply(self, stream_id: int) -> None:
+        self.codec.reply(stream_id, {})
         await self.flush()
 
     async def send(self, stream_id: int, data: bytes, fin: bool = False) -> None:
@@ -457,36 +467,22 @@ class WebSocketPump(_Connection):
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, protocol: str,
                  query: dict[str, list[str]] | None = None) -> None:
         super().__init__(reader, writer, protocol, query)
-        self.wire_protocol = protocol
         self.codec = websocket.WebSocketConnection()
         self._close_sent = False
 
-    async def read_loop(self) -> None:
-        try:
-            while not self.closed.is_set():
-                await self._resumed.wait()
-                data = await self._reader.read(READ_CHUNK)
-                if not data:
-                    break
-                for event in self.codec.receive_data(data):
-                    if isinstance(event, websocket.Message):
-                        self._dispatch(event)
-                    elif isinstance(event, websocket.ProtocolError):
-                        log.info("streaming: closing a WebSocket after a protocol error: %s %s",
-                                 event.code, event.reason)
-                await self.flush()  # pongs, the answer to a close
-                if self.codec.close_received or self.codec.closed:
-                    break
-        except (ConnectionError, OSError, ClientGone):
-            pass
-        finally:
-            self.closed.set()
-            self._events.put_nowait(CLOSED)
+    async def _receive(self, data: bytes) -> bool:
+        for event in self.codec.receive_data(data):
+            if isinstance(event, websocket.Message):
+                self._dispatch(event)
+            elif isinstance(event, websocket.ProtocolError):
+                log.info("streaming: closing a WebSocket after a protocol error: %s %s", event.code, event.reason)
+        await self.flush()  # pongs, the answer to a close
+        return self.codec.close_received or self.codec.closed
 
     def _dispatch(self, message: Any) -> None:
         try:
-            channel, data = channels.decode(self.wire_protocol, message.opcode, message.data)
-            closed = channels.is_close_signal(self.wire_protocol, channel, data)
+            channel, data = channels.decode(self.protocol, message.opcode, message.data)
+            closed = channels.is_close_signal(self.protocol, channel, data)
         except ValueError as err:
             log.info("streaming: ignoring an undecodable WebSocket message: %s", err)
             return
@@ -495,7 +491,7 @@ class WebSocketPump(_Connection):
     async def send(self, channel: int, data: bytes) -> None:
         if self.closed.is_set():
             raise ClientGone("the connection is closed")
-        opcode, payload = channels.encode(self.wire_protocol, channel, data)
+        opcode, payload = channels.encode(self.protocol, channel, data)
         self.codec.send_message(opcode, payload)
         await self.flush()
 
