@@ -20,12 +20,10 @@ integration: deps
 demo: deps
 	.venv/bin/python scripts/demo.py
 
-# The benchmark suite against containerd (Debian's package, installed here: only the bench needs it).
+# The benchmark suite against containerd (Debian's package, which `deps` installs).
 BENCH_ARGS ?= --output docs/benchmarks.md
 
 bench: deps
-	@command -v containerd >/dev/null || { apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends containerd >/dev/null; }
 	.venv/bin/python -m bench.run $(BENCH_ARGS)
 
 clean:

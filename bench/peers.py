@@ -448,7 +448,7 @@ oom_score = 0
 
 
 def ensure_containerd() -> None:
-    """Installs Debian's containerd when missing (the bench is the only user, so it is not in install-deps)."""
+    """Installs Debian's containerd when missing (install-deps.sh has it; this covers `python -m bench.run` alone)."""
     if shutil.which("containerd") and shutil.which("containerd-shim-runc-v2"):
         return
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")

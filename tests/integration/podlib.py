@@ -23,6 +23,7 @@ from typing import Any
 import grpc
 from cri_api.v1 import api_pb2
 
+from cripy.linux import mount
 from cripy.network.cni import default_bridge_conflist
 from tests.integration.daemon import REPO_ROOT, CripyDaemon
 from tests.support.images import BuiltImage, busybox_image, user_image, write_oci_layout
@@ -256,10 +257,8 @@ class PodEnv:
 
 
 def mounts_under(path: Path) -> list[str]:
-    prefix = str(path).rstrip("/") + "/"
-    with open("/proc/self/mountinfo") as f:
-        points = [line.split()[4] for line in f]
-    return [p for p in points if p.startswith(prefix) or p == str(path)]
+    """The mount points at or below path (cripy's mountinfo parser: it unescapes octal-escaped paths)."""
+    return [m.mount_point for m in mount.mounts_under(path)]
 
 
 def _dir_name(image_name: str) -> str:

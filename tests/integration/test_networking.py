@@ -8,7 +8,6 @@ import json
 import socket
 import subprocess
 import urllib.request
-from pathlib import Path
 
 import grpc
 import pytest

@@ -9,13 +9,7 @@ import hashlib
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import time
-import urllib.error
-import urllib.request
-import warnings
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AsyncIterator, Iterator
@@ -37,120 +31,27 @@ from cripy.images import manifest as m
 from cripy.images.auth import Credentials
 from cripy.images.manifest import Descriptor
 from cripy.images.registry import RegistryClient
+from tests.support.aiothread import unused_port
+from tests.support.faultproxy import FaultProxy
+from tests.support.registry import Registry, make_tls_files, registry_available
 
 pytestmark = pytest.mark.integration
 
-REGISTRY_BIN = "/usr/bin/docker-registry"
 REPO = "test/app"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+BLOBS = "/blobs/sha256:"  # the fault proxy's path regex for blob downloads
 
 
 def sha256(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
-def bcrypt(password: str) -> str | None:
-    """bcrypt via libxcrypt (Python's crypt module) or `htpasswd -B`; None if neither can do it."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            import crypt
-        hashed = crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16))
-        if hashed and hashed.startswith("$2"):
-            return hashed
-    except ImportError:
-        pass
-    if shutil.which("htpasswd"):
-        out = subprocess.run(["htpasswd", "-nbB", "-C", "4", "x", password], capture_output=True, text=True, check=True)
-        return out.stdout.strip().split(":", 1)[1]
-    return None
-
-
 # --- the real registry -----------------------------------------------------------------------------------------
 
 
-@dataclass
-class RunningRegistry:
-    endpoint: str
-    auth_header: str | None = None
-
-    def call(self, method: str, url: str, body: bytes | None = None, headers: dict | None = None):
-        headers = dict(headers or {})
-        if self.auth_header:
-            headers["Authorization"] = self.auth_header
-        if not url.startswith("http"):
-            url = f"http://{self.endpoint}{url}"
-        req = urllib.request.Request(url, data=body, method=method, headers=headers)
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        try:
-            with opener.open(req, timeout=10) as resp:
-                return resp.status, resp.headers, resp.read()
-        except urllib.error.HTTPError as e:
-            return e.code, e.headers, e.read()
-
-    def push_blob(self, data: bytes) -> str:
-        digest = sha256(data)
-        status, headers, _ = self.call("POST", f"/v2/{REPO}/blobs/uploads/")
-        assert status == 202, status
-        location = headers["Location"]
-        if location.startswith("/"):
-            location = f"http://{self.endpoint}{location}"
-        sep = "&" if "?" in location else "?"
-        status, _, body = self.call(
-            "PUT", f"{location}{sep}digest={digest}", data, {"Content-Type": "application/octet-stream"}
-        )
-        assert status == 201, (status, body)
-        return digest
-
-    def push_manifest(self, reference: str, media_type: str, body: bytes) -> None:
-        status, _, resp = self.call("PUT", f"/v2/{REPO}/manifests/{reference}", body, {"Content-Type": media_type})
-        assert status == 201, (status, resp)
-
-
-def start_registry(workdir: Path, htpasswd: Path | None = None) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    config = {
-        "version": 0.1,
-        "log": {"level": "error"},
-        "storage": {"filesystem": {"rootdirectory": str(workdir / "storage")}},
-        "http": {"addr": f"127.0.0.1:{port}", "secret": "test-secret"},
-    }
-    if htpasswd is not None:
-        config["auth"] = {"htpasswd": {"realm": "cripy-test", "path": str(htpasswd)}}
-    cfg = workdir / "config.yml"
-    cfg.write_text(json.dumps(config))  # JSON is YAML
-    log = open(workdir / "registry.log", "wb")
-    proc = subprocess.Popen([REGISTRY_BIN, "serve", str(cfg)], stdout=log, stderr=subprocess.STDOUT)
-    log.close()
-    endpoint = f"127.0.0.1:{port}"
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            urllib.request.build_opener(urllib.request.ProxyHandler({})).open(f"http://{endpoint}/v2/", timeout=1)
-            break
-        except urllib.error.HTTPError:
-            break  # 401 from an auth registry still means it is up
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                stop(proc)
-                pytest.fail(f"docker-registry did not start: {(workdir / 'registry.log').read_text()}")
-            time.sleep(0.05)
-    return proc, endpoint
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def push_blob(reg: Registry, data: bytes) -> str:
+    digest = sha256(data)
+    reg.push_blob(REPO, digest, data)
+    return digest
 
 
 @dataclass
@@ -166,11 +67,11 @@ class PushedImage:
         return Descriptor(m.OCI_LAYER_TAR_GZIP, self.layer_digest, len(self.layer))
 
 
-def push_image(reg: RunningRegistry, tag: str = "v1") -> PushedImage:
+def push_image(reg: Registry, tag: str = "v1") -> PushedImage:
     layer = os.urandom(700_000)
     config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [sha256(b"x")]}}).encode()
-    layer_digest = reg.push_blob(layer)
-    config_digest = reg.push_blob(config)
+    layer_digest = push_blob(reg, layer)
+    config_digest = push_blob(reg, config)
     manifest = json.dumps(
         {
             "schemaVersion": 2,
@@ -179,37 +80,24 @@ def push_image(reg: RunningRegistry, tag: str = "v1") -> PushedImage:
             "layers": [{"mediaType": m.OCI_LAYER_TAR_GZIP, "digest": layer_digest, "size": len(layer)}],
         }
     ).encode()
-    reg.push_manifest(tag, m.OCI_MANIFEST, manifest)
+    reg.push_manifest(REPO, tag, m.OCI_MANIFEST, manifest)
     return PushedImage(layer, layer_digest, config, manifest, sha256(manifest))
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory) -> Iterator[tuple[RunningRegistry, PushedImage]]:
-    if not os.path.exists(REGISTRY_BIN):
+def registry(tmp_path_factory) -> Iterator[tuple[Registry, PushedImage]]:
+    if not registry_available():
         pytest.skip("docker-registry is not installed (Debian package docker-registry)")
-    proc, endpoint = start_registry(tmp_path_factory.mktemp("registry"))
-    try:
-        reg = RunningRegistry(endpoint)
+    with Registry(tmp_path_factory.mktemp("registry")) as reg:
         yield reg, push_image(reg)
-    finally:
-        stop(proc)
 
 
 @pytest.fixture(scope="module")
-def basic_registry(tmp_path_factory) -> Iterator[tuple[RunningRegistry, PushedImage]]:
-    if not os.path.exists(REGISTRY_BIN):
+def basic_registry(tmp_path_factory) -> Iterator[tuple[Registry, PushedImage]]:
+    if not registry_available():
         pytest.skip("docker-registry is not installed (Debian package docker-registry)")
-    hashed = bcrypt("right")
-    if hashed is None:
-        pytest.skip("no bcrypt: Python's crypt lacks $2b$ and htpasswd (Debian package apache2-utils) is missing")
-    workdir = tmp_path_factory.mktemp("basic-registry")
-    (workdir / "htpasswd").write_text(f"alice:{hashed}\n")
-    proc, endpoint = start_registry(workdir, workdir / "htpasswd")
-    try:
-        reg = RunningRegistry(endpoint, "Basic " + base64.b64encode(b"alice:right").decode())
+    with Registry(tmp_path_factory.mktemp("basic-registry"), auth="htpasswd", users={"alice": "right"}) as reg:
         yield reg, push_image(reg)
-    finally:
-        stop(proc)
 
 
 @pytest.fixture
@@ -228,65 +116,9 @@ def client(endpoint: str, session: aiohttp.ClientSession, **kwargs) -> RegistryC
 # --- a fault-injecting proxy in front of the registry ----------------------------------------------------------
 
 
-@dataclass
-class Proxy:
-    upstream: str
-    mode: str = "pass"  # pass | cut-once | trickle
-    port: int = 0
-    seen: list[tuple[str, str | None, str | None]] = field(default_factory=list)  # (path, Range, Authorization)
-
-    @property
-    def endpoint(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        self.seen.append((request.path, request.headers.get("Range"), request.headers.get("Authorization")))
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "accept-encoding")}
-        async with aiohttp.ClientSession(auto_decompress=False) as s:
-            async with s.request(
-                request.method, f"http://{self.upstream}{request.path_qs}", headers=headers,
-                data=await request.read(), allow_redirects=False,
-            ) as up:
-                data = await up.read()
-                out_headers = {k: v for k, v in up.headers.items() if k.lower() not in ("transfer-encoding", "content-length", "connection")}
-                status = up.status
-        is_blob = "/blobs/sha256:" in request.path and status in (200, 206)
-        if not is_blob or self.mode == "pass":
-            return web.Response(status=status, body=data, headers=out_headers)
-        resp = web.StreamResponse(status=status, headers=out_headers)
-        resp.content_length = len(data)
-        await resp.prepare(request)
-        if self.mode == "cut-once":
-            self.mode = "pass"
-            await resp.write(data[: len(data) // 2])
-            await asyncio.sleep(0.05)
-            request.transport.close()
-            return resp
-        for i in range(0, len(data), 16):  # trickle: ~16 bytes per 0.2 s
-            await resp.write(data[i : i + 16])
-            await asyncio.sleep(0.2)
-        return resp
-
-
 @pytest.fixture
-async def proxy(registry) -> AsyncIterator[Proxy]:
-    reg, _ = registry
-    p = Proxy(reg.endpoint)
-    app = web.Application()
-
-    async def dispatch(request: web.Request) -> web.StreamResponse:
-        return await p.handle(request)  # late-bound so a test can wrap p.handle
-
-    app.router.add_route("*", "/{tail:.*}", dispatch)
-    runner = web.AppRunner(app, shutdown_timeout=0.1)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    p.port = site._server.sockets[0].getsockname()[1]
-    try:
-        yield p
-    finally:
-        await runner.cleanup()
+def proxy(registry, fault_proxy) -> FaultProxy:
+    return fault_proxy(registry[0])
 
 
 # --- tests against the real registry ---------------------------------------------------------------------------
@@ -294,7 +126,7 @@ async def proxy(registry) -> AsyncIterator[Proxy]:
 
 async def test_get_manifest_by_tag_and_digest(registry, session):
     reg, img = registry
-    c = client(reg.endpoint, session)
+    c = client(reg.host, session)
     media_type, body, digest = await c.get_manifest(REPO, "v1")
     assert (media_type, body, digest) == (m.OCI_MANIFEST, img.manifest, img.manifest_digest)
     parsed = m.parse_manifest(media_type, body)
@@ -304,7 +136,7 @@ async def test_get_manifest_by_tag_and_digest(registry, session):
 
 async def test_unknown_tag_and_repo_are_not_found(registry, session):
     reg, _ = registry
-    c = client(reg.endpoint, session)
+    c = client(reg.host, session)
     with pytest.raises(NotFound, match=r"manifest test/app:nope not found on registry 127\.0\.0\.1:\d+: MANIFEST_UNKNOWN"):
         await c.get_manifest(REPO, "nope")
     with pytest.raises(NotFound, match="manifest no/such:v1 not found"):
@@ -317,7 +149,7 @@ async def test_fetch_blob_with_progress(registry, session, tmp_path):
     reg, img = registry
     dest = tmp_path / "layer"
     seen: list[tuple[int, int]] = []
-    await client(reg.endpoint, session).fetch_blob(REPO, img.layer_desc, dest, lambda d, t: seen.append((d, t)))
+    await client(reg.host, session).fetch_blob(REPO, img.layer_desc, dest, lambda d, t: seen.append((d, t)))
     assert dest.read_bytes() == img.layer
     assert seen[-1] == (len(img.layer), len(img.layer))
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
@@ -327,44 +159,41 @@ async def test_fetch_blob_with_progress(registry, session, tmp_path):
 async def test_fetch_blob_size_mismatch_leaves_nothing(registry, session, tmp_path):
     reg, img = registry
     small = os.urandom(5)
-    reg.push_blob(small)
+    push_blob(reg, small)
     # the descriptor claims more bytes than the registry has for that digest
     desc = Descriptor(m.OCI_LAYER_TAR_GZIP, sha256(small), 6)
-    with pytest.raises(DataLoss, match=rf"blob {sha256(small)} from {reg.endpoint}/test/app: the server announces 5 bytes"):
-        await client(reg.endpoint, session).fetch_blob(REPO, desc, tmp_path / "a")
+    with pytest.raises(DataLoss, match=rf"blob {sha256(small)} from {reg.host}/test/app: the server announces 5 bytes"):
+        await client(reg.host, session).fetch_blob(REPO, desc, tmp_path / "a")
     assert list(tmp_path.iterdir()) == []
+
+
+def serve_other_blob(proxy: FaultProxy, blob: bytes, other: bytes) -> str:
+    """Makes the proxy answer every download of `blob` with the bytes of `other`; returns other's digest."""
+    other_digest = sha256(other)
+    proxy.add_fault("status", f"/blobs/{sha256(blob)}$", times=None, status=200, body=other,
+                    headers={"Content-Type": "application/octet-stream", "Docker-Content-Digest": other_digest})
+    return other_digest
 
 
 async def test_digest_mismatch_after_full_download(proxy, session, tmp_path):
     # A proxy that serves a different blob under the requested digest is the only way a real registry lies.
-    reg_endpoint = proxy.upstream
-    reg = RunningRegistry(reg_endpoint)
     blob = os.urandom(1000)
     other = os.urandom(1000)
-    reg.push_blob(blob)
-    other_digest = reg.push_blob(other)
+    other_digest = serve_other_blob(proxy, blob, other)
     desc = Descriptor(m.OCI_LAYER_TAR_GZIP, sha256(blob), len(blob))
 
-    original = proxy.handle
-
-    async def swap(request: web.Request) -> web.StreamResponse:
-        if request.path.endswith(sha256(blob)):
-            request = request.clone(rel_url=request.rel_url.with_path(request.path.replace(sha256(blob), other_digest)))
-        return await original(request)
-
-    proxy.handle = swap  # type: ignore[method-assign]
     with pytest.raises(DataLoss, match=f"digest mismatch, got {other_digest}"):
-        await client(proxy.endpoint, session).fetch_blob(REPO, desc, tmp_path / "blob")
+        await client(proxy.host, session).fetch_blob(REPO, desc, tmp_path / "blob")
     assert list(tmp_path.iterdir()) == []
 
 
 async def test_truncated_download_resumes_with_range(registry, proxy, session, tmp_path):
     _, img = registry
-    proxy.mode = "cut-once"
+    proxy.truncate(BLOBS)
     dest = tmp_path / "layer"
-    await client(proxy.endpoint, session).fetch_blob(REPO, img.layer_desc, dest)
+    await client(proxy.host, session).fetch_blob(REPO, img.layer_desc, dest)
     assert dest.read_bytes() == img.layer
-    ranges = [r for path, r, _ in proxy.seen if path.endswith(img.layer_digest)]
+    ranges = [r.range for r in proxy.requests if r.path.endswith(img.layer_digest)]
     assert ranges[0] is None
     assert len(ranges) == 2 and ranges[1] is not None and ranges[1].startswith("bytes=")
     resumed_from = int(ranges[1][len("bytes=") : -1])
@@ -373,21 +202,21 @@ async def test_truncated_download_resumes_with_range(registry, proxy, session, t
 
 async def test_stalled_download_hits_throughput_floor(registry, proxy, session, tmp_path):
     _, img = registry
-    proxy.mode = "trickle"
-    c = client(proxy.endpoint, session, min_throughput=100_000, throughput_window=1.0)
+    proxy.trickle(BLOBS, rate=80)  # bytes per second
+    c = client(proxy.host, session, min_throughput=100_000, throughput_window=1.0)
     with pytest.raises(DeadlineExceeded) as exc:
         await c.fetch_blob(REPO, img.layer_desc, tmp_path / "layer")
-    assert f"pull of layer {img.layer_digest} from {proxy.endpoint}/{REPO} stalled" in str(exc.value)
+    assert f"pull of layer {img.layer_digest} from {proxy.host}/{REPO} stalled" in str(exc.value)
     assert "under the floor of 100000 B/s" in str(exc.value)
     assert list(tmp_path.iterdir()) == []
 
 
 async def test_cancelled_download_removes_partial(registry, proxy, session, tmp_path):
     _, img = registry
-    proxy.mode = "trickle"
+    proxy.trickle(BLOBS, rate=80)  # bytes per second
     started = asyncio.Event()
     task = asyncio.create_task(
-        client(proxy.endpoint, session).fetch_blob(REPO, img.layer_desc, tmp_path / "layer", lambda d, t: started.set())
+        client(proxy.host, session).fetch_blob(REPO, img.layer_desc, tmp_path / "layer", lambda d, t: started.set())
     )
     await started.wait()
     assert (tmp_path / "layer.partial").exists()
@@ -401,25 +230,25 @@ async def test_existing_partial_is_refused(registry, session, tmp_path):
     reg, img = registry
     (tmp_path / "layer.partial").write_bytes(b"")
     with pytest.raises(AlreadyExists, match="layer.partial"):
-        await client(reg.endpoint, session).fetch_blob(REPO, img.layer_desc, tmp_path / "layer")
+        await client(reg.host, session).fetch_blob(REPO, img.layer_desc, tmp_path / "layer")
 
 
 async def test_insecure_falls_back_to_http(registry, session):
     reg, img = registry
-    c = client(reg.endpoint, session, insecure=True)
+    c = client(reg.host, session, insecure=True)
     assert (await c.get_manifest(REPO, "v1"))[2] == img.manifest_digest
     assert c.scheme == "http"
 
 
 async def test_tls_against_plain_http_is_unavailable_without_retries(registry, session):
     reg, _ = registry
-    c = client(reg.endpoint, session, insecure=False, retries=3, backoff=5.0)
-    with pytest.raises(Unavailable, match=rf"TLS handshake with {reg.endpoint} failed"):
+    c = client(reg.host, session, insecure=False, retries=3, backoff=5.0)
+    with pytest.raises(Unavailable, match=rf"TLS handshake with {reg.host} failed"):
         await c.get_manifest(REPO, "v1")
 
 
 async def test_down_registry_is_unavailable_after_retries(session):
-    endpoint = f"127.0.0.1:{free_port()}"
+    endpoint = f"127.0.0.1:{unused_port()}"
     c = client(endpoint, session, insecure=True, retries=2)
     with pytest.raises(Unavailable, match=rf"registry {endpoint} unavailable for manifest test/app:v1 after 3 attempts"):
         await c.get_manifest(REPO, "v1")
@@ -428,11 +257,11 @@ async def test_down_registry_is_unavailable_after_retries(session):
 async def test_basic_auth(basic_registry, session, tmp_path):
     reg, img = basic_registry
     with pytest.raises(Unauthenticated, match=r"requires credentials \(Basic auth\) for manifest test/app:v1, and none"):
-        await client(reg.endpoint, session).get_manifest(REPO, "v1")
-    bad = client(reg.endpoint, session, credentials=Credentials(username="alice", password="wrong"))
-    with pytest.raises(Unauthenticated, match=rf"registry {reg.endpoint} refused the credentials of user 'alice'"):
+        await client(reg.host, session).get_manifest(REPO, "v1")
+    bad = client(reg.host, session, credentials=Credentials(username="alice", password="wrong"))
+    with pytest.raises(Unauthenticated, match=rf"registry {reg.host} refused the credentials of user 'alice'"):
         await bad.get_manifest(REPO, "v1")
-    good = client(reg.endpoint, session, credentials=Credentials(username="alice", password="right"))
+    good = client(reg.host, session, credentials=Credentials(username="alice", password="right"))
     assert (await good.get_manifest(REPO, "v1"))[2] == img.manifest_digest
     await good.fetch_blob(REPO, img.layer_desc, tmp_path / "layer")
     assert (tmp_path / "layer").read_bytes() == img.layer
@@ -606,48 +435,9 @@ async def test_docker_content_digest_cross_check(fake, session):
 # --- TLS: CA from certs.d, verification failure, insecure https ---------------------------------------------------
 
 
-def make_ca_and_server_cert(directory: Path) -> tuple[Path, Path, Path]:
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    def name(cn: str) -> x509.Name:
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-    now = datetime.datetime.now(datetime.timezone.utc)
-    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
-    ca = (
-        x509.CertificateBuilder().subject_name(name("test CA")).issuer_name(name("test CA"))
-        .public_key(ca_key.public_key()).serial_number(1)
-        .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    cert = (
-        x509.CertificateBuilder().subject_name(name("127.0.0.1")).issuer_name(ca.subject)
-        .public_key(key.public_key()).serial_number(2)
-        .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    paths = directory / "ca.pem", directory / "server.pem", directory / "server.key"
-    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return paths
-
-
 @pytest.fixture
 async def tls_registry(tmp_path) -> AsyncIterator[tuple[str, Path, bytes]]:
-    import ssl
-
-    ca, cert, key = make_ca_and_server_cert(tmp_path)
+    tls = make_tls_files(tmp_path)
     manifest = b'{"schemaVersion":2}'
 
     async def handle(request: web.Request) -> web.Response:
@@ -656,13 +446,13 @@ async def tls_registry(tmp_path) -> AsyncIterator[tuple[str, Path, bytes]]:
     app = web.Application()
     app.router.add_get("/v2/{tail:.*}", handle)
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(cert, key)
+    ctx.load_cert_chain(tls.server_cert, tls.server_key)
     runner = web.AppRunner(app, shutdown_timeout=0.1)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ctx)
     await site.start()
     try:
-        yield f"127.0.0.1:{site._server.sockets[0].getsockname()[1]}", ca, manifest
+        yield f"127.0.0.1:{site._server.sockets[0].getsockname()[1]}", tls.ca_cert, manifest
     finally:
         await runner.cleanup()
 
@@ -706,11 +496,11 @@ class CollectingSink:
 
 async def test_stream_blob_resumes_and_hands_on_each_byte_once(registry, proxy, session):
     _, img = registry
-    proxy.mode = "cut-once"
+    proxy.truncate(BLOBS)
     sink = CollectingSink()
-    await client(proxy.endpoint, session).stream_blob(REPO, img.layer_desc, sink)
+    await client(proxy.host, session).stream_blob(REPO, img.layer_desc, sink)
     assert bytes(sink.data) == img.layer
-    ranges = [r for path, r, _ in proxy.seen if path.endswith(img.layer_digest)]
+    ranges = [r.range for r in proxy.requests if r.path.endswith(img.layer_digest)]
     assert len(ranges) == 2 and ranges[1] is not None and ranges[1].startswith("bytes=")
 
 
@@ -724,21 +514,11 @@ async def test_stream_blob_resume_answered_with_200_skips_what_it_has(fake, sess
 
 
 async def test_stream_blob_digest_mismatch_raises_after_the_bytes(proxy, session):
-    reg = RunningRegistry(proxy.upstream)
     blob, other = os.urandom(1000), os.urandom(1000)
-    reg.push_blob(blob)
-    other_digest = reg.push_blob(other)
-    original = proxy.handle
-
-    async def swap(request: web.Request) -> web.StreamResponse:
-        if request.path.endswith(sha256(blob)):
-            request = request.clone(rel_url=request.rel_url.with_path(request.path.replace(sha256(blob), other_digest)))
-        return await original(request)
-
-    proxy.handle = swap  # type: ignore[method-assign]
+    other_digest = serve_other_blob(proxy, blob, other)
     sink = CollectingSink()
     with pytest.raises(DataLoss, match=f"digest mismatch, got {other_digest}"):
-        await client(proxy.endpoint, session).stream_blob(REPO, Descriptor(m.OCI_LAYER_TAR_GZIP, sha256(blob), len(blob)), sink)
+        await client(proxy.host, session).stream_blob(REPO, Descriptor(m.OCI_LAYER_TAR_GZIP, sha256(blob), len(blob)), sink)
     assert bytes(sink.data) == other  # handed on, but the consumer learns it is bad before using it
 
 
@@ -752,4 +532,4 @@ async def test_stream_blob_stops_when_the_sink_fails(registry, session):
         raise Full()
 
     with pytest.raises(Full):
-        await client(registry[0].endpoint, session).stream_blob(REPO, img.layer_desc, sink)
+        await client(registry[0].host, session).stream_blob(REPO, img.layer_desc, sink)

@@ -6,7 +6,6 @@ import io
 import json
 import os
 import tarfile
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,6 @@ import pytest
 from cripy.errors import DataLoss, InvalidArgument, NotFound
 from cripy.images.archive import Importer
 from cripy.images.store import ImageStore
-from cripy.storage.db import Database
 from cripy.storage.layout import Layout
 from tests.support.images import (
     BUSYBOX_PATH,
@@ -34,20 +32,6 @@ def small_image(marker: str = "one") -> BuiltImage:
     base = LayerBuilder().add_dir("etc").add_file("etc/os-release", "ID=test\n").layer()
     top = LayerBuilder().add_file("marker", marker + "\n").layer(compression="none")
     return build_image([base, top], config={"User": "1000"})
-
-
-@pytest.fixture
-def layout(tmp_path: Path) -> Layout:
-    layout = Layout(tmp_path / "root", tmp_path / "run")
-    layout.ensure()
-    return layout
-
-
-@pytest.fixture
-async def store(layout: Layout) -> AsyncIterator[ImageStore]:
-    db = await Database.open(layout.database)
-    yield ImageStore(db, layout)
-    db.close()
 
 
 @pytest.fixture

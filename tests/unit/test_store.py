@@ -7,7 +7,6 @@ import hashlib
 import json
 import threading
 from collections import Counter
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,25 +96,6 @@ class Fetcher:
     def gate(self, layer: Layer) -> asyncio.Event:
         self.started[layer.diff_id] = asyncio.Event()
         return self.gates.setdefault(layer.diff_id, asyncio.Event())
-
-
-@pytest.fixture
-def layout(tmp_path: Path) -> Layout:
-    layout = Layout(tmp_path / "root", tmp_path / "run")
-    layout.ensure()
-    return layout
-
-
-@pytest.fixture
-async def db(layout: Layout) -> AsyncIterator[Database]:
-    database = await Database.open(layout.database)
-    yield database
-    database.close()
-
-
-@pytest.fixture
-def store(db: Database, layout: Layout) -> ImageStore:
-    return ImageStore(db, layout)
 
 
 @pytest.fixture

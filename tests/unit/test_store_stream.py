@@ -6,7 +6,6 @@ import asyncio
 import gzip
 import os
 import threading
-from pathlib import Path
 from typing import Awaitable, Callable
 
 import pytest
@@ -16,7 +15,7 @@ from cripy.images.reference import parse_normalized
 from cripy.images.store import PIPE_LIMIT, Image, ImageStore, LayerSource, chain_ids_of
 from cripy.storage.layout import Layout
 from tests.support.images import OCI_MANIFEST, Layer, LayerBuilder
-from tests.unit.test_store import Parts, db, image_parts, layer_rows, layout, store  # noqa: F401 (fixtures)
+from tests.unit.test_store import Parts, image_parts, layer_rows
 
 WAIT_LIMIT = 30.0  # only keeps a broken run from hanging; no test asserts a duration
 
