@@ -9,6 +9,7 @@ undo what was done and nothing else. Stop keeps the pod's record and files; remo
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -110,6 +111,10 @@ class PodManager:
         handler = request.runtime_handler or self._default_runtime
         if handler not in self._runtimes:
             raise NotFound(f"runtime handler {handler!r} is not configured (known: {', '.join(sorted(self._runtimes))})")
+        if not request.hostname:
+            # As containerd and CRI-O do: a pod that names no hostname gets the node's (kubelet always sends one;
+            # critest and hand-written configs often do not, and the pod's name is rarely a valid host name).
+            request = dataclasses.replace(request, hostname=os.uname().nodename)
         name = reserved_name(request)
         return await self._names.create_once(name, self._name_holder, lambda: self._create(request, name, handler))
 

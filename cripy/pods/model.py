@@ -44,6 +44,7 @@ class PodSandbox:
 
     @property
     def hostname(self) -> str:
+        # RunPodSandbox fills in the node's when the request names none; pods recorded before that used their name.
         return self.request.hostname or self.request.name
 
     @property

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,11 +18,12 @@ from pathlib import Path
 import pytest
 
 from cripy.linux.mount import read_mountinfo
+from tests.integration.podlib import NETWORK_PREFIX, SESSION_TAG
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 DEFAULT_CGROUP_PARENT = "cripy"
 # Every daemon of the pod/container tests puts its containers under this cgroup parent (see podlib.PodEnv).
-SESSION_CGROUP_PARENT = f"cripyt-{secrets.token_hex(3)}"
+SESSION_CGROUP_PARENT = f"cripyt-{SESSION_TAG}"
 MONITOR_NAMES = ("conmon", "runc", "catatonit")
 
 
@@ -79,7 +79,7 @@ def _processes(roots: tuple[str, ...]) -> set[str]:
 
 
 def _cni_nat_chains() -> set[str]:
-    """portmap's per-pod chains in the nat table, for the test networks (named cripyt*): a jump rule's comment
+    """portmap's per-pod chains in the nat table, for this session's test networks: a jump rule's comment
     names the network (`dnat name: "<network>" id: "<pod>"`), so other users' CNI networks are left out."""
     try:
         out = subprocess.run(["iptables-save", "-t", "nat"], capture_output=True, text=True, timeout=30).stdout
@@ -87,7 +87,7 @@ def _cni_nat_chains() -> set[str]:
         return set()
     found = set()
     for line in out.splitlines():
-        match = re.search(r'dnat name: \\?"(cripyt[^"\\]*)\\?" id: \\?"([^"\\]+)\\?".* -j (CNI-DN-\S+)', line)
+        match = re.search(rf'dnat name: \\?"({NETWORK_PREFIX}[^"\\]*)\\?" id: \\?"([^"\\]+)\\?".* -j (CNI-DN-\S+)', line)
         if match:
             found.add(f"{match.group(3)} (network {match.group(1)}, pod {match.group(2)[:12]})")
     return found

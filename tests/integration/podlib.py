@@ -32,9 +32,14 @@ CNI_PLUGIN_DIR = Path("/usr/lib/cni")
 BUSYBOX = "localhost/cripytest/busybox:latest"
 USER_IMAGE = "localhost/cripytest/user:latest"
 STOPSIGNAL_IMAGE = "localhost/cripytest/stopsignal:latest"
+# Names this test session owns carry its tag, so that two sessions on one machine (CI and a developer's run)
+# neither collide nor take each other's resources for leaks.
+SESSION_TAG = secrets.token_hex(2)
 # A base for every test daemon: short (sun_path), and one place the leak check looks for leftovers.
 SHORT_BASE = Path("/tmp")
-SHORT_PREFIX = "cpt-"
+SHORT_PREFIX = f"cpt{SESSION_TAG}-"
+# Test CNI networks and their bridges (a bridge name has at most 15 characters: prefix 10 + 4).
+NETWORK_PREFIX = f"cripyt{SESSION_TAG}"
 
 
 def test_images() -> dict[str, BuiltImage]:
@@ -61,7 +66,8 @@ class BridgeNetwork:
     def random(cls, workdir: Path) -> BridgeNetwork:
         suffix = secrets.token_hex(2)
         prefix = f"10.{secrets.randbelow(200) + 20}.{secrets.randbelow(250) + 1}"
-        return cls(name=f"cripyt{suffix}", bridge=f"cripyt{suffix}", prefix=prefix, data_dir=workdir / "ipam")
+        return cls(name=f"{NETWORK_PREFIX}{suffix}", bridge=f"{NETWORK_PREFIX}{suffix}", prefix=prefix,
+                   data_dir=workdir / "ipam")
 
     @property
     def subnet(self) -> str:

@@ -24,6 +24,7 @@ from cripy.errors import FailedPrecondition
 from cripy.linux import mount as mnt
 from cripy.linux import namespaces as ns
 from cripy.network import cni
+from tests.integration.podlib import NETWORK_PREFIX
 
 pytestmark = pytest.mark.integration
 
@@ -55,7 +56,7 @@ class BridgeNetwork:
 def network(tmp_path: Path) -> Iterator[BridgeNetwork]:
     suffix = secrets.token_hex(2)
     prefix = f"10.199.{secrets.randbelow(250) + 1}"
-    net = BridgeNetwork(name=f"cripytest-{suffix}", bridge=f"cripytest{suffix}", prefix=prefix,
+    net = BridgeNetwork(name=f"{NETWORK_PREFIX}-{suffix}", bridge=f"{NETWORK_PREFIX}{suffix}", prefix=prefix,
                       conf_dir=tmp_path / "net.d", cache_dir=tmp_path / "cni-cache", ipam_dir=tmp_path / "ipam")
     net.conf_dir.mkdir()
     (net.conf_dir / "10-test.conflist").write_text(
