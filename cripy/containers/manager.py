@@ -353,6 +353,10 @@ class ContainerManager:
             if container.state == STATE_EXITED:
                 self._exited.setdefault(ctr_id, asyncio.Event()).set()
                 return
+            if container.state in (STATE_CREATED, STATE_CREATING):
+                # No process of it runs: the exit of a start that was taken back (recovery), nothing to record.
+                log.debug("container %s: ignoring the exit file of a start that was taken back", ctr_id)
+                return
             oom = await asyncio.to_thread(read_oom_file, self.bundle_dir(ctr_id) / "persist")
             container.state = STATE_EXITED
             container.exit_code = code
@@ -500,6 +504,8 @@ class ContainerManager:
                 log.warning("container %s was being created when cripy stopped: undoing it", container.id)
                 await self._discard(container)
                 continue
+            if container.state == STATE_CREATED and await self._journal.find(container.id, "ctr-runtime"):
+                await self._recover_interrupted_start(container)
             if container.state != STATE_RUNNING:
                 continue  # a created container has no process (it gets one at StartContainer)
             exit_file = (await self.runtime_of(container)).exit_file_path(container.id)
@@ -512,6 +518,23 @@ class ContainerManager:
             container.message = "its monitor (conmon) is gone and recorded no exit code (node restarted?)"
             await self._save(container)
             log.warning("container %s: %s", container.id, container.message)
+
+    async def _recover_interrupted_start(self, container: Container) -> None:
+        """A StartContainer the daemon did not see through: conmon and `runc create` go on without it, and so may
+        `runc start`. A process that was started is adopted (it runs, or its exit file says how it ended);
+        anything short of that is taken back, so that the kubelet's retried StartContainer starts afresh."""
+        runtime = await self.runtime_of(container)
+        state = await runtime.state(container.id)
+        if state is not None and state.get("status") in ("running", "stopped"):
+            container.pid = int(state.get("pid") or 0)
+            container.conmon_pid = runtime.monitor_pid(container.id, self.bundle_dir(container.id)) or 0
+            container.state, container.started_at = STATE_RUNNING, time.time_ns()
+            await self._table.update(container, ("state", "started_at", "pid", "conmon_pid"))
+            log.warning("container %s was started while cripy stopped: recorded as running", container.id)
+            return
+        log.warning("container %s: its start was interrupted (runtime state %s): taking it back, it can be "
+                    "started again", container.id, state.get("status") if state else "none")
+        await self._journal.undo(container.id, ("ctr-runtime",))
 
     # ---- undo functions -----------------------------------------------------------------------------------
 
@@ -526,7 +549,7 @@ class ContainerManager:
         runtime = self._runtimes.get(effect.data["handler"])
         if runtime is None:
             raise FailedPrecondition(f"container {effect.owner}: runtime handler {effect.data['handler']!r} is gone")
-        await runtime.delete(effect.owner, force=True)  # --force kills whatever still runs
+        await runtime.abandon(effect.owner, self.bundle_dir(effect.owner))
 
 
 # ---- helpers ------------------------------------------------------------------------------------------------

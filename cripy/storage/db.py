@@ -11,6 +11,8 @@ import asyncio
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from cripy import faults
 from typing import Callable, TypeVar
 
 T = TypeVar("T")
@@ -129,6 +131,7 @@ class Database:
             try:
                 result = fn(conn)
                 conn.execute("COMMIT")  # may fail too (deferred constraints): then roll back as well
+                faults.point("db.commit")
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
