@@ -130,18 +130,6 @@ class PodEnv:
             **kwargs,
         )
 
-    def kubelet_pod_config(self, name: str, **kwargs: Any) -> api_pb2.PodSandboxConfig:
-        """A pod config as kubelet and critest send it: no hostname (the pod gets the node's), kubelet's labels and
-        annotations, RuntimeDefault seccomp; give it a long name with capitals, as theirs are."""
-        config = self.pod_config(name, hostname="", **kwargs)
-        meta = config.metadata
-        config.labels.update({"io.kubernetes.pod.name": meta.name, "io.kubernetes.pod.namespace": meta.namespace,
-                              "io.kubernetes.pod.uid": meta.uid})
-        config.annotations.update({"kubernetes.io/config.source": "api",
-                                   "kubernetes.io/config.seen": "2026-01-01T00:00:00.000000000Z"})
-        config.linux.security_context.seccomp.profile_type = api_pb2.SecurityProfile.RuntimeDefault
-        return config
-
     def run_pod(self, config: api_pb2.PodSandboxConfig | str, **kwargs: Any) -> tuple[str, api_pb2.PodSandboxConfig]:
         if isinstance(config, str):
             config = self.pod_config(config, **kwargs)

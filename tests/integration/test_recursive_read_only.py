@@ -1,7 +1,7 @@
 """Runtime handler features through the CRI API: Status reports what each handler's runtime says it supports
 (asked at start and again at SIGHUP), recursive read-only mounts work where the handler offers them (a mount below
 the volume is read-only too) and are refused, naming the handler and the feature, where it does not; the CRI's
-rules for them (read-only, private propagation) hold. Pods are made as kubelet and critest make them."""
+rules for them (read-only, private propagation) hold. Pods are made as critest makes them."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from cri_api.v1 import api_pb2
 from cripy.linux import mount
 from tests.integration.conftest_leaks import session_cgroup_parent
 from tests.integration.podlib import PodEnv, rpc_error, short_tempdir
+from tests.integration.shapes import critest_pod_config
 
 pytestmark = pytest.mark.integration
 
@@ -58,8 +59,7 @@ def env(pod_image_dir: Path, wrapper_dir: Path) -> Iterator[PodEnv]:
 
 @pytest.fixture(scope="module")
 def pod(env: PodEnv) -> tuple[str, api_pb2.PodSandboxConfig]:
-    return env.run_pod(env.kubelet_pod_config("Container-Mount-Readonly-runtime-should-support-readonly-mounts-"
-                                              "0f6a4c2e-9b1d-4e7a-8c3f-5d2b1a0e9f87"))
+    return env.run_pod(critest_pod_config(env, "Container-Mount-Readonly-PodSandbox-"))
 
 
 @pytest.fixture
@@ -170,8 +170,7 @@ def test_recursive_read_only_rules_of_the_cri(env: PodEnv, pod: tuple, volume: P
 
 
 def test_a_handler_that_does_not_offer_it_refuses_at_create(env: PodEnv, volume: Path) -> None:
-    config = env.kubelet_pod_config("Quiet-Runtime-Handler-Pod-Without-Recursive-ReadOnly-Mounts-"
-                                    "3c1d9e7a-5b2f-4a8e-9d6c-0e4f7b1a2c3d")
+    config = critest_pod_config(env, "Quiet-Runtime-Handler-PodSandbox-")
     pod_id = env.rt.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=config, runtime_handler=NO_FEATURES),
                                   timeout=60).pod_sandbox_id
     ctr_config = env.container_config("test-mount-rro", SLEEP,
