@@ -214,4 +214,4 @@ def test_seccomp_runtime_default_and_unconfined(pod_env: PodEnv, pod: tuple) -> 
         seccomp=api_pb2.SecurityProfile(profile_type=api_pb2.SecurityProfile.Unconfined)))
     assert proc_status(pod_env, unconfined)["Seccomp"] == "0"
     unset = run_with(pod_env, pod, "seccomp-unset", api_pb2.LinuxContainerSecurityContext())
-    assert proc_status(pod_env, unset)["Seccomp"] == "2", "an unset profile must mean RuntimeDefault"
+    assert proc_status(pod_env, unset)["Seccomp"] == "0", "an unset profile means Unconfined, as the CRI says"
