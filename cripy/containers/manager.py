@@ -40,7 +40,9 @@ from cripy.errors import CripyError, FailedPrecondition, InvalidArgument, NotFou
 from cripy.images.store import Image, ImageStore
 from cripy.linux import cgroups
 from cripy.linux import mount as mnt
+from cripy.oci import features
 from cripy.oci.exits import read_oom_file
+from cripy.oci.features import HandlerFeatures
 from cripy.oci.runtime import ExecResult, OCIRuntime
 from cripy.pods.model import STATE_READY, PodSandbox
 from cripy.storage import records
@@ -57,7 +59,7 @@ log = logging.getLogger(__name__)
 KILL_WAIT_SECONDS = 10.0
 _INSERTED = ("id", "pod_id", "name", "state", "created_at", "image_id", "image_name", "request", "log_path")
 _UPDATED = ("state", "started_at", "finished_at", "exit_code", "reason", "message", "pid", "conmon_pid",
-            "stop_signal", "cgroup_path")
+            "stop_signal", "cgroup_path", "process_user")
 
 
 @dataclass(frozen=True)
@@ -154,6 +156,7 @@ class ContainerManager:
         image = await self._images.find(request.image)
         if image is None:
             raise NotFound(f"image {request.image!r} not found: pull it first")
+        _require_handler_features(request, pod.runtime_handler, self._pods.runtime_for(pod).features)
         await asyncio.to_thread(_check_host_paths, request)  # stats host paths: may be slow network mounts
         name = reserved_name(request, pod.request.name, pod.request.namespace, pod.request.uid)
         return await self._names.create_once(
@@ -217,6 +220,7 @@ class ContainerManager:
             supplemental_groups=sec.supplemental_groups,
             supplemental_groups_policy=sec.supplemental_groups_policy,
         )
+        container.process_user = user
         phases.mark("user")
         target_pid_ns = await self._target_pid_namespace(request, pod)
         built = await asyncio.to_thread(
@@ -592,6 +596,14 @@ def _image_runtime_config(image: Image) -> ImageRuntimeConfig:
         stop_signal=config.get("StopSignal") or "",
         labels=dict(config.get("Labels") or {}),
     )
+
+
+def _require_handler_features(request: ContainerRequest, handler: str, offered: HandlerFeatures) -> None:
+    """Refuse what the pod's runtime handler cannot do, before anything is made for the container."""
+    for i, mount in enumerate(request.mounts):
+        if mount.recursive_read_only:
+            features.require(offered, handler, features.RECURSIVE_READ_ONLY_MOUNTS,
+                             f"container {request.name!r}: mounts[{i}] ({mount.container_path})")
 
 
 def _log_path(pod: PodSandbox, request: ContainerRequest) -> str:

@@ -39,7 +39,8 @@ from pathlib import Path
 from cripy import faults
 from cripy.errors import (CripyError, DeadlineExceeded, FailedPrecondition, Internal, InvalidArgument, NotFound,
                           Unimplemented)
-from cripy.oci import conmon
+from cripy.oci import conmon, features
+from cripy.oci.features import HandlerFeatures
 from cripy.oci.inotify import wait_for_path
 
 __all__ = ["RuntimeHandler", "CreateResult", "ExecResult", "OCIRuntime", "remove_conmon_cgroup"]
@@ -118,6 +119,13 @@ class OCIRuntime:
         self.run_dir = run_dir if run_dir is not None else exits_dir.parent
         self.socket_dir = self.run_dir / "attach"
         self.exec_dir = self.run_dir / "exec"
+        # Nothing is offered until the runtime has been asked (probe_features, at start and at reload).
+        self.features = HandlerFeatures()
+
+    async def probe_features(self) -> HandlerFeatures:
+        """Ask the runtime what it supports and keep the answer (`features`) for Status and create checks."""
+        self.features = await features.probe(self.handler.runtime_path)
+        return self.features
 
     # ---- paths -----------------------------------------------------------------------------------------------
 

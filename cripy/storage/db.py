@@ -95,6 +95,10 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX effects_owner ON effects(owner);
     """,
+    # 3: the credentials a container's process runs with, as resolved at create (ContainerStatus reports them).
+    """
+    ALTER TABLE containers ADD COLUMN process_user TEXT;
+    """,
 ]
 
 
