@@ -100,7 +100,6 @@ class Daemon:
             runroot=self.layout.runroot,
             settings=await asyncio.to_thread(self._spec_settings),
         )
-        self.pods.containers = self.containers
 
     async def _recover(self, journal: EffectJournal) -> None:
         """Reconcile what the database says with what the node has, before serving anything."""

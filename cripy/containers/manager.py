@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Awaitable, Callable
+from typing import Awaitable, Callable
 
 from cripy.containers.container import (
     REASON_COMPLETED,
@@ -44,15 +44,13 @@ from cripy.oci import features
 from cripy.oci.exits import read_oom_file
 from cripy.oci.features import HandlerFeatures
 from cripy.oci.runtime import ExecResult, OCIRuntime
+from cripy.pods.manager import PodManager
 from cripy.pods.model import STATE_READY, PodSandbox
 from cripy.storage import records
 from cripy.storage.db import Database
 from cripy.storage.effects import Effect, EffectJournal
 from cripy.storage.names import NameReservations
 from cripy.timing import Phases
-
-if TYPE_CHECKING:
-    from cripy.pods.manager import PodManager
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +80,7 @@ class ContainerManager:
         db: Database,
         journal: EffectJournal,
         *,
-        pods: "PodManager",
+        pods: PodManager,
         images: ImageStore,
         runtimes: dict[str, OCIRuntime],
         root: Path,
@@ -107,6 +105,7 @@ class ContainerManager:
         journal.register("ctr-rootfs", self._undo_rootfs)
         journal.register("ctr-runtime", self._undo_runtime)
         images.image_in_use = self._image_in_use
+        pods.hold_members(self)
 
     # ---- queries --------------------------------------------------------------------------------------
 
