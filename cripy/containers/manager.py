@@ -33,6 +33,7 @@ from cripy.containers.container import (
     reserved_name,
 )
 from cripy.containers.events import ContainerEvent, EventBus, EventType
+from cripy.containers import nodefit
 from cripy.containers.model import ContainerRequest, ImageRuntimeConfig, NamespaceMode, Resources
 from cripy.containers.spec import PodContext, SpecSettings, build_spec, spec_resources
 from cripy.containers.users import resolve_user
@@ -156,6 +157,7 @@ class ContainerManager:
         if image is None:
             raise NotFound(f"image {request.image!r} not found: pull it first")
         _require_handler_features(request, pod.runtime_handler, self._pods.runtime_for(pod).features)
+        nodefit.require_node_support(request.resources, f"container {request.name!r}")
         await asyncio.to_thread(_check_host_paths, request)  # stats host paths: may be slow network mounts
         name = reserved_name(request, pod.request.name, pod.request.namespace, pod.request.uid)
         return await self._names.create_once(
@@ -442,6 +444,7 @@ class ContainerManager:
 
     async def update_resources(self, ctr_id: str, resources: Resources) -> None:
         container = await self.get(ctr_id)
+        nodefit.require_node_support(resources, f"container {container.id}")
         if container.state not in (STATE_CREATED, STATE_RUNNING):
             raise FailedPrecondition(f"container {container.id} is {container.state}: cannot update its resources")
         if container.state == STATE_CREATED:
@@ -606,10 +609,9 @@ def _require_handler_features(request: ContainerRequest, handler: str, offered: 
 
 
 def _log_path(pod: PodSandbox, request: ContainerRequest) -> str:
+    """The log's place: log_path (relative, checked not to leave it) in the pod's log_directory (absolute)."""
     if request.log_path and pod.request.log_directory:
         return str(Path(pod.request.log_directory) / request.log_path)
-    if request.log_path and os.path.isabs(request.log_path):
-        return request.log_path
     # kubelet always sets both; crictl may not. The log then lives with the pod's runtime files.
     return str(pod.run_dir / "logs" / f"{request.name}_{request.attempt}.log")
 

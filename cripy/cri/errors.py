@@ -1,7 +1,9 @@
 """Domain errors -> gRPC status codes, in one place.
 
-Every servicer method is wrapped by `grpc_method`: a CripyError becomes its status code with the error's message;
-anything else is a bug, logged with its traceback and answered as Internal, and the daemon keeps serving.
+Every servicer method is wrapped by `grpc_method`: the request's strings are checked first (cri/validate.py: no
+NUL byte, no oversized value, in any field of any call); a CripyError becomes its status code with the error's
+message, cut to MESSAGE_MAX characters so that no answer echoes a huge request back; anything else is a bug,
+logged with its traceback and answered as Internal, and the daemon keeps serving.
 """
 
 from __future__ import annotations
@@ -11,8 +13,11 @@ import logging
 from typing import Any, Awaitable, Callable, TypeVar
 
 import grpc
+from google.protobuf.message import Message
 
 from cripy import errors
+from cripy.cri import validate
+from cripy.linux import memory
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +36,8 @@ STATUS_OF: dict[type[errors.CripyError], grpc.StatusCode] = {
 }
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+MESSAGE_MAX = 1000
+LARGE_REQUEST = 256 * 1024  # bytes: a call this large gives its memory back to the kernel when it is done
 
 
 def status_code_for(error: errors.CripyError) -> grpc.StatusCode:
@@ -45,21 +52,35 @@ def grpc_method(method: F) -> F:
 
     @functools.wraps(method)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        large = isinstance(request, Message) and request.ByteSize() > LARGE_REQUEST
         try:
+            if isinstance(request, Message):
+                validate.request_strings(request, "")
             return await method(self, request, context)
         except errors.CripyError as e:
             code = status_code_for(e)
-            log.info("%s failed: %s: %s", method.__name__, code.name, e)
-            await context.abort(code, str(e))
+            message = _short(str(e))
+            log.info("%s failed: %s: %s", method.__name__, code.name, message)
+            await context.abort(code, message)
         except NotImplementedError as e:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, str(e) or f"{method.__name__} is not implemented")
         except grpc.aio.AbortError:
             raise
         except Exception as e:
             log.exception("%s failed unexpectedly", method.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL, f"{method.__name__}: internal error: {type(e).__name__}: {e}")
+            await context.abort(grpc.StatusCode.INTERNAL,
+                                _short(f"{method.__name__}: internal error: {type(e).__name__}: {e}"))
+        finally:
+            if large:
+                memory.release_soon()
 
     return wrapper  # type: ignore[return-value]
+
+
+def _short(message: str) -> str:
+    if len(message) <= MESSAGE_MAX:
+        return message
+    return f"{message[:MESSAGE_MAX]}... ({len(message)} characters)"
 
 
 def unimplemented(name: str) -> Callable[..., Awaitable[Any]]:

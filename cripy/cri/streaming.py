@@ -10,6 +10,7 @@ from __future__ import annotations
 import grpc
 from cri_api.v1 import api_pb2
 
+from cripy.cri import validate
 from cripy.cri.errors import grpc_method
 from cripy.errors import Unavailable
 from cripy.streaming.portforward import PortForwardRequest
@@ -29,6 +30,7 @@ class StreamingServicer:
 
     @grpc_method
     async def Exec(self, request: api_pb2.ExecRequest, context: grpc.aio.ServicerContext) -> api_pb2.ExecResponse:
+        validate.exec_command(request.cmd, f"Exec in container {request.container_id}")
         domain = ExecRequest(container_id=request.container_id, cmd=tuple(request.cmd), tty=request.tty,
                              stdin=request.stdin, stdout=request.stdout, stderr=request.stderr)
         return api_pb2.ExecResponse(url=await self._server().url_for(KIND_EXEC, domain))

@@ -52,6 +52,10 @@ _NAMESPACED_SYSCTL_PREFIXES: dict[str, str] = {
 
 _HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,62})$")
 _UNSHARE_TIMEOUT_S = 30.0
+# Letters, digits, '_', '-' and '.': the name becomes a path inside the setup script, so nothing a shell reads.
+_SYSCTL_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}$")
+# The setup script's exit status when the kernel refuses a sysctl (no such knob, a value out of range).
+_SYSCTL_REFUSED = 65
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
@@ -60,8 +64,8 @@ _libc.setns.restype = ctypes.c_int
 
 def sysctl_namespace(name: str) -> str:
     """The namespace kind ("net" or "ipc") a sysctl belongs to; InvalidArgument when it is not namespaced."""
-    if not name or "/" in name or ".." in name or name.startswith(".") or name.endswith("."):
-        raise InvalidArgument(f"sysctl {name!r} is not a valid dotted sysctl name")
+    if not _SYSCTL_NAME_RE.match(name) or ".." in name or name.endswith("."):
+        raise InvalidArgument(f"sysctl {name[:100]!r} is not a valid dotted sysctl name")
     for prefix, kind in _NAMESPACED_SYSCTL_PREFIXES.items():
         if name.startswith(prefix):
             return kind
@@ -94,8 +98,12 @@ def setup_script(hostname: str | None, sysctls: Mapping[str, str]) -> tuple[str,
         lines.append(f'printf "%s" "${{{len(args)}}}" > /proc/sys/kernel/hostname')
     for name, value in sysctls.items():
         args.append(value)
-        # name was validated: dotted, no '/', no '..' - safe to turn into a path inside the script
-        lines.append(f'printf "%s" "${{{len(args)}}}" > /proc/sys/{name.replace(".", "/")}')
+        # name was validated (letters, digits, '_', '-', '.'): safe to turn into a path inside the script
+        path = f"/proc/sys/{name.replace('.', '/')}"
+        refused = f'{{ echo "sysctl {name}: the kernel refused it (no such sysctl, or a value out of range)" >&2; ' \
+                  f"exit {_SYSCTL_REFUSED}; }}"
+        lines.append(f"[ -f {path} ] || {refused}")
+        lines.append(f'printf "%s" "${{{len(args)}}}" 2>/dev/null > {path} || {refused}')
     return "\n".join(lines), args
 
 
@@ -135,6 +143,8 @@ def pin_namespaces(
         command = ["unshare", *[f"--{kind}={path}" for kind, path in paths.items()], "--", "/bin/sh", "-c", script,
                    "cripy-ns-setup", *args]
         proc = subprocess.run(command, capture_output=True, text=True, timeout=_UNSHARE_TIMEOUT_S)
+        if proc.returncode == _SYSCTL_REFUSED:
+            raise InvalidArgument(proc.stderr.strip()[:500])
         if proc.returncode != 0:
             raise Internal(f"creating {'/'.join(kinds)} namespaces in {pin_dir} failed (exit {proc.returncode}): "
                            f"{proc.stderr.strip() or proc.stdout.strip()}")
