@@ -54,12 +54,14 @@ class Daemon:
         self._server: grpc.aio.Server | None = None
         self.streaming: StreamingServer | None = None
         self.db: Database | None = None
+        self.journal: EffectJournal | None = None
         self._reprobe: asyncio.Task[None] | None = None
+        self._audit_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await asyncio.to_thread(self.layout.ensure)
         self.db = await Database.open(self.layout.database)
-        journal = EffectJournal(self.db)
+        self.journal = journal = EffectJournal(self.db)
         await self._build_services(self.db, journal)
         await self._recover(journal)
         self.exits = ExitWatcher(self.layout.runroot / "exits", self.containers.handle_exit)
@@ -67,6 +69,36 @@ class Daemon:
         await self._start_streaming()
         await self._serve_grpc()
         log.info("cripy serving CRI on %s (root %s, run root %s)", self.config.cripy.listen, self.layout.root, self.layout.runroot)
+        self._audit_task = asyncio.get_running_loop().create_task(self._audit_at_start())
+
+    async def open_for_audit(self) -> None:
+        """Storage, records and services without recovery or serving: what `cripy audit` compares the node with
+        (the undo functions its repair runs are the services')."""
+        self.db = await Database.open(self.layout.database)
+        self.journal = journal = EffectJournal(self.db)
+        await self._build_services(self.db, journal)
+        await self.pods.load()
+        await self.containers.load()
+
+    async def close_audit(self) -> None:
+        await self.puller.close()
+        if self.db is not None:
+            await asyncio.to_thread(self.db.close)
+
+    async def _audit_at_start(self) -> None:
+        """The same check as `cripy audit`, once recovery is done, in the background: its summary is logged."""
+        from cripy.audit import Audit, report, summary
+
+        try:
+            findings = await Audit(self).run()
+        except Exception:
+            log.exception("the audit at start failed")
+            return
+        if findings:
+            log.warning("audit at start: %s (`cripy audit --repair` undoes orphans):\n%s", summary(findings),
+                        report(findings))
+        else:
+            log.info("audit at start: %s", summary(findings))
 
     async def _build_services(self, db: Database, journal: EffectJournal) -> None:
         self.store = ImageStore(db, self.layout, pinned=self.config.images.pinned_images)
@@ -238,6 +270,8 @@ class Daemon:
 
     async def stop(self) -> None:
         log.info("cripy shutting down")
+        if self._audit_task is not None and not self._audit_task.done():
+            self._audit_task.cancel()
         if self._server is not None:
             await self._server.stop(grace=5)
         if self.streaming is not None:
