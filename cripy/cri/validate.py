@@ -89,7 +89,7 @@ def _check_string(value: str, where: str, bound: int) -> None:
 
 def exec_command(cmd: Sequence[str], where: str) -> None:
     """A command for `runc exec`: non-empty, and small enough for execve (E2BIG would be the daemon's error)."""
-    if not cmd:
+    if not cmd or not cmd[0]:
         raise InvalidArgument(f"{where}: the command is empty")
     total = 0
     for i, arg in enumerate(cmd):

@@ -62,6 +62,8 @@ _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 _GONE_MARKERS = ("does not exist", "not exist")
 _STOPPED_MARKERS = ("container not running", "process already finished", "no such process")
 _WRONG_STATE_MARKERS = ("not running", "stopped container", "already running", "paused")
+_COMMAND_MARKERS = ("executable file not found", "no such file or directory", "permission denied", "is a directory",
+                    "not a directory", "exec format error")
 _ENV_NOT_FOR_CONMON = ("NOTIFY_SOCKET", "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
 
 
@@ -338,7 +340,11 @@ class OCIRuntime:
                 task.cancel()
         if returncode != 0 and not pidfile.exists():
             problem = _runc_log_errors(runc_log) or conmon.runtime_error_text(err.decode(errors="replace"))
-            raise _runc_error(problem or f"exit status {returncode}", f"exec of {cmd!r} in container {ctr_id} failed")
+            context = f"exec of {cmd[:3]!r:.200} in container {ctr_id} failed"
+            if _mentions(problem, _COMMAND_MARKERS):
+                # The command is not there, or not runnable, in the container: the caller's mistake.
+                raise InvalidArgument(f"{context}: {problem}")
+            raise _runc_error(problem or f"exit status {returncode}", context)
         return ExecResult(returncode, bytes(out), bytes(err))
 
     # ---- conmon control fifo ---------------------------------------------------------------------------------
