@@ -131,6 +131,7 @@ class Daemon:
             root=self.layout.root,
             runroot=self.layout.runroot,
             settings=await asyncio.to_thread(self._spec_settings),
+            log_size_max=self.config.runtime.container_log_size_max,
         )
 
     async def _recover(self, journal: EffectJournal) -> None:

@@ -87,8 +87,10 @@ class ContainerManager:
         root: Path,
         runroot: Path,
         settings: SpecSettings,
+        log_size_max: int = 0,
     ) -> None:
         self._journal = journal
+        self._log_size_max = log_size_max
         self._pods = pods
         self._images = images
         self._runtimes = runtimes
@@ -307,6 +309,7 @@ class ContainerManager:
             stdin=request.stdin,
             stdin_once=request.stdin_once,
             name=container.name,
+            log_size_max=self._log_size_max or -1,
         )
         phases.mark("conmon+runc create")
         container.pid, container.conmon_pid = created.pid, created.conmon_pid
