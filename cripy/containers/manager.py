@@ -8,6 +8,7 @@ before it is made; a failed create undoes them all, and remove undoes what is le
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -33,6 +34,7 @@ from cripy.containers.container import (
     reserved_name,
 )
 from cripy.containers.events import ContainerEvent, EventBus, EventType
+from cripy import blocking
 from cripy.containers import nodefit
 from cripy.containers.model import ContainerRequest, ImageRuntimeConfig, NamespaceMode, Resources
 from cripy.containers.spec import PodContext, SpecSettings, build_spec, spec_resources
@@ -160,7 +162,8 @@ class ContainerManager:
             raise NotFound(f"image {request.image!r} not found: pull it first")
         _require_handler_features(request, pod.runtime_handler, self._pods.runtime_for(pod).features)
         nodefit.require_node_support(request.resources, f"container {request.name!r}")
-        await asyncio.to_thread(_check_host_paths, request)  # stats host paths: may be slow network mounts
+        # Stats host paths: a network mount may hang, so in the bounded pool with a deadline.
+        await blocking.HOST_PATHS.run(f"container {request.name!r}: checking host paths", _check_host_paths, request)
         name = reserved_name(request, pod.request.name, pod.request.namespace, pod.request.uid)
         return await self._names.create_once(
             name, self._name_holder, lambda: self._create(pod, image, request, name)
@@ -226,17 +229,20 @@ class ContainerManager:
         container.process_user = user
         phases.mark("user")
         target_pid_ns = await self._target_pid_namespace(request, pod)
-        built = await asyncio.to_thread(
-            build_spec,
-            request,
-            image_config,
-            ctr_id=container.id,
-            rootfs=rootfs,
-            user=user,
-            pod=_pod_context(pod),
-            settings=self._settings,
-            volumes_dir=ctr_dir / "volumes",
-            target_pid_ns=target_pid_ns,
+        built = await blocking.HOST_PATHS.run(
+            f"container {container.name}: building the spec (host paths, devices, seccomp profile)",
+            functools.partial(
+                build_spec,
+                request,
+                image_config,
+                ctr_id=container.id,
+                rootfs=rootfs,
+                user=user,
+                pod=_pod_context(pod),
+                settings=self._settings,
+                volumes_dir=ctr_dir / "volumes",
+                target_pid_ns=target_pid_ns,
+            ),
         )
         for warning in built.warnings:
             # A node-wide limit (e.g. no CAP_SYS_RESOURCE) would repeat for every container: said once, then quiet.
