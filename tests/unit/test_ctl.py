@@ -24,6 +24,7 @@ from cripy.ctl import main as ctl_main
 from cripy.ctl.verbs import images, streams
 from cripy.ctl.client import CRIClient, CRIError, normalize_endpoint
 from cripy.ctl.configfile import ConfigFileError, load_container_config, load_pod_config
+from cripy.ctl import crilog
 from cripy.ctl.crilog import LogFileReader, parse_log_bytes, parse_record
 
 POD_ID = "a" * 64
@@ -821,3 +822,53 @@ def test_debug_logs_requests_and_responses(cri: Server, ctl, capsys) -> None:
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith("D Version request: ") and '"version": "v1"' in err[0]
     assert err[1].startswith("D Version response: ") and '"runtimeName": "fake"' in err[1]
+
+
+# -- crictl's document shapes -------------------------------------------------------------------------------
+
+
+def test_log_timestamps_show_like_the_kubelet() -> None:
+    assert crilog.display_timestamp("2026-12-06T04:23:05.023343025+00:00") == "2026-12-06T04:23:05.023343025Z"
+    assert crilog.display_timestamp("2024-01-01T00:00:01.5Z") == "2024-01-01T00:00:01.500000000Z"
+    assert crilog.display_timestamp("2024-01-01T02:00:00+02:00") == "2024-01-01T02:00:00.000000000+02:00"
+    assert crilog.display_timestamp("garbage") == "garbage"
+
+
+def test_proto_document_in_declaration_order_with_newer_api_fields() -> None:
+    container = api_pb2.Container(id="c", image=api_pb2.ImageSpec(image="busybox"), labels={"b": "2", "a": "1"},
+                                  created_at=5)
+    data = documents.proto_document(container)
+    assert list(data) == [field.json_name for field in api_pb2.Container.DESCRIPTOR.fields
+                          if field.json_name != "metadata"]  # an unset message is left out, as protojson does
+    assert list(data["labels"]) == ["a", "b"] and data["createdAt"] == "5"
+    # crictl's newer CRI API has ImageSpec.image_ref; it prints it, empty, last.
+    assert list(data["image"])[-1] == "imageRef" and data["image"]["imageRef"] == ""
+
+
+def test_status_documents_like_go_encoding_json() -> None:
+    status = documents.status_fields(api_pb2.PodSandboxStatus(id="p", created_at=1_500_000_000),
+                                     {"createdAt": documents.rfc3339_nano(1_500_000_000)})
+    document = documents.status_document(status, {"info": '{"pid": 7.0, "note": "<a&b>"}', "plain": '"quoted"'})
+    text = documents.status_documents_text([document], "json")
+    # Keys sorted at every level, unset messages null, whole floats as integers, HTML characters escaped.
+    assert text.startswith('{\n  "info": {\n    "note": "\\u003ca\\u0026b\\u003e",\n    "pid": 7\n  },\n'
+                           '  "plain": "quoted",\n  "status": {\n    "annotations": {},\n'
+                           '    "createdAt": "1970-01-01T00:00:01.5Z",\n')
+    assert '"network": null' in text and text.endswith("}\n")
+    two = json.loads(documents.status_documents_text([document, document], "json"))
+    assert isinstance(two, list) and len(two) == 2
+
+
+def test_go_yaml_quotes_and_orders_like_go_yaml_v2() -> None:
+    text = documents.go_yaml({"b": "", "a_1": "1983140", "aB": "yes", "a10": "x", "a9": "multi\nline",
+                              "none": None, "y": 1, "t": "2026-01-01T00:00:00Z", "plain": "a: b", "list": []})
+    # Non-letters before letters, digit runs by value; strings that read as another type double-quoted (keys too:
+    # go-yaml reads a plain y as true).
+    assert text == ('a_1: "1983140"\na9: |-\n  multi\n  line\na10: x\naB: "yes"\nb: ""\nlist: []\nnone: null\n'
+                    "plain: 'a: b'\nt: \"2026-01-01T00:00:00Z\"\n\"y\": 1\n")
+
+
+def test_go_time_formats() -> None:
+    assert documents.rfc3339_nano(0) == "1970-01-01T00:00:00Z"
+    assert documents.rfc3339_nano(1_796_530_106_916_670_139) == "2026-12-06T04:08:26.916670139Z"
+    assert documents.go_map_text({"b": "2", "a": "{}"}) == "map[a:{} b:2]"

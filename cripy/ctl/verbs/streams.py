@@ -17,7 +17,7 @@ from cri_api.v1 import api_pb2
 
 from cripy.ctl.client import CRIClient, CRIError
 from cripy.ctl.context import CommandError, Context, VerbAdder, for_each, parse_labels
-from cripy.ctl.crilog import LogFileReader, LogLine
+from cripy.ctl.crilog import LogFileReader, LogLine, display_timestamp
 
 # How often `logs -f` looks for new log data and whether the container is still running.
 LOG_FOLLOW_POLL_SECONDS = 0.25
@@ -142,7 +142,7 @@ def cmd_logs(ctx: Context) -> int:
 
     def emit(lines: list[LogLine]) -> None:
         for line in lines:
-            prefix = f"{line.timestamp} ".encode() if args.timestamps and line.timestamp else b""
+            prefix = f"{display_timestamp(line.timestamp)} ".encode() if args.timestamps and line.timestamp else b""
             ending = b"\n" if line.complete else b""
             ctx.write_bytes(prefix + line.content + ending, to_stderr=line.stream == "stderr")
 
