@@ -545,5 +545,5 @@ def test_the_readme_lists_only_verbs_tested_here() -> None:
                 listed.add(words[0])
     tested = {"version", "info", "pull", "images", "inspecti", "rmi", "imagefsinfo", "runp", "pods", "inspectp",
               "stopp", "rmp", "create", "start", "ps", "inspect", "logs", "exec", "stats", "update", "attach",
-              "port-forward"}
+              "port-forward", "runtime-config", "events", "statsp"}
     assert listed and listed <= tested, listed - tested
