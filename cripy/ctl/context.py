@@ -9,7 +9,7 @@ import argparse
 import getpass
 import re
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TextIO
 
@@ -140,7 +140,7 @@ def truncated(ctx: Context, value: str, prefix: str = "") -> str:
     return value if getattr(ctx.args, "no_trunc", False) else output.truncate_id(value, prefix)
 
 
-def label_or_unknown(labels: dict[str, str] | Any, key: str) -> str:
+def label_or_unknown(labels: Mapping[str, str], key: str) -> str:
     """A kubelet label (pod name, namespace) or `unknown`, as crictl shows containers not made by the kubelet."""
     return labels[key] if key in labels else "unknown"
 

@@ -18,7 +18,7 @@ TABLE_PADDING = 3
 _DECIMAL_UNITS = ("B", "kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB")
 
 
-def format_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+def format_table(headers: Sequence[str], rows: Iterable[Sequence[str]], min_width: int = TABLE_MIN_WIDTH) -> str:
     """Columns padded like crictl's tabwriter; the last column is not padded."""
     all_rows = [list(headers)] + [list(row) for row in rows]
     if not headers:
@@ -27,7 +27,7 @@ def format_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     for row in all_rows:
         for index, cell in enumerate(row[:-1]):
             widths[index] = max(widths[index], len(cell))
-    widths = [max(TABLE_MIN_WIDTH, width + TABLE_PADDING) for width in widths]
+    widths = [max(min_width, width + TABLE_PADDING) for width in widths]
     lines = []
     for row in all_rows:
         cells = [cell.ljust(widths[index]) for index, cell in enumerate(row[:-1])]

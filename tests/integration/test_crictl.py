@@ -36,12 +36,11 @@ from typing import Any
 
 import pytest
 import yaml
-from cri_api.v1 import api_pb2
 
 from tests.conformance.kit import Kit
 from tests.integration.daemon import REPO_ROOT
-from tests.integration.podlib import BUSYBOX, PodEnv, short_tempdir
 from tests.integration.conftest_leaks import session_cgroup_parent
+from tests.integration.podlib import BUSYBOX, PodEnv, short_tempdir
 from tests.integration.test_images_common import insecure_conf, unique
 from tests.support.images import busybox_image
 from tests.support.registry import Registry

@@ -872,3 +872,31 @@ def test_go_time_formats() -> None:
     assert documents.rfc3339_nano(0) == "1970-01-01T00:00:00Z"
     assert documents.rfc3339_nano(1_796_530_106_916_670_139) == "2026-12-06T04:08:26.916670139Z"
     assert documents.go_map_text({"b": "2", "a": "{}"}) == "map[a:{} b:2]"
+
+
+def test_runtime_config_and_events(cri: Server, ctl, capsys) -> None:
+    cri.fake.handlers["RuntimeConfig"] = api_pb2.RuntimeConfigResponse(
+        linux=api_pb2.LinuxRuntimeConfiguration(cgroup_driver=api_pb2.SYSTEMD))
+    assert ctl("runtime-config") == 0
+    assert capsys.readouterr().out == "cgroup driver:   SYSTEMD\n"
+    events = [api_pb2.ContainerEventResponse(container_id=CONTAINER_ID, created_at=7,
+                                             container_event_type=api_pb2.CONTAINER_STARTED_EVENT)]
+    cri.fake.handlers["GetContainerEvents"] = lambda request: iter(events)  # a stream: the events, then its end
+    assert ctl("events") == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["containerId"] == CONTAINER_ID and printed["containerEventType"] == "CONTAINER_STARTED_EVENT"
+    assert printed["createdAt"] == "7" and printed["containersStatuses"] == []
+
+
+def test_verbose_lists(cri: Server, two_images, ctl, capsys) -> None:
+    assert ctl("images", "-v") == 0
+    assert capsys.readouterr().out.startswith(
+        "ID: sha256:" + "b" * 64 + "\nRepoTags: localhost:5000/busybox:1.36\nRepoTags: localhost:5000/busybox:latest\n"
+        "RepoDigests: localhost:5000/busybox@sha256:" + "d" * 64 + "\nSize: 1462016\n\n")
+    cri.fake.handlers["ListPodSandbox"] = api_pb2.ListPodSandboxResponse(items=[api_pb2.PodSandbox(
+        id=POD_ID, metadata=api_pb2.PodSandboxMetadata(name="web", uid="u1", namespace="prod", attempt=2),
+        state=api_pb2.SANDBOX_READY, created_at=0, labels={"app": "web"})])
+    assert ctl("pods", "-v") == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"ID: {POD_ID}\nName: web\nUID: u1\nNamespace: prod\nAttempt: 2\nStatus: Ready\nCreated: ")
+    assert out.endswith("Labels:\n\tapp -> web\nRuntime: (default)\n\n")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Mapping
 
 from cri_api.v1 import api_pb2
 
@@ -99,12 +100,12 @@ def print_metadata(ctx: Context, metadata: api_pb2.PodSandboxMetadata, *, always
         ctx.print(f"Attempt: {metadata.attempt}")
 
 
-def print_labels(ctx: Context, title: str, labels: dict[str, str] | object) -> None:
+def print_labels(ctx: Context, title: str, labels: Mapping[str, str]) -> None:
     """A `Labels:` block, one tab-indented `key -> value` per entry; nothing for an empty map (Go's nil)."""
     if not labels:
         return
     ctx.print(f"{title}:")
-    for key, value in documents.sorted_pairs(labels):  # type: ignore[arg-type]
+    for key, value in documents.sorted_pairs(labels):
         ctx.print(f"\t{key} -> {value}")
 
 

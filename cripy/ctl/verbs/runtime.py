@@ -6,7 +6,7 @@ from typing import Any
 
 from cri_api.v1 import api_pb2
 
-from cripy.ctl import documents
+from cripy.ctl import documents, output
 from cripy.ctl.context import Context, VerbAdder, add_output_flag
 
 
@@ -39,8 +39,8 @@ def cmd_runtime_config(ctx: Context) -> int:
     response = ctx.client.runtime_config()
     if response.HasField("linux"):
         driver = api_pb2.CgroupDriver.Name(response.linux.cgroup_driver)
-        # crictl's table here has a minimum column width of 10 and a padding of 3.
-        ctx.print(f"{'cgroup driver:':<{max(10, len('cgroup driver:') + 3)}}{driver}")
+        # crictl's table here has a minimum column width of 10.
+        ctx.write(output.format_table(["cgroup driver:", driver], [], min_width=10))
     return 0
 
 

@@ -8,6 +8,7 @@ it only when stdout is a terminal.
 
 from __future__ import annotations
 
+import argparse
 import time
 from collections.abc import Callable
 from typing import Any
@@ -113,7 +114,7 @@ def repeat(ctx: Context, show: Callable[[], Any]) -> int:
         return 0
 
 
-def add_sampling_flags(sub: Any) -> None:
+def add_sampling_flags(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--label", action="append", metavar="KEY=VALUE", help="filter by label (repeatable)")
     sub.add_argument("-s", "--seconds", type=int, default=1, help="seconds between the two CPU samples")
     sub.add_argument("-w", "--watch", action="store_true", help="repeat until interrupted")

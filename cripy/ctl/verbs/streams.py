@@ -16,7 +16,7 @@ import grpc
 from cri_api.v1 import api_pb2
 
 from cripy.ctl.client import CRIClient, CRIError
-from cripy.ctl.context import CommandError, Context, VerbAdder, for_each, parse_labels
+from cripy.ctl.context import CommandError, Context, VerbAdder, for_each
 from cripy.ctl.crilog import LogFileReader, LogLine, display_timestamp
 
 # How often `logs -f` looks for new log data and whether the container is still running.
