@@ -7,7 +7,16 @@ import sys
 from pathlib import Path
 
 from cripy import CRI_API_VERSION, __version__
-from cripy.config import DEFAULT_CONFIG_PATH, DEFAULT_DROPIN_DIR, Config, ConfigError, load_config, to_toml, validate
+from cripy.config import (
+    DEFAULT_CONFIG_PATH,
+    DEFAULT_DROPIN_DIR,
+    Config,
+    ConfigError,
+    config_files,
+    load_config,
+    to_toml,
+    validate,
+)
 
 COMMANDS = ("config", "version", "ctl", "image", "daemon")
 
@@ -36,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from cripy.daemon import run_daemon
 
-    return run_daemon(config, reload=lambda: _effective_config(args))
+    return run_daemon(config, reload=lambda: _effective_config(args),
+                      config_files=lambda: config_files(args.config, args.config_dir))
 
 
 OPTIONS_WITH_VALUES = ("--config", "--config-dir", "--root", "--runroot", "--listen", "--log-level")

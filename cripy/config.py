@@ -120,18 +120,24 @@ class Config:
 
 def load_config(path: Path | None = None, dropin_dir: Path | None = None, *, must_exist: bool = False) -> Config:
     """Read the main file (if present) and its drop-ins into a validated Config."""
-    path = DEFAULT_CONFIG_PATH if path is None else path
-    dropin_dir = DEFAULT_DROPIN_DIR if dropin_dir is None else dropin_dir
+    main = DEFAULT_CONFIG_PATH if path is None else path
+    if must_exist and not main.exists():
+        raise ConfigError(f"config file {main} does not exist")
     config = Config()
-    if path.exists():
-        _apply_file(config, path)
-    elif must_exist:
-        raise ConfigError(f"config file {path} does not exist")
-    if dropin_dir.is_dir():
-        for dropin in sorted(dropin_dir.glob("*.toml")):
-            _apply_file(config, dropin)
+    for source in config_files(path, dropin_dir):
+        _apply_file(config, source)
     validate(config)
     return config
+
+
+def config_files(path: Path | None = None, dropin_dir: Path | None = None) -> list[Path]:
+    """The files load_config reads, in the order it applies them: the main file if present, then the drop-ins."""
+    path = DEFAULT_CONFIG_PATH if path is None else path
+    dropin_dir = DEFAULT_DROPIN_DIR if dropin_dir is None else dropin_dir
+    files = [path] if path.exists() else []
+    if dropin_dir.is_dir():
+        files += sorted(dropin_dir.glob("*.toml"))
+    return files
 
 
 def validate(config: Config) -> None:
