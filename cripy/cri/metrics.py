@@ -155,21 +155,6 @@ def kind_of(name: str) -> Kind:
 # ---------------------------------------------------------------------------------------------------- samples
 
 
-def pod_samples(base: tuple[str, str, str], interfaces: dict[str, InterfaceCounters]) -> list[Sample]:
-    """The pod's own metrics: its network interfaces' counters (containers share the pod's network namespace)."""
-    samples = []
-    for name, c in sorted(interfaces.items()):
-        labels = (*base, name)
-        for metric, value in (
-            ("receive_bytes", c.rx_bytes), ("receive_packets", c.rx_packets),
-            ("receive_packets_dropped", c.rx_dropped), ("receive_errors", c.rx_errors),
-            ("transmit_bytes", c.tx_bytes), ("transmit_packets", c.tx_packets),
-            ("transmit_packets_dropped", c.tx_dropped), ("transmit_errors", c.tx_errors),
-        ):
-            samples.append(Sample(f"container_network_{metric}_total", value, labels))
-    return samples
-
-
 class _Samples:
     """Samples of one object under construction: its base labels, then each metric's own."""
 
@@ -181,6 +166,20 @@ class _Samples:
         """A value of None is one the node does not offer: no sample rather than a made-up one."""
         if value is not None:
             self.items.append(Sample(name, max(0, int(value)), (*self.base, *labels), timestamp_ns))
+
+
+def pod_samples(base: tuple[str, str, str], interfaces: dict[str, InterfaceCounters]) -> list[Sample]:
+    """The pod's own metrics: its network interfaces' counters (containers share the pod's network namespace)."""
+    samples = _Samples(base)
+    for name, c in sorted(interfaces.items()):
+        for metric, value in (
+            ("receive_bytes", c.rx_bytes), ("receive_packets", c.rx_packets),
+            ("receive_packets_dropped", c.rx_dropped), ("receive_errors", c.rx_errors),
+            ("transmit_bytes", c.tx_bytes), ("transmit_packets", c.tx_packets),
+            ("transmit_packets_dropped", c.tx_dropped), ("transmit_errors", c.tx_errors),
+        ):
+            samples.add(f"container_network_{metric}_total", value, name)
+    return samples.items
 
 
 def container_samples(base: tuple[str, str, str], usage: ContainerUsage, *, started_at_ns: int,

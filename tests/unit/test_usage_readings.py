@@ -1,8 +1,12 @@
-"""The parsers behind the stats and metrics calls: cgroup usage and limit files (cgroupstats), /proc/net/dev,
-/proc/<pid>/limits (procfs). Inputs are the kernel's formats as a v1 hybrid node and a v2 node write them."""
+"""The readings behind the stats and metrics calls: parsers of cgroup usage and limit files (cgroupstats),
+/proc/net/dev and /proc/<pid>/limits (procfs), with the kernel's formats as v1 hybrid and v2 nodes write them; and
+the writable layer's cached usage (containers/usage.py)."""
 
 from __future__ import annotations
 
+import time
+
+from cripy.containers.usage import WritableLayerCache
 from cripy.linux import cgroupstats as cs
 from cripy.linux import procfs
 from cripy.linux.cgroups import parse_flat_keyed
@@ -183,3 +187,32 @@ def test_soft_limits_with_names_as_labels() -> None:
     assert procfs.parse_soft_limits(LIMITS) == {
         "max_cpu_time": None, "max_open_files": 1024, "max_processes": 63457, "max_realtime_timeout": None,
     }
+
+
+# ---- the writable layer's usage, cached ----------------------------------------------------------------------------
+
+
+def test_writable_layer_cache_hands_out_the_last_walk_and_refreshes_it_in_the_background(tmp_path) -> None:
+    upper = tmp_path / "upper"
+    (upper / "d").mkdir(parents=True)
+    (upper / "d" / "f").write_bytes(b"x" * 10000)
+    cache = WritableLayerCache(max_age=3600)
+    first = cache.get("c1", upper)
+    assert first.inodes_used == 2 and first.used_bytes >= 10000 and first.collected_at_ns > 0
+
+    (upper / "g").write_bytes(b"y" * 50000)
+    assert cache.get("c1", upper) == first  # young enough: no walk
+
+    cache.max_age = 0
+    assert cache.get("c1", upper) == first  # stale: handed out while a background walk refreshes it
+    deadline = time.monotonic() + 20
+    while (fresh := cache.get("c1", upper)).inodes_used != 3:
+        assert time.monotonic() < deadline, "the background walk never refreshed the entry"
+        time.sleep(0.01)
+    assert fresh.used_bytes >= 60000 and fresh.collected_at_ns >= first.collected_at_ns
+
+    cache.forget("c1")
+    cache.max_age = 3600
+    assert cache.get("c1", upper).inodes_used == 3  # walked again, inline
+    gone = cache.get("other", tmp_path / "missing")
+    assert (gone.used_bytes, gone.inodes_used) == (0, 0)  # a layer that is gone uses nothing
