@@ -6,6 +6,7 @@ metrics' names and labels are cri/metrics.py's."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -22,6 +23,8 @@ from cripy.linux import procfs
 from cripy.linux.cgroupstats import Pressure
 from cripy.pods.manager import PodManager
 from cripy.pods.model import STATE_READY, PodSandbox
+
+log = logging.getLogger(__name__)
 
 # Reading a pod's interface counters enters its netns: only in threads reserved for that.
 _NETNS_READERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cripy-netns-stats")
@@ -96,7 +99,12 @@ class StatsServicer:
     async def _interfaces(self, pod: PodSandbox) -> dict[str, procfs.InterfaceCounters]:
         if pod.netns is None or pod.state != STATE_READY:
             return {}
-        return await asyncio.get_running_loop().run_in_executor(_NETNS_READERS, procfs.read_net_dev, pod.netns)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(_NETNS_READERS, procfs.read_net_dev, pod.netns)
+        except OSError as e:
+            # Most likely stopped while being read: its other readings still answer (a list must not fail).
+            log.warning("pod %s: cannot read its interfaces' counters: %s", pod.id, e)
+            return {}
 
     async def _pod_metrics(self, pod: PodSandbox, containers: list[Container]) -> api_pb2.PodSandboxMetrics:
         running = [c for c in containers if c.state == STATE_RUNNING]

@@ -22,7 +22,6 @@ from tests.integration.podlib import PodEnv, rpc_error
 from tests.integration.shapes import (
     critest_container_config,
     critest_pod_config,
-    kubelet_container_config,
     kubelet_pod_cgroup,
     kubelet_pod_config,
 )
