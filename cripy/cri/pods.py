@@ -14,7 +14,7 @@ from cripy.cri.convert import NAMESPACE_MODE, pod_request_from_pb, resources_fro
 from cripy.cri.errors import grpc_method
 from cripy.cri.filters import labels_match
 from cripy.errors import CripyError
-from cripy.linux import cgroupstats
+from cripy.linux import cgroups, cgroupstats
 from cripy.pods.manager import PodManager
 from cripy.pods.model import STATE_NOTREADY, STATE_READY, PodSandbox
 
@@ -152,9 +152,10 @@ def _asdict(value: object) -> dict | None:
 def _pod_cgroup_limits(pod: PodSandbox) -> dict | None:
     """What the pod's own cgroup (the kubelet's) holds, to set beside what UpdatePodSandboxResources recorded;
     None when the pod has no cgroup of its own or it cannot be read."""
-    if not pod.request.cgroup_parent:
-        return None
+    parent = pod.request.cgroup_parent
     try:
-        return dataclasses.asdict(cgroupstats.read_limits(pod.request.cgroup_parent))
+        if not parent or not cgroups.exists(parent):
+            return None
+        return dataclasses.asdict(cgroupstats.read_limits(parent))
     except (OSError, CripyError):
         return None

@@ -233,12 +233,17 @@ class PodManager:
             if pod.state != STATE_READY:
                 raise FailedPrecondition(f"pod sandbox {pod.id} is {pod.state}, not ready: its resources cannot be "
                                          "updated")
+            recorded = pod.request
             pod.request = dataclasses.replace(
-                pod.request,
-                overhead=overhead if overhead is not None else pod.request.overhead,
-                resources=resources if resources is not None else pod.request.resources,
+                recorded,
+                overhead=overhead if overhead is not None else recorded.overhead,
+                resources=resources if resources is not None else recorded.resources,
             )
-            await self._table.update(pod, ("request",))
+            try:
+                await self._table.update(pod, ("request",))
+            except BaseException:
+                pod.request = recorded  # memory stays what the database holds
+                raise
         log.info("pod %s (%s): pod-level resources recorded (overhead %s, resources %s)", pod.id, pod.name,
                  pod.request.overhead, pod.request.resources)
 
