@@ -181,7 +181,7 @@ class Daemon:
             containers=self.containers,
             handler_features=self.handler_features,
             network_status=self._network_status,
-            config_info=lambda: status_info(self.config, self.config_files, self.network),
+            config_info=lambda: status_info(self.config, self.config_files, self.network, self.handler_features()),
             streaming=self.streaming,
         )
         server.add_generic_rpc_handlers([

@@ -13,21 +13,23 @@ from typing import Any
 
 from cripy.config import Config, handler_runtime_root
 from cripy.network.cni import CNIManager, NetworkList
+from cripy.oci.features import RECURSIVE_READ_ONLY_MOUNTS, USER_NAMESPACES, HandlerFeatures
 
 
-def status_info(config: Config, config_files: list[Path], network: CNIManager) -> dict[str, Any]:
+def status_info(config: Config, config_files: list[Path], network: CNIManager,
+                features: dict[str, HandlerFeatures]) -> dict[str, Any]:
     """Blocking (the CNI part re-reads a changed configuration directory): run it in a worker thread."""
     return {
         "config": dataclasses.asdict(config),
         "configFiles": {"applied": [str(path) for path in config_files]},  # in the order they were applied
-        "runtimes": runtimes(config),
+        "runtimes": runtimes(config, features),
         "network": network_info(network),
     }
 
 
-def runtimes(config: Config) -> dict[str, Any]:
-    """Each handler a RuntimeClass can name, with the OCI runtime behind it; the default serves pods that name
-    none."""
+def runtimes(config: Config, features: dict[str, HandlerFeatures]) -> dict[str, Any]:
+    """Each handler a RuntimeClass can name, with the OCI runtime behind it and what it offers (or why not); the
+    default serves pods that name none."""
     runtime = config.runtime
     return {
         name: {
@@ -36,8 +38,16 @@ def runtimes(config: Config) -> dict[str, Any]:
             "runtimeType": handler.runtime_type,
             "runtimeRoot": str(handler_runtime_root(config, name)),
             "runtimeFound": Path(handler.runtime_path).is_file(),
+            "features": _features(features.get(name, HandlerFeatures())),
         }
         for name, handler in sorted(runtime.handlers.items())
+    }
+
+
+def _features(offered: HandlerFeatures) -> dict[str, Any]:
+    return {
+        "source": offered.source,
+        **{feature: offered.missing(feature) or "offered" for feature in (RECURSIVE_READ_ONLY_MOUNTS, USER_NAMESPACES)},
     }
 
 
