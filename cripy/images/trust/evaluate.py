@@ -113,7 +113,7 @@ def _judge_signatures(requirement: Requirement, found: Found, kind: str, check: 
     if found.error:
         return Outcome(requirement, False, f"{found.where}: {found.error}", Reason.UNAVAILABLE)
     if not found.signatures:
-        note = f" ({found.note})" if found.note else ""
+        note = f"; {found.note}" if found.note else ""
         return Outcome(requirement, False, f"no {kind} signature at {found.where}{note}", Reason.NO_SIGNATURE)
     refusals: list[Refused] = []
     for signature in found.signatures:
@@ -122,7 +122,7 @@ def _judge_signatures(requirement: Requirement, found: Found, kind: str, check: 
         except Refused as refused:
             refusals.append(refused)
     if len(refusals) == 1:
-        return Outcome(requirement, False, f"{refusals[0].detail} (signature at {found.where})", refusals[0].reason)
+        return Outcome(requirement, False, f"{refusals[0].detail}; signature from {found.where}", refusals[0].reason)
     listed = "; ".join(f"signature {i}: {r}" for i, r in enumerate(refusals, 1))
     return Outcome(requirement, False, f"none of the {len(refusals)} signatures at {found.where} is accepted: "
                                        f"{listed}", refusals[0].reason)

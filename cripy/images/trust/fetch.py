@@ -43,7 +43,7 @@ async def lookaside_signatures(locations: SignatureLocations, physical: Referenc
     base = locations.lookaside.rstrip("/")
     algorithm, _, encoded = digest.partition(":")
     directory = f"{base}/{physical.path}@{algorithm}={encoded}"
-    where = f"lookaside {directory}/signature-1 (from {locations.lookaside_origin})"
+    where = f"lookaside {directory}/signature-1 (configured by {locations.lookaside_origin})"
     url = yarl.URL(directory)
     signatures: list[bytes] = []
     try:

@@ -114,8 +114,7 @@ def verify_signature(signature: SigstoreSignature, trust: SigstoreTrust) -> byte
     signer = next((k for k in trust.keys if _verifies(k.key, raw, signature.payload)), None)
     if signer is None:
         raise Refused(Reason.OTHER_KEY_OR_ALTERED,
-                      f"the signature does not verify with {', '.join(k.description for k in trust.keys)} "
-                      "(made by another key, or the payload was altered)")
+                      f"the signature does not verify with {', '.join(k.description for k in trust.keys)}")
     if trust.rekor_keys:
         key_der = signer.key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
         verify_rekor_bundle(_annotation(annotations, BUNDLE_ANNOTATION), trust.rekor_keys, key_der, raw,
