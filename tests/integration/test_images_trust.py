@@ -17,6 +17,8 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,7 @@ import grpc
 import pytest
 from cri_api.v1 import api_pb2
 
+from tests.integration.daemon import REPO_ROOT
 from tests.integration.podlib import PodEnv
 from tests.integration.test_images_common import insecure_conf, layer_dir_names, marker_image, tmp_entries, unique
 from tests.support.images import BuiltImage
@@ -487,3 +490,43 @@ def test_sigstore_needs_attachments_enabled(lab: TrustLab) -> None:
         lab.refused(signed, "no signature found", "use-sigstore-attachments is not enabled")
     finally:
         lab.write_registries_d({lab.registry.host: {"lookaside": lab.web.url, "use-sigstore-attachments": True}})
+
+
+# ---------------------------------------------------------------------------------------------------- the operator's view
+
+
+def cripy_trust(lab: TrustLab, ref: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`cripy image trust REF ...` with the daemon's configuration, as an operator on the node runs it."""
+    argv = [sys.executable, "-m", "cripy.cli", "--config", str(lab.daemon.config_path), "--config-dir",
+            str(lab.daemon.workdir / "cripy.d"), "image", "trust", ref, *args]
+    return subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_trust_command_explains_and_checks(lab: TrustLab) -> None:
+    signed = lab.push("explain")
+    lab.sign("gpg", signed)
+    policy = lab.trust(lab.scope(signed), lab.requirement("gpg"))
+
+    shown = cripy_trust(lab, signed.ref)
+    assert shown.returncode == 0, shown.stderr
+    for text in (str(policy), repr(lab.scope(signed)), "signedBy", str(lab.keys / "gpg.gpg"), lab.web.url):
+        assert text in shown.stdout, f"{text!r} not in:\n{shown.stdout}"
+    assert "verdict" not in shown.stdout
+
+    accepted = cripy_trust(lab, signed.ref, "--check")
+    assert accepted.returncode == 0, accepted.stdout + accepted.stderr
+    assert "verdict:   accepted" in accepted.stdout and lab.gpg.fingerprint in accepted.stdout
+
+    team = lab.trust(lab.scope(signed), lab.requirement("sigstore"), lab.daemon.policy_dir / "team-t.json")
+    try:
+        refused = cripy_trust(lab, signed.ref, "--check", "--namespace", "team-t")
+    finally:
+        team.unlink()
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert str(team) in refused.stdout and "verdict:   refused" in refused.stdout
+    assert "no signature found" in refused.stdout
+    assert lab.daemon.image_status(signed.ref).HasField("image") is False, "checking stores nothing"
+
+    lab.daemon.policy_path.write_text('{"default": [{"type": "reject", "why": 1}]}')
+    broken = cripy_trust(lab, signed.ref)
+    assert broken.returncode == 2 and str(lab.daemon.policy_path) in broken.stderr and "'why'" in broken.stderr
