@@ -81,10 +81,12 @@ async def _http_get(session: aiohttp.ClientSession, url: yarl.URL, certs_dir: Pa
             raise _Missing()
         if resp.status != 200:
             raise ValueError(f"HTTP {resp.status} from {url}")
-        body = await resp.content.read(MAX_SIGNATURE_SIZE + 1)
-        if len(body) > MAX_SIGNATURE_SIZE:
-            raise ValueError(f"{url} is larger than {MAX_SIGNATURE_SIZE} bytes")
-        return body
+        body = bytearray()
+        async for chunk in resp.content.iter_chunked(64 * 1024):
+            body += chunk
+            if len(body) > MAX_SIGNATURE_SIZE:
+                raise ValueError(f"{url} is larger than {MAX_SIGNATURE_SIZE} bytes")
+        return bytes(body)
 
 
 async def sigstore_signatures(locations: SignatureLocations, client: RegistryClient, physical: Reference,
