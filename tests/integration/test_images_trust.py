@@ -31,7 +31,7 @@ from cri_api.v1 import api_pb2
 from tests.integration.daemon import REPO_ROOT
 from tests.integration.podlib import PodEnv
 from tests.integration.test_images_common import insecure_conf, layer_dir_names, marker_image, tmp_entries, unique
-from tests.support.images import BuiltImage
+from tests.support.images import BuiltImage, build_index, host_platform
 from tests.support.registry import Registry
 from tests.support.signing import (
     CosignKey,
@@ -530,3 +530,40 @@ def test_trust_command_explains_and_checks(lab: TrustLab) -> None:
     lab.daemon.policy_path.write_text('{"default": [{"type": "reject", "why": 1}]}')
     broken = cripy_trust(lab, signed.ref)
     assert broken.returncode == 2 and str(lab.daemon.policy_path) in broken.stderr and "'why'" in broken.stderr
+
+
+def test_signatures_use_the_pulls_credentials(lab: TrustLab, htpasswd_registry: Registry) -> None:
+    """The sigstore attachment is fetched by the pull's own client: with the credentials the kubelet sent."""
+    repo = unique("trust/private")
+    image = marker_image(f"private {secrets.token_hex(4)}")
+    ref = htpasswd_registry.push_image(repo, "v1", image)
+    payload = cosign_payload(image.manifest_digest, ref)
+    attach_sigstore_signatures(htpasswd_registry, repo, image.manifest_digest,
+                               [(payload, key_signature(lab.cosign, payload))])
+    lab.daemon.registries_conf.write_text(insecure_conf(lab.registry.host, htpasswd_registry.host))
+    lab.write_registries_d({lab.registry.host: {"lookaside": lab.web.url, "use-sigstore-attachments": True},
+                            htpasswd_registry.host: {"use-sigstore-attachments": True}})
+    try:
+        lab.trust(f"{htpasswd_registry.host}/{repo}", lab.requirement("sigstore"))
+        user, password = htpasswd_registry.credentials
+        assert lab.daemon.pull(ref, username=user, password=password) == image.config_digest
+    finally:
+        lab.daemon.registries_conf.write_text(insecure_conf(lab.registry.host))
+        lab.write_registries_d({lab.registry.host: {"lookaside": lab.web.url, "use-sigstore-attachments": True}})
+
+
+def test_multi_platform_image_is_judged_by_its_index(lab: TrustLab) -> None:
+    """A reference that resolves to an index is signed at the index: its digest is what signatures name, before
+    the platform's manifest is even fetched."""
+    repo = unique("trust/multi")
+    here = marker_image(f"index {secrets.token_hex(4)}")
+    index = build_index([(host_platform(), here)])
+    ref = lab.registry.push_index(repo, "v1", index)
+    signed = Signed(repo, ref, here)
+    lab.trust(lab.scope(signed), lab.requirement("sigstore"))
+    payload = cosign_payload(here.manifest_digest, ref)  # the platform manifest's digest: not what is pulled
+    attach_sigstore_signatures(lab.registry, repo, index.digest, [(payload, key_signature(lab.cosign, payload))])
+    lab.refused(signed, "signature is for another manifest", index.digest)
+    payload = cosign_payload(index.digest, ref)
+    attach_sigstore_signatures(lab.registry, repo, index.digest, [(payload, key_signature(lab.cosign, payload))])
+    lab.pulled(signed)
