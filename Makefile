@@ -2,20 +2,27 @@
 # Both install what they need (Debian packages with apt-get, Python packages into .venv).
 
 PYTEST_ARGS ?=
+# make conformance CONFORMANCE_ARGS="--focus 'Image Volume'"; the kit: CRI_CONFORMANCE_KIT (CRITEST, CRICTL)
+CONFORMANCE_ARGS ?=
 
-.PHONY: deps test unit integration demo bench clean
+.PHONY: deps test unit integration conformance demo bench clean
 
 deps:
 	./scripts/install-deps.sh
 
+# The suite, then the CRI validation suite (critest) compared with tests/conformance/expected.tsv.
 test: deps
 	.venv/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests
+	.venv/bin/python -m tests.conformance.run $(CONFORMANCE_ARGS)
 
 unit: deps
 	.venv/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests/unit
 
 integration: deps
 	.venv/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests/integration
+
+conformance: deps
+	.venv/bin/python -m tests.conformance.run $(CONFORMANCE_ARGS)
 
 demo: deps
 	.venv/bin/python scripts/demo.py

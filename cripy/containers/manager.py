@@ -316,8 +316,12 @@ class ContainerManager:
         phases.done()
 
     async def stop(self, ctr_id: str, timeout: int) -> None:
-        """StopContainer: the stop signal, then SIGKILL after `timeout` seconds; stopping a stopped one is fine."""
-        container = await self.get(ctr_id)
+        """StopContainer: the stop signal, then SIGKILL after `timeout` seconds. Idempotent, as the CRI says:
+        stopping a stopped container, or one that does not exist (any more), succeeds."""
+        container = await self.find(ctr_id)
+        if container is None:
+            log.debug("StopContainer of %r: no such container, nothing to stop", ctr_id)
+            return
         if container.state in (STATE_EXITED, STATE_CREATING):
             return
         if container.state == STATE_CREATED:

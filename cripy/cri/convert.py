@@ -5,7 +5,8 @@ The only module that reads ContainerConfig / PodSandboxConfig messages. It valid
 or Unimplemented for features cripy does not offer (user namespaces, image volumes, CDI devices, rro mounts).
 
 Choices worth knowing:
-- An unset seccomp profile (neither `seccomp` nor the deprecated `seccomp_profile_path`) means RuntimeDefault.
+- An unset seccomp profile (neither `seccomp` nor the deprecated `seccomp_profile_path`) means Unconfined, as
+  the CRI says; the kubelet always sends the profile it wants (RuntimeDefault when seccompDefault is on).
 - Empty masked_paths / readonly_paths mean "runtime defaults": protobuf cannot tell empty from unset, and the
   other runtimes read it the same way.
 - A container without namespace_options inherits the pod's.
@@ -261,10 +262,11 @@ def _security_profile(msg: pb.SecurityProfile, where: str) -> SecurityProfile:
 
 
 def _legacy_seccomp_path(path: str, where: str) -> SecurityProfile:
-    """The deprecated string form: "runtime/default", "docker/default", "unconfined", "localhost/<path>"."""
-    if path in ("", "runtime/default", "docker/default"):
+    """The deprecated string form: "runtime/default", "docker/default", "unconfined", "localhost/<path>"; empty
+    is unconfined (the CRI: 'Default: "", which is identical with unconfined')."""
+    if path in ("runtime/default", "docker/default"):
         return SecurityProfile(kind="runtime_default")
-    if path == "unconfined":
+    if path in ("", "unconfined"):
         return SecurityProfile(kind="unconfined")
     if path.startswith("localhost/"):
         # kubelet wrote "localhost/" + an absolute path, hence the double slash

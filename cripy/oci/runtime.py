@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 EXEC_OUTPUT_CAP = 16 * 1024 * 1024
 # After an exec'd command exited, how long its stdout/stderr may stay open (held by a background child) before
 # the output collected so far is returned.
+EXEC_REAP_GRACE = 2.0  # seconds for runc exec to reap a killed command and exit
 EXEC_DRAIN_GRACE = 2.0
 REOPEN_LOG_TIMEOUT = 10.0
 
@@ -448,15 +449,38 @@ async def _drain(stream: asyncio.StreamReader | None, into: bytearray, cap: int 
 
 
 async def _stop_exec(proc: asyncio.subprocess.Process, pidfile: Path) -> None:
-    """Kill an exec'd command and its runc: the command by its pid, runc (and runc init) by process group."""
+    """Kill an exec'd command and its runc. The command goes first and `runc exec`, its parent, is given a moment
+    to reap it and exit: killing both at once would orphan the command, which then lingers as a zombie in the
+    container until some reaper gets to it (critest's execSync-with-timeout spec looks for it right away). runc
+    (and a runc init that never got the command going) is killed by its process group after that."""
     pid = _read_pidfile(pidfile)
     if pid is not None:
-        _kill_quietly(pid, signal.SIGKILL)
+        _kill_command(pid)
+        try:
+            await asyncio.wait_for(asyncio.shield(proc.wait()), EXEC_REAP_GRACE)
+        except TimeoutError:
+            pass
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
     await proc.wait()
+
+
+def _kill_command(pid: int) -> None:
+    """SIGKILL an exec'd command with the children it started: runc makes each exec the leader of a session of its
+    own, so its process group is exactly what that exec started (a child that left the group is not followed)."""
+    try:
+        leads_its_group = os.getpgid(pid) == pid
+    except ProcessLookupError:
+        return
+    if leads_its_group:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+            return
+        except ProcessLookupError:
+            return
+    _kill_quietly(pid, signal.SIGKILL)
 
 
 def _runc_log_errors(path: Path) -> str:

@@ -124,7 +124,7 @@ class PodEnv:
         linux.security_context.namespace_options.CopyFrom(api_pb2.NamespaceOption(network=network, pid=pid, ipc=ipc))
         return api_pb2.PodSandboxConfig(
             metadata=api_pb2.PodSandboxMetadata(name=name, uid=secrets.token_hex(8), namespace="cripytest"),
-            hostname=kwargs.pop("hostname", name),
+            hostname=kwargs.pop("hostname", ""),  # critest names none; a pod then gets the node's
             log_directory=str(self.workdir / "logs" / name),
             linux=linux,
             **kwargs,

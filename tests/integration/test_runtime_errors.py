@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import uuid
 from pathlib import Path
 
 import grpc
@@ -34,7 +35,6 @@ def test_unknown_ids_are_not_found(pod_env: PodEnv) -> None:
         "PodSandboxStatus": lambda: pod_env.pod_status(unknown),
         "ContainerStatus": lambda: pod_env.status(unknown),
         "StartContainer": lambda: pod_env.start(unknown),
-        "StopContainer": lambda: pod_env.stop(unknown),
         "ExecSync": lambda: pod_env.exec(unknown, ["true"]),
         "ContainerStats": lambda: pod_env.rt.ContainerStats(api_pb2.ContainerStatsRequest(container_id=unknown),
                                                             timeout=10),
@@ -50,8 +50,22 @@ def test_unknown_ids_are_not_found(pod_env: PodEnv) -> None:
         error = rpc_error(call)
         assert error.code() == grpc.StatusCode.NOT_FOUND, f"{name}: {error.code()} {error.details()}"
         assert unknown in error.details(), f"{name}: the message does not name the id: {error.details()}"
-    pod_env.remove(unknown)  # RemoveContainer of an unknown id is not an error (kubelet repeats it)
     assert pod_env.list_containers(pod_sandbox_id=pod_id) == []
+
+
+def test_stop_and_remove_of_unknown_ids_succeed(pod_env: PodEnv) -> None:
+    """The CRI says stop and remove are idempotent, and critest's Idempotence specs call them with ids that never
+    existed: they succeed, and change nothing."""
+    unknown = secrets.token_hex(32)
+    pod_id, _ = pod_env.run_pod("idempotent-unknown")
+    before = (pod_env.list_pods(), pod_env.list_containers())
+    pod_env.stop(unknown)
+    pod_env.remove(unknown)
+    pod_env.stop_pod(unknown)
+    pod_env.remove_pod(unknown)
+    pod_env.stop(str(uuid.uuid4()))  # critest's ids are UUIDs, not hex
+    assert (pod_env.list_pods(), pod_env.list_containers()) == before
+    assert pod_env.pod_status(pod_id).status.state == api_pb2.SANDBOX_READY
 
 
 def test_container_in_a_stopped_pod_is_refused(pod_env: PodEnv) -> None:

@@ -111,7 +111,7 @@ def test_minimal_container_config_defaults():
     assert req.command == [] and req.envs == [] and req.mounts == [] and req.log_path == ""
     assert sec.run_as_user is None and sec.run_as_group is None  # unset wrappers stay None, not 0
     assert sec.masked_paths is None and sec.readonly_paths is None  # runtime defaults apply
-    assert sec.seccomp == SecurityProfile("runtime_default")
+    assert sec.seccomp == SecurityProfile("unconfined")  # the CRI: no profile is unconfined
     assert sec.supplemental_groups_policy == "merge"
     assert req.stop_signal == ""
 
@@ -136,7 +136,7 @@ def test_absolute_log_path_is_kept():
 @pytest.mark.parametrize(
     ("legacy", "expected"),
     [
-        ("", SecurityProfile("runtime_default")),
+        ("", SecurityProfile("unconfined")),
         ("runtime/default", SecurityProfile("runtime_default")),
         ("docker/default", SecurityProfile("runtime_default")),
         ("unconfined", SecurityProfile("unconfined")),
