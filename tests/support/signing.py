@@ -186,11 +186,15 @@ def _name(cn: str) -> x509.Name:
 
 
 def _ca_certificate(subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name,
-                    issuer_key: ec.EllipticCurvePrivateKey, now: datetime.datetime) -> x509.Certificate:
+                    issuer_key: ec.EllipticCurvePrivateKey, now: datetime.datetime,
+                    code_signing_only: bool = False) -> x509.Certificate:
     usage = x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
                           data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
                           encipher_only=False, decipher_only=False)
-    return (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(issuer)
+    builder = x509.CertificateBuilder()
+    if code_signing_only:  # as Fulcio's intermediate: an extended key usage of code signing alone
+        builder = builder.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]), critical=False)
+    return (builder.subject_name(_name(subject)).issuer_name(issuer)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=365))
             .add_extension(x509.BasicConstraints(ca=True, path_length=1), critical=True)
@@ -211,7 +215,7 @@ class FulcioCA:
         self.root = _ca_certificate(f"{name} root", self._root_key, _name(f"{name} root"), self._root_key, now)
         self._intermediate_key = ec.generate_private_key(ec.SECP256R1())
         self.intermediate = _ca_certificate(f"{name} intermediate", self._intermediate_key, self.root.subject,
-                                            self._root_key, now)
+                                            self._root_key, now, code_signing_only=True)
 
     @property
     def root_pem(self) -> bytes:

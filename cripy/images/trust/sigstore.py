@@ -194,14 +194,10 @@ def _fulcio_signing_key(signature: SigstoreSignature, raw: bytes, trust: Sigstor
 
 def _verify_chain(leaf: x509.Certificate, chain: list[x509.Certificate], fulcio: FulcioRoots,
                   at: datetime.datetime) -> None:
-    def code_signing(_policy: Any, _cert: x509.Certificate, usage: x509.ExtendedKeyUsage) -> None:
-        if ExtendedKeyUsageOID.CODE_SIGNING not in usage:
-            raise ValueError("the certificate does not allow code signing")
-
-    leaf_policy = ExtensionPolicy.permit_all().require_present(x509.ExtendedKeyUsage, Criticality.AGNOSTIC,
-                                                               code_signing)
+    """Path validation at `at`. The Web PKI defaults of `cryptography` want TLS key usages on intermediates,
+    which Fulcio's do not have (theirs say code signing), so the policies are spelled out here."""
     verifier = (PolicyBuilder().store(Store(list(fulcio.certificates))).time(at)
-                .extension_policies(ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=leaf_policy)
+                .extension_policies(ca_policy=_CA_POLICY, ee_policy=_LEAF_POLICY)
                 .build_client_verifier())
     try:
         verifier.verify(leaf, chain)
@@ -209,6 +205,40 @@ def _verify_chain(leaf: x509.Certificate, chain: list[x509.Certificate], fulcio:
         raise Refused(Reason.UNTRUSTED_CERTIFICATE,
                       f"the certificate {leaf.subject.rfc4514_string() or '(no subject)'} does not chain to "
                       f"{fulcio.description} at the Rekor time {at.isoformat()}: {exc}") from None
+
+
+def _is_ca(_policy: Any, _cert: x509.Certificate, constraints: x509.BasicConstraints) -> None:
+    if not constraints.ca:
+        raise ValueError("an issuer that is not a CA")
+
+
+def _may_sign_certificates(_policy: Any, _cert: x509.Certificate, usage: x509.KeyUsage | None) -> None:
+    if usage is not None and not usage.key_cert_sign:
+        raise ValueError("an issuer whose key usage excludes signing certificates")
+
+
+def _ca_for_code_signing(_policy: Any, _cert: x509.Certificate, usage: x509.ExtendedKeyUsage | None) -> None:
+    if usage is not None and not {ExtendedKeyUsageOID.CODE_SIGNING, ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE} & set(usage):
+        raise ValueError("an issuer restricted to other uses than code signing")
+
+
+def _signs_code(_policy: Any, _cert: x509.Certificate, usage: x509.ExtendedKeyUsage) -> None:
+    if ExtendedKeyUsageOID.CODE_SIGNING not in usage:
+        raise ValueError("the certificate does not allow code signing")
+
+
+def _signs_digitally(_policy: Any, _cert: x509.Certificate, usage: x509.KeyUsage | None) -> None:
+    if usage is not None and not usage.digital_signature:
+        raise ValueError("the certificate's key usage excludes digital signatures")
+
+
+_CA_POLICY = (ExtensionPolicy.permit_all()
+              .require_present(x509.BasicConstraints, Criticality.AGNOSTIC, _is_ca)
+              .may_be_present(x509.KeyUsage, Criticality.AGNOSTIC, _may_sign_certificates)
+              .may_be_present(x509.ExtendedKeyUsage, Criticality.AGNOSTIC, _ca_for_code_signing))
+_LEAF_POLICY = (ExtensionPolicy.permit_all()
+                .require_present(x509.ExtendedKeyUsage, Criticality.AGNOSTIC, _signs_code)
+                .may_be_present(x509.KeyUsage, Criticality.AGNOSTIC, _signs_digitally))
 
 
 def _check_certificate_identity(leaf: x509.Certificate, fulcio: FulcioRoots) -> None:
