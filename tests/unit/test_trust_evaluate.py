@@ -9,7 +9,7 @@ from cripy.config import ImagesConfig
 from cripy.errors import InvalidArgument
 from cripy.images.reference import parse_normalized
 from cripy.images.trust.evaluate import Found, SignedImage, evaluate
-from cripy.images.trust.gate import policy_path
+from cripy.images.trust.gate import load_pull_policy
 from cripy.images.trust.identity import MatchRepository
 from cripy.images.trust.policy import AcceptAnything, KeySource, ScopeMatch, SignedBy, SigstoreSigned
 from cripy.images.trust.reasons import Reason, Refused
@@ -121,12 +121,14 @@ def test_unusable_material_and_unreachable_signatures_refuse() -> None:
 def test_policy_file_per_namespace(tmp_path: Path) -> None:
     policies = tmp_path / "policies"
     policies.mkdir()
-    (policies / "team-a.json").write_text("{}")
+    (policies / "team-a.json").write_text('{"default": [{"type": "insecureAcceptAnything"}]}')
+    (tmp_path / "policy.json").write_text('{"default": [{"type": "reject"}]}')
     settings = ImagesConfig(signature_policy=str(tmp_path / "policy.json"), signature_policy_dir=str(policies))
-    assert policy_path(settings, "team-a") == policies / "team-a.json"
-    assert policy_path(settings, "team-b") == tmp_path / "policy.json"
-    assert policy_path(settings, "") == tmp_path / "policy.json"
+    assert load_pull_policy(settings, "team-a").source == policies / "team-a.json"
+    assert load_pull_policy(settings, "team-b").source == tmp_path / "policy.json"
+    assert load_pull_policy(settings, "").source == tmp_path / "policy.json"
     for hostile in ("../etc", "a/b", "A", "-x", "x" * 64, "team-a.json"):
         with pytest.raises(InvalidArgument, match="namespace"):
-            policy_path(settings, hostile)
-    assert policy_path(ImagesConfig(signature_policy="", signature_policy_dir=""), "team-a") is None
+            load_pull_policy(settings, hostile)
+    unset = ImagesConfig(signature_policy="", signature_policy_dir="")
+    assert load_pull_policy(unset, "team-a").source is None

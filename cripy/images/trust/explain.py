@@ -15,7 +15,7 @@ from cripy.images.auth import default_auth_paths, load_auth_files
 from cripy.images.reference import Reference
 from cripy.images.registries import load_registries_conf
 from cripy.images.trust.evaluate import Verdict
-from cripy.images.trust.gate import SignatureCheck, judge, load_pull_policy, policy_path
+from cripy.images.trust.gate import SignatureCheck, judge, load_pull_policy, namespace_policy_file
 from cripy.images.trust.policy import ScopeMatch
 from cripy.images.trust.registries_d import load_registries_d
 
@@ -33,14 +33,13 @@ def plans(settings: ImagesConfig, image: str, namespace: str) -> list[Plan]:
     """One plan per candidate the image name resolves to (several for a short name), in pull order."""
     conf = load_registries_conf(Path(settings.registries_conf), Path(settings.registries_conf_d))
     policy = load_pull_policy(settings, namespace)
-    chosen = policy_path(settings, namespace)
-    node = Path(settings.signature_policy) if settings.signature_policy else None
+    own = policy.source is not None and policy.source == namespace_policy_file(settings, namespace)
     result = []
     for candidate in conf.candidates(image):
         match = policy.requirements_for(candidate)
         lines = [f"image:     {candidate}"]
         why = ""
-        if namespace and chosen != node:
+        if own:
             why = f" (the policy of namespace {namespace!r})"
         elif namespace:
             why = f" (namespace {namespace!r} has no policy of its own)"

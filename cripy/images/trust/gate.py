@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from cripy.config import ImagesConfig
 from cripy.errors import InvalidArgument, PermissionDenied
 from cripy.images.reference import Reference
-from cripy.images.trust.policy import Policy, ScopeMatch, SignedBy, SigstoreSigned, load_policy
+from cripy.images.trust.policy import Policy, ScopeMatch, SignedBy, SigstoreSigned, load_policy, read_policy_file
 from cripy.images.trust.registries_d import load_registries_d
 
 if TYPE_CHECKING:
@@ -39,22 +39,29 @@ log = logging.getLogger(__name__)
 _NAMESPACE_RE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
-def policy_path(settings: ImagesConfig, namespace: str) -> Path | None:
-    """The policy file for pulls on behalf of a pod in `namespace` ("" when the request names no pod); None when
-    none is configured (the built-in accept-anything policy)."""
-    if namespace:
-        if not _NAMESPACE_RE.fullmatch(namespace):
-            raise InvalidArgument(f"pod namespace {namespace!r} of the pull request is not a valid Kubernetes "
-                                  "namespace name")
-        if settings.signature_policy_dir:
-            candidate = Path(settings.signature_policy_dir) / f"{namespace}.json"
-            if candidate.exists():
-                return candidate
+def namespace_policy_file(settings: ImagesConfig, namespace: str) -> Path | None:
+    """Where the policy of pods in `namespace` would be ("" when the request names no pod), whether or not it
+    exists; None without a namespace or a policy directory."""
+    if not namespace:
+        return None
+    if not _NAMESPACE_RE.fullmatch(namespace):
+        raise InvalidArgument(f"pod namespace {namespace!r} of the pull request is not a valid Kubernetes "
+                              "namespace name")
+    return Path(settings.signature_policy_dir) / f"{namespace}.json" if settings.signature_policy_dir else None
+
+
+def node_policy_file(settings: ImagesConfig) -> Path | None:
     return Path(settings.signature_policy) if settings.signature_policy else None
 
 
 def load_pull_policy(settings: ImagesConfig, namespace: str) -> Policy:
-    return load_policy(policy_path(settings, namespace))
+    """The namespace's policy if it has one, else the node's; None configured is the accept-anything policy."""
+    namespaced = namespace_policy_file(settings, namespace)
+    if namespaced is not None:
+        policy = read_policy_file(namespaced)
+        if policy is not None:
+            return policy
+    return load_policy(node_policy_file(settings))
 
 
 def refuse_outright(match: ScopeMatch, ref: Reference) -> None:

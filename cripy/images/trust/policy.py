@@ -182,10 +182,16 @@ def docker_scope_candidates(ref: Reference) -> list[str]:
 
 def load_policy(path: Path | None) -> Policy:
     """Read a policy file; None or a missing file gives the accept-anything policy with source=None."""
-    if path is None or not path.exists():
-        return Policy()
+    policy = read_policy_file(path) if path is not None else None
+    return policy if policy is not None else Policy()
+
+
+def read_policy_file(path: Path) -> Policy | None:
+    """The policy in `path`, or None if there is no such file (read once: no window between a check and a read)."""
     try:
         text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
     except (OSError, UnicodeDecodeError) as exc:
         raise InvalidArgument(f"trust policy {path}: cannot read: {exc}") from exc
     return parse_policy(text, path)
