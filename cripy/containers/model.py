@@ -27,11 +27,12 @@ class NamespaceMode(enum.Enum):
 
 @dataclass
 class Mount:
-    """A host path bound into the container."""
+    """A host path bound into the container; recursive_read_only makes every mount below it read-only too."""
 
     container_path: str
     host_path: str
     readonly: bool = False
+    recursive_read_only: bool = False
     propagation: Propagation = "private"
     selinux_relabel: bool = False
 

@@ -200,11 +200,16 @@ def container_status_to_pb(container: Container) -> api_pb2.ContainerStatus:
         annotations=request.annotations,
         mounts=[
             api_pb2.Mount(container_path=m.container_path, host_path=m.host_path, readonly=m.readonly,
+                          recursive_read_only=m.recursive_read_only,
                           propagation=_PROPAGATION.get(m.propagation, api_pb2.PROPAGATION_PRIVATE))
             for m in request.mounts
         ],
         log_path=container.log_path,
     )
+    user = container.process_user
+    if user is not None:
+        status.user.linux.CopyFrom(api_pb2.LinuxContainerUser(
+            uid=user.uid, gid=user.gid, supplemental_groups=user.additional_gids))
     resources = spec_resources(request.resources)
     linux = status.resources.linux
     linux.cpu_period = resources.get("cpu", {}).get("period", 0)
