@@ -164,8 +164,7 @@ class TrustLab:
         digest = signed.image.manifest_digest
         if kind == "gpg":
             # Uncompressed, so that the payload bytes can be changed in place inside the OpenPGP message.
-            message = self.gpg._gpg("--local-user", self.gpg.fingerprint, "--compress-algo", "none", "--sign",
-                                    data=atomic_payload(digest, signed.ref))
+            message = self.gpg.sign(atomic_payload(digest, signed.ref), compressed=False)
             target = lookaside_path(self.lookaside, signed.repo, digest)
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(_retag(message, signed.ref))

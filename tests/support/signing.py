@@ -70,9 +70,15 @@ class GpgKey:
     def public_key(self, armor: bool = False) -> bytes:
         return self._gpg("--export", *(["--armor"] if armor else []), self.fingerprint)
 
-    def sign(self, payload: bytes) -> bytes:
-        """An OpenPGP signed message carrying `payload`, as simple signing stores it."""
-        return self._gpg("--local-user", self.fingerprint, "--sign", data=payload)
+    def sign(self, payload: bytes, *, compressed: bool = True) -> bytes:
+        """An OpenPGP signed message carrying `payload`, as simple signing stores it; uncompressed, the payload's
+        bytes can be found (and altered) inside the message."""
+        compression = () if compressed else ("--compress-algo", "none")
+        return self._gpg("--local-user", self.fingerprint, *compression, "--sign", data=payload)
+
+    def literal(self, payload: bytes) -> bytes:
+        """An OpenPGP message holding `payload` with no signature at all."""
+        return self._gpg("--store", data=payload)
 
     def close(self) -> None:
         subprocess.run(["gpgconf", "--kill", "all"], env=self.env, capture_output=True, timeout=30, check=False)

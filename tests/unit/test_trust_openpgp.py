@@ -52,7 +52,7 @@ def test_signature_by_a_key_not_in_the_keyring(signer: GpgKey, stranger: GpgKey)
 
 
 def test_altered_payload(signer: GpgKey) -> None:
-    message = signer._gpg("--local-user", signer.fingerprint, "--compress-algo", "none", "--sign", data=PAYLOAD)
+    message = signer.sign(PAYLOAD, compressed=False)
     altered = message.replace(b"critical", b"criticaL")
     assert refusal(altered, [("k", signer.public_key())]).reason == Reason.BAD_SIGNATURE
 
@@ -62,7 +62,7 @@ def test_not_a_signed_message(signer: GpgKey, kind: str) -> None:
     if kind == "garbage":
         message = b"\x00not openpgp at all"
     elif kind == "literal-only":
-        message = signer._gpg("--store", data=PAYLOAD)  # a literal data packet, no signature
+        message = signer.literal(PAYLOAD)
     else:
         message = b""
     assert refusal(message, [("k", signer.public_key())]).reason == Reason.BAD_SIGNATURE
