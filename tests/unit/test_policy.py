@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cripy.errors import InvalidArgument, PermissionDenied
+from cripy.errors import FailedPrecondition, InvalidArgument, PermissionDenied
 from cripy.images.reference import parse_normalized
 from cripy.images.trust.gate import refuse_outright
 from cripy.images.trust.identity import (
@@ -55,11 +55,16 @@ def requirement(item: dict):
     return p.docker_scopes["x.example.com"][0]
 
 
-def test_no_policy_file_accepts_everything(tmp_path: Path) -> None:
-    for p in (load_policy(None), load_policy(tmp_path / "missing.json")):
-        assert p.source is None
-        match = p.requirements_for(parse_normalized("anything.example.com/x/y:z"))
-        assert match.requirements == (AcceptAnything(),) and not match.needs_signatures()
+def test_no_policy_configured_accepts_everything() -> None:
+    p = load_policy(None)
+    assert p.source is None
+    match = p.requirements_for(parse_normalized("anything.example.com/x/y:z"))
+    assert match.requirements == (AcceptAnything(),) and not match.needs_signatures()
+
+
+def test_a_configured_policy_file_that_is_missing_refuses(tmp_path: Path) -> None:
+    with pytest.raises(FailedPrecondition, match=r"trust policy .*missing.json does not exist"):
+        load_policy(tmp_path / "missing.json")
 
 
 def test_accept_anything_default(tmp_path: Path) -> None:

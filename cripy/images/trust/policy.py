@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from cripy.errors import InvalidArgument
+from cripy.errors import FailedPrecondition, InvalidArgument
 from cripy.images.reference import Reference
 from cripy.images.trust.identity import (
     DEFAULT_IDENTITY,
@@ -181,9 +181,17 @@ def docker_scope_candidates(ref: Reference) -> list[str]:
 
 
 def load_policy(path: Path | None) -> Policy:
-    """Read a policy file; None or a missing file gives the accept-anything policy with source=None."""
-    policy = read_policy_file(path) if path is not None else None
-    return policy if policy is not None else Policy()
+    """Read the node's policy file. None (the operator configured no policy file at all) gives the accept-anything
+    policy with source=None; a configured file that is missing refuses, as containers/image does: a policy deleted
+    by accident must not quietly let every image through."""
+    if path is None:
+        return Policy()
+    policy = read_policy_file(path)
+    if policy is None:
+        raise FailedPrecondition(f"trust policy {path} does not exist: no image is pulled without one (a policy of "
+                                 '{"default": [{"type": "insecureAcceptAnything"}]} accepts every image; an empty '
+                                 "images.signature_policy setting turns the check off)")
+    return policy
 
 
 def read_policy_file(path: Path) -> Policy | None:
