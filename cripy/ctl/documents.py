@@ -36,7 +36,8 @@ from google.protobuf.message import Message
 def proto_document(message: Message) -> dict[str, Any]:
     """`message` as Go's protojson with EmitDefaultValues gives it: declaration order, map keys sorted."""
     data = json_format.MessageToDict(message, always_print_fields_with_no_presence=True)
-    return _in_declaration_order(message.DESCRIPTOR, data)
+    # protojson writes a whole double without a fraction (0, not 0.0), as Go's encoding/json does.
+    return go_json_value(_in_declaration_order(message.DESCRIPTOR, data))
 
 
 # Fields of the CRI v1 API that crictl (built from a newer API) knows and the Python bindings cripy uses

@@ -845,6 +845,12 @@ def test_proto_document_in_declaration_order_with_newer_api_fields() -> None:
     assert list(data["image"])[-1] == "imageRef" and data["image"]["imageRef"] == ""
 
 
+def test_proto_document_writes_whole_doubles_without_a_fraction() -> None:
+    data = documents.proto_document(api_pb2.PsiData(Avg10=0.0, Avg60=1.5))
+    assert json.dumps(data) == json.dumps({"Total": "0", "Avg10": 0, "Avg60": 1.5, "Avg300": 0})
+    assert documents.go_yaml(data) == 'Avg10: 0\nAvg60: 1.5\nAvg300: 0\nTotal: "0"\n'
+
+
 def test_status_documents_like_go_encoding_json() -> None:
     status = documents.status_fields(api_pb2.PodSandboxStatus(id="p", created_at=1_500_000_000),
                                      {"createdAt": documents.rfc3339_nano(1_500_000_000)})
