@@ -218,18 +218,19 @@ def _mount_to_pb(mount: Mount) -> api_pb2.Mount:
     message = api_pb2.Mount(container_path=mount.container_path, host_path=mount.host_path, readonly=mount.readonly,
                             propagation=_PROPAGATION.get(mount.propagation, api_pb2.PROPAGATION_PRIVATE))
     if mount.image:
-        message.image.CopyFrom(_image_spec_with_ref(mount.image, mount.image_id))
+        message.image.CopyFrom(_image_volume_spec(mount.image, mount.image_id))
         message.image_sub_path = mount.image_sub_path
     return message
 
 
-def _image_spec_with_ref(image: str, image_ref: str) -> api_pb2.ImageSpec:
-    """An ImageSpec with its image_ref: the id of the image `image` named when it was used (KEP-5365; how
-    ContainerStatus reports which image an image volume mounts). The field, number 20, is newer than the CRI
+def _image_volume_spec(requested: str, image_id: str) -> api_pb2.ImageSpec:
+    """The image an image volume mounts, as ContainerStatus reports it: `image` is the id (what the kubelet's
+    image garbage collection matches against its image list, as CRI-O reports it), `user_specified_image` the
+    reference asked for, and `image_ref` (KEP-5365) the id again. image_ref, field 20, is newer than the CRI
     bindings cripy is built with, so it is written in its wire form: a length-delimited field 20."""
-    spec = api_pb2.ImageSpec(image=image)
-    if image_ref:
-        value = image_ref.encode()
+    spec = api_pb2.ImageSpec(image=image_id or requested, user_specified_image=requested)
+    if image_id:
+        value = image_id.encode()
         spec.MergeFromString(_IMAGE_REF_KEY + _varint(len(value)) + value)
     return spec
 

@@ -127,6 +127,7 @@ def test_image_volume_shows_the_images_files_read_only(pod_env: PodEnv, data_ima
     status = pod_env.status(ctr)
     mounts = {m.container_path: m for m in status.mounts}
     assert mounts["/mnt/data"].image.image == data_image and mounts["/mnt/data"].readonly
+    assert mounts["/mnt/data"].image.user_specified_image == data_image  # the volume named the image by its id
     assert mounts["/mnt/data"].host_path == ""
     assert image_ref_of(mounts["/mnt/data"].image) == data_image
     assert image_ref_of(mounts["/mnt/image-volume"].image) == busybox_id
@@ -139,7 +140,9 @@ def test_image_volume_by_tag_reports_the_id_it_mounted(pod_env: PodEnv, data_ima
     pod_id, pod = new_pod(pod_env)
     ctr = pod_env.create(pod_id, pod, with_volumes("image-volume-digest-test-", volume("/mnt/image-volume", DATA)))
     (reported,) = [m for m in pod_env.status(ctr).mounts if m.container_path == "/mnt/image-volume"]
-    assert (reported.image.image, image_ref_of(reported.image)) == (DATA, data_image)
+    # The id, as the kubelet's image garbage collection matches it; the name asked for beside it.
+    assert (reported.image.image, image_ref_of(reported.image)) == (data_image, data_image)
+    assert reported.image.user_specified_image == DATA
     pod_env.remove(ctr)
     pod_env.stop_pod(pod_id)
     pod_env.remove_pod(pod_id)

@@ -198,7 +198,8 @@ def test_container_status_reports_an_image_volume_with_the_id_it_mounted() -> No
     host, volume = api_pb2.ContainerStatus.FromString(wire).mounts
     assert (host.host_path, host.HasField("image")) == ("/host/srv", False)
     assert (volume.container_path, volume.host_path, volume.readonly) == ("/v", "", True)
-    assert (volume.image.image, volume.image_sub_path) == ("example.com/data:1", "etc")
+    assert (volume.image.image, volume.image.user_specified_image) == (image_id, "example.com/data:1")
+    assert volume.image_sub_path == "etc"
     fields = [(f.field_number, f.wire_type, f.data) for f in unknown_fields.UnknownFieldSet(volume.image)]
     assert fields == [(20, 2, image_id.encode())]
 
