@@ -30,6 +30,7 @@ from cripy.images.store import ImageStore
 from cripy.linux import cgroups
 from cripy.network.cni import CNIManager
 from cripy.oci.exits import ExitWatcher
+from cripy.oci.features import HandlerFeatures
 from cripy.oci.runtime import OCIRuntime, RuntimeHandler
 from cripy.pods.manager import PodManager
 from cripy.storage.db import Database
@@ -53,6 +54,7 @@ class Daemon:
         self._server: grpc.aio.Server | None = None
         self.streaming: StreamingServer | None = None
         self.db: Database | None = None
+        self._reprobe: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await asyncio.to_thread(self.layout.ensure)
@@ -77,6 +79,7 @@ class Daemon:
             self.config.network.default_network,
         )
         self.runtimes = self._runtimes()
+        await self._probe_runtime_features()
         self.pods = PodManager(
             db,
             journal,
@@ -133,6 +136,18 @@ class Daemon:
             for name, handler in runtime.handlers.items()
         }
 
+    async def _probe_runtime_features(self) -> None:
+        """Ask each handler's runtime what it supports (Status reports it, CreateContainer checks against it)."""
+        probed = await asyncio.gather(*(runtime.probe_features() for runtime in self.runtimes.values()))
+        for name, features in zip(self.runtimes, probed):
+            log.info("runtime handler %s: recursive read-only mounts %s, user namespaces %s (from %s)", name,
+                     _yes_no(features.recursive_read_only_mounts), _yes_no(features.user_namespaces), features.source)
+
+    def handler_features(self) -> dict[str, HandlerFeatures]:
+        """Every handler's features by name; "" (no RuntimeClass) is the default handler."""
+        handlers = {name: runtime.features for name, runtime in sorted(self.runtimes.items())}
+        return {"": handlers[self.config.runtime.default_runtime], **handlers}
+
     def _spec_settings(self) -> SpecSettings:
         allow_negative = cgroups.can_set_negative_oom_score_adj()
         if not allow_negative:
@@ -160,7 +175,7 @@ class Daemon:
         runtime_service = RuntimeService(
             pods=self.pods,
             containers=self.containers,
-            handlers=sorted(self.config.runtime.handlers),
+            handler_features=self.handler_features,
             network_status=self._network_status,
             config_info=lambda: dataclasses.asdict(self.config),
             streaming=self.streaming,
@@ -198,6 +213,8 @@ class Daemon:
             log.error("configuration reload failed, keeping the running configuration: %s", e)
             return
         set_log_level(new.cripy.log_level)
+        # A runtime upgraded in place may offer more (or less) than it did: ask again.
+        self._reprobe = asyncio.get_running_loop().create_task(self._probe_runtime_features())
         self.store.set_pinned(new.images.pinned_images)
         self.puller.reconfigure(new.images)
         self.config.cripy.log_level = new.cripy.log_level
@@ -232,6 +249,10 @@ class Daemon:
         if self.db is not None:
             await asyncio.to_thread(self.db.close)
         Path(self.config.cripy.listen).unlink(missing_ok=True)
+
+
+def _yes_no(value: bool) -> str:
+    return "yes" if value else "no"
 
 
 def set_log_level(level: str) -> None:

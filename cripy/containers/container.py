@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cripy.containers.model import ContainerRequest
+from cripy.containers.users import ProcessUser
 
 STATE_CREATING = "creating"
 STATE_CREATED = "created"
@@ -37,6 +38,7 @@ class Container:
     conmon_pid: int = 0
     stop_signal: str = ""
     cgroup_path: str = ""
+    process_user: ProcessUser | None = None  # resolved at create; None for a container made before it was kept
 
     @property
     def running(self) -> bool:

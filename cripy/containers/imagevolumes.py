@@ -19,6 +19,7 @@ import shutil
 import stat
 from pathlib import Path
 
+from cripy import faults
 from cripy.containers.users import resolve_in_root
 from cripy.errors import FailedPrecondition, InvalidArgument
 from cripy.linux import mount as mnt
@@ -44,6 +45,8 @@ def mount_image_volume(directory: Path, index: int, layers: list[Path], sub_path
         lower.append(empty)
     if lower:
         mnt.mount_overlay(lower, None, None, target, flags=mnt.MS_RDONLY)
+        # Its own point: the rootfs overlay of the same create passes `mount.overlay` first.
+        faults.point("image-volume.mounted")
     return _bind_source(target, sub_path, where) if sub_path else target
 
 

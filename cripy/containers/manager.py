@@ -43,7 +43,9 @@ from cripy.errors import CripyError, FailedPrecondition, InvalidArgument, NotFou
 from cripy.images.store import Image, ImageStore
 from cripy.linux import cgroups
 from cripy.linux import mount as mnt
+from cripy.oci import features
 from cripy.oci.exits import read_oom_file
+from cripy.oci.features import HandlerFeatures
 from cripy.oci.runtime import ExecResult, OCIRuntime
 from cripy.pods.model import STATE_READY, PodSandbox
 from cripy.storage import records
@@ -60,7 +62,7 @@ log = logging.getLogger(__name__)
 KILL_WAIT_SECONDS = 10.0
 _INSERTED = ("id", "pod_id", "name", "state", "created_at", "image_id", "image_name", "request", "log_path")
 _UPDATED = ("state", "started_at", "finished_at", "exit_code", "reason", "message", "pid", "conmon_pid",
-            "stop_signal", "cgroup_path")
+            "stop_signal", "cgroup_path", "process_user")
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,7 @@ class ContainerManager:
         image = await self._images.find(request.image)
         if image is None:
             raise NotFound(f"image {request.image!r} not found: pull it first")
+        _require_handler_features(request, pod.runtime_handler, self._pods.runtime_for(pod).features)
         await asyncio.to_thread(_check_host_paths, request)  # stats host paths: may be slow network mounts
         name = reserved_name(request, pod.request.name, pod.request.namespace, pod.request.uid)
         return await self._names.create_once(
@@ -239,6 +242,7 @@ class ContainerManager:
             supplemental_groups=sec.supplemental_groups,
             supplemental_groups_policy=sec.supplemental_groups_policy,
         )
+        container.process_user = user
         phases.mark("user")
         target_pid_ns = await self._target_pid_namespace(request, pod)
         built = await asyncio.to_thread(
@@ -395,6 +399,10 @@ class ContainerManager:
             if container.state == STATE_EXITED:
                 self._exited.setdefault(ctr_id, asyncio.Event()).set()
                 return
+            if container.state in (STATE_CREATED, STATE_CREATING):
+                # No process of it runs: the exit of a start that was taken back (recovery), nothing to record.
+                log.debug("container %s: ignoring the exit file of a start that was taken back", ctr_id)
+                return
             oom = await asyncio.to_thread(read_oom_file, self.bundle_dir(ctr_id) / "persist")
             container.state = STATE_EXITED
             container.exit_code = code
@@ -546,6 +554,8 @@ class ContainerManager:
                 log.warning("container %s was being created when cripy stopped: undoing it", container.id)
                 await self._discard(container)
                 continue
+            if container.state == STATE_CREATED and await self._journal.find(container.id, "ctr-runtime"):
+                await self._recover_interrupted_start(container)
             if container.state != STATE_RUNNING:
                 continue  # a created container has no process (it gets one at StartContainer)
             exit_file = (await self.runtime_of(container)).exit_file_path(container.id)
@@ -558,6 +568,23 @@ class ContainerManager:
             container.message = "its monitor (conmon) is gone and recorded no exit code (node restarted?)"
             await self._save(container)
             log.warning("container %s: %s", container.id, container.message)
+
+    async def _recover_interrupted_start(self, container: Container) -> None:
+        """A StartContainer the daemon did not see through: conmon and `runc create` go on without it, and so may
+        `runc start`. A process that was started is adopted (it runs, or its exit file says how it ended);
+        anything short of that is taken back, so that the kubelet's retried StartContainer starts afresh."""
+        runtime = await self.runtime_of(container)
+        state = await runtime.state(container.id)
+        if state is not None and state.get("status") in ("running", "stopped"):
+            container.pid = int(state.get("pid") or 0)
+            container.conmon_pid = runtime.monitor_pid(container.id, self.bundle_dir(container.id)) or 0
+            container.state, container.started_at = STATE_RUNNING, time.time_ns()
+            await self._table.update(container, ("state", "started_at", "pid", "conmon_pid"))
+            log.warning("container %s was started while cripy stopped: recorded as running", container.id)
+            return
+        log.warning("container %s: its start was interrupted (runtime state %s): taking it back, it can be "
+                    "started again", container.id, state.get("status") if state else "none")
+        await self._journal.undo(container.id, ("ctr-runtime",))
 
     # ---- undo functions -----------------------------------------------------------------------------------
 
@@ -575,7 +602,7 @@ class ContainerManager:
         runtime = self._runtimes.get(effect.data["handler"])
         if runtime is None:
             raise FailedPrecondition(f"container {effect.owner}: runtime handler {effect.data['handler']!r} is gone")
-        await runtime.delete(effect.owner, force=True)  # --force kills whatever still runs
+        await runtime.abandon(effect.owner, self.bundle_dir(effect.owner))
 
 
 # ---- helpers ------------------------------------------------------------------------------------------------
@@ -618,6 +645,14 @@ def _image_runtime_config(image: Image) -> ImageRuntimeConfig:
         stop_signal=config.get("StopSignal") or "",
         labels=dict(config.get("Labels") or {}),
     )
+
+
+def _require_handler_features(request: ContainerRequest, handler: str, offered: HandlerFeatures) -> None:
+    """Refuse what the pod's runtime handler cannot do, before anything is made for the container."""
+    for i, mount in enumerate(request.mounts):
+        if mount.recursive_read_only:
+            features.require(offered, handler, features.RECURSIVE_READ_ONLY_MOUNTS,
+                             f"container {request.name!r}: mounts[{i}] ({mount.container_path})")
 
 
 def _log_path(pod: PodSandbox, request: ContainerRequest) -> str:

@@ -27,12 +27,14 @@ class NamespaceMode(enum.Enum):
 
 @dataclass
 class Mount:
-    """A host path bound into the container, or (`image` set) an image volume: the filesystem of an image
-    already pulled, read-only, whole or from `image_sub_path` down (KEP-4639)."""
+    """A host path bound into the container (recursive_read_only: every mount below it read-only too), or
+    (`image` set) an image volume: the filesystem of an image already pulled, read-only, whole or from
+    `image_sub_path` down (KEP-4639)."""
 
     container_path: str
     host_path: str
     readonly: bool = False
+    recursive_read_only: bool = False
     propagation: Propagation = "private"
     selinux_relabel: bool = False
     image: str = ""

@@ -27,6 +27,7 @@ from cripy.containers.model import (
     ContainerSecurity,
     Device,
     ImageRuntimeConfig,
+    Mount,
     NamespaceMode,
     Resources,
 )
@@ -319,7 +320,7 @@ def build_mounts(
             "destination": dest,
             "type": "bind",
             "source": _existing_host_path(m.host_path, f"container {req.name!r}: mounts[{i}].host_path"),
-            "options": ["rbind", "ro" if m.readonly else "rw", _PROPAGATION_OPTION[m.propagation]],
+            "options": ["rbind", *_access_options(m), _PROPAGATION_OPTION[m.propagation]],
         }
     defaults = default_mounts(req.security, pod)
     mounts = [m for m in defaults if m["destination"] not in requested]
@@ -341,6 +342,15 @@ def build_mounts(
 
 
 _PROPAGATION_OPTION = {"private": "rprivate", "rslave": "rslave", "rshared": "rshared"}
+
+
+def _access_options(mount: Mount) -> list[str]:
+    """A read-only bind is read-only at its top only ("ro"); a recursive one also gets runc's "rro", which sets
+    MOUNT_ATTR_RDONLY on every mount below it (mount_setattr with AT_RECURSIVE). The handler was checked to offer
+    it before the spec is built."""
+    if mount.recursive_read_only:
+        return ["ro", "rro"]
+    return ["ro" if mount.readonly else "rw"]
 
 
 def default_mounts(sec: ContainerSecurity, pod: PodContext) -> list[dict[str, Any]]:

@@ -5,6 +5,10 @@ Follows kubelet / CRI-O semantics: run_as_user wins, then run_as_username, else 
 own /etc/passwd and /etc/group, read through a resolver that keeps every symlink inside the rootfs
 (an absolute link is taken relative to the rootfs root, ".." never climbs above it), so an image cannot
 make the daemon read host files. Blocking (file reads): call from a thread in async code.
+
+Supplementary groups follow the SupplementalGroupsPolicy: Merge (the default) adds the groups the image's
+/etc/group lists the user in to the requested ones (kubelet passes the pod's supplemental groups and fsGroup with
+each container); Strict takes the requested ones alone.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cripy.containers.model import GroupsPolicy
 from cripy.errors import InvalidArgument
 
 _MAX_SYMLINKS = 40
@@ -23,7 +28,10 @@ _MAX_ID = 2**32 - 2
 
 @dataclass
 class ProcessUser:
-    """Credentials of a container process (process.user in the OCI spec) plus its HOME."""
+    """Credentials of a container process (process.user in the OCI spec) plus its HOME.
+
+    additional_gids is every group the process holds: the primary gid first, then the supplementary ones.
+    """
 
     uid: int
     gid: int
@@ -141,7 +149,7 @@ def resolve_user(
     run_as_username: str,
     image_user: str,
     supplemental_groups: list[int],
-    supplemental_groups_policy: str = "merge",
+    supplemental_groups_policy: GroupsPolicy = "merge",
 ) -> ProcessUser:
     """Decide the process credentials of a container from its security context and its image's User."""
     if run_as_group is not None and run_as_user is None and not run_as_username:
@@ -169,14 +177,17 @@ def resolve_user(
     else:
         gid = entry.gid if entry else 0
 
-    extra: list[int] = []
-    if entry is not None and supplemental_groups_policy != "strict":
-        extra.extend(g.gid for g in users.groups() if entry.name in g.members)
-    extra.extend(supplemental_groups)
+    # Merge: the groups the image's /etc/group gives the user, then the requested ones. Strict: the requested ones
+    # alone, whatever the image says. The primary gid leads the list, as containerd and CRI-O set it: the process
+    # keeps it as a supplementary group, and ContainerStatus reports the list as the process holds it.
+    groups = [gid]
+    if entry is not None and supplemental_groups_policy == "merge":
+        groups.extend(g.gid for g in users.groups() if entry.name in g.members)
+    groups.extend(supplemental_groups)
     return ProcessUser(
         uid=uid,
         gid=gid,
-        additional_gids=_dedupe(extra, exclude=gid),
+        additional_gids=_dedupe(groups),
         home=(entry.home if entry and entry.home else "/"),
         username=entry.name if entry else "",
     )
@@ -198,8 +209,8 @@ def _checked_id(text: str, what: str) -> int:
     return value
 
 
-def _dedupe(values: list[int], *, exclude: int) -> list[int]:
-    seen: set[int] = {exclude}
+def _dedupe(values: list[int]) -> list[int]:
+    seen: set[int] = set()
     result = []
     for value in values:
         if value not in seen:

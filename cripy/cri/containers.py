@@ -202,6 +202,10 @@ def container_status_to_pb(container: Container) -> api_pb2.ContainerStatus:
         mounts=[_mount_to_pb(m) for m in request.mounts],
         log_path=container.log_path,
     )
+    user = container.process_user
+    if user is not None:
+        status.user.linux.CopyFrom(api_pb2.LinuxContainerUser(
+            uid=user.uid, gid=user.gid, supplemental_groups=user.additional_gids))
     resources = spec_resources(request.resources)
     linux = status.resources.linux
     linux.cpu_period = resources.get("cpu", {}).get("period", 0)
@@ -216,6 +220,7 @@ def container_status_to_pb(container: Container) -> api_pb2.ContainerStatus:
 
 def _mount_to_pb(mount: Mount) -> api_pb2.Mount:
     message = api_pb2.Mount(container_path=mount.container_path, host_path=mount.host_path, readonly=mount.readonly,
+                            recursive_read_only=mount.recursive_read_only,
                             propagation=_PROPAGATION.get(mount.propagation, api_pb2.PROPAGATION_PRIVATE))
     if mount.image:
         message.image.CopyFrom(_image_volume_spec(mount.image, mount.image_id))

@@ -2,7 +2,8 @@
 
 The only module that reads ContainerConfig / PodSandboxConfig messages. It validates what protobuf cannot
 (negative sizes, unknown enum numbers, required fields) and raises cripy.errors.InvalidArgument naming the field,
-or Unimplemented for features cripy does not offer (user namespaces, CDI devices, rro mounts).
+or Unimplemented for features cripy does not offer (user namespaces, CDI devices, id-mapped mounts).
+Whether the pod's runtime handler can honour what is asked (recursive read-only mounts) is checked at create.
 
 Choices worth knowing:
 - An unset seccomp profile (neither `seccomp` nor the deprecated `seccomp_profile_path`) means Unconfined, as
@@ -175,12 +176,18 @@ def _mount(m: pb.Mount, where: str) -> Mount:
         raise InvalidArgument(f"{where}: container_path is required")
     if not os.path.isabs(m.container_path):
         raise InvalidArgument(f"{where}: container_path={m.container_path!r} must be absolute")
-    if m.recursive_read_only:
-        raise Unimplemented(f"{where}: recursive read-only mounts are not supported by cripy (runc 1.1)")
     if m.uidMappings or m.gidMappings:
         raise Unimplemented(f"{where}: id-mapped mounts are not supported by cripy")
     if m.propagation not in PROPAGATION:
         raise InvalidArgument(f"{where}: propagation={m.propagation} is not a known MountPropagation")
+    if m.recursive_read_only:
+        # The CRI's rule: a recursively read-only mount is read-only, and private (nothing may appear below it
+        # from the host, where it would be writable).
+        if not m.readonly:
+            raise InvalidArgument(f"{where}: recursive_read_only needs readonly=true")
+        if m.propagation != pb.PROPAGATION_PRIVATE:
+            raise InvalidArgument(f"{where}: recursive_read_only needs propagation PROPAGATION_PRIVATE, not "
+                                  f"{pb.MountPropagation.Name(m.propagation)}")
     if m.HasField("image") and m.image.image:
         return _image_mount(m, where)
     if m.image_sub_path:
@@ -191,6 +198,7 @@ def _mount(m: pb.Mount, where: str) -> Mount:
         container_path=m.container_path,
         host_path=m.host_path,
         readonly=m.readonly,
+        recursive_read_only=m.recursive_read_only,
         propagation=PROPAGATION[m.propagation],  # type: ignore[arg-type]
         selinux_relabel=m.selinux_relabel,
     )
@@ -211,6 +219,7 @@ def _image_mount(m: pb.Mount, where: str) -> Mount:
         container_path=m.container_path,
         host_path="",
         readonly=True,
+        recursive_read_only=m.recursive_read_only,
         propagation=PROPAGATION[m.propagation],  # type: ignore[arg-type]
         image=image,
         image_sub_path=sub_path.strip("/"),

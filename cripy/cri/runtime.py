@@ -19,6 +19,7 @@ from cripy.cri.errors import grpc_method, unimplemented
 from cripy.cri.pods import PodsServicer
 from cripy.cri.stats import StatsServicer
 from cripy.cri.streaming import StreamingServicer
+from cripy.oci.features import HandlerFeatures
 from cripy.pods.manager import PodManager
 from cripy.streaming.server import StreamingServer
 
@@ -33,7 +34,7 @@ class RuntimeService(PodsServicer, ContainersServicer, StatsServicer, StreamingS
         *,
         pods: PodManager,
         containers: ContainerManager,
-        handlers: list[str],
+        handler_features: Callable[[], dict[str, HandlerFeatures]],
         network_status: NetworkStatusFn,
         config_info: Callable[[], dict],
         streaming: StreamingServer | None = None,
@@ -43,7 +44,7 @@ class RuntimeService(PodsServicer, ContainersServicer, StatsServicer, StreamingS
         self.listed_pods = (-1, b"")
         self.listed_containers = ListedContainers()
         self.streaming = streaming
-        self._handlers = handlers
+        self._handler_features = handler_features
         self._network_status = network_status
         self._config_info = config_info
 
@@ -65,12 +66,16 @@ class RuntimeService(PodsServicer, ContainersServicer, StatsServicer, StreamingS
             api_pb2.RuntimeCondition(type="NetworkReady", status=network_ready, reason=reason, message=message),
         ]
         handlers = [
-            api_pb2.RuntimeHandler(name=name, features=api_pb2.RuntimeHandlerFeatures())
-            for name in ["", *self._handlers]
+            api_pb2.RuntimeHandler(name=name, features=api_pb2.RuntimeHandlerFeatures(
+                recursive_read_only_mounts=features.recursive_read_only_mounts,
+                user_namespaces=features.user_namespaces,
+            ))
+            for name, features in self._handler_features().items()
         ]
         info = {"config": json.dumps(self._config_info())} if request.verbose else {}
         return api_pb2.StatusResponse(
-            status=api_pb2.RuntimeStatus(conditions=conditions), runtime_handlers=handlers, info=info
+            status=api_pb2.RuntimeStatus(conditions=conditions), runtime_handlers=handlers, info=info,
+            features=api_pb2.RuntimeFeatures(supplemental_groups_policy=True),
         )
 
     @grpc_method

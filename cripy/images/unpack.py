@@ -24,7 +24,7 @@ from typing import Any, BinaryIO, Callable, Protocol
 
 import zstandard
 
-from cripy import errors
+from cripy import errors, faults
 
 log = logging.getLogger(__name__)
 
@@ -250,6 +250,7 @@ def _rename_into_place(tmp: Path, dest: Path, name: str) -> None:
         raise errors.AlreadyExists(f"unpacking layer {name}: destination {dest} appeared meanwhile")
     try:
         os.rename(tmp, dest)
+        faults.point("layer.renamed")  # in place, not yet recorded in the database
     except OSError as e:
         if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
             raise errors.AlreadyExists(f"unpacking layer {name}: destination {dest} appeared meanwhile") from e

@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cripy import faults
+
 MS_RDONLY = 0x1
 MS_NOSUID = 0x2
 MS_NODEV = 0x4
@@ -64,12 +66,23 @@ def mount(
     )
     if rc != 0:
         _raise_errno(f"mount {os.fspath(source)!s} ({fstype or 'no fstype'}) on", target)
+    faults.point(f"mount.{fstype or _flags_kind(flags)}")
+
+
+def _flags_kind(flags: int) -> str:
+    """A name for a mount(2) without a filesystem type, for fault points."""
+    if flags & MS_REMOUNT:
+        return "remount"
+    if flags & MS_BIND:
+        return "bind"
+    return "propagation"
 
 
 def umount(target: str | os.PathLike[str], detach: bool = False) -> None:
     """umount2(2); detach=True is a lazy unmount (MNT_DETACH)."""
     if _libc.umount2(os.fsencode(target), MNT_DETACH if detach else 0) != 0:
         _raise_errno("umount", target)
+    faults.point("umount")
 
 
 @dataclass(frozen=True)

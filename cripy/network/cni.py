@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cripy import faults
 from cripy.errors import (
     AlreadyExists,
     DeadlineExceeded,
@@ -517,6 +518,7 @@ class CNIManager:
         if binary is None:
             dirs = ", ".join(str(d) for d in self.plugin_dirs)
             raise FailedPrecondition(f"CNI plugin {plugin_type} ({command} for pod {pod_id}) not found in {dirs}")
+        faults.point(f"cni.{command}.{plugin_type}")
         proc = await asyncio.create_subprocess_exec(
             str(binary),
             stdin=asyncio.subprocess.PIPE,
@@ -535,6 +537,7 @@ class CNIManager:
             if proc.returncode is None:  # timed out or cancelled: do not leave the plugin running
                 proc.kill()
                 await proc.wait()
+        faults.point(f"cni.{command}.{plugin_type}.done")
         return parse_plugin_output(plugin_type, command, pod_id, proc.returncode or 0, stdout, stderr)
 
     async def _run(

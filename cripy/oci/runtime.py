@@ -36,9 +36,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from cripy import faults
 from cripy.errors import (CripyError, DeadlineExceeded, FailedPrecondition, Internal, InvalidArgument, NotFound,
                           Unimplemented)
-from cripy.oci import conmon
+from cripy.oci import conmon, features
+from cripy.oci.features import HandlerFeatures
 from cripy.oci.inotify import wait_for_path
 
 __all__ = ["RuntimeHandler", "CreateResult", "ExecResult", "OCIRuntime", "remove_conmon_cgroup"]
@@ -117,6 +119,13 @@ class OCIRuntime:
         self.run_dir = run_dir if run_dir is not None else exits_dir.parent
         self.socket_dir = self.run_dir / "attach"
         self.exec_dir = self.run_dir / "exec"
+        # Nothing is offered until the runtime has been asked (probe_features, at start and at reload).
+        self.features = HandlerFeatures()
+
+    async def probe_features(self) -> HandlerFeatures:
+        """Ask the runtime what it supports and keep the answer (`features`) for Status and create checks."""
+        self.features = await features.probe(self.handler.runtime_path)
+        return self.features
 
     # ---- paths -----------------------------------------------------------------------------------------------
 
@@ -187,6 +196,7 @@ class OCIRuntime:
                 if cgroup_parent:
                     await asyncio.to_thread(place_conmon_in_cgroup, proc.pid, cgroup_parent)
                 os.write(start_w, b"0")
+                faults.point("conmon.started")  # conmon goes on to `runc create` whether or not we are here
             finally:
                 os.close(start_w)
                 start_w = -1
@@ -217,20 +227,32 @@ class OCIRuntime:
         conmon_pid = _read_pidfile(a.conmon_pidfile)
         if conmon_pid is None:
             raise Internal(f"container {a.ctr_id}: conmon did not write its pid file {a.conmon_pidfile}")
+        faults.point("conmon.created")
         return CreateResult(pid=message.data, conmon_pid=conmon_pid)
 
     async def _undo_create(self, a: conmon.ConmonCreateArgs) -> None:
         """Leave nothing behind of a failed create: the monitor, runc's state, sockets and fifos."""
-        conmon_pid = _read_pidfile(a.conmon_pidfile)
-        if conmon_pid is not None and _is_our_conmon(conmon_pid, a.ctr_id):
-            _kill_quietly(conmon_pid, signal.SIGKILL)
         try:
-            await self.delete(a.ctr_id, force=True)
+            await self.abandon(a.ctr_id, a.bundle)
         except Internal as err:
             log.warning("container %s: cleanup after failed create: %s", a.ctr_id, err)
         for leftover in (a.bundle / "attach", a.bundle / "ctl", a.bundle / "winsz", a.container_pidfile,
                          a.conmon_pidfile):
             leftover.unlink(missing_ok=True)
+
+    def monitor_pid(self, ctr_id: str, bundle: Path) -> int | None:
+        """The pid of the conmon that monitors the container, if it is still alive."""
+        pid = _read_pidfile(bundle / CONMON_PIDFILE)
+        return pid if pid is not None and _is_our_conmon(pid, ctr_id) else None
+
+    async def abandon(self, ctr_id: str, bundle: Path) -> None:
+        """Take back a create: kill its conmon (SIGKILL, so it records no exit), delete runc's state with
+        --force (which kills the process, started or not) and drop any exit file. Idempotent."""
+        conmon_pid = self.monitor_pid(ctr_id, bundle)
+        if conmon_pid is not None:
+            _kill_quietly(conmon_pid, signal.SIGKILL)
+        await self.delete(ctr_id, force=True)
+        self.exit_file_path(ctr_id).unlink(missing_ok=True)
 
     # ---- runc verbs ------------------------------------------------------------------------------------------
 
@@ -362,6 +384,7 @@ class OCIRuntime:
 
     async def _runc(self, *args: str, stdin: bytes | None = None) -> _Completed:
         argv = [*self.runc_command(), *args]
+        faults.point(f"runc.{args[0]}")
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv, stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
@@ -369,6 +392,7 @@ class OCIRuntime:
         except OSError as err:
             raise Internal(f"cannot run {self.handler.runtime_path} {' '.join(args)}: {err}") from err
         out, err_out = await proc.communicate(stdin)
+        faults.point(f"runc.{args[0]}.done")
         return _Completed(proc.returncode if proc.returncode is not None else -1, out, err_out)
 
 

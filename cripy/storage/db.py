@@ -11,6 +11,8 @@ import asyncio
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from cripy import faults
 from typing import Callable, TypeVar
 
 T = TypeVar("T")
@@ -93,6 +95,10 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX effects_owner ON effects(owner);
     """,
+    # 3: the credentials a container's process runs with, as resolved at create (ContainerStatus reports them).
+    """
+    ALTER TABLE containers ADD COLUMN process_user TEXT;
+    """,
 ]
 
 
@@ -129,6 +135,7 @@ class Database:
             try:
                 result = fn(conn)
                 conn.execute("COMMIT")  # may fail too (deferred constraints): then roll back as well
+                faults.point("db.commit")
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")

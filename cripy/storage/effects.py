@@ -14,6 +14,7 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Iterable
 
+from cripy import faults
 from cripy.storage.db import Database
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class EffectJournal:
                 "INSERT INTO effects (owner, kind, data) VALUES (?, ?, ?)", (owner, kind, text)
             ).lastrowid
         )
+        faults.point(f"effect.{kind}")  # recorded, not yet made
         return Effect(int(seq), owner, kind, data)
 
     async def effects_of(self, owner: str) -> list[Effect]:
@@ -73,6 +75,7 @@ class EffectJournal:
         for effect in reversed(await self.effects_of(owner)):
             if wanted is not None and effect.kind not in wanted:
                 continue
+            faults.point(f"undo.{effect.kind}")  # about to be undone: what came before it is already gone
             try:
                 undo = self._undo.get(effect.kind)
                 if undo is None:

@@ -34,6 +34,7 @@ class CripyDaemon:
         self.certs_dir = workdir / "certs.d"
         self.cni_dir = workdir / "cni"
         self.extra_toml = extra_toml
+        self.env: dict[str, str] = {}  # extra environment of the daemon (fault points: cripy/faults.py)
         self._process: subprocess.Popen[bytes] | None = None
         self._channel: grpc.Channel | None = None
         workdir.mkdir(parents=True, exist_ok=True)
@@ -74,7 +75,8 @@ conf_dir = "{self.cni_dir}"
 
     def start(self, timeout: float = 20.0) -> "CripyDaemon":
         log = open(self.log_path, "ab")
-        env = dict(os.environ, PYTHONUNBUFFERED="1", REGISTRY_AUTH_FILE=str(self.workdir / "no-such-auth.json"))
+        env = dict(os.environ, PYTHONUNBUFFERED="1", REGISTRY_AUTH_FILE=str(self.workdir / "no-such-auth.json"),
+                   **self.env)
         self._process = subprocess.Popen(
             [sys.executable, "-m", "cripy.cli", "--config", str(self.config_path),
              "--config-dir", str(self.workdir / "cripy.d")],
@@ -110,6 +112,18 @@ conf_dir = "{self.cni_dir}"
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
+
+    def wait_exit(self, timeout: float) -> int | None:
+        """The daemon's exit status once it has exited by itself (a fault point), None if it still runs."""
+        if self._process is None:
+            return None
+        try:
+            code = self._process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+        self._close_channel()
+        self._process = None
+        return code
 
     def restart(self, sig: int = signal.SIGTERM) -> "CripyDaemon":
         self.stop(sig)

@@ -4,11 +4,15 @@ add, drop, ALL), privileged, no_new_privs, seccomp (RuntimeDefault, Unconfined) 
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 from cri_api.v1 import api_pb2
 
 from cripy.linux.capabilities import known_capabilities, parse_cap_mask
 from tests.integration.podlib import USER_IMAGE, PodEnv
+from tests.integration.shapes import critest_pod_config
 
 pytestmark = pytest.mark.integration
 
@@ -73,6 +77,40 @@ def test_image_user_is_used_when_the_request_sets_none(pod_env: PodEnv, pod: tup
     root = run_with(pod_env, pod, "image-user-root",
                     api_pb2.LinuxContainerSecurityContext(run_as_user=api_pb2.Int64Value(value=0)), image=USER_IMAGE)
     assert pod_env.sh(root, "id -u").strip() == "0"
+
+
+@pytest.fixture(scope="module")
+def critest_pod(pod_env: PodEnv) -> tuple[str, api_pb2.PodSandboxConfig]:
+    return pod_env.run_pod(critest_pod_config(pod_env, "Security-Context-SupplementalGroupsPolicy-PodSandbox-"))
+
+
+# The user image's app (uid 1000, gid 1000) is a member of group extra (2000) in its /etc/group.
+@pytest.mark.parametrize(("policy", "groups"), [
+    (None, [1000, 2000, 1234]),  # unset is Merge
+    (api_pb2.Merge, [1000, 2000, 1234]),
+    (api_pb2.Strict, [1000, 1234]),  # the image's /etc/group is not consulted
+])
+def test_supplemental_groups_policy_inside_and_in_container_status(pod_env: PodEnv, critest_pod: tuple,
+                                                                   policy: int | None, groups: list[int]) -> None:
+    security = api_pb2.LinuxContainerSecurityContext(run_as_user=api_pb2.Int64Value(value=1000),
+                                                     supplemental_groups=[1234])
+    if policy is not None:
+        security.supplemental_groups_policy = policy
+    name = "container-with-SupplementalGroupsPolicy-" + ("unset" if policy is None else str(policy))
+    ctr = run_with(pod_env, critest_pod, name, security, image=USER_IMAGE)
+    assert pod_env.sh(ctr, "id -G").split() == [str(g) for g in sorted(groups)]  # an exec'd process
+    verbose = pod_env.rt.ContainerStatus(api_pb2.ContainerStatusRequest(container_id=ctr, verbose=True), timeout=10)
+    first = json.loads(verbose.info["info"])["pid"]  # the container's first process, seen from the host
+    assert _groups_of(first) == sorted(groups)
+    user = pod_env.status(ctr).user.linux
+    assert (user.uid, user.gid, list(user.supplemental_groups)) == (1000, 1000, groups)
+
+
+def _groups_of(pid: int) -> list[int]:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Groups:"):
+            return [int(g) for g in line.split()[1:]]
+    raise AssertionError(f"/proc/{pid}/status has no Groups line")
 
 
 # ---- filesystem ------------------------------------------------------------------------------------------------
@@ -176,4 +214,4 @@ def test_seccomp_runtime_default_and_unconfined(pod_env: PodEnv, pod: tuple) -> 
         seccomp=api_pb2.SecurityProfile(profile_type=api_pb2.SecurityProfile.Unconfined)))
     assert proc_status(pod_env, unconfined)["Seccomp"] == "0"
     unset = run_with(pod_env, pod, "seccomp-unset", api_pb2.LinuxContainerSecurityContext())
-    assert proc_status(pod_env, unset)["Seccomp"] == "2", "an unset profile must mean RuntimeDefault"
+    assert proc_status(pod_env, unset)["Seccomp"] == "0", "an unset profile means Unconfined, as the CRI says"

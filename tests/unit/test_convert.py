@@ -197,7 +197,6 @@ def test_invalid_container_configs_name_the_field(cfg, message):
 @pytest.mark.parametrize(
     "cfg",
     [
-        container(mounts=[pb.Mount(container_path="/a", host_path="/x", readonly=True, recursive_read_only=True)]),
         container(CDI_devices=[pb.CDIDevice(name="vendor.com/gpu=0")]),
         container(linux=pb.LinuxContainerConfig(security_context=pb.LinuxContainerSecurityContext(
             namespace_options=pb.NamespaceOption(userns_options=pb.UserNamespace(mode=pb.POD))))),
@@ -205,6 +204,27 @@ def test_invalid_container_configs_name_the_field(cfg, message):
 )
 def test_unsupported_features_are_unimplemented(cfg):
     with pytest.raises(Unimplemented):
+        container_request_from_pb(cfg, sandbox())
+
+
+def test_recursive_read_only_mount_is_read_only_and_private():
+    cfg = container(mounts=[pb.Mount(container_path="/a", host_path="/x", readonly=True, recursive_read_only=True,
+                                     selinux_relabel=True)])
+    (mount,) = container_request_from_pb(cfg, sandbox()).mounts
+    assert mount == Mount("/a", "/x", readonly=True, recursive_read_only=True, propagation="private",
+                          selinux_relabel=True)
+
+
+@pytest.mark.parametrize(("mount", "message"), [
+    (dict(readonly=False), r"mounts\[0\]: recursive_read_only needs readonly=true"),
+    (dict(readonly=True, propagation=pb.PROPAGATION_HOST_TO_CONTAINER),
+     r"mounts\[0\]: recursive_read_only needs propagation PROPAGATION_PRIVATE, not PROPAGATION_HOST_TO_CONTAINER"),
+    (dict(readonly=True, propagation=pb.PROPAGATION_BIDIRECTIONAL),
+     "not PROPAGATION_BIDIRECTIONAL"),
+])
+def test_recursive_read_only_mount_rules_of_the_cri(mount, message):
+    cfg = container(mounts=[pb.Mount(container_path="/a", host_path="/x", recursive_read_only=True, **mount)])
+    with pytest.raises(InvalidArgument, match=message):
         container_request_from_pb(cfg, sandbox())
 
 

@@ -164,3 +164,35 @@ async def test_failed_commit_leaves_the_connection_usable(db: Database) -> None:
         await db.transaction(deferred_violation)
     assert await db.run(lambda conn: conn.in_transaction) is False
     await db.transaction(lambda conn: conn.execute("INSERT INTO effects (owner, kind, data) VALUES ('c', 'k', '{}')"))
+
+
+async def test_a_containers_process_user_is_kept_and_older_rows_read_without_one(tmp_path: Path) -> None:
+    from cripy.containers.container import Container
+    from cripy.containers.model import ContainerRequest
+    from cripy.containers.users import ProcessUser
+    from cripy.storage.records import RecordTable
+
+    path = tmp_path / "cripy.db"
+    conn = sqlite3.connect(path, isolation_level=None)  # a database of schema 2, with a container in it
+    conn.executescript(f"BEGIN; {MIGRATIONS[0]}; {MIGRATIONS[1]}; PRAGMA user_version = 2; COMMIT;")
+    conn.execute("INSERT INTO pods (id, name, state, created_at, request, runtime_handler, cgroup_parent, run_dir)"
+                 " VALUES ('p', 'pod', 'ready', 1, '{}', 'runc', '/c', '/r')")
+    conn.execute("INSERT INTO containers (id, pod_id, name, state, created_at, image_id, image_name, request,"
+                 " log_path) VALUES ('old', 'p', 'old_ctr', 'created', 1, 'i', 'img', ?, '/l')",
+                 ('{"name": "old", "image": "img"}',))
+    conn.close()
+    db = Database.open_sync(path)
+    try:
+        table = RecordTable(db, "containers", Container, ("id", "pod_id", "name", "state", "created_at", "image_id",
+                                                          "image_name", "request", "log_path"), ("process_user",))
+        await table.load()
+        assert table.find("old").process_user is None
+        new = Container(id="new", pod_id="p", name="new_ctr", state="created", created_at=2, image_id="i",
+                        image_name="img", request=ContainerRequest(name="new", image="img"), log_path="/l",
+                        process_user=ProcessUser(uid=1000, gid=1000, additional_gids=[1000, 1234, 50000]))
+        await table.insert(new)
+        await table.update(new)
+        await table.load()
+        assert table.find("new").process_user == ProcessUser(uid=1000, gid=1000, additional_gids=[1000, 1234, 50000])
+    finally:
+        db.close()

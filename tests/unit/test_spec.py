@@ -472,6 +472,21 @@ def test_rslave_only_sets_rslave_root_and_private_sets_none(tmp_path, host_dir):
     assert "rootfsPropagation" not in spec_of(tmp_path, req=req_with(mounts=[Mount("/x", str(host_dir))]))["linux"]
 
 
+@pytest.mark.parametrize(("mount", "options"), [
+    (dict(readonly=False), ["rbind", "rw", "rprivate"]),
+    (dict(readonly=True), ["rbind", "ro", "rprivate"]),
+    (dict(readonly=True, recursive_read_only=True), ["rbind", "ro", "rro", "rprivate"]),
+    (dict(readonly=True, propagation="rslave"), ["rbind", "ro", "rslave"]),
+    (dict(readonly=True, propagation="rshared"), ["rbind", "ro", "rshared"]),
+])
+def test_read_only_and_recursive_read_only_mount_options(tmp_path, host_dir, mount, options):
+    spec = spec_of(tmp_path, req=req_with(mounts=[Mount("/vol", str(host_dir), **mount)]))
+    (vol,) = [m for m in spec["mounts"] if m["destination"] == "/vol"]
+    assert vol["options"] == options
+    # Only a recursive read-only mount gets runc's "rro"; a private one leaves the root's propagation alone.
+    assert ("rro" in vol["options"]) == mount.get("recursive_read_only", False)
+
+
 def test_request_mount_replaces_default_at_same_destination(tmp_path, host_dir):
     hosts = host_dir / "hosts"
     hosts.write_text("127.0.0.1 localhost\n")

@@ -45,24 +45,25 @@ def resolve(root: Path, **kwargs) -> ProcessUser:
 def test_no_user_anywhere_is_root_with_root_home_and_groups(rootfs):
     user = resolve(rootfs)
     assert (user.uid, user.gid, user.home, user.username) == (0, 0, "/root", "root")
-    assert user.additional_gids == [50]
+    assert user.additional_gids == [0, 50]
 
 
 def test_run_as_user_with_passwd_entry_takes_its_gid_and_home(rootfs):
     user = resolve(rootfs, run_as_user=1000, image_user="www")
     assert (user.uid, user.gid, user.home) == (1000, 1001, "/home/app")
-    assert user.additional_gids == [33, 29, 44]
+    assert user.additional_gids == [1001, 33, 29, 44]
 
 
 def test_run_as_user_without_passwd_entry_gets_gid_0_and_slash_home(rootfs):
     user = resolve(rootfs, run_as_user=4242)
-    assert user == ProcessUser(uid=4242, gid=0, additional_gids=[], home="/", username="")
+    assert user == ProcessUser(uid=4242, gid=0, additional_gids=[0], home="/", username="")
 
 
 def test_run_as_group_overrides_passwd_gid(rootfs):
     user = resolve(rootfs, run_as_user=1000, run_as_group=7)
     assert (user.uid, user.gid) == (1000, 7)
     assert 1001 not in user.additional_gids  # the passwd gid is not added back as a supplementary group
+    assert user.additional_gids[0] == 7
 
 
 def test_run_as_group_without_user_is_invalid(rootfs):
@@ -122,15 +123,42 @@ def test_malformed_image_user_is_invalid(rootfs, image_user):
         resolve(rootfs, image_user=image_user)
 
 
-def test_supplemental_groups_merge_dedupe_and_exclude_primary(rootfs):
+def test_supplemental_groups_merge_dedupe_and_primary_first(rootfs):
     user = resolve(rootfs, run_as_user=1000, supplemental_groups=[29, 1001, 500, 500])
     assert user.gid == 1001
-    assert user.additional_gids == [33, 29, 44, 500]
+    assert user.additional_gids == [1001, 33, 29, 44, 500]
+
+
+def test_merge_is_the_default_policy(rootfs):
+    assert resolve(rootfs, run_as_user=1000, supplemental_groups=[500]) == \
+        resolve(rootfs, run_as_user=1000, supplemental_groups=[500], supplemental_groups_policy="merge")
 
 
 def test_strict_policy_ignores_image_groups(rootfs):
     user = resolve(rootfs, run_as_user=1000, supplemental_groups=[500], supplemental_groups_policy="strict")
-    assert user.additional_gids == [500]
+    assert (user.uid, user.gid) == (1000, 1001)  # the primary gid still comes from /etc/passwd
+    assert user.additional_gids == [1001, 500]
+
+
+@pytest.mark.parametrize(("policy", "groups"), [("merge", [1001, 33, 29, 44]), ("strict", [1001])])
+def test_policy_for_a_user_named_by_the_image(rootfs, policy, groups):
+    user = resolve(rootfs, image_user="app", supplemental_groups_policy=policy)
+    assert user.additional_gids == groups
+
+
+@pytest.mark.parametrize("policy", ["merge", "strict"])
+def test_policy_with_run_as_group_and_requested_groups(rootfs, policy):
+    user = resolve(rootfs, run_as_user=1000, run_as_group=3000, supplemental_groups=[4000, 3000],
+                   supplemental_groups_policy=policy)
+    image_groups = [33, 29, 44] if policy == "merge" else []
+    assert user.gid == 3000
+    assert user.additional_gids == [3000, *image_groups, 4000]
+
+
+@pytest.mark.parametrize("policy", ["merge", "strict"])
+def test_a_uid_without_passwd_entry_gets_only_requested_groups(rootfs, policy):
+    user = resolve(rootfs, run_as_user=4242, supplemental_groups=[29], supplemental_groups_policy=policy)
+    assert user.additional_gids == [0, 29]
 
 
 def test_empty_home_field_means_slash(rootfs):
@@ -140,7 +168,7 @@ def test_empty_home_field_means_slash(rootfs):
 def test_numeric_user_works_without_passwd_file(tmp_path):
     root = tmp_path / "empty"
     root.mkdir()
-    assert resolve(root, image_user="123:456") == ProcessUser(123, 456, [], "/", "")
+    assert resolve(root, image_user="123:456") == ProcessUser(123, 456, [456], "/", "")
 
 
 def test_named_user_without_passwd_file_is_invalid(tmp_path):
@@ -162,7 +190,7 @@ def test_absolute_passwd_symlink_resolves_inside_rootfs_not_on_host(tmp_path):
     inside = root / str(host_file).lstrip("/")
     inside.parent.mkdir(parents=True)
     inside.write_text("imgonly:x:7:8::/img:/bin/sh\n")
-    assert resolve(root, image_user="imgonly") == ProcessUser(7, 8, [], "/img", "imgonly")
+    assert resolve(root, image_user="imgonly") == ProcessUser(7, 8, [8], "/img", "imgonly")
 
 
 def test_dotdot_symlink_cannot_climb_out_of_rootfs(tmp_path):
@@ -181,7 +209,7 @@ def test_symlinked_etc_directory_inside_rootfs_is_followed(tmp_path):
     (root / "private" / "etc").mkdir(parents=True)
     (root / "private" / "etc" / "passwd").write_text("svc:x:10:20::/srv:/bin/sh\n")
     (root / "etc").symlink_to("/private/etc")
-    assert resolve(root, image_user="svc") == ProcessUser(10, 20, [], "/srv", "svc")
+    assert resolve(root, image_user="svc") == ProcessUser(10, 20, [20], "/srv", "svc")
 
 
 def test_resolve_in_root_handles_relative_links_and_missing_leaf(tmp_path):
