@@ -17,7 +17,7 @@ import secrets
 import shutil
 import signal
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Awaitable, Callable
@@ -38,10 +38,10 @@ from cripy.containers.container import (
 from cripy.containers.events import ContainerEvent, EventBus, EventType
 from cripy.containers.model import ContainerRequest, ImageRuntimeConfig, NamespaceMode, Resources
 from cripy.containers.spec import PodContext, SpecSettings, build_spec, spec_resources
+from cripy.containers.usage import ContainerUsage, WritableLayerCache, read_usage
 from cripy.containers.users import resolve_user
 from cripy.errors import CripyError, FailedPrecondition, InvalidArgument, NotFound
 from cripy.images.store import Image, ImageStore
-from cripy.linux import cgroups
 from cripy.linux import mount as mnt
 from cripy.oci import features
 from cripy.oci.exits import read_oom_file
@@ -63,20 +63,6 @@ KILL_WAIT_SECONDS = 10.0
 _INSERTED = ("id", "pod_id", "name", "state", "created_at", "image_id", "image_name", "request", "log_path")
 _UPDATED = ("state", "started_at", "finished_at", "exit_code", "reason", "message", "pid", "conmon_pid",
             "stop_signal", "cgroup_path", "process_user")
-
-
-@dataclass(frozen=True)
-class ContainerStats:
-    container_id: str
-    timestamp_ns: int
-    cpu_usage_ns: int
-    memory_working_set: int
-    memory_usage: int
-    memory_rss: int
-    page_faults: int
-    major_page_faults: int
-    writable_bytes: int
-    writable_inodes: int
 
 
 class ContainerManager:
@@ -105,6 +91,7 @@ class ContainerManager:
         self._exited: dict[str, asyncio.Event] = {}
         self._cleanups: dict[str, asyncio.Task[None]] = {}
         self._warned: set[str] = set()
+        self._writable_layers = WritableLayerCache()
         self.events = EventBus()
         journal.register("ctr-dirs", self._undo_dirs)
         journal.register("ctr-rootfs", self._undo_rootfs)
@@ -438,6 +425,7 @@ class ContainerManager:
         self._clean_up_later(container.id, finish=finish)
         self._locks.pop(container.id, None)
         self._exited.pop(container.id, None)
+        self._writable_layers.forget(container.id)
         self.events.publish(ContainerEvent(container.id, container.pod_id, EventType.DELETED))
         log.info("container %s (%s) removed", container.id, container.name)
 
@@ -499,31 +487,12 @@ class ContainerManager:
         container = await self._running(ctr_id, "reopen the log of")
         await (await self.runtime_of(container)).reopen_log(container.id, Path(container.log_path))
 
-    async def stats(self, container: Container) -> ContainerStats:
-        def read() -> ContainerStats:
-            cpu = memory = None
-            relpath = container.cgroup_path
-            if container.running and relpath and cgroups.exists(relpath):
-                try:
-                    cpu = cgroups.read_cpu_usage_ns(relpath)
-                    memory = cgroups.read_memory(relpath)
-                except OSError:
-                    cpu = memory = None  # the container exited while being read
-            used, inodes = _disk_usage(self.upper_dir(container.id))
-            return ContainerStats(
-                container_id=container.id,
-                timestamp_ns=time.time_ns(),
-                cpu_usage_ns=cpu or 0,
-                memory_working_set=memory.working_set if memory else 0,
-                memory_usage=memory.usage if memory else 0,
-                memory_rss=memory.rss if memory else 0,
-                page_faults=memory.page_faults if memory else 0,
-                major_page_faults=memory.major_page_faults if memory else 0,
-                writable_bytes=used,
-                writable_inodes=inodes,
-            )
-
-        return await asyncio.to_thread(read)
+    async def usage(self, container: Container) -> ContainerUsage:
+        """What the container uses, for the stats and metrics calls (containers/usage.py)."""
+        return await asyncio.to_thread(
+            read_usage, container.id, cgroup_path=container.cgroup_path, pid=container.pid,
+            upper_dir=self.upper_dir(container.id), layers=self._writable_layers, running=container.running,
+        )
 
     async def _running(self, ctr_id: str, action: str) -> Container:
         container = await self.get(ctr_id)
@@ -746,14 +715,3 @@ def _conmon_alive(container: Container) -> bool:
     return b"conmon" in cmdline and container.id.encode() in cmdline
 
 
-def _disk_usage(path: Path) -> tuple[int, int]:
-    used = inodes = 0
-    for directory, dirnames, filenames in os.walk(path):
-        for name in (*dirnames, *filenames):
-            try:
-                st = os.lstat(os.path.join(directory, name))
-            except OSError:
-                continue
-            used += st.st_blocks * 512
-            inodes += 1
-    return used, inodes

@@ -1,5 +1,5 @@
-"""Small pure helpers of the CRI edge and the container manager: status codes, filters, /proc/net/dev, image
-users, stop signals, log paths, host paths, the image's runtime config."""
+"""Small pure helpers of the CRI edge and the container manager: status codes, filters, image users, stop signals,
+log paths, host paths, the image's runtime config."""
 
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ from cripy.cri.containers import container_status_to_pb
 from cripy.cri.errors import STATUS_OF, grpc_method, status_code_for
 from cripy.cri.filters import labels_match
 from cripy.cri.images import _user_of
-from cripy.cri.stats import parse_net_dev
 from cripy.images.store import Image
 from cripy.images.unpack import LayerError
 from cripy.pods.model import PodSandbox
@@ -137,30 +136,6 @@ async def test_grpc_method_answers_a_bug_as_internal() -> None:
 )
 def test_labels_match(labels: dict[str, str], selector: dict[str, str], matches: bool) -> None:
     assert labels_match(labels, selector) is matches
-
-
-# ---- cri/stats.py::parse_net_dev ------------------------------------------------------------------------------------
-
-NET_DEV = """\
-Inter-|   Receive                                                |  Transmit
- face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
-    lo:   12345      10    0    0    0     0          0         0    12345      10    0    0    0     0       0          0
-  eth0: 1048576    800    3    1    0     0          0         2   524288     400    7    0    0     0       0          0
-veth-a1b2:100 2 0 0 0 0 0 0 200 4 5 0 0 0 0 0
-"""
-
-
-def test_parse_net_dev() -> None:
-    assert parse_net_dev(NET_DEV) == {
-        "eth0": (1048576, 3, 524288, 7),
-        "veth-a1b2": (100, 0, 200, 5),
-    }
-
-
-def test_parse_net_dev_skips_headers_loopback_and_short_lines() -> None:
-    assert parse_net_dev("") == {}
-    assert parse_net_dev(NET_DEV.splitlines()[0] + "\n" + NET_DEV.splitlines()[1] + "\n") == {}
-    assert parse_net_dev(NET_DEV + "  bad: 1 2 3\n") == parse_net_dev(NET_DEV)
 
 
 # ---- cri/images.py::_user_of ---------------------------------------------------------------------------------------
