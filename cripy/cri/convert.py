@@ -2,7 +2,7 @@
 
 The only module that reads ContainerConfig / PodSandboxConfig messages. It validates what protobuf cannot
 (negative sizes, unknown enum numbers, required fields) and raises cripy.errors.InvalidArgument naming the field,
-or Unimplemented for features cripy does not offer (user namespaces, image volumes, CDI devices, id-mapped mounts).
+or Unimplemented for features cripy does not offer (user namespaces, CDI devices, id-mapped mounts).
 Whether the pod's runtime handler can honour what is asked (recursive read-only mounts) is checked at create.
 
 Choices worth knowing:
@@ -184,12 +184,8 @@ def _mount(m: pb.Mount, where: str) -> Mount:
         raise InvalidArgument(f"{where}: container_path is required")
     if not os.path.isabs(m.container_path):
         raise InvalidArgument(f"{where}: container_path={m.container_path!r} must be absolute")
-    if m.HasField("image") and m.image.image:
-        raise Unimplemented(f"{where}: image volume mounts are not supported by cripy")
     if m.uidMappings or m.gidMappings:
         raise Unimplemented(f"{where}: id-mapped mounts are not supported by cripy")
-    if not m.host_path:
-        raise InvalidArgument(f"{where}: host_path is required")
     if m.propagation not in PROPAGATION:
         raise InvalidArgument(f"{where}: propagation={m.propagation} is not a known MountPropagation")
     if m.recursive_read_only:
@@ -200,6 +196,12 @@ def _mount(m: pb.Mount, where: str) -> Mount:
         if m.propagation != pb.PROPAGATION_PRIVATE:
             raise InvalidArgument(f"{where}: recursive_read_only needs propagation PROPAGATION_PRIVATE, not "
                                   f"{pb.MountPropagation.Name(m.propagation)}")
+    if m.HasField("image") and m.image.image:
+        return _image_mount(m, where)
+    if m.image_sub_path:
+        raise InvalidArgument(f"{where}: image_sub_path={m.image_sub_path!r} needs an image volume (image.image)")
+    if not m.host_path:
+        raise InvalidArgument(f"{where}: host_path is required")
     return Mount(
         container_path=m.container_path,
         host_path=m.host_path,
@@ -207,6 +209,28 @@ def _mount(m: pb.Mount, where: str) -> Mount:
         recursive_read_only=m.recursive_read_only,
         propagation=PROPAGATION[m.propagation],  # type: ignore[arg-type]
         selinux_relabel=m.selinux_relabel,
+    )
+
+
+def _image_mount(m: pb.Mount, where: str) -> Mount:
+    """An image volume (KEP-4639): always read-only, a relative sub-path that stays inside the image."""
+    image = m.image.image.strip()
+    if m.host_path:
+        raise InvalidArgument(f"{where}: an image volume ({image}) has no host_path (got {m.host_path!r})")
+    if not m.readonly:
+        raise InvalidArgument(f"{where}: image volume {image} must be read-only (readonly=true): images are immutable")
+    sub_path = m.image_sub_path
+    if "\0" in sub_path or os.path.isabs(sub_path) or ".." in sub_path.split("/"):
+        raise InvalidArgument(f"{where}: image_sub_path={sub_path!r} must be a relative path inside the image"
+                              " without '..'")
+    return Mount(
+        container_path=m.container_path,
+        host_path="",
+        readonly=True,
+        recursive_read_only=m.recursive_read_only,
+        propagation=PROPAGATION[m.propagation],  # type: ignore[arg-type]
+        image=image,
+        image_sub_path=sub_path.strip("/"),
     )
 
 
