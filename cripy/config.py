@@ -46,6 +46,9 @@ class ImagesConfig:
     registries_conf_d: str = "/etc/containers/registries.conf.d"
     auth_file: str = ""
     signature_policy: str = "/etc/containers/policy.json"
+    # <dir>/<namespace>.json, when present, replaces signature_policy for pulls on behalf of that namespace's pods.
+    signature_policy_dir: str = "/etc/cripy/policies"
+    registries_d: str = "/etc/containers/registries.d"
     certs_dir: str = "/etc/containers/certs.d"
     platform: str = ""
     max_parallel_layers: int = 3
@@ -123,18 +126,24 @@ class Config:
 
 def load_config(path: Path | None = None, dropin_dir: Path | None = None, *, must_exist: bool = False) -> Config:
     """Read the main file (if present) and its drop-ins into a validated Config."""
-    path = DEFAULT_CONFIG_PATH if path is None else path
-    dropin_dir = DEFAULT_DROPIN_DIR if dropin_dir is None else dropin_dir
+    main = DEFAULT_CONFIG_PATH if path is None else path
+    if must_exist and not main.exists():
+        raise ConfigError(f"config file {main} does not exist")
     config = Config()
-    if path.exists():
-        _apply_file(config, path)
-    elif must_exist:
-        raise ConfigError(f"config file {path} does not exist")
-    if dropin_dir.is_dir():
-        for dropin in sorted(dropin_dir.glob("*.toml")):
-            _apply_file(config, dropin)
+    for source in config_files(path, dropin_dir):
+        _apply_file(config, source)
     validate(config)
     return config
+
+
+def config_files(path: Path | None = None, dropin_dir: Path | None = None) -> list[Path]:
+    """The files load_config reads, in the order it applies them: the main file if present, then the drop-ins."""
+    path = DEFAULT_CONFIG_PATH if path is None else path
+    dropin_dir = DEFAULT_DROPIN_DIR if dropin_dir is None else dropin_dir
+    files = [path] if path.exists() else []
+    if dropin_dir.is_dir():
+        files += sorted(dropin_dir.glob("*.toml"))
+    return files
 
 
 def validate(config: Config) -> None:
@@ -162,6 +171,10 @@ def validate(config: Config) -> None:
             raise ConfigError(f"images.{key}: must not be negative")
     if config.images.pull_throughput_window_seconds <= 0:
         raise ConfigError("images.pull_throughput_window_seconds: must be positive")
+    for key in ("signature_policy", "signature_policy_dir", "registries_d"):
+        value = getattr(config.images, key)
+        if value and not Path(value).is_absolute():
+            raise ConfigError(f"images.{key}: {value!r} must be an absolute path")
     for key in ("root", "runroot", "listen"):
         if not Path(getattr(config.cripy, key)).is_absolute():
             raise ConfigError(f"cripy.{key}: {getattr(config.cripy, key)!r} must be an absolute path")

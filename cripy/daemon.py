@@ -23,6 +23,7 @@ from cripy.containers.spec import SpecSettings
 from cripy.cri.admin import admin_handler
 from cripy.cri.handlers import service_handler
 from cripy.cri.images import ImageService
+from cripy.cri.info import status_info
 from cripy.cri.runtime import RuntimeService
 from cripy.images.archive import Importer
 from cripy.images.pull import Puller
@@ -46,9 +47,12 @@ log = logging.getLogger(__name__)
 class Daemon:
     """One running cripy: storage, the domain services and the gRPC server."""
 
-    def __init__(self, config: Config, *, reload: Callable[[], Config] | None = None) -> None:
+    def __init__(self, config: Config, *, reload: Callable[[], Config] | None = None,
+                 config_files: Callable[[], list[Path]] = lambda: []) -> None:
         self.config = config
         self._reload = reload
+        self._config_files = config_files
+        self.config_files = config_files()  # the files `config` was read from, for Status's verbose info
         self.layout = Layout(config.root, config.runroot)
         self._stopping = asyncio.Event()
         self._server: grpc.aio.Server | None = None
@@ -209,7 +213,7 @@ class Daemon:
             containers=self.containers,
             handler_features=self.handler_features,
             network_status=self._network_status,
-            config_info=lambda: dataclasses.asdict(self.config),
+            config_info=lambda: status_info(self.config, self.config_files, self.network, self.handler_features()),
             streaming=self.streaming,
         )
         server.add_generic_rpc_handlers([
@@ -244,6 +248,7 @@ class Daemon:
         except ConfigError as e:
             log.error("configuration reload failed, keeping the running configuration: %s", e)
             return
+        self.config_files = self._config_files()
         set_log_level(new.cripy.log_level)
         # A runtime upgraded in place may offer more (or less) than it did: ask again.
         self._reprobe = asyncio.get_running_loop().create_task(self._probe_runtime_features())
@@ -301,8 +306,9 @@ def configure_logging(level: str) -> None:
     logging.getLogger("grpc").setLevel(logging.INFO)  # its debug output is per-call noise
 
 
-def run_daemon(config: Config, reload: Callable[[], Config] | None = None) -> int:
+def run_daemon(config: Config, reload: Callable[[], Config] | None = None,
+               config_files: Callable[[], list[Path]] = lambda: []) -> int:
     configure_logging(config.cripy.log_level)
-    asyncio.run(Daemon(config, reload=reload).run())
+    asyncio.run(Daemon(config, reload=reload, config_files=config_files).run())
     return 0
 

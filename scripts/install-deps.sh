@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(runc conmon containernetworking-plugins catatonit iproute2 iptables util-linux
-          docker-registry busybox-static zstd skopeo apache2-utils
+          docker-registry busybox-static zstd skopeo apache2-utils gpg gpgv gpg-agent
           containerd)  # containerd: the peer of the benchmarks, whose --quick smoke run is part of the tests
 PYTHON=${PYTHON:-python3}
 

@@ -1,8 +1,10 @@
 """Containers: create (rootfs + OCI spec + conmon/runc), start, stop, remove, exits, exec, updates, stats.
 
 The state machine is creating -> created -> running -> exited. Exits arrive from conmon's exit files through the
-exit watcher (no polling). Every side effect (directories, the rootfs mount, the runtime container) is journalled
-before it is made; a failed create undoes them all, and remove undoes what is left.
+exit watcher (no polling). Every side effect (directories, the rootfs mount, image volume mounts, the runtime
+container) is journalled before it is made; a failed create undoes them all, and remove undoes what is left.
+A container holds its image and the images it mounts as volumes: it finds them and is recorded in one step, with
+image removals held off, so that no RemoveImage can take an image from under a container being created.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ import secrets
 import shutil
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 from typing import Awaitable, Callable
 
+from cripy.containers import imagevolumes
 from cripy.containers.container import (
     REASON_COMPLETED,
     REASON_ERROR,
@@ -38,10 +41,10 @@ from cripy import blocking
 from cripy.containers import nodefit
 from cripy.containers.model import ContainerRequest, ImageRuntimeConfig, NamespaceMode, Resources
 from cripy.containers.spec import PodContext, SpecSettings, build_spec, spec_resources
+from cripy.containers.usage import ContainerUsage, WritableLayerCache, read_usage
 from cripy.containers.users import resolve_user
 from cripy.errors import CripyError, FailedPrecondition, InvalidArgument, NotFound
 from cripy.images.store import Image, ImageStore
-from cripy.linux import cgroups
 from cripy.linux import mount as mnt
 from cripy.oci import features
 from cripy.oci.exits import read_oom_file
@@ -61,20 +64,6 @@ KILL_WAIT_SECONDS = 10.0
 _INSERTED = ("id", "pod_id", "name", "state", "created_at", "image_id", "image_name", "request", "log_path")
 _UPDATED = ("state", "started_at", "finished_at", "exit_code", "reason", "message", "pid", "conmon_pid",
             "stop_signal", "cgroup_path", "process_user")
-
-
-@dataclass(frozen=True)
-class ContainerStats:
-    container_id: str
-    timestamp_ns: int
-    cpu_usage_ns: int
-    memory_working_set: int
-    memory_usage: int
-    memory_rss: int
-    page_faults: int
-    major_page_faults: int
-    writable_bytes: int
-    writable_inodes: int
 
 
 class ContainerManager:
@@ -105,11 +94,14 @@ class ContainerManager:
         self._exited: dict[str, asyncio.Event] = {}
         self._cleanups: dict[str, asyncio.Task[None]] = {}
         self._warned: set[str] = set()
+        self._writable_layers = WritableLayerCache()
         self.events = EventBus()
         journal.register("ctr-dirs", self._undo_dirs)
         journal.register("ctr-rootfs", self._undo_rootfs)
+        journal.register("ctr-image-volumes", self._undo_image_volumes)
         journal.register("ctr-runtime", self._undo_runtime)
         images.image_in_use = self._image_in_use
+        images.image_mounted_by = self._image_mounted_by
         pods.hold_members(self)
 
     # ---- queries --------------------------------------------------------------------------------------
@@ -185,11 +177,12 @@ class ContainerManager:
             request=request,
             log_path=_log_path(pod, request),
         )
-        async with self._pods.lock(pod.id):
+        async with self._images.removals_held(), self._pods.lock(pod.id):
             current = await self._pods.get(pod.id)
             if current.state != STATE_READY:
                 raise FailedPrecondition(f"pod sandbox {pod.id} stopped while the container was being created")
-            await self._table.insert(container)
+            await self._find_held_images(container)
+            await self._table.insert(container)  # from here on, the container holds its images
         try:
             await self._set_up(container, pod, image)
         except BaseException as e:
@@ -201,6 +194,21 @@ class ContainerManager:
         self.events.publish(ContainerEvent(container.id, pod.id, EventType.CREATED))
         log.info("container %s (%s) created in %.3fs", container.id, name, time.monotonic() - started)
         return container.id
+
+    async def _find_held_images(self, container: Container) -> None:
+        """The images the container will hold, looked up again with removals held off: its own (found before,
+        maybe removed since) and those of its image volumes, whose ids it records."""
+        if await self._images.get(container.image_id) is None:
+            raise NotFound(f"image {container.image_name!r} ({container.image_id}) was removed while container"
+                           f" {container.name} was being created")
+        for i, mount in enumerate(container.request.mounts):
+            if not mount.image:
+                continue
+            image = await self._images.find(mount.image)
+            if image is None:
+                raise NotFound(f"container {container.request.name!r}: mounts[{i}]: image {mount.image!r} of the image"
+                               f" volume at {mount.container_path} is not present: pull it first")
+            mount.image_id = image.id
 
     async def _set_up(self, container: Container, pod: PodSandbox, image: Image) -> None:
         ctr_dir = self._dirs / container.id
@@ -214,7 +222,8 @@ class ContainerManager:
         await asyncio.to_thread(_mount_rootfs, ctr_dir, layers)
         phases.mark("rootfs")
         image_config = _image_runtime_config(image)
-        request = container.request
+        request = await self._mount_image_volumes(container, ctr_dir)
+        phases.mark("image volumes")
         sec = request.security
         user = await asyncio.to_thread(
             resolve_user,
@@ -255,6 +264,26 @@ class ContainerManager:
         await asyncio.to_thread(_write_bundle, bundle, built.spec, built.volume_dirs, Path(container.log_path))
         phases.mark("bundle")
         phases.done()
+
+    async def _mount_image_volumes(self, container: Container, ctr_dir: Path) -> ContainerRequest:
+        """Mount the container's image volumes; the request as the spec sees it, each image volume a read-only
+        bind of its mount (or of the sub-path in it). The recorded request keeps what was asked."""
+        request = container.request
+        if not any(m.image for m in request.mounts):
+            return request
+        directory = imagevolumes.volumes_dir(ctr_dir)
+        await self._journal.record(container.id, "ctr-image-volumes", path=str(directory))
+        mounts = list(request.mounts)
+        for i, mount in enumerate(mounts):
+            if not mount.image:
+                continue
+            layers = await self._images.layer_dirs(mount.image_id)
+            where = f"container {request.name!r}: mounts[{i}] (image volume {mount.image} at {mount.container_path})"
+            source = await asyncio.to_thread(
+                imagevolumes.mount_image_volume, directory, i, layers, mount.image_sub_path, where
+            )
+            mounts[i] = replace(mount, host_path=str(source))
+        return replace(request, mounts=mounts)
 
     async def _target_pid_namespace(self, request: ContainerRequest, pod: PodSandbox) -> str | None:
         options = request.security.namespace_options
@@ -383,7 +412,7 @@ class ContainerManager:
         log.info("container %s (%s) exited with %d (%s)", ctr_id, container.name, code, container.reason)
         # A container never runs again (kubelet creates a new one): its runc state and rootfs mount go now, in
         # the background, off the Stop and Remove paths. Its directories (upper layer, logs) stay until removal.
-        self._clean_up_later(ctr_id, ("ctr-runtime", "ctr-rootfs"))
+        self._clean_up_later(ctr_id, ("ctr-runtime", "ctr-image-volumes", "ctr-rootfs"))
 
     async def remove(self, ctr_id: str) -> None:
         """RemoveContainer: idempotent; a running container is killed first."""
@@ -398,13 +427,15 @@ class ContainerManager:
 
         async def finish() -> None:
             await asyncio.to_thread(exit_file.unlink, True)
-            await self._images.release(container.image_id)
+            for image_id in {container.image_id, *_volume_images(container)}:
+                await self._images.release(image_id)
 
         # What the container left on the node is journalled: it is undone in the background (and by recovery,
         # should the daemon stop first), so that RemoveContainer answers as soon as the record is gone.
         self._clean_up_later(container.id, finish=finish)
         self._locks.pop(container.id, None)
         self._exited.pop(container.id, None)
+        self._writable_layers.forget(container.id)
         self.events.publish(ContainerEvent(container.id, container.pod_id, EventType.DELETED))
         log.info("container %s (%s) removed", container.id, container.name)
 
@@ -467,31 +498,12 @@ class ContainerManager:
         container = await self._running(ctr_id, "reopen the log of")
         await (await self.runtime_of(container)).reopen_log(container.id, Path(container.log_path))
 
-    async def stats(self, container: Container) -> ContainerStats:
-        def read() -> ContainerStats:
-            cpu = memory = None
-            relpath = container.cgroup_path
-            if container.running and relpath and cgroups.exists(relpath):
-                try:
-                    cpu = cgroups.read_cpu_usage_ns(relpath)
-                    memory = cgroups.read_memory(relpath)
-                except OSError:
-                    cpu = memory = None  # the container exited while being read
-            used, inodes = _disk_usage(self.upper_dir(container.id))
-            return ContainerStats(
-                container_id=container.id,
-                timestamp_ns=time.time_ns(),
-                cpu_usage_ns=cpu or 0,
-                memory_working_set=memory.working_set if memory else 0,
-                memory_usage=memory.usage if memory else 0,
-                memory_rss=memory.rss if memory else 0,
-                page_faults=memory.page_faults if memory else 0,
-                major_page_faults=memory.major_page_faults if memory else 0,
-                writable_bytes=used,
-                writable_inodes=inodes,
-            )
-
-        return await asyncio.to_thread(read)
+    async def usage(self, container: Container) -> ContainerUsage:
+        """What the container uses, for the stats and metrics calls (containers/usage.py)."""
+        return await asyncio.to_thread(
+            read_usage, container.id, cgroup_path=container.cgroup_path, pid=container.pid,
+            upper_dir=self.upper_dir(container.id), layers=self._writable_layers, running=container.running,
+        )
 
     async def _running(self, ctr_id: str, action: str) -> Container:
         container = await self.get(ctr_id)
@@ -503,7 +515,10 @@ class ContainerManager:
         await self._table.update(container)
 
     async def _image_in_use(self, image_id: str) -> bool:
-        return any(container.image_id == image_id for container in self._table.all())
+        return any(c.image_id == image_id or image_id in _volume_images(c) for c in self._table.all())
+
+    async def _image_mounted_by(self, image_id: str) -> list[str]:
+        return [c.id for c in self._table.all() if image_id in _volume_images(c)]
 
     # ---- recovery -----------------------------------------------------------------------------------------
 
@@ -559,6 +574,9 @@ class ContainerManager:
 
     async def _undo_rootfs(self, effect: Effect) -> None:
         await asyncio.to_thread(_unmount_all, Path(effect.data["path"]))
+
+    async def _undo_image_volumes(self, effect: Effect) -> None:
+        await asyncio.to_thread(imagevolumes.unmount_image_volumes, Path(effect.data["path"]))
 
     async def _undo_runtime(self, effect: Effect) -> None:
         runtime = self._runtimes.get(effect.data["handler"])
@@ -625,8 +643,14 @@ def _log_path(pod: PodSandbox, request: ContainerRequest) -> str:
     return str(pod.run_dir / "logs" / f"{request.name}_{request.attempt}.log")
 
 
+def _volume_images(container: Container) -> set[str]:
+    return {m.image_id for m in container.request.mounts if m.image_id}
+
+
 def _check_host_paths(request: ContainerRequest) -> None:
     for mount in request.mounts:
+        if mount.image:
+            continue  # an image volume: its image is looked up when the container is recorded
         if not os.path.isabs(mount.host_path):
             raise InvalidArgument(f"mount {mount.container_path}: host path {mount.host_path!r} is not absolute")
         if not os.path.exists(mount.host_path):
@@ -701,14 +725,3 @@ def _conmon_alive(container: Container) -> bool:
     return b"conmon" in cmdline and container.id.encode() in cmdline
 
 
-def _disk_usage(path: Path) -> tuple[int, int]:
-    used = inodes = 0
-    for directory, dirnames, filenames in os.walk(path):
-        for name in (*dirnames, *filenames):
-            try:
-                st = os.lstat(os.path.join(directory, name))
-            except OSError:
-                continue
-            used += st.st_blocks * 512
-            inodes += 1
-    return used, inodes

@@ -27,7 +27,9 @@ class NamespaceMode(enum.Enum):
 
 @dataclass
 class Mount:
-    """A host path bound into the container; recursive_read_only makes every mount below it read-only too."""
+    """A host path bound into the container (recursive_read_only: every mount below it read-only too), or
+    (`image` set) an image volume: the filesystem of an image already pulled, read-only, whole or from
+    `image_sub_path` down (KEP-4639)."""
 
     container_path: str
     host_path: str
@@ -35,6 +37,11 @@ class Mount:
     recursive_read_only: bool = False
     propagation: Propagation = "private"
     selinux_relabel: bool = False
+    image: str = ""
+    image_sub_path: str = ""
+    # The image `image` named when the container was created: the container holds that one, whatever the name
+    # points to later (filled by the container manager, not by the request).
+    image_id: str = ""
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 The only module that reads ContainerConfig / PodSandboxConfig messages. It validates what protobuf cannot
 (negative sizes, unknown enum numbers, required fields) and raises cripy.errors.InvalidArgument naming the field,
-or Unimplemented for features cripy does not offer (user namespaces, image volumes, CDI devices, id-mapped mounts).
+or Unimplemented for features cripy does not offer (user namespaces, CDI devices, id-mapped mounts).
 Whether the pod's runtime handler can honour what is asked (recursive read-only mounts) is checked at create.
 
 Choices worth knowing:
@@ -145,6 +145,14 @@ def pod_request_from_pb(config: pb.PodSandboxConfig, runtime_handler: str) -> Po
     )
 
 
+def pull_namespace_from_pb(request: pb.PullImageRequest) -> str:
+    """The Kubernetes namespace of the pod an image is pulled for ("" when the request carries no pod): it picks
+    the per-namespace trust policy."""
+    if not request.HasField("sandbox_config"):
+        return ""
+    return request.sandbox_config.metadata.namespace
+
+
 def resources_from_pb(res: pb.LinuxContainerResources, where: str = "linux.resources") -> Resources:
     """Translate and validate LinuxContainerResources (also used by UpdateContainerResources)."""
     _require_unset_or_within(res.cpu_period, CPU_PERIOD_RANGE, where, "cpu_period", "microseconds")
@@ -213,12 +221,8 @@ def _mount(m: pb.Mount, where: str) -> Mount:
         raise InvalidArgument(f"{where}: container_path is required")
     if not os.path.isabs(m.container_path):
         raise InvalidArgument(f"{where}: container_path={m.container_path!r} must be absolute")
-    if m.HasField("image") and m.image.image:
-        raise Unimplemented(f"{where}: image volume mounts are not supported by cripy")
     if m.uidMappings or m.gidMappings:
         raise Unimplemented(f"{where}: id-mapped mounts are not supported by cripy")
-    if not m.host_path:
-        raise InvalidArgument(f"{where}: host_path is required")
     if m.propagation not in PROPAGATION:
         raise InvalidArgument(f"{where}: propagation={m.propagation} is not a known MountPropagation")
     if m.recursive_read_only:
@@ -229,6 +233,12 @@ def _mount(m: pb.Mount, where: str) -> Mount:
         if m.propagation != pb.PROPAGATION_PRIVATE:
             raise InvalidArgument(f"{where}: recursive_read_only needs propagation PROPAGATION_PRIVATE, not "
                                   f"{pb.MountPropagation.Name(m.propagation)}")
+    if m.HasField("image") and m.image.image:
+        return _image_mount(m, where)
+    if m.image_sub_path:
+        raise InvalidArgument(f"{where}: image_sub_path={m.image_sub_path!r} needs an image volume (image.image)")
+    if not m.host_path:
+        raise InvalidArgument(f"{where}: host_path is required")
     return Mount(
         container_path=m.container_path,
         host_path=m.host_path,
@@ -236,6 +246,28 @@ def _mount(m: pb.Mount, where: str) -> Mount:
         recursive_read_only=m.recursive_read_only,
         propagation=PROPAGATION[m.propagation],  # type: ignore[arg-type]
         selinux_relabel=m.selinux_relabel,
+    )
+
+
+def _image_mount(m: pb.Mount, where: str) -> Mount:
+    """An image volume (KEP-4639): always read-only, a relative sub-path that stays inside the image."""
+    image = m.image.image.strip()
+    if m.host_path:
+        raise InvalidArgument(f"{where}: an image volume ({image}) has no host_path (got {m.host_path!r})")
+    if not m.readonly:
+        raise InvalidArgument(f"{where}: image volume {image} must be read-only (readonly=true): images are immutable")
+    sub_path = m.image_sub_path
+    if "\0" in sub_path or os.path.isabs(sub_path) or ".." in sub_path.split("/"):
+        raise InvalidArgument(f"{where}: image_sub_path={sub_path!r} must be a relative path inside the image"
+                              " without '..'")
+    return Mount(
+        container_path=m.container_path,
+        host_path="",
+        readonly=True,
+        recursive_read_only=m.recursive_read_only,
+        propagation=PROPAGATION[m.propagation],  # type: ignore[arg-type]
+        image=image,
+        image_sub_path=sub_path.strip("/"),
     )
 
 

@@ -72,7 +72,9 @@ class RuntimeService(PodsServicer, ContainersServicer, StatsServicer, StreamingS
             ))
             for name, features in self._handler_features().items()
         ]
-        info = {"config": json.dumps(self._config_info())} if request.verbose else {}
+        # Verbose: cri/info.py's sections (config and its files, handlers, the CNI network), one JSON value each.
+        sections = await asyncio.to_thread(self._config_info) if request.verbose else {}
+        info = {key: json.dumps(value) for key, value in sections.items()}
         return api_pb2.StatusResponse(
             status=api_pb2.RuntimeStatus(conditions=conditions), runtime_handlers=handlers, info=info,
             features=api_pb2.RuntimeFeatures(supplemental_groups_policy=True),

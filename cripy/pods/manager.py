@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-from cripy.containers.model import PodSandboxRequest
+from cripy.containers.model import PodSandboxRequest, Resources
 from cripy.errors import FailedPrecondition, InvalidArgument, NotFound
 from cripy.linux import mount as mnt
 from cripy.linux import namespaces
@@ -229,6 +229,35 @@ class PodManager:
         pod.infra_id = infra_id
         pod.infra_pid = created.pid
         await self._save(pod)
+
+    # ---- resources --------------------------------------------------------------------------------------
+
+    async def update_resources(self, pod_id: str, *, overhead: Resources | None, resources: Resources | None) -> None:
+        """UpdatePodSandboxResources: record the pod-level overhead and resources the kubelet resized the pod to.
+
+        The kubelet calls this after it has written them to the pod's cgroup, which is its own (the pod's cgroup
+        parent); a pod without one shares cripy's cgroup parent with every other pod. cripy owns no pod-level
+        cgroup either way, so there is nothing to write: the values are validated (by the caller) and recorded,
+        and PodSandboxStatus's verbose info shows them beside the limits the pod's cgroup holds. A field the
+        request leaves unset keeps its recorded value."""
+        pod = await self.get(pod_id)
+        async with self.lock(pod.id):
+            if pod.state != STATE_READY:
+                raise FailedPrecondition(f"pod sandbox {pod.id} is {pod.state}, not ready: its resources cannot be "
+                                         "updated")
+            recorded = pod.request
+            pod.request = dataclasses.replace(
+                recorded,
+                overhead=overhead if overhead is not None else recorded.overhead,
+                resources=resources if resources is not None else recorded.resources,
+            )
+            try:
+                await self._table.update(pod, ("request",))
+            except BaseException:
+                pod.request = recorded  # memory stays what the database holds
+                raise
+        log.info("pod %s (%s): pod-level resources recorded (overhead %s, resources %s)", pod.id, pod.name,
+                 pod.request.overhead, pod.request.resources)
 
     # ---- stop and remove ----------------------------------------------------------------------------------
 

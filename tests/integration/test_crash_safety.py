@@ -209,6 +209,22 @@ def _create_call(walk: Walk, ctx: dict[str, Any]) -> None:
     ctx["ctr"] = walk.env.create(ctx["pod"], ctx["config"], walk.env.container_config("main", SLEEP))
 
 
+def _with_image_volume(walk: Walk) -> api_pb2.ContainerConfig:
+    config = walk.env.container_config("main", SLEEP)
+    config.mounts.append(api_pb2.Mount(container_path="/mnt/image", readonly=True, image_sub_path="etc",
+                                       image=api_pb2.ImageSpec(image=BUSYBOX)))
+    return config
+
+
+def _create_with_image_volume_call(walk: Walk, ctx: dict[str, Any]) -> None:
+    ctx["ctr"] = walk.env.create(ctx["pod"], ctx["config"], _with_image_volume(walk))
+
+
+def _check_created_with_image_volume(walk: Walk, ctx: dict[str, Any]) -> None:
+    _check_created(walk, ctx)
+    assert "root:x:0:0" in walk.env.sh(ctx["ctr"], "cat /mnt/image/passwd")
+
+
 def _check_created(walk: Walk, ctx: dict[str, Any]) -> None:
     assert _ctr_state(walk, ctx) == api_pb2.CONTAINER_CREATED
     walk.env.start(ctx["ctr"])
@@ -243,6 +259,8 @@ SCENARIOS = [
     Scenario("RunPodSandbox", lambda w: {"config": _pod_config(w)}, _run_pod_call,
              lambda w, ctx: False, _check_pod_ready),
     Scenario("CreateContainer", _pod, _create_call, lambda w, ctx: False, _check_created),
+    Scenario("CreateContainer with an image volume", _pod, _create_with_image_volume_call, lambda w, ctx: False,
+             _check_created_with_image_volume),
     Scenario("StartContainer", _created, lambda w, ctx: w.env.start(ctx["ctr"]),
              lambda w, ctx: _ctr_state(w, ctx) == api_pb2.CONTAINER_RUNNING, _check_running),
     Scenario("StopContainer", _running, lambda w, ctx: w.env.stop(ctx["ctr"]),

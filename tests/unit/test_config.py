@@ -12,6 +12,7 @@ from cripy.config import (
     Config,
     ConfigError,
     RuntimeHandlerConfig,
+    config_files,
     handler_runtime_root,
     load_config,
     to_toml,
@@ -99,6 +100,11 @@ def test_dropins_apply_after_the_main_file_in_lexical_order(paths: tuple[Path, P
     assert config.cripy.root == "/main"  # set by the main file only
     assert config.cripy.runroot == "/run/first"  # set by one drop-in only
     assert config.images.pull_retries == 1
+    # The files read, in the order applied (Status's verbose info names them).
+    assert config_files(main, dropins) == [main, dropins / "10-first.toml", dropins / "20-second.toml"]
+    main.unlink()
+    assert config_files(main, dropins) == [dropins / "10-first.toml", dropins / "20-second.toml"]
+    assert config_files(main, dropins / "missing") == []
 
 
 def test_dropin_lists_replace_rather_than_append(paths: tuple[Path, Path]) -> None:

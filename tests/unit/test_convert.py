@@ -203,7 +203,6 @@ def test_invalid_container_configs_name_the_field(cfg, message):
 @pytest.mark.parametrize(
     "cfg",
     [
-        container(mounts=[pb.Mount(container_path="/a", image=pb.ImageSpec(image="img"))]),
         container(CDI_devices=[pb.CDIDevice(name="vendor.com/gpu=0")]),
         container(linux=pb.LinuxContainerConfig(security_context=pb.LinuxContainerSecurityContext(
             namespace_options=pb.NamespaceOption(userns_options=pb.UserNamespace(mode=pb.POD))))),
@@ -384,3 +383,33 @@ def test_a_host_ip_must_be_an_address():
     config.port_mappings[0].host_ip = "not-an-ip"
     with pytest.raises(InvalidArgument, match="host_ip"):
         pod_request_from_pb(config, "")
+
+
+def test_image_volume_mount_is_read_only_with_a_relative_sub_path():
+    cfg = container(mounts=[pb.Mount(container_path="/mnt/image-volume", readonly=True,
+                                     image=pb.ImageSpec(image="registry.k8s.io/e2e/busybox:1.29-2",
+                                                        user_specified_image="busybox:1.29-2"),
+                                     image_sub_path="etc/")])
+    (mount,) = container_request_from_pb(cfg, sandbox()).mounts
+    assert mount == Mount(container_path="/mnt/image-volume", host_path="", readonly=True,
+                          image="registry.k8s.io/e2e/busybox:1.29-2", image_sub_path="etc")
+
+
+@pytest.mark.parametrize(
+    "mount, message",
+    [
+        (pb.Mount(container_path="/v", image=pb.ImageSpec(image="img")), "must be read-only"),
+        (pb.Mount(container_path="/v", readonly=True, host_path="/srv", image=pb.ImageSpec(image="img")),
+         "has no host_path"),
+        (pb.Mount(container_path="/v", readonly=True, image=pb.ImageSpec(image="img"), image_sub_path="/etc"),
+         "must be a relative path"),
+        (pb.Mount(container_path="/v", readonly=True, image=pb.ImageSpec(image="img"), image_sub_path="a/../../b"),
+         "without '..'"),
+        (pb.Mount(container_path="/v", readonly=True, image=pb.ImageSpec(image="img"), image_sub_path="a\0b"),
+         "relative path"),
+        (pb.Mount(container_path="/v", host_path="/srv", image_sub_path="etc"), "needs an image volume"),
+    ],
+)
+def test_invalid_image_volumes_are_refused(mount, message):
+    with pytest.raises(InvalidArgument, match=message):
+        container_request_from_pb(container(mounts=[mount]), sandbox())
