@@ -20,7 +20,6 @@ import argparse
 import contextlib
 import fcntl
 import ipaddress
-import json
 import os
 import secrets
 import shutil
