@@ -30,6 +30,7 @@ from cripy.images.store import ImageStore
 from cripy.linux import cgroups
 from cripy.network.cni import CNIManager
 from cripy.oci.exits import ExitWatcher
+from cripy.oci import features
 from cripy.oci.features import HandlerFeatures
 from cripy.oci.runtime import OCIRuntime, RuntimeHandler
 from cripy.pods.manager import PodManager
@@ -137,11 +138,17 @@ class Daemon:
         }
 
     async def _probe_runtime_features(self) -> None:
-        """Ask each handler's runtime what it supports (Status reports it, CreateContainer checks against it)."""
-        probed = await asyncio.gather(*(runtime.probe_features() for runtime in self.runtimes.values()))
-        for name, features in zip(self.runtimes, probed):
+        """Ask each handler's runtime what it supports (Status reports it, RunPodSandbox and CreateContainer check
+        against it), and the node whether cripy can id-map its image layers (user namespaces need it)."""
+        idmap_problem = await asyncio.to_thread(features.probe_node_idmap, self.layout.layers,
+                                                self.layout.runroot / "rootfs")
+        if idmap_problem is not None:
+            log.warning("no user namespaces on this node: %s", idmap_problem)
+        probed = await asyncio.gather(*(runtime.probe_features(node_idmap_problem=idmap_problem)
+                                        for runtime in self.runtimes.values()))
+        for name, found in zip(self.runtimes, probed):
             log.info("runtime handler %s: recursive read-only mounts %s, user namespaces %s (from %s)", name,
-                     _yes_no(features.recursive_read_only_mounts), _yes_no(features.user_namespaces), features.source)
+                     _yes_no(found.recursive_read_only_mounts), _yes_no(found.user_namespaces), found.source)
 
     def handler_features(self) -> dict[str, HandlerFeatures]:
         """Every handler's features by name; "" (no RuntimeClass) is the default handler."""

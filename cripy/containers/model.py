@@ -11,6 +11,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Literal
 
+from cripy.linux.idmap import IDRange
+
 Propagation = Literal["private", "rslave", "rshared"]
 ProfileKind = Literal["runtime_default", "unconfined", "localhost"]
 GroupsPolicy = Literal["merge", "strict"]
@@ -27,7 +29,10 @@ class NamespaceMode(enum.Enum):
 
 @dataclass
 class Mount:
-    """A host path bound into the container; recursive_read_only makes every mount below it read-only too."""
+    """A host path bound into the container; recursive_read_only makes every mount below it read-only too.
+
+    uid_mappings / gid_mappings (the kubelet sends the pod's own for its volumes in a user namespace) ask for an
+    id-mapped bind: files owned by host uid 0 are seen as container uid 0, and written back as host uid 0."""
 
     container_path: str
     host_path: str
@@ -35,6 +40,12 @@ class Mount:
     recursive_read_only: bool = False
     propagation: Propagation = "private"
     selinux_relabel: bool = False
+    uid_mappings: list[IDRange] = field(default_factory=list)
+    gid_mappings: list[IDRange] = field(default_factory=list)
+
+    @property
+    def idmapped(self) -> bool:
+        return bool(self.uid_mappings or self.gid_mappings)
 
 
 @dataclass
@@ -72,13 +83,24 @@ class SecurityProfile:
 
 
 @dataclass
+class UserNamespace:
+    """A pod's own user namespace (the kubelet's hostUsers: false), shared by all its containers: container ids
+    `uids`/`gids` are the host ids the maps give them."""
+
+    uids: list[IDRange]
+    gids: list[IDRange]
+
+
+@dataclass
 class NamespaceOptions:
-    """Namespace modes for network, PID and IPC; target_id names the container for TARGET mode."""
+    """Namespace modes for network, PID and IPC; target_id names the container for TARGET mode; user is the pod's
+    own user namespace (None: the node's)."""
 
     network: NamespaceMode = NamespaceMode.POD
     pid: NamespaceMode = NamespaceMode.CONTAINER
     ipc: NamespaceMode = NamespaceMode.POD
     target_id: str = ""
+    user: UserNamespace | None = None
 
 
 @dataclass

@@ -122,9 +122,10 @@ class OCIRuntime:
         # Nothing is offered until the runtime has been asked (probe_features, at start and at reload).
         self.features = HandlerFeatures()
 
-    async def probe_features(self) -> HandlerFeatures:
-        """Ask the runtime what it supports and keep the answer (`features`) for Status and create checks."""
-        self.features = await features.probe(self.handler.runtime_path)
+    async def probe_features(self, *, node_idmap_problem: str | None = "not probed") -> HandlerFeatures:
+        """Ask the runtime what it supports and keep the answer (`features`) for Status and create checks;
+        `node_idmap_problem` is the node's part (features.probe_node_idmap)."""
+        self.features = await features.probe(self.handler.runtime_path, node_idmap_problem=node_idmap_problem)
         return self.features
 
     # ---- paths -----------------------------------------------------------------------------------------------
