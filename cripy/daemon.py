@@ -17,7 +17,7 @@ from typing import Callable
 
 import grpc
 
-from cripy.config import Config, ConfigError, handler_runtime_root
+from cripy.config import Config, ConfigError, handler_global_args, handler_runtime_root
 from cripy.containers.manager import ContainerManager
 from cripy.containers.spec import SpecSettings
 from cripy.cri.admin import admin_handler
@@ -129,6 +129,8 @@ class Daemon:
                     runtime_root=handler_runtime_root(self.config, name),
                     monitor_path=runtime.conmon,
                     runtime_type=handler.runtime_type,
+                    kind=handler.kind,
+                    global_args=handler_global_args(handler),
                 ),
                 exits_dir=self.layout.runroot / "exits",
                 log_level=self.config.cripy.log_level,
@@ -149,6 +151,8 @@ class Daemon:
         for name, found in zip(self.runtimes, probed):
             log.info("runtime handler %s: recursive read-only mounts %s, user namespaces %s (from %s)", name,
                      _yes_no(found.recursive_read_only_mounts), _yes_no(found.user_namespaces), found.source)
+            if found.platform_problem is not None:
+                log.warning("runtime handler %s cannot run containers on this node: %s", name, found.platform_problem)
 
     def handler_features(self) -> dict[str, HandlerFeatures]:
         """Every handler's features by name; "" (no RuntimeClass) is the default handler."""

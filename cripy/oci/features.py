@@ -18,9 +18,12 @@ same for every handler.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import errno
 import json
+import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +36,8 @@ PROBE_TIMEOUT_SECONDS = 10.0
 RRO_MOUNT_OPTION = "rro"
 RECURSIVE_READ_ONLY_MOUNTS = "recursive read-only mounts"
 USER_NAMESPACES = "user namespaces"
+RUNNING_CONTAINERS = "running containers"
+PLATFORM_PROBE_TIMEOUT_SECONDS = 10.0
 # The probe's user namespace maps one id somewhere no one uses (it only has to be a valid mapping).
 _PROBE_HOST_ID = 2**31
 # mount_setattr(2) has the same number on every architecture (syscalls added since Linux 5.1 share numbers).
@@ -48,6 +53,7 @@ class HandlerFeatures:
     idmap_mounts: bool = False  # the runtime's own (runc 1.2+); cripy does not rely on it
     kernel_mount_setattr: bool = False
     node_idmap_problem: str | None = "not probed"  # why cripy cannot make id-mapped mounts here, None if it can
+    platform_problem: str | None = None  # a sandboxed runtime whose platform does not work here: why
     source: str = "not probed"
 
     @property
@@ -66,6 +72,8 @@ class HandlerFeatures:
             if not self.kernel_mount_setattr:
                 return "the kernel lacks mount_setattr(2) (Linux 5.12 or later)"
             return None
+        if feature == RUNNING_CONTAINERS:
+            return self.platform_problem
         if feature == USER_NAMESPACES:
             if "user" not in self.namespaces:
                 return f"its runtime does not list the user namespace ({self.source})"
@@ -132,6 +140,32 @@ async def probe(runtime_path: str, *, timeout: float = PROBE_TIMEOUT_SECONDS,
                               node_idmap_problem=node_idmap_problem)
     except ValueError as err:  # json.JSONDecodeError is a ValueError
         return says_nothing(f"`{command}` printed no features document: {err}")
+
+
+async def probe_sandbox_platform(command: list[str], *,
+                                 timeout: float = PLATFORM_PROBE_TIMEOUT_SECONDS) -> str | None:
+    """Whether a gVisor runtime runs anything on this node with its platform: `<command> --network=none do
+    /bin/true` (`command` is the runtime with its global flags) must succeed within `timeout`. The kvm platform,
+    for one, hangs where /dev/kvm exists but cannot run guests. None when it works, else why not."""
+    argv = [*command, "--network=none", "do", "/bin/true"]
+    try:
+        proc = await asyncio.create_subprocess_exec(*argv, stdin=asyncio.subprocess.DEVNULL,
+                                                    stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                                                    start_new_session=True)
+    except OSError as err:
+        return f"cannot run `{' '.join(argv)}`: {err.strerror or err}"
+    try:
+        async with asyncio.timeout(timeout):
+            _, err_out = await proc.communicate()
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # runsc and the sandbox it started
+        await proc.wait()
+        return f"`{' '.join(argv)}` did not finish within {timeout}s"
+    if proc.returncode != 0:
+        said = err_out.decode(errors="replace").strip().splitlines()
+        return f"`{' '.join(argv)}` failed (exit status {proc.returncode}): {said[-1] if said else 'no message'}"
+    return None
 
 
 def probe_node_idmap(storage: Path, rootfs_parent: Path) -> str | None:

@@ -112,6 +112,14 @@ class PodManager:
         handler = request.runtime_handler or self._default_runtime
         if handler not in self._runtimes:
             raise NotFound(f"runtime handler {handler!r} is not configured (known: {', '.join(sorted(self._runtimes))})")
+        runtime = self._runtimes[handler]
+        features.require(runtime.features, handler, features.RUNNING_CONTAINERS,
+                         f"pod sandbox {request.namespace}/{request.name}")
+        if runtime.sandboxed and request.security.namespace_options.pid is NamespaceMode.POD:
+            raise FailedPrecondition(
+                f"pod sandbox {request.namespace}/{request.name}: runtime handler {handler!r} (gVisor) runs each "
+                "container in a sandbox of its own, which cannot share one PID namespace (namespace_options.pid "
+                "POD); use CONTAINER")
         if request.security.namespace_options.user is not None:
             _check_user_namespace_pod(request)
             features.require(self._runtimes[handler].features, handler, features.USER_NAMESPACES,
