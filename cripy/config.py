@@ -46,6 +46,9 @@ class ImagesConfig:
     registries_conf_d: str = "/etc/containers/registries.conf.d"
     auth_file: str = ""
     signature_policy: str = "/etc/containers/policy.json"
+    # <dir>/<namespace>.json, when present, replaces signature_policy for pulls on behalf of that namespace's pods.
+    signature_policy_dir: str = "/etc/cripy/policies"
+    registries_d: str = "/etc/containers/registries.d"
     certs_dir: str = "/etc/containers/certs.d"
     platform: str = ""
     max_parallel_layers: int = 3
@@ -167,6 +170,10 @@ def validate(config: Config) -> None:
             raise ConfigError(f"images.{key}: must not be negative")
     if config.images.pull_throughput_window_seconds <= 0:
         raise ConfigError("images.pull_throughput_window_seconds: must be positive")
+    for key in ("signature_policy", "signature_policy_dir", "registries_d"):
+        value = getattr(config.images, key)
+        if value and not Path(value).is_absolute():
+            raise ConfigError(f"images.{key}: {value!r} must be an absolute path")
     for key in ("root", "runroot", "listen"):
         if not Path(getattr(config.cripy, key)).is_absolute():
             raise ConfigError(f"cripy.{key}: {getattr(config.cripy, key)!r} must be an absolute path")

@@ -132,6 +132,14 @@ def pod_request_from_pb(config: pb.PodSandboxConfig, runtime_handler: str) -> Po
     )
 
 
+def pull_namespace_from_pb(request: pb.PullImageRequest) -> str:
+    """The Kubernetes namespace of the pod an image is pulled for ("" when the request carries no pod): it picks
+    the per-namespace trust policy."""
+    if not request.HasField("sandbox_config"):
+        return ""
+    return request.sandbox_config.metadata.namespace
+
+
 def resources_from_pb(res: pb.LinuxContainerResources, where: str = "linux.resources") -> Resources:
     """Translate and validate LinuxContainerResources (also used by UpdateContainerResources)."""
     _require(res.cpu_period >= 0, where, "cpu_period", res.cpu_period, "must not be negative")

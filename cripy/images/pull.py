@@ -1,9 +1,10 @@
 """PullImage: from a reference as kubelet writes it to an image in the store.
 
 Resolution (short names, registry rewrites, mirrors, blocked registries) comes from registries.conf, credentials
-from the CRI request or auth.json, the go-ahead from the trust policy; then the manifest (an index picks this
-node's platform), the config, and the layers, several at a time. Two pulls of the same image at the same moment
-are one pull. Which source failed and why is kept, so that a failed pull says what was tried.
+from the CRI request or auth.json; then the manifest, which the trust gate (trust/gate.py: policy.json and
+signatures) must accept before anything else is fetched; then the config (an index first picks this node's
+platform) and the layers, several at a time. Two pulls of the same image at the same moment are one pull. Which
+source failed and why is kept, so that a failed pull says what was tried.
 """
 
 from __future__ import annotations
@@ -36,10 +37,10 @@ from cripy.images.manifest import (
     parse_manifest,
     select_platform,
 )
-from cripy.images.policy import load_policy
 from cripy.images.reference import Reference, is_short_name
 from cripy.images.registries import PullSource, RegistriesConf, load_registries_conf
 from cripy.images.store import Image, ImageStore, LayerSource, LayerStream
+from cripy.images.trust.gate import SignatureCheck, enforce, load_pull_policy, refuse_outright
 from cripy.linux.memory import release_free_heap
 
 if TYPE_CHECKING:
@@ -66,6 +67,8 @@ class PullRequest:
     image: str
     credentials: Credentials | None = None
     credentials_server: str = ""
+    # The Kubernetes namespace of the pod the image is pulled for ("" if none): picks a per-namespace policy.
+    namespace: str = ""
 
 
 class Puller:
@@ -74,7 +77,7 @@ class Puller:
     def __init__(self, store: ImageStore, settings: ImagesConfig) -> None:
         self._store = store
         self._settings = settings
-        self._in_flight: dict[tuple[str, str], asyncio.Task[Image]] = {}
+        self._in_flight: dict[tuple[str, str, str], asyncio.Task[Image]] = {}
         self._layer_slots = asyncio.Semaphore(settings.max_parallel_layers)
         self._session: aiohttp.ClientSession | None = None
 
@@ -104,7 +107,8 @@ class Puller:
     async def pull(self, request: PullRequest) -> Image:
         """Pull, or join the identical pull already running. The pull is a task of its own, so a client that
         gives up does not waste the work: its retry joins the same pull."""
-        key = (request.image, _credentials_key(request.credentials))
+        # Pulls for different namespaces may be judged by different policies: they never share a pull.
+        key = (request.image, _credentials_key(request.credentials), request.namespace)
         running = self._in_flight.get(key)
         if running is not None:
             log.info("pull of %s already in progress: waiting for it", request.image)
@@ -114,7 +118,7 @@ class Puller:
             running.add_done_callback(lambda _: self._pull_done(key))
         return await asyncio.shield(running)
 
-    def _pull_done(self, key: tuple[str, str]) -> None:
+    def _pull_done(self, key: tuple[str, str, str]) -> None:
         self._in_flight.pop(key, None)
         if not self._in_flight:
             # The last pull's buffers are free now; without this the daemon keeps its peak RSS.
@@ -122,17 +126,20 @@ class Puller:
 
     async def _pull(self, request: PullRequest) -> Image:
         # File reads and parsing: in a thread, not on the event loop that serves every other CRI call.
+        settings = self._settings
         conf, policy, auth_store = await asyncio.to_thread(
-            lambda: (self.registries(), load_policy(Path(self._settings.signature_policy)), self._auth_store())
+            lambda: (self.registries(), load_pull_policy(settings, request.namespace), self._auth_store())
         )
         failures: list[tuple[str, CripyError]] = []
         for candidate in conf.candidates(request.image):
-            policy.check(candidate)
+            match = policy.requirements_for(candidate)
+            refuse_outright(match, candidate)
+            check = SignatureCheck(match, Path(settings.registries_d), _certs_dir(settings))
             for source in conf.pull_sources(candidate):
                 where = f"{source.reference}" + (" (mirror)" if source.is_mirror else "")
                 credentials = self._credentials_for(source, request, auth_store)
                 try:
-                    return await self._pull_from(candidate, source, credentials)
+                    return await self._pull_from(candidate, source, credentials, check)
                 except _TRY_NEXT as e:
                     log.warning("pull of %s from %s failed: %s", candidate, where, e)
                     failures.append((where, e))
@@ -156,24 +163,14 @@ class Puller:
                 return request.credentials
         return auth_store.lookup(source.reference)
 
-    async def _pull_from(self, wanted: Reference, source: PullSource, credentials: Credentials | None) -> Image:
+    async def _pull_from(self, wanted: Reference, source: PullSource, credentials: Credentials | None,
+                         check: SignatureCheck) -> Image:
         ref = source.reference
-        from cripy.images.registry import RegistryClient
-
-        client = RegistryClient(
-            DOCKER_HUB_ENDPOINT if ref.domain == "docker.io" else ref.domain,
-            insecure=source.insecure,
-            credentials=credentials,
-            session=self._http(),
-            certs_dir=Path(self._settings.certs_dir) if self._settings.certs_dir else None,
-            # A mirror is an optimisation: one that is down costs one retry, not the primary's full backoff.
-            retries=min(self._settings.pull_retries, MIRROR_RETRIES) if source.is_mirror else self._settings.pull_retries,
-            backoff=self._settings.pull_retry_backoff_seconds,
-            min_throughput=self._settings.pull_min_throughput_bytes,
-            throughput_window=self._settings.pull_throughput_window_seconds,
-        )
+        client = registry_client(self._settings, source, credentials, self._http())
         started = time.monotonic()
         media_type, body, digest = await client.get_manifest(ref.path, ref.digest or ref.tag or "latest")
+        # The trust gate: signatures of the manifest the reference resolves to, before anything else is fetched.
+        await enforce(check, wanted, ref, body, digest, client, self._http())
         document = parse_manifest(media_type, body)
         if isinstance(document, ImageIndex):
             chosen = select_platform(document, self.platform())
@@ -241,6 +238,30 @@ class Puller:
                 read_bufsize=BLOB_CHUNK_SIZE,
             )
         return self._session
+
+
+def registry_client(settings: ImagesConfig, source: PullSource, credentials: Credentials | None,
+                    session: aiohttp.ClientSession) -> RegistryClient:
+    """The client for one pull source, with the pull settings of the config."""
+    from cripy.images.registry import RegistryClient
+
+    ref = source.reference
+    return RegistryClient(
+        DOCKER_HUB_ENDPOINT if ref.domain == "docker.io" else ref.domain,
+        insecure=source.insecure,
+        credentials=credentials,
+        session=session,
+        certs_dir=_certs_dir(settings),
+        # A mirror is an optimisation: one that is down costs one retry, not the primary's full backoff.
+        retries=min(settings.pull_retries, MIRROR_RETRIES) if source.is_mirror else settings.pull_retries,
+        backoff=settings.pull_retry_backoff_seconds,
+        min_throughput=settings.pull_min_throughput_bytes,
+        throughput_window=settings.pull_throughput_window_seconds,
+    )
+
+
+def _certs_dir(settings: ImagesConfig) -> Path | None:
+    return Path(settings.certs_dir) if settings.certs_dir else None
 
 
 class _ProgressLog:
