@@ -17,7 +17,7 @@ from typing import Callable
 
 import grpc
 
-from cripy.config import Config, ConfigError, handler_runtime_root
+from cripy.config import Config, ConfigError, handler_global_args, handler_runtime_root
 from cripy.containers.manager import ContainerManager
 from cripy.containers.spec import SpecSettings
 from cripy.cri.admin import admin_handler
@@ -31,6 +31,7 @@ from cripy.images.store import ImageStore
 from cripy.linux import cgroups
 from cripy.network.cni import CNIManager
 from cripy.oci.exits import ExitWatcher
+from cripy.oci import features
 from cripy.oci.features import HandlerFeatures
 from cripy.oci.runtime import OCIRuntime, RuntimeHandler
 from cripy.pods.manager import PodManager
@@ -132,6 +133,8 @@ class Daemon:
                     runtime_root=handler_runtime_root(self.config, name),
                     monitor_path=runtime.conmon,
                     runtime_type=handler.runtime_type,
+                    kind=handler.kind,
+                    global_args=handler_global_args(handler),
                 ),
                 exits_dir=self.layout.runroot / "exits",
                 log_level=self.config.cripy.log_level,
@@ -141,11 +144,19 @@ class Daemon:
         }
 
     async def _probe_runtime_features(self) -> None:
-        """Ask each handler's runtime what it supports (Status reports it, CreateContainer checks against it)."""
-        probed = await asyncio.gather(*(runtime.probe_features() for runtime in self.runtimes.values()))
-        for name, features in zip(self.runtimes, probed):
+        """Ask each handler's runtime what it supports (Status reports it, RunPodSandbox and CreateContainer check
+        against it), and the node whether cripy can id-map its image layers (user namespaces need it)."""
+        idmap_problem = await asyncio.to_thread(features.probe_node_idmap, self.layout.layers,
+                                                self.layout.runroot / "rootfs")
+        if idmap_problem is not None:
+            log.warning("no user namespaces on this node: %s", idmap_problem)
+        probed = await asyncio.gather(*(runtime.probe_features(node_idmap_problem=idmap_problem)
+                                        for runtime in self.runtimes.values()))
+        for name, found in zip(self.runtimes, probed):
             log.info("runtime handler %s: recursive read-only mounts %s, user namespaces %s (from %s)", name,
-                     _yes_no(features.recursive_read_only_mounts), _yes_no(features.user_namespaces), features.source)
+                     _yes_no(found.recursive_read_only_mounts), _yes_no(found.user_namespaces), found.source)
+            if found.platform_problem is not None:
+                log.warning("runtime handler %s cannot run containers on this node: %s", name, found.platform_problem)
 
     def handler_features(self) -> dict[str, HandlerFeatures]:
         """Every handler's features by name; "" (no RuntimeClass) is the default handler."""

@@ -19,6 +19,7 @@ from cripy.cri.errors import grpc_method, unimplemented
 from cripy.cri.pods import PodsServicer
 from cripy.cri.stats import StatsServicer
 from cripy.cri.streaming import StreamingServicer
+from cripy.errors import Unimplemented
 from cripy.oci.features import HandlerFeatures
 from cripy.pods.manager import PodManager
 from cripy.streaming.server import StreamingServer
@@ -85,6 +86,11 @@ class RuntimeService(PodsServicer, ContainersServicer, StatsServicer, StreamingS
         return api_pb2.RuntimeConfigResponse(
             linux=api_pb2.LinuxRuntimeConfiguration(cgroup_driver=api_pb2.CGROUPFS)
         )
+
+    @grpc_method
+    async def CheckpointContainer(self, request: api_pb2.CheckpointContainerRequest, context: grpc.aio.ServicerContext) -> api_pb2.CheckpointContainerResponse:
+        raise Unimplemented("CheckpointContainer: cripy does not checkpoint containers: it would need CRIU, and "
+                            "Debian's CRIU 3.17 fails on this kernel (`criu check`: vdso symtable)")
 
     @grpc_method
     async def UpdateRuntimeConfig(self, request: api_pb2.UpdateRuntimeConfigRequest, context: grpc.aio.ServicerContext) -> api_pb2.UpdateRuntimeConfigResponse:

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cripy.containers.container import STATE_RUNNING
-from cripy.errors import CripyError, FailedPrecondition, Internal, InvalidArgument
+from cripy.errors import CripyError, FailedPrecondition, Internal, InvalidArgument, Unimplemented
 from cripy.streaming import channels, spdy
 from cripy.streaming.channels import ResizeDecoder, TerminalSize
 from cripy.streaming.server import (CLOSED, ChannelClosed, ChannelMessage, ClientGone, InputPipe, Pump, SpdyPump,
@@ -683,7 +683,11 @@ class ExecHandler:
 
     async def prepare(self, request: ExecRequest) -> None:
         validate_exec(request)
-        await running_container(self.containers, request.container_id, "exec in")
+        container = await running_container(self.containers, request.container_id, "exec in")
+        runtime = await self.containers.runtime_of(container)
+        if request.tty and runtime.sandboxed:
+            raise Unimplemented(f"exec in container {container.id}: runtime handler {runtime.handler.name!r} (gVisor) "
+                                "cannot give an exec a terminal: runsc exec has no --tty")
 
     async def serve(self, pump: Pump, request: ExecRequest) -> None:
         session = command_session(pump, request.tty, request.stdin, request.stdout, request.stderr)
