@@ -239,7 +239,7 @@ class ContainerManager:
                                 _RootfsMapping(userns, pod.host_ids(), idmap_dir) if userns is not None else None)
         phases.mark("rootfs")
         image_config = _image_runtime_config(image)
-        request = await self._mount_image_volumes(container, ctr_dir)
+        request = await self._mount_image_volumes(container, ctr_dir, idmap_dir)
         phases.mark("image volumes")
         mounts = await asyncio.to_thread(_idmapped_mount_sources, request, idmap_dir / "mounts")
         sec = request.security
@@ -281,9 +281,12 @@ class ContainerManager:
         phases.mark("bundle")
         phases.done()
 
-    async def _mount_image_volumes(self, container: Container, ctr_dir: Path) -> ContainerRequest:
+    async def _mount_image_volumes(self, container: Container, ctr_dir: Path, idmap_dir: Path) -> ContainerRequest:
         """Mount the container's image volumes; the request as the spec sees it, each image volume a read-only
-        bind of its mount (or of the sub-path in it). The recorded request keeps what was asked."""
+        bind of its mount (or of the sub-path in it). The recorded request keeps what was asked.
+
+        An image volume with uid/gid mappings (a pod in a user namespace) is an overlay of id-mapped views of the
+        image's layers, as the rootfs is: an overlay mount cannot be id-mapped itself, so its bind takes none."""
         request = container.request
         if not any(m.image for m in request.mounts):
             return request
@@ -296,9 +299,9 @@ class ContainerManager:
             layers = await self._images.layer_dirs(mount.image_id)
             where = f"container {request.name!r}: mounts[{i}] (image volume {mount.image} at {mount.container_path})"
             source = await asyncio.to_thread(
-                imagevolumes.mount_image_volume, directory, i, layers, mount.image_sub_path, where
+                _mount_image_volume, directory, i, layers, mount, idmap_dir / "image-volumes" / str(i), where
             )
-            mounts[i] = dataclasses.replace(mount, host_path=str(source))
+            mounts[i] = dataclasses.replace(mount, host_path=str(source), uid_mappings=[], gid_mappings=[])
         return dataclasses.replace(request, mounts=mounts)
 
     async def _target_pid_namespace(self, request: ContainerRequest, pod: PodSandbox) -> str | None:
@@ -702,31 +705,47 @@ def _mount_rootfs(ctr_dir: Path, layers: list[Path], target: Path, mapping: _Roo
         return
     # The overlay's root directory is its upper directory's: the pod's root must own it to write in /.
     os.chown(ctr_dir / "upper", *mapping.root_ids)
-    views = _idmapped_layers(lower, mapping)
+    views = _idmapped_layers(lower, mapping.userns, mapping.idmap_dir / "layers")
     try:
         mnt.mount_overlay(views, ctr_dir / "upper", ctr_dir / "work", target)
     finally:
-        # The overlay holds its layers by reference: their views need no place in the mount table once it is
-        # mounted (or failed).
-        for view in views:
-            mnt.umount(view, detach=True)
-            view.rmdir()
+        _drop_views(views)
 
 
-def _idmapped_layers(lower: list[Path], mapping: _RootfsMapping) -> list[Path]:
-    """An id-mapped view of each layer, under mapping.idmap_dir/layers (undone together if one fails)."""
+def _mount_image_volume(directory: Path, index: int, layers: list[Path], mount: Mount, views_dir: Path,
+                        where: str) -> Path:
+    if not mount.idmapped:
+        return imagevolumes.mount_image_volume(directory, index, layers, mount.image_sub_path, where)
+    maps = namespaces.UserMaps(tuple(mount.uid_mappings), tuple(mount.gid_mappings))
+    with namespaces.scratch_user_namespace(maps) as userns:
+        views = _idmapped_layers(layers, userns, views_dir)
+    try:
+        return imagevolumes.mount_image_volume(directory, index, views, mount.image_sub_path, where)
+    finally:
+        _drop_views(views)
+
+
+def _idmapped_layers(layers: list[Path], userns: Path, views_dir: Path) -> list[Path]:
+    """An id-mapped view of each layer, in order, under views_dir (undone together if one fails)."""
     views: list[Path] = []
     try:
-        for i, layer in enumerate(lower):
-            view = mapping.idmap_dir / "layers" / str(i)
+        for i, layer in enumerate(layers):
+            view = views_dir / str(i)
             view.mkdir(parents=True, exist_ok=True)
-            idmap.idmapped_bind(layer, view, mapping.userns)
+            idmap.idmapped_bind(layer, view, userns)
             views.append(view)
     except OSError as err:
-        for view in views:
-            mnt.umount(view, detach=True)
+        _drop_views(views)
         raise FailedPrecondition(f"cannot id-map image layer {layer} for the pod's user namespace: {err}") from err
     return views
+
+
+def _drop_views(views: list[Path]) -> None:
+    """An overlay holds its layers by reference: their id-mapped views need no place in the mount table once it is
+    mounted (or failed)."""
+    for view in views:
+        mnt.umount(view, detach=True)
+        view.rmdir()
 
 
 def _idmapped_mount_sources(request: ContainerRequest, mounts_dir: Path) -> list[Mount]:

@@ -185,3 +185,21 @@ def test_teardown_leaves_nothing(env: PodEnv) -> None:
     assert not mounts_under(run / "pods" / pod[0]) and not (run / "pods" / pod[0]).exists()
     assert not (run / "idmap" / ctr).exists() and not (run / "rootfs" / ctr).exists()
     assert not (env.daemon.root / "containers" / ctr).exists()
+
+
+@pytest.mark.parametrize("mapped", [False, True], ids=["plain", "idmapped"])
+def test_image_volume_in_a_user_namespace(env: PodEnv, mapped: bool) -> None:
+    """An image volume (KEP-4639) in a userns pod: readable, read-only, and the image's root-owned files are the
+    pod root's when the kubelet asks for the pod's mappings on the mount."""
+    from tests.integration.podlib import BUSYBOX
+
+    pod = userns_pod(env, f"userns-imgvol-{int(mapped)}")
+    volume = api_pb2.Mount(container_path="/imgvol", readonly=True, image=api_pb2.ImageSpec(image=BUSYBOX))
+    if mapped:
+        volume.uidMappings.append(mapping())
+        volume.gidMappings.append(mapping())
+    ctr = run_in(env, pod, "reader", SLEEP, mounts=[volume])
+    assert "busybox" in env.sh(ctr, "ls /imgvol/bin")
+    assert env.exec(ctr, ["touch", "/imgvol/x"]).exit_code != 0
+    owner = env.sh(ctr, "stat -c %u /imgvol/bin/busybox").strip()
+    assert owner == ("0" if mapped else "65534"), owner
