@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from dataclasses import dataclass
-import json
 import logging
 import os
 import secrets
@@ -53,6 +52,7 @@ from cripy.errors import CripyError, FailedPrecondition, InvalidArgument, NotFou
 from cripy.images.store import Image, ImageStore
 from cripy.linux import idmap, namespaces
 from cripy.linux import mount as mnt
+from cripy.oci import bundle as bundle_config
 from cripy.oci import features
 from cripy.oci.exits import read_oom_file
 from cripy.oci.features import HandlerFeatures
@@ -807,18 +807,15 @@ def _write_bundle(bundle: Path, spec: dict, volume_dirs: list[Path], log_path: P
         directory.mkdir(parents=True, exist_ok=True)
         os.chown(directory, *root_ids)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    (bundle / "config.json").write_text(json.dumps(spec))
+    bundle_config.write_config(bundle, spec)
 
 
 def _update_bundle_resources(bundle: Path, resources: dict) -> None:
     """Resources of a container not started yet: they go into its spec, which runc reads at start."""
-    path = bundle / "config.json"
-    spec = json.loads(path.read_text())
+    spec = bundle_config.read_config(bundle)
     devices = spec.get("linux", {}).get("resources", {}).get("devices", [])
     spec.setdefault("linux", {})["resources"] = {**resources, "devices": devices}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(spec))
-    tmp.replace(path)
+    bundle_config.write_config(bundle, spec)
 
 
 def _signal_number(name: str) -> int:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 import os
 import secrets
@@ -25,6 +24,7 @@ from cripy.linux import mount as mnt
 from cripy.linux import namespaces
 from cripy.network.cni import CNIManager, PortMapping
 from cripy.oci import features
+from cripy.oci import bundle as bundle_config
 from cripy.oci.runtime import OCIRuntime
 from cripy.pods import files
 from cripy.pods.infra import infra_spec
@@ -360,7 +360,7 @@ def _write_bundle(bundle: Path, spec: dict, root_ids: tuple[int, int]) -> None:
     rootfs = bundle / "rootfs"
     rootfs.mkdir(parents=True, exist_ok=True)
     os.chown(rootfs, *root_ids)
-    (bundle / "config.json").write_text(json.dumps(spec))
+    bundle_config.write_config(bundle, spec)
 
 
 def _check_user_namespace_pod(request: PodSandboxRequest) -> None:

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 
 from cripy.containers.container import STATE_RUNNING
 from cripy.errors import CripyError, FailedPrecondition, Internal, InvalidArgument, Unimplemented
+from cripy.oci.bundle import read_config
 from cripy.streaming import channels, spdy
 from cripy.streaming.channels import ResizeDecoder, TerminalSize
 from cripy.streaming.server import (CLOSED, ChannelClosed, ChannelMessage, ClientGone, InputPipe, Pump, SpdyPump,
@@ -368,7 +369,7 @@ def write_terminal_process(bundle: Path, cmd: tuple[str, ...], size: TerminalSiz
     """The process runc would make for `runc exec --tty` (the container's own process with these args), plus the
     terminal's size: runc sizes the terminal before the command starts only when the process file says so."""
     try:
-        process = json.loads((bundle / "config.json").read_text())["process"]
+        process = read_config(bundle)["process"]
     except (OSError, ValueError, KeyError) as err:
         raise Internal(f"cannot read the process of the container's bundle {bundle}: {err}") from err
     process.update(args=list(cmd), terminal=True, consoleSize={"height": size.height, "width": size.width})
