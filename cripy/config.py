@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomli_w
 
 DEFAULT_CONFIG_PATH = Path("/etc/cripy/cripy.toml")
 DEFAULT_DROPIN_DIR = Path("/etc/cripy/cripy.d")
@@ -231,6 +230,8 @@ def handler_runtime_root(config: Config, name: str) -> Path:
 
 def to_toml(config: Config) -> str:
     """The configuration as TOML, in the same shape the loader reads."""
+    import tomli_w  # only `cripy config` writes TOML: not loaded by the daemon
+
     return tomli_w.dumps(dataclasses.asdict(config))
 
 

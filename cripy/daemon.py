@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import grpc
 
@@ -38,9 +38,9 @@ from cripy.pods.manager import PodManager
 from cripy.storage.db import Database
 from cripy.storage.effects import EffectJournal
 from cripy.storage.layout import Layout
-from cripy.streaming.portforward import PortForwardHandler
-from cripy.streaming.remotecommand import AttachHandler, ExecHandler
-from cripy.streaming.server import KIND_ATTACH, KIND_EXEC, KIND_PORTFORWARD, ServerSettings, StreamingServer
+
+if TYPE_CHECKING:
+    from cripy.streaming.server import StreamingServer
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,7 @@ class Daemon:
         self._stopping = asyncio.Event()
         self._server: grpc.aio.Server | None = None
         self.streaming: StreamingServer | None = None
+        self._streaming_lock = asyncio.Lock()
         self.db: Database | None = None
         self._reprobe: asyncio.Task[None] | None = None
 
@@ -69,7 +70,6 @@ class Daemon:
         await self._recover(journal)
         self.exits = ExitWatcher(self.layout.runroot / "exits", self.containers.handle_exit)
         await self.exits.start()
-        await self._start_streaming()
         await self._serve_grpc()
         log.info("cripy serving CRI on %s (root %s, run root %s)", self.config.cripy.listen, self.layout.root, self.layout.runroot)
 
@@ -173,14 +173,23 @@ class Daemon:
             cgroup_parent_default=self.config.runtime.cgroup_parent,
         )
 
-    async def _start_streaming(self) -> None:
-        settings = ServerSettings(**dataclasses.asdict(self.config.streaming))
-        self.streaming = StreamingServer(settings, {
-            KIND_EXEC: ExecHandler(self.containers),
-            KIND_ATTACH: AttachHandler(self.containers),
-            KIND_PORTFORWARD: PortForwardHandler(self.pods),
-        })
-        await self.streaming.start()
+    async def streaming_server(self) -> StreamingServer:
+        """The streaming server, started at the first Exec, Attach or PortForward (with the code behind it)."""
+        async with self._streaming_lock:
+            if self.streaming is None:
+                from cripy.streaming.portforward import PortForwardHandler
+                from cripy.streaming.remotecommand import AttachHandler, ExecHandler
+                from cripy.streaming.server import KIND_ATTACH, KIND_EXEC, KIND_PORTFORWARD, ServerSettings
+                from cripy.streaming.server import StreamingServer as Server
+
+                server = Server(ServerSettings(**dataclasses.asdict(self.config.streaming)), {
+                    KIND_EXEC: ExecHandler(self.containers),
+                    KIND_ATTACH: AttachHandler(self.containers),
+                    KIND_PORTFORWARD: PortForwardHandler(self.pods),
+                })
+                await server.start()
+                self.streaming = server
+            return self.streaming
 
     async def _serve_grpc(self) -> None:
         limit = self.config.cripy.grpc_max_message_bytes
@@ -193,7 +202,7 @@ class Daemon:
             handler_features=self.handler_features,
             network_status=self._network_status,
             config_info=lambda: status_info(self.config, self.config_files, self.network, self.handler_features()),
-            streaming=self.streaming,
+            streaming_server=self.streaming_server,
         )
         server.add_generic_rpc_handlers([
             service_handler("ImageService", ImageService(self.store, self.puller)),

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Callable
+from typing import TYPE_CHECKING, Awaitable, Callable
 
 import grpc
 from cri_api.v1 import api_pb2, api_pb2_grpc
@@ -22,7 +22,9 @@ from cripy.cri.streaming import StreamingServicer
 from cripy.errors import Unimplemented
 from cripy.oci.features import HandlerFeatures
 from cripy.pods.manager import PodManager
-from cripy.streaming.server import StreamingServer
+
+if TYPE_CHECKING:
+    from cripy.streaming.server import StreamingServer
 
 # What the node reports about the network; answered by whoever owns networking.
 NetworkStatusFn = Callable[[], tuple[bool, str, str]]
@@ -38,13 +40,13 @@ class RuntimeService(PodsServicer, ContainersServicer, StatsServicer, StreamingS
         handler_features: Callable[[], dict[str, HandlerFeatures]],
         network_status: NetworkStatusFn,
         config_info: Callable[[], dict],
-        streaming: StreamingServer | None = None,
+        streaming_server: Callable[[], Awaitable[StreamingServer]],
     ) -> None:
         self.pods = pods
         self.containers = containers
         self.listed_pods = (-1, b"")
         self.listed_containers = ListedContainers()
-        self.streaming = streaming
+        self.streaming_server = streaming_server
         self._handler_features = handler_features
         self._network_status = network_status
         self._config_info = config_info
