@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import grpc
 from cri_api.v1 import api_pb2
 
-from bench.scenarios import CALL_TIMEOUT, MIB, MS, Driver, Plan, Results, timed
+from bench.scenarios import CALL_TIMEOUT, MIB, MS, Driver, Plan, Results
 
 SECTION_FILL = "Kubelet scale: filling a node"
 SECTION_POLL = "Kubelet scale: the kubelet's polling"

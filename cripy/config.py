@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomli_w
 
 DEFAULT_CONFIG_PATH = Path("/etc/cripy/cripy.toml")
 DEFAULT_DROPIN_DIR = Path("/etc/cripy/cripy.d")
@@ -59,13 +58,23 @@ class ImagesConfig:
     pinned_images: list[str] = field(default_factory=list)
 
 
+HANDLER_KINDS = ("runc", "gvisor")
+
+
 @dataclass
 class RuntimeHandlerConfig:
-    """One OCI runtime reachable by a RuntimeClass handler name."""
+    """One OCI runtime reachable by a RuntimeClass handler name.
+
+    kind "runc" is a runc-compatible runtime; "gvisor" is gVisor's runsc, whose `platform` (ptrace, kvm, ...) is
+    passed as --platform. runtime_args are further global flags given before every verb (e.g. runsc's
+    --network=host)."""
 
     runtime_path: str = "/usr/bin/runc"
     runtime_root: str = ""
     runtime_type: str = "oci"
+    kind: str = "runc"
+    platform: str = ""
+    runtime_args: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -164,6 +173,7 @@ def validate(config: Config) -> None:
     for name, handler in config.runtime.handlers.items():
         if handler.runtime_type != "oci":
             raise ConfigError(f"runtime.handlers.{name}.runtime_type: only \"oci\" is supported")
+        _validate_handler(name, handler)
     if config.images.max_parallel_layers < 1:
         raise ConfigError("images.max_parallel_layers: must be at least 1")
     for key in ("pull_retries", "pull_min_throughput_bytes"):
@@ -179,6 +189,26 @@ def validate(config: Config) -> None:
         if not Path(getattr(config.cripy, key)).is_absolute():
             raise ConfigError(f"cripy.{key}: {getattr(config.cripy, key)!r} must be an absolute path")
     _validate_streaming(config.streaming)
+
+
+def _validate_handler(name: str, handler: RuntimeHandlerConfig) -> None:
+    where = f"runtime.handlers.{name}"
+    if handler.kind not in HANDLER_KINDS:
+        raise ConfigError(f"{where}.kind: {handler.kind!r} is not one of {', '.join(HANDLER_KINDS)}")
+    if handler.platform and handler.kind != "gvisor":
+        raise ConfigError(f"{where}.platform: only a gvisor handler has a platform")
+    if handler.platform and not handler.platform.isidentifier():
+        raise ConfigError(f"{where}.platform: {handler.platform!r} is not a platform name")
+    for arg in handler.runtime_args:
+        if not arg.startswith("--") or arg.split("=", 1)[0] in ("--root", "--platform"):
+            raise ConfigError(f"{where}.runtime_args: {arg!r} is not a global flag cripy leaves to the config "
+                              "(--name=value; --root is runtime_root, --platform is platform)")
+
+
+def handler_global_args(handler: RuntimeHandlerConfig) -> tuple[str, ...]:
+    """The flags a handler's runtime gets before every verb, after --root."""
+    platform = handler.platform or ("ptrace" if handler.kind == "gvisor" else "")
+    return ((f"--platform={platform}",) if platform else ()) + tuple(handler.runtime_args)
 
 
 def _validate_streaming(streaming: StreamingConfig) -> None:
@@ -206,6 +236,8 @@ def handler_runtime_root(config: Config, name: str) -> Path:
 
 def to_toml(config: Config) -> str:
     """The configuration as TOML, in the same shape the loader reads."""
+    import tomli_w  # only `cripy config` writes TOML: not loaded by the daemon
+
     return tomli_w.dumps(dataclasses.asdict(config))
 
 

@@ -13,11 +13,11 @@ import logging
 import os
 import signal
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import grpc
 
-from cripy.config import Config, ConfigError, handler_runtime_root
+from cripy.config import Config, ConfigError, handler_global_args, handler_runtime_root
 from cripy.containers.manager import ContainerManager
 from cripy.containers.spec import SpecSettings
 from cripy.cri.admin import admin_handler
@@ -31,15 +31,16 @@ from cripy.images.store import ImageStore
 from cripy.linux import cgroups
 from cripy.network.cni import CNIManager
 from cripy.oci.exits import ExitWatcher
+from cripy.oci import features
 from cripy.oci.features import HandlerFeatures
 from cripy.oci.runtime import OCIRuntime, RuntimeHandler
 from cripy.pods.manager import PodManager
 from cripy.storage.db import Database
 from cripy.storage.effects import EffectJournal
 from cripy.storage.layout import Layout
-from cripy.streaming.portforward import PortForwardHandler
-from cripy.streaming.remotecommand import AttachHandler, ExecHandler
-from cripy.streaming.server import KIND_ATTACH, KIND_EXEC, KIND_PORTFORWARD, ServerSettings, StreamingServer
+
+if TYPE_CHECKING:
+    from cripy.streaming.server import StreamingServer
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ class Daemon:
         self._stopping = asyncio.Event()
         self._server: grpc.aio.Server | None = None
         self.streaming: StreamingServer | None = None
+        self._streaming_lock = asyncio.Lock()
         self.db: Database | None = None
         self.journal: EffectJournal | None = None
         self._reprobe: asyncio.Task[None] | None = None
@@ -70,7 +72,6 @@ class Daemon:
         await self._recover(journal)
         self.exits = ExitWatcher(self.layout.runroot / "exits", self.containers.handle_exit)
         await self.exits.start()
-        await self._start_streaming()
         await self._serve_grpc()
         log.info("cripy serving CRI on %s (root %s, run root %s)", self.config.cripy.listen, self.layout.root, self.layout.runroot)
         self._audit_task = asyncio.get_running_loop().create_task(self._audit_at_start())
@@ -164,6 +165,8 @@ class Daemon:
                     runtime_root=handler_runtime_root(self.config, name),
                     monitor_path=runtime.conmon,
                     runtime_type=handler.runtime_type,
+                    kind=handler.kind,
+                    global_args=handler_global_args(handler),
                 ),
                 exits_dir=self.layout.runroot / "exits",
                 log_level=self.config.cripy.log_level,
@@ -173,11 +176,19 @@ class Daemon:
         }
 
     async def _probe_runtime_features(self) -> None:
-        """Ask each handler's runtime what it supports (Status reports it, CreateContainer checks against it)."""
-        probed = await asyncio.gather(*(runtime.probe_features() for runtime in self.runtimes.values()))
-        for name, features in zip(self.runtimes, probed):
+        """Ask each handler's runtime what it supports (Status reports it, RunPodSandbox and CreateContainer check
+        against it), and the node whether cripy can id-map its image layers (user namespaces need it)."""
+        idmap_problem = await asyncio.to_thread(features.probe_node_idmap, self.layout.layers,
+                                                self.layout.runroot / "rootfs")
+        if idmap_problem is not None:
+            log.warning("no user namespaces on this node: %s", idmap_problem)
+        probed = await asyncio.gather(*(runtime.probe_features(node_idmap_problem=idmap_problem)
+                                        for runtime in self.runtimes.values()))
+        for name, found in zip(self.runtimes, probed):
             log.info("runtime handler %s: recursive read-only mounts %s, user namespaces %s (from %s)", name,
-                     _yes_no(features.recursive_read_only_mounts), _yes_no(features.user_namespaces), features.source)
+                     _yes_no(found.recursive_read_only_mounts), _yes_no(found.user_namespaces), found.source)
+            if found.platform_problem is not None:
+                log.warning("runtime handler %s cannot run containers on this node: %s", name, found.platform_problem)
 
     def handler_features(self) -> dict[str, HandlerFeatures]:
         """Every handler's features by name; "" (no RuntimeClass) is the default handler."""
@@ -194,14 +205,23 @@ class Daemon:
             cgroup_parent_default=self.config.runtime.cgroup_parent,
         )
 
-    async def _start_streaming(self) -> None:
-        settings = ServerSettings(**dataclasses.asdict(self.config.streaming))
-        self.streaming = StreamingServer(settings, {
-            KIND_EXEC: ExecHandler(self.containers),
-            KIND_ATTACH: AttachHandler(self.containers),
-            KIND_PORTFORWARD: PortForwardHandler(self.pods),
-        })
-        await self.streaming.start()
+    async def streaming_server(self) -> StreamingServer:
+        """The streaming server, started at the first Exec, Attach or PortForward (with the code behind it)."""
+        async with self._streaming_lock:
+            if self.streaming is None:
+                from cripy.streaming.portforward import PortForwardHandler
+                from cripy.streaming.remotecommand import AttachHandler, ExecHandler
+                from cripy.streaming.server import KIND_ATTACH, KIND_EXEC, KIND_PORTFORWARD, ServerSettings
+                from cripy.streaming.server import StreamingServer as Server
+
+                server = Server(ServerSettings(**dataclasses.asdict(self.config.streaming)), {
+                    KIND_EXEC: ExecHandler(self.containers),
+                    KIND_ATTACH: AttachHandler(self.containers),
+                    KIND_PORTFORWARD: PortForwardHandler(self.pods),
+                })
+                await server.start()
+                self.streaming = server
+            return self.streaming
 
     async def _serve_grpc(self) -> None:
         limit = self.config.cripy.grpc_max_message_bytes
@@ -214,7 +234,7 @@ class Daemon:
             handler_features=self.handler_features,
             network_status=self._network_status,
             config_info=lambda: status_info(self.config, self.config_files, self.network, self.handler_features()),
-            streaming=self.streaming,
+            streaming_server=self.streaming_server,
         )
         server.add_generic_rpc_handlers([
             service_handler("ImageService", ImageService(self.store, self.puller)),

@@ -117,10 +117,22 @@ def pod_status_to_pb(pod: PodSandbox) -> api_pb2.PodSandboxStatus:
             network=_NAMESPACE_MODE[options.network],
             pid=_NAMESPACE_MODE[options.pid],
             ipc=_NAMESPACE_MODE[options.ipc],
+            userns_options=_userns_options(pod),
         ))),
         labels=pod.request.labels,
         annotations=pod.request.annotations,
         runtime_handler=pod.runtime_handler,
+    )
+
+
+def _userns_options(pod: PodSandbox) -> api_pb2.UserNamespace:
+    userns = pod.userns
+    if userns is None:
+        return api_pb2.UserNamespace(mode=api_pb2.NODE)
+    return api_pb2.UserNamespace(
+        mode=api_pb2.POD,
+        uids=[api_pb2.IDMapping(host_id=r.host_id, container_id=r.container_id, length=r.length) for r in userns.uids],
+        gids=[api_pb2.IDMapping(host_id=r.host_id, container_id=r.container_id, length=r.length) for r in userns.gids],
     )
 
 

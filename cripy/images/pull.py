@@ -40,7 +40,6 @@ from cripy.images.manifest import (
 from cripy.images.reference import Reference, is_short_name
 from cripy.images.registries import PullSource, RegistriesConf, load_registries_conf
 from cripy.images.store import Image, ImageStore, LayerSource, LayerStream
-from cripy.images.trust.gate import SignatureCheck, enforce, load_pull_policy, refuse_outright
 from cripy.linux.memory import release_free_heap
 
 if TYPE_CHECKING:
@@ -49,6 +48,7 @@ if TYPE_CHECKING:
     import aiohttp
 
     from cripy.images.registry import BlobSink, RegistryClient
+    from cripy.images.trust.gate import SignatureCheck
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +125,9 @@ class Puller:
             asyncio.get_running_loop().run_in_executor(None, release_free_heap)
 
     async def _pull(self, request: PullRequest) -> Image:
+        # Like the HTTP stack, the trust gate (YAML, URL parsing, signature formats) loads at the first pull.
+        from cripy.images.trust.gate import SignatureCheck, load_pull_policy, refuse_outright
+
         # File reads and parsing: in a thread, not on the event loop that serves every other CRI call.
         settings = self._settings
         conf, policy, auth_store = await asyncio.to_thread(
@@ -170,6 +173,8 @@ class Puller:
         started = time.monotonic()
         media_type, body, digest = await client.get_manifest(ref.path, ref.digest or ref.tag or "latest")
         # The trust gate: signatures of the manifest the reference resolves to, before anything else is fetched.
+        from cripy.images.trust.gate import enforce
+
         await enforce(check, wanted, ref, body, digest, client, self._http())
         document = parse_manifest(media_type, body)
         if isinstance(document, ImageIndex):

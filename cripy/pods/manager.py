@@ -1,8 +1,8 @@
 """Pod sandboxes: their life (run, stop, remove), their records, and undoing exactly what they did.
 
-RunPodSandbox pins the pod's network, IPC and UTS namespaces, writes hostname/resolv.conf/hosts, mounts a /dev/shm
-tmpfs, attaches the network through CNI and, when the pod shares one PID namespace, starts the infra process
-that holds it. Each of these is journalled before it happens (storage/effects.py), so stop, remove and recovery
+RunPodSandbox pins the pod's user (when it has its own), network, IPC and UTS namespaces, writes
+hostname/resolv.conf/hosts, mounts a /dev/shm tmpfs, attaches the network through CNI and, when the pod shares one
+PID namespace, starts the infra process that holds it. Each of these is journalled before it happens (storage/effects.py), so stop, remove and recovery
 undo what was done and nothing else. Stop keeps the pod's record and files; remove takes the rest.
 
 The dependency between pods and containers runs one way: the container manager uses this one (a container needs
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 import os
 import secrets
@@ -22,11 +21,13 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-from cripy.containers.model import PodSandboxRequest, Resources
+from cripy.containers.model import NamespaceMode, PodSandboxRequest, Resources
 from cripy.errors import FailedPrecondition, InvalidArgument, NotFound
 from cripy.linux import mount as mnt
 from cripy.linux import namespaces
 from cripy.network.cni import CNIManager, PortMapping
+from cripy.oci import features
+from cripy.oci import bundle as bundle_config
 from cripy.oci.runtime import OCIRuntime
 from cripy.pods import files
 from cripy.pods.infra import infra_spec
@@ -123,6 +124,18 @@ class PodManager:
         handler = request.runtime_handler or self._default_runtime
         if handler not in self._runtimes:
             raise NotFound(f"runtime handler {handler!r} is not configured (known: {', '.join(sorted(self._runtimes))})")
+        runtime = self._runtimes[handler]
+        features.require(runtime.features, handler, features.RUNNING_CONTAINERS,
+                         f"pod sandbox {request.namespace}/{request.name}")
+        if runtime.sandboxed and request.security.namespace_options.pid is NamespaceMode.POD:
+            raise FailedPrecondition(
+                f"pod sandbox {request.namespace}/{request.name}: runtime handler {handler!r} (gVisor) runs each "
+                "container in a sandbox of its own, which cannot share one PID namespace (namespace_options.pid "
+                "POD); use CONTAINER")
+        if request.security.namespace_options.user is not None:
+            _check_user_namespace_pod(request)
+            features.require(self._runtimes[handler].features, handler, features.USER_NAMESPACES,
+                             f"pod sandbox {request.namespace}/{request.name} (userns_options mode POD)")
         if not request.hostname:
             # As containerd and CRI-O do: a pod that names no hostname gets the node's (kubelet always sends one;
             # critest and hand-written configs often do not, and the pod's name is rarely a valid host name).
@@ -165,12 +178,14 @@ class PodManager:
         kinds = pod.pinned_kinds
         if kinds:
             await self._journal.record(pod.id, "pod-namespaces", path=str(pod.ns_dir))
+            userns = pod.userns
             await asyncio.to_thread(
                 namespaces.pin_namespaces,
                 kinds,
                 pod.ns_dir,
                 pod.hostname if "uts" in kinds else None,
                 pod.request.security.sysctls,
+                namespaces.UserMaps(tuple(userns.uids), tuple(userns.gids)) if userns is not None else None,
             )
         elif pod.request.security.sysctls:
             raise InvalidArgument("sysctls need the pod's own network or IPC namespace (the pod uses the host's)")
@@ -220,7 +235,7 @@ class PodManager:
         bundle = pod.run_dir / "infra"
         await self._journal.record(pod.id, "pod-infra", ctr_id=infra_id, handler=pod.runtime_handler)
         spec = infra_spec(pod, infra_id, self._pause_command)
-        await asyncio.to_thread(_write_bundle, bundle, spec)
+        await asyncio.to_thread(_write_bundle, bundle, spec, pod.host_ids())
         created = await runtime.create(
             infra_id, bundle, log_path=bundle / "infra.log", persist_dir=bundle / "persist",
             cgroup_parent="", name=f"{pod.name}-infra",
@@ -352,6 +367,21 @@ def _unmount_if_mounted(path: Path) -> None:
         mnt.umount(path, detach=True)
 
 
-def _write_bundle(bundle: Path, spec: dict) -> None:
-    (bundle / "rootfs").mkdir(parents=True, exist_ok=True)
-    (bundle / "config.json").write_text(json.dumps(spec))
+def _write_bundle(bundle: Path, spec: dict, root_ids: tuple[int, int]) -> None:
+    """The infra bundle; its (empty) rootfs belongs to the pod's root, which creates the mount points in it."""
+    rootfs = bundle / "rootfs"
+    rootfs.mkdir(parents=True, exist_ok=True)
+    os.chown(rootfs, *root_ids)
+    bundle_config.write_config(bundle, spec)
+
+
+def _check_user_namespace_pod(request: PodSandboxRequest) -> None:
+    """What a pod in its own user namespace cannot also have (the kubelet forbids it too): the node's network, PID
+    or IPC namespace, which its root would not own, or privilege."""
+    options = request.security.namespace_options
+    where = f"pod sandbox {request.namespace}/{request.name}"
+    for kind in ("network", "pid", "ipc"):
+        if getattr(options, kind) is NamespaceMode.NODE:
+            raise InvalidArgument(f"{where}: a pod in its own user namespace cannot use the node's {kind} namespace")
+    if request.security.privileged:
+        raise InvalidArgument(f"{where}: a pod in its own user namespace cannot be privileged")

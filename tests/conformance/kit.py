@@ -1,10 +1,11 @@
-"""Where the CRI conformance kit is: CRI_CONFORMANCE_KIT (default ../shared/conformance beside the repository),
-with CRITEST and CRICTL overriding its two binaries. Used by `make conformance` and by the tests that drive the
-kit's crictl against cripy."""
+"""Where the CRI conformance kit is: CRI_CONFORMANCE_KIT (default ../shared/conformance beside the repository, or
+beside the main checkout when this is a git worktree of it), with CRITEST and CRICTL overriding its two binaries.
+Used by `make conformance` and by the tests that drive the kit's crictl against cripy."""
 
 from __future__ import annotations
 
 import os
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,7 @@ class Kit:
     @classmethod
     def configured(cls) -> Kit:
         """The kit where the environment says it is; nothing is checked."""
-        root = Path(os.environ.get("CRI_CONFORMANCE_KIT") or REPO_ROOT.parent / "shared" / "conformance").resolve()
+        root = Path(os.environ.get("CRI_CONFORMANCE_KIT") or _default_root()).resolve()
         return cls(root=root,
                    critest=Path(os.environ.get("CRITEST") or root / "bin" / "critest"),
                    crictl=Path(os.environ.get("CRICTL") or root / "bin" / "crictl"),
@@ -42,3 +43,19 @@ class Kit:
                              f"{', '.join(missing)}); set CRI_CONFORMANCE_KIT to its directory, or CRITEST/CRICTL "
                              "to the binaries")
         return kit
+
+
+def _default_root() -> Path:
+    """../shared/conformance beside this checkout, else beside the checkout this one is a worktree of."""
+    beside = REPO_ROOT.parent / "shared" / "conformance"
+    if beside.exists():
+        return beside
+    try:
+        common = subprocess.run(["git", "rev-parse", "--path-format=absolute", "--git-common-dir"], cwd=REPO_ROOT,
+                                capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return beside
+    main_checkout = Path(common).parent if common else None
+    if main_checkout is not None and (main_checkout.parent / "shared" / "conformance").exists():
+        return main_checkout.parent / "shared" / "conformance"
+    return beside

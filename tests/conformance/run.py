@@ -20,7 +20,6 @@ import argparse
 import contextlib
 import fcntl
 import ipaddress
-import json
 import os
 import secrets
 import shutil
@@ -111,6 +110,7 @@ class Environment:
         self.tag = secrets.token_hex(3)
         # Short: conmon's attach socket, <runroot>/attach/<64-hex id>/attach, must fit a unix socket address.
         self.work = Path(tempfile.mkdtemp(prefix="ccf", dir="/tmp"))
+        self.work.chmod(0o711)  # the root of a pod in a user namespace, nobody here, walks through it to its rootfs
         self.bridge = f"cripyconf{self.tag[:5]}"
         self.cgroup_parent = f"/cripy-conformance-{self.tag}"
         self.registry_dir = self.work / "registry"

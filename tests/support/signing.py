@@ -308,10 +308,10 @@ def attach_sigstore_signatures(registry: Registry, repository: str, manifest_dig
                                                                                     "diff_ids": []}})
     registry.push_blob(repository, sha256_digest(config), config)
     layers = []
-    for payload, annotations in signatures:
+    for payload, layer_annotations in signatures:
         registry.push_blob(repository, sha256_digest(payload), payload)
         layers.append({"mediaType": SIGNATURE_MEDIA_TYPE, "digest": sha256_digest(payload), "size": len(payload),
-                       "annotations": annotations})
+                       "annotations": layer_annotations})
     manifest = canonical_json({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
                                "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
                                           "digest": sha256_digest(config), "size": len(config)},

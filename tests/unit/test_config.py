@@ -13,6 +13,7 @@ from cripy.config import (
     ConfigError,
     RuntimeHandlerConfig,
     config_files,
+    handler_global_args,
     handler_runtime_root,
     load_config,
     to_toml,
@@ -317,3 +318,30 @@ def test_to_toml_round_trips_through_load_config(tmp_path: Path) -> None:
     config.network.plugin_dirs = ["/x"]
     main = write(tmp_path / "cripy.toml", to_toml(config))
     assert load_config(main, tmp_path / "none.d") == config
+
+
+# ---- runtime handler kinds -------------------------------------------------------------------------------------
+
+
+def test_gvisor_handler_gets_its_platform_and_flags(paths: tuple[Path, Path]) -> None:
+    main, dropins = paths
+    write(main, '[runtime.handlers.runsc]\nruntime_path = "/usr/bin/runsc"\nkind = "gvisor"\n'
+                'runtime_args = ["--network=host"]\n')
+    handler = load_config(main, dropins).runtime.handlers["runsc"]
+    assert handler_global_args(handler) == ("--platform=ptrace", "--network=host")  # ptrace when unset
+    assert handler_global_args(RuntimeHandlerConfig()) == ()
+
+
+@pytest.mark.parametrize("table, key", [
+    ('kind = "kata"', "kind"),
+    ('platform = "kvm"', "platform"),  # a runc handler has no platform
+    ('kind = "gvisor"\nplatform = "kvm --debug"', "platform"),
+    ('runtime_args = ["--root=/elsewhere"]', "runtime_args"),
+    ('kind = "gvisor"\nruntime_args = ["--platform=kvm"]', "runtime_args"),
+    ('runtime_args = ["network=host"]', "runtime_args"),
+])
+def test_bad_handler_settings_name_the_key(paths: tuple[Path, Path], table: str, key: str) -> None:
+    main, dropins = paths
+    write(main, f"[runtime.handlers.x]\n{table}\n")
+    with pytest.raises(ConfigError, match=f"runtime.handlers.x.{key}"):
+        load_config(main, dropins)

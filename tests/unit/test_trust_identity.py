@@ -30,7 +30,7 @@ def matches(rule, pulled: str, claimed: str) -> bool:
     (f"{REPO}:1", REPO, False),  # a name-only claim never passes for a tag
     (f"{REPO}@{DIGEST}", f"{REPO}:1", True),
     (f"{REPO}@{DIGEST}", f"{REPO}-other:1", False),
-    (f"{REPO}:1", f"other.example.com/team/app:1", False),
+    (f"{REPO}:1", "other.example.com/team/app:1", False),
 ])
 def test_match_repo_digest_or_exact(pulled: str, claimed: str, expected: bool) -> None:
     assert matches(MatchRepoDigestOrExact(), pulled, claimed) is expected
