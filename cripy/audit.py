@@ -143,11 +143,15 @@ class Audit:
                     repair = self._undo(owner, "pod-shm", path=str(point))
                     found.append(Finding(ORPHANED, "mount", owner, str(point), repair))
                 continue
-            owner = _child_of(ctrs_dir, point)
-            if owner is not None and owner not in known.containers:
-                key = ("rootfs", owner)
-                repairs.setdefault(key, self._undo(owner, "ctr-rootfs", path=str(ctrs_dir / owner)))
-                found.append(Finding(ORPHANED, "mount", owner, str(point), repairs[key]))
+            # A container's overlay and image volumes (under its directory, or under rootfs/ in a pod with a user
+            # namespace) and its id-mapped layer views (under idmap/).
+            for base, kind in ((ctrs_dir, "ctr-rootfs"), (self.runroot / "rootfs", "ctr-rootfs"),
+                               (self.runroot / "idmap", "ctr-idmap")):
+                owner = _child_of(base, point)
+                if owner is not None and owner not in known.containers:
+                    key = (kind, str(base / owner))
+                    repairs.setdefault(key, self._undo(owner, kind, path=str(base / owner)))
+                    found.append(Finding(ORPHANED, "mount", owner, str(point), repairs[key]))
         return found
 
     async def _monitors(self, node: "NodeState", known: Known) -> list[Finding]:
@@ -252,10 +256,11 @@ class Audit:
                 found.append(Finding(MISSING, "mount", pod.id, str(pod.shm_path)))
         monitored = {ident for _, ident in node.monitors}
         for container in await self.d.containers.list():
-            if container.state in (STATE_CREATED, STATE_RUNNING):
-                rootfs = self.d.containers.rootfs_dir(container.id)
-                if str(rootfs) not in mounted:
-                    found.append(Finding(MISSING, "mount", container.id, str(rootfs)))
+            recorded = await self.journal.find(container.id, "ctr-rootfs")
+            if container.state in (STATE_CREATED, STATE_RUNNING) and recorded is not None:
+                rootfs = recorded.data["path"]
+                if rootfs not in mounted:
+                    found.append(Finding(MISSING, "mount", container.id, rootfs))
             if container.state == STATE_RUNNING and container.id not in monitored:
                 found.append(Finding(MISSING, "process", container.id, f"conmon of container (pid {container.pid})"))
         return found
@@ -281,10 +286,10 @@ class NodeState:
 
     @classmethod
     def read(cls, root: Path, runroot: Path, daemon: "Daemon", cgroup_parents: set[str]) -> "NodeState":
-        mounts = [m for m in mnt.read_mountinfo()
-                  if _child_of(runroot / "pods", Path(m.mount_point)) or _child_of(root / "containers", Path(m.mount_point))]
+        bases = (runroot / "pods", root / "containers", runroot / "rootfs", runroot / "idmap")
+        mounts = [m for m in mnt.read_mountinfo() if any(_child_of(base, Path(m.mount_point)) for base in bases)]
         container_dirs: dict[str, list[Path]] = {}
-        for base in (root / "containers", runroot / "containers"):
+        for base in (root / "containers", runroot / "containers", runroot / "rootfs", runroot / "idmap"):
             for name in _listdir(base):
                 container_dirs.setdefault(name, []).append(base / name)
         return cls(
