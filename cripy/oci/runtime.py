@@ -272,6 +272,17 @@ class OCIRuntime:
         await self.delete(ctr_id, force=True)
         self.exit_file_path(ctr_id).unlink(missing_ok=True)
 
+    async def await_monitor_then_forget_exit(self, ctr_id: str, bundle: Path, timeout: float = 5.0) -> None:
+        """After the container was killed: give its conmon the moment it needs to reap it (a monitor killed
+        first would leave the process to init, a zombie until reaped) and exit, then drop the exit file."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while (pid := self.monitor_pid(ctr_id, bundle)) is not None and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        if pid is not None:
+            _kill_quietly(pid, signal.SIGKILL)
+        self.exit_file_path(ctr_id).unlink(missing_ok=True)
+
     # ---- runc verbs ------------------------------------------------------------------------------------------
 
     async def start(self, ctr_id: str) -> None:

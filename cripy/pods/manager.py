@@ -352,9 +352,11 @@ class PodManager:
         runtime = self._runtimes.get(effect.data["handler"])
         if runtime is None:
             raise FailedPrecondition(f"pod {effect.owner}: runtime handler {effect.data['handler']!r} is gone")
-        # Its monitor goes first (SIGKILL: it records no exit file nobody would read), then runc's state and the
-        # process with `runc delete --force`.
-        await runtime.abandon(effect.data["ctr_id"], self._pods_dir / effect.owner / "infra")
+        ctr_id = effect.data["ctr_id"]
+        await runtime.kill(ctr_id, 9, all_processes=True)
+        await runtime.delete(ctr_id, force=True)
+        # Its monitor reaps it and records the exit, which nobody reads: let it finish, then drop the record.
+        await runtime.await_monitor_then_forget_exit(ctr_id, self._pods_dir / effect.owner / "infra")
 
 
 def _mount_shm(path: Path) -> None:
