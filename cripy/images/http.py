@@ -318,14 +318,16 @@ class Client:
         sent += [(name, value) for name, value in headers.items() if name.lower() != "host"]
         if body is not None:
             sent.append(("Content-Length", str(len(body))))
-        events: list[h11.Event] = [h11.Request(method=method, target=url.target(), headers=sent)]
-        if body:
-            events.append(h11.Data(data=body))
-        events.append(h11.EndOfMessage())
         try:
+            # A target or header h11 cannot encode (a registry redirected to a non-ASCII Location) is refused
+            # here, as the exchange's failure, not as an exception of its own.
+            events: list[h11.Event] = [h11.Request(method=method, target=url.target(), headers=sent)]
+            if body:
+                events.append(h11.Data(data=body))
+            events.append(h11.EndOfMessage())
             await connection.send(*events)
-        except h11.LocalProtocolError as e:
-            raise HTTPError(f"cannot send {method} {url.without_query()}: {e}") from None
+        except (h11.LocalProtocolError, UnicodeEncodeError) as e:
+            raise HTTPError(f"cannot send {method} {str(url.without_query())[:200]}: {e}") from None
         while True:
             event = await connection.next_event()
             if isinstance(event, h11.InformationalResponse):
