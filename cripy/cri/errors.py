@@ -8,8 +8,10 @@ logged with its traceback and answered as Internal, and the daemon keeps serving
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
+import sqlite3
 from typing import Any, Awaitable, Callable, TypeVar
 
 import grpc
@@ -33,7 +35,9 @@ STATUS_OF: dict[type[errors.CripyError], grpc.StatusCode] = {
     errors.Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
     errors.Internal: grpc.StatusCode.INTERNAL,
     errors.DataLoss: grpc.StatusCode.DATA_LOSS,
+    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
+_DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 MESSAGE_MAX = 1000
@@ -58,7 +62,7 @@ def grpc_method(method: F) -> F:
                 validate.request_strings(request, "")
             return await method(self, request, context)
         except errors.CripyError as e:
-            code = status_code_for(e)
+            code = grpc.StatusCode.RESOURCE_EXHAUSTED if disk_full(e) else status_code_for(e)
             message = _short(str(e))
             log.info("%s failed: %s: %s", method.__name__, code.name, message)
             await context.abort(code, message)
@@ -67,6 +71,10 @@ def grpc_method(method: F) -> F:
         except grpc.aio.AbortError:
             raise
         except Exception as e:
+            if disk_full(e):
+                message = _short(f"{method.__name__}: the disk is full (no space left): {type(e).__name__}: {e}")
+                log.warning("%s failed: %s", method.__name__, message)
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
             log.exception("%s failed unexpectedly", method.__name__)
             await context.abort(grpc.StatusCode.INTERNAL,
                                 _short(f"{method.__name__}: internal error: {type(e).__name__}: {e}"))
@@ -75,6 +83,23 @@ def grpc_method(method: F) -> F:
                 memory.release_soon()
 
     return wrapper  # type: ignore[return-value]
+
+
+def disk_full(error: BaseException) -> bool:
+    """Whether the error (or one it was raised from) is the disk running out of space: nothing to fix in the
+    request, and a state the daemon recovers from once there is room again."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _DISK_FULL_ERRNOS:
+            return True
+        if isinstance(current, sqlite3.Error) and getattr(current, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+            return True
+        if isinstance(current, sqlite3.OperationalError) and "disk is full" in str(current):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def _short(message: str) -> str:
