@@ -299,6 +299,14 @@ class OCIRuntime:
         text = result.error_text
         if _mentions(text, _STOPPED_MARKERS + _GONE_MARKERS):
             return
+        # `kill --all` freezes the container's cgroup to signal every process; a container that exits meanwhile
+        # takes its cgroup with it and runc fails on the missing freezer files. Exited is what was wanted.
+        try:
+            state = await self.state(ctr_id)
+        except Internal:
+            state = {}
+        if state is None or state.get("status") == "stopped":
+            return
         raise Internal(f"container {ctr_id}: runc kill {int(sig)} failed: {text}")
 
     async def delete(self, ctr_id: str, force: bool = False) -> None:
