@@ -1,32 +1,24 @@
 """OCI distribution registry client: manifests and blobs over HTTP(S), with auth, retries, resume and a throughput floor.
 
-Owns the wire side of a pull for one registry endpoint: scheme selection (https, or https-then-http for insecure
-registries), TLS material from certs.d, the token/basic auth dance driven by WWW-Authenticate challenges, manual
-redirect handling (credentials never leave the registry's origin), retries with exponential backoff, resumable
-blob downloads verified against their descriptor, and stall detection. Pure pieces (challenge parsing, registry
-error bodies, the throughput monitor) are separate functions/classes so they can be tested without sockets.
+Owns the I/O side of a pull for one registry endpoint: scheme selection (https, or https-then-http for insecure
+registries), the token/basic auth dance driven by WWW-Authenticate challenges and its token cache, manual redirect
+handling (credentials never leave the registry's origin), retries with exponential backoff, resumable blob
+downloads verified against their descriptor, and stall detection. What can be decided without a socket (challenge
+parsing, error bodies, headers, names, the throughput monitor, TLS from certs.d) is in distribution.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import os
-import re
-import ssl
-import string
 import time
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterable, Mapping, Sequence, TypeVar
-
+from typing import Awaitable, Callable, Mapping, Sequence, TypeVar
 
 from cripy.errors import (
     AlreadyExists,
     DataLoss,
-    DeadlineExceeded,
     Internal,
     InvalidArgument,
     NotFound,
@@ -36,6 +28,23 @@ from cripy.errors import (
 )
 from cripy.images import http
 from cripy.images.auth import Credentials
+from cripy.images.distribution import (
+    Challenge,
+    ThroughputMonitor,
+    basic_auth_header,
+    build_ssl_context,
+    check_endpoint,
+    check_manifest_reference,
+    check_repository,
+    clean_media_type,
+    content_range_start,
+    json_or_none,
+    parse_www_authenticate,
+    pick_challenge,
+    pull_scope,
+    registry_error_text,
+    retry_after_seconds,
+)
 from cripy.images.manifest import ALL_MANIFEST_TYPES, Descriptor, digest_of, hasher_for, is_digest
 
 T = TypeVar("T")
@@ -43,216 +52,8 @@ T = TypeVar("T")
 MAX_MANIFEST_SIZE = 4 * 1024 * 1024  # same limit as containerd: a manifest larger than this is abuse, not an image
 MAX_ERROR_BODY = 64 * 1024
 MAX_REDIRECTS = 10
-MAX_RETRY_AFTER = 60.0
 CHUNK_SIZE = 1024 * 1024
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-
-_REPOSITORY_RE = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
-_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-_ENDPOINT_RE = re.compile(r"^[A-Za-z0-9.\-]+(?::[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](?::[0-9]{1,5})?$")
-_CONTENT_RANGE_RE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
-
-
-# --- WWW-Authenticate -----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Challenge:
-    """One auth challenge: scheme lowercased ('bearer', 'basic'), parameter names lowercased."""
-
-    scheme: str
-    params: Mapping[str, str] = field(default_factory=dict, hash=False)
-
-
-_TCHARS = frozenset(string.ascii_letters + string.digits + "!#$%&'*+-.^_`|~")
-
-
-def _skip(text: str, i: int, chars: str) -> int:
-    while i < len(text) and text[i] in chars:
-        i += 1
-    return i
-
-
-def _read_token(text: str, i: int) -> tuple[str, int]:
-    j = i
-    while j < len(text) and text[j] in _TCHARS:
-        j += 1
-    return text[i:j], j
-
-
-def _read_quoted(text: str, i: int) -> tuple[str, int]:
-    """text[i] is the opening quote; returns the unescaped content and the index after the closing quote."""
-    out: list[str] = []
-    j = i + 1
-    while j < len(text):
-        c = text[j]
-        if c == "\\" and j + 1 < len(text):
-            out.append(text[j + 1])
-            j += 2
-        elif c == '"':
-            return "".join(out), j + 1
-        else:
-            out.append(c)
-            j += 1
-    return "".join(out), j  # unterminated: take the rest rather than fail the pull
-
-
-def _read_bare_value(text: str, i: int) -> tuple[str, int]:
-    # Lenient: some servers send unquoted URLs (realm=https://x/token), which are not RFC tokens.
-    j = i
-    while j < len(text) and text[j] not in ", \t":
-        j += 1
-    return text[i:j], j
-
-
-def _parse_challenge_header(value: str) -> list[Challenge]:
-    found: list[tuple[str, dict[str, str]]] = []
-    i = 0
-    while i < len(value):
-        i = _skip(value, i, " \t,")
-        if i >= len(value):
-            break
-        name, j = _read_token(value, i)
-        if not name:
-            i += 1  # junk character: skip it rather than give up on the whole header
-            continue
-        k = _skip(value, j, " \t")
-        if k < len(value) and value[k] == "=":
-            k = _skip(value, k + 1, " \t")
-            if k < len(value) and value[k] == '"':
-                param_value, i = _read_quoted(value, k)
-            else:
-                param_value, i = _read_bare_value(value, k)
-            if found:
-                found[-1][1][name.lower()] = param_value
-        else:
-            found.append((name.lower(), {}))
-            i = j
-    return [Challenge(scheme, params) for scheme, params in found]
-
-
-def parse_www_authenticate(headers: str | Iterable[str]) -> list[Challenge]:
-    """All challenges in one or several WWW-Authenticate header values, in order."""
-    values = [headers] if isinstance(headers, str) else list(headers)
-    return [c for v in values for c in _parse_challenge_header(v)]
-
-
-def pick_challenge(challenges: Sequence[Challenge]) -> Challenge | None:
-    """The challenge cripy answers: Bearer preferred over Basic; None if neither is offered."""
-    for scheme in ("bearer", "basic"):
-        for c in challenges:
-            if c.scheme == scheme:
-                return c
-    return None
-
-
-# --- registry error bodies -------------------------------------------------------------------------------------
-
-
-def _json_or_none(body: bytes) -> Any:
-    try:
-        return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        return None
-
-
-def registry_error_codes(body: bytes) -> list[str]:
-    """The errors[].code values of a distribution-spec error body (empty if it is not one)."""
-    doc = _json_or_none(body)
-    if not isinstance(doc, dict) or not isinstance(doc.get("errors"), list):
-        return []
-    return [str(e.get("code")) for e in doc["errors"] if isinstance(e, dict) and e.get("code")]
-
-
-def registry_error_text(body: bytes) -> str:
-    """A one-line human summary of an error body: distribution errors[], token-server or OAuth2 errors, or text."""
-    doc = _json_or_none(body)
-    if isinstance(doc, dict):
-        errors = doc.get("errors")
-        if isinstance(errors, list) and errors:
-            parts = []
-            for e in errors:
-                if not isinstance(e, dict):
-                    continue
-                part = ": ".join(str(e[k]) for k in ("code", "message") if e.get(k))
-                if e.get("detail"):
-                    part += f" ({json.dumps(e['detail'], sort_keys=True)})"
-                parts.append(part)
-            if parts:
-                return "; ".join(parts)
-        for key in ("details", "message", "error_description", "error"):
-            if isinstance(doc.get(key), str) and doc[key]:
-                return doc[key]
-    text = body.decode("utf-8", "replace").strip()
-    text = " ".join(text.split())
-    return text[:200] if text else "no details in the response body"
-
-
-# --- throughput floor ------------------------------------------------------------------------------------------
-
-
-class ThroughputMonitor:
-    """Raises DeadlineExceeded when the bytes received over the last full window fall under floor * window.
-
-    Fed with (bytes, monotonic time) as data arrives; no clock of its own, so it is testable without sockets.
-    """
-
-    def __init__(self, floor: int, window: float, subject: str, start: float) -> None:
-        if floor <= 0 or window <= 0:
-            raise InvalidArgument(f"throughput floor and window must be positive, got {floor} B/s over {window}s")
-        self.floor = floor
-        self.window = window
-        self.subject = subject
-        self._start = start
-        self._samples: deque[tuple[float, int]] = deque()
-        self._in_window = 0
-
-    def feed(self, nbytes: int, now: float) -> None:
-        if nbytes:
-            self._samples.append((now, nbytes))
-            self._in_window += nbytes
-        horizon = now - self.window
-        while self._samples and self._samples[0][0] < horizon:
-            self._in_window -= self._samples.popleft()[1]
-        if now - self._start >= self.window and self._in_window < self.floor * self.window:
-            raise self.stalled(now)
-
-    def stalled(self, now: float) -> DeadlineExceeded:
-        horizon = now - self.window
-        recent = sum(n for t, n in self._samples if t >= horizon)
-        rate = int(recent / self.window)
-        return DeadlineExceeded(
-            f"{self.subject} stalled: {rate} B/s over the last {self.window:g}s, "
-            f"under the floor of {self.floor} B/s"
-        )
-
-
-# --- TLS -------------------------------------------------------------------------------------------------------
-
-
-def build_ssl_context(endpoint: str, certs_dir: Path | None, verify: bool) -> ssl.SSLContext:
-    """System trust plus certs_dir/<endpoint>/*.crt as CAs and *.cert/*.key pairs as client certificates."""
-    ctx = ssl.create_default_context()
-    if not verify:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    directory = certs_dir / endpoint if certs_dir is not None else None
-    if directory is None or not directory.is_dir():
-        return ctx
-    for ca in sorted(directory.glob("*.crt")):
-        try:
-            ctx.load_verify_locations(cafile=str(ca))
-        except (ssl.SSLError, OSError) as e:
-            raise InvalidArgument(f"cannot load CA certificate {ca} for registry {endpoint}: {e}") from None
-    for cert in sorted(directory.glob("*.cert")):
-        key = cert.with_suffix(".key")
-        if not key.exists():
-            raise InvalidArgument(f"client certificate {cert} for registry {endpoint} has no key file {key}")
-        try:
-            ctx.load_cert_chain(str(cert), str(key))
-        except (ssl.SSLError, OSError) as e:
-            raise InvalidArgument(f"cannot load client certificate {cert} / {key} for {endpoint}: {e}") from None
-    return ctx
 
 
 # --- the client ------------------------------------------------------------------------------------------------
@@ -333,14 +134,6 @@ class _PartialFile:
         self._file.close()
 
 
-def _clean_media_type(value: str) -> str:
-    return value.split(";", 1)[0].strip()
-
-
-def _retry_after(headers: Mapping[str, str]) -> float | None:
-    value = headers.get("Retry-After", "")
-    return min(float(value), MAX_RETRY_AFTER) if value.strip().isdigit() else None
-
 
 def _describe(e: BaseException) -> str:
     text = str(e) or type(e).__name__
@@ -364,8 +157,7 @@ class RegistryClient:
         throughput_window: float = 30.0,
         user_agent: str = "cripy/0.1",
     ) -> None:
-        if not _ENDPOINT_RE.match(endpoint):
-            raise InvalidArgument(f"registry endpoint {endpoint!r} is not host[:port]")
+        check_endpoint(endpoint)
         if retries < 0 or backoff < 0 or min_throughput < 0 or throughput_window <= 0:
             raise InvalidArgument(
                 f"invalid registry client settings for {endpoint}: retries={retries} backoff={backoff} "
@@ -399,10 +191,9 @@ class RegistryClient:
         self, repository: str, reference: str, accept: Sequence[str] = ALL_MANIFEST_TYPES
     ) -> tuple[str, bytes, str]:
         """(media type from Content-Type, body, digest). A digest reference is verified against the body."""
-        _check_repository(repository)
+        check_repository(repository)
+        check_manifest_reference(reference)
         by_digest = is_digest(reference)
-        if not by_digest and not _TAG_RE.match(reference):
-            raise InvalidArgument(f"manifest reference {reference!r} is neither a tag nor a sha256/sha512 digest")
         what = f"manifest {repository}{'@' if by_digest else ':'}{reference}"
         headers = {"Accept": ", ".join(accept)}
 
@@ -431,7 +222,7 @@ class RegistryClient:
                         f"{what} from {self.endpoint}: Docker-Content-Digest says {header_digest} "
                         f"but the body hashes to {got}"
                     )
-        return _clean_media_type(content_type), body, digest
+        return clean_media_type(content_type), body, digest
 
     async def fetch_blob(
         self,
@@ -444,7 +235,7 @@ class RegistryClient:
 
         Writes to "<dest>.partial" (created exclusively) and renames it over dest when complete.
         """
-        _check_repository(repository)
+        check_repository(repository)
         hasher_for(desc.digest)  # validates the digest before anything touches the disk
         partial = dest.with_name(dest.name + ".partial")
         try:
@@ -482,7 +273,7 @@ class RegistryClient:
         `reset` is given: it makes the sink forget what it got, and the download starts over from byte 0.
         Whatever `sink` raises ends the download and is raised as is.
         """
-        _check_repository(repository)
+        check_repository(repository)
         hasher_for(desc.digest)
         await self._receive_blob(repository, desc, sink, reset, progress)
 
@@ -583,13 +374,13 @@ class RegistryClient:
             blob.restart(why)
             raise _Transient(why)
         if resp.status == 206:
-            m = _CONTENT_RANGE_RE.match(resp.headers.get("Content-Range", ""))
-            if m is None or int(m.group(1)) > offset:
+            start = content_range_start(resp.headers.get("Content-Range", ""))
+            if start is None or start > offset:
                 why = (f"{what}: asked for bytes from {offset}, got Content-Range "
                        f"{resp.headers.get('Content-Range')!r}")
                 blob.restart(why)
                 raise _Transient(f"{why}; restarting from 0")
-            return offset - int(m.group(1))
+            return offset - start
         length = resp.content_length
         if length is not None and length != desc.size:
             raise DataLoss(f"{what}: the server announces {length} bytes but the descriptor says {desc.size}")
@@ -761,7 +552,7 @@ class RegistryClient:
         if challenge is None:
             return _Authorization(None)
         if challenge.scheme == "basic":
-            basic = _basic_header(creds)
+            basic = basic_auth_header(creds)
             if basic is None:
                 raise Unauthenticated(
                     f"registry {self.endpoint} requires credentials (Basic auth) for {what}, and none are configured"
@@ -771,7 +562,7 @@ class RegistryClient:
         return _Authorization(f"Bearer {token}")
 
     def _forget_token(self, repository: str) -> None:
-        scope = _pull_scope(repository)
+        scope = pull_scope(repository)
         for key in [k for k in self._tokens if k[2] == scope]:
             del self._tokens[key]
 
@@ -780,7 +571,7 @@ class RegistryClient:
         if not realm:
             raise Unauthenticated(f"registry {self.endpoint} sent a Bearer challenge without a realm for {what}")
         service = challenge.params.get("service", "")
-        key = (realm, service, _pull_scope(repository))
+        key = (realm, service, pull_scope(repository))
         async with self._token_lock:  # parallel layer downloads should share one token request
             cached = self._tokens.get(key)
             if cached is not None and cached[1] > time.monotonic():
@@ -814,7 +605,7 @@ class RegistryClient:
                 return await self._token_from_response(resp, realm, what)
             resp.release()  # token server without OAuth2 support: fall back to the GET flow
         query = {"scope": scope, **({"service": service} if service else {})}
-        basic = _basic_header(creds)
+        basic = basic_auth_header(creds)
         if basic is not None:
             headers["Authorization"] = basic
         resp = await self._send("GET", realm_url.with_query(query), headers)
@@ -832,7 +623,7 @@ class RegistryClient:
                 f"token server {realm} refused {self._credential_kind()} for {what} on {self.endpoint} "
                 f"(HTTP {resp.status}): {registry_error_text(body)}"
             )
-        doc = _json_or_none(body)
+        doc = json_or_none(body)
         token = ""
         if isinstance(doc, dict):
             token = doc.get("token") or doc.get("access_token") or ""
@@ -862,7 +653,7 @@ class RegistryClient:
         status = resp.status
         if status == 429 or (500 <= status < 600 and status not in (501, 505)):
             body = await _read_limited(resp, MAX_ERROR_BODY, str(url), truncate=True)
-            retry_after = _retry_after(resp.headers)
+            retry_after = retry_after_seconds(resp.headers)
             resp.release()
             raise _Transient(f"HTTP {status} from {url.without_query()}: {registry_error_text(body)}", retry_after)
         return resp
@@ -893,28 +684,6 @@ class RegistryClient:
                 method, body = "GET", None
             url = target
         raise Unavailable(f"{method} {url.without_query()}: more than {MAX_REDIRECTS} redirects")
-
-
-def _pull_scope(repository: str) -> str:
-    return f"repository:{repository}:pull"
-
-
-def _basic_header(creds: Credentials | None) -> str | None:
-    if creds is None:
-        return None
-    secret = creds.password or creds.identity_token
-    if not creds.username and not secret:
-        return None
-    raw = f"{creds.username}:{secret}".encode()
-    return "Basic " + base64.b64encode(raw).decode("ascii")
-
-
-def _check_repository(repository: str) -> None:
-    if len(repository) > 255 or not _REPOSITORY_RE.match(repository):
-        raise InvalidArgument(
-            f"repository name {repository!r} is invalid: lowercase path components of [a-z0-9] "
-            f"separated by '.', '_', '__' or '-'"
-        )
 
 
 async def _read_limited(resp: http.Response, limit: int, what: str, *, truncate: bool) -> bytes:

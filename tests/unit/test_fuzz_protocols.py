@@ -24,7 +24,8 @@ from hypothesis import strategies as st
 
 from cripy.errors import CripyError
 from cripy.images import http, manifest
-from cripy.images.registry import RegistryClient, parse_www_authenticate, registry_error_text
+from cripy.images.distribution import parse_www_authenticate, registry_error_text
+from cripy.images.registry import RegistryClient
 from cripy.images.unpack import unpack_stream
 from cripy.streaming import spdy, websocket
 from cripy.streaming.server import (KIND_EXEC, HttpError, ServerSettings, StreamingServer, negotiate,

@@ -1,4 +1,5 @@
-"""Pure parts of the registry client: WWW-Authenticate parsing, error bodies, the throughput monitor, TLS files."""
+"""The sans-IO pieces of the distribution protocol (cripy.images.distribution): WWW-Authenticate parsing, error
+bodies, response headers, the throughput monitor, TLS files."""
 
 import json
 from pathlib import Path
@@ -7,15 +8,18 @@ import pytest
 
 from cripy.errors import DeadlineExceeded, InvalidArgument
 from cripy.images.auth import Credentials
-from cripy.images.registry import (
+from cripy.images.distribution import (
+    MAX_RETRY_AFTER,
     Challenge,
     ThroughputMonitor,
-    _basic_header,
+    basic_auth_header,
     build_ssl_context,
+    content_range_start,
     parse_www_authenticate,
     pick_challenge,
     registry_error_codes,
     registry_error_text,
+    retry_after_seconds,
 )
 
 
@@ -98,12 +102,27 @@ def test_registry_error_text_other_shapes():
     assert registry_error_codes(b"not json") == []
 
 
-def test_basic_header():
-    assert _basic_header(None) is None
-    assert _basic_header(Credentials()) is None
-    assert _basic_header(Credentials(username="u", password="p")) == "Basic dTpw"
+def testbasic_auth_header():
+    assert basic_auth_header(None) is None
+    assert basic_auth_header(Credentials()) is None
+    assert basic_auth_header(Credentials(username="u", password="p")) == "Basic dTpw"
     # identity tokens double as the password where a registry only speaks Basic
-    assert _basic_header(Credentials(username="u", identity_token="p")) == "Basic dTpw"
+    assert basic_auth_header(Credentials(username="u", identity_token="p")) == "Basic dTpw"
+
+
+def test_content_range_start():
+    assert content_range_start("bytes 100-199/200") == 100
+    assert content_range_start("bytes 0-0/*") == 0
+    assert content_range_start("bytes */200") is None  # the form of a 416 answer, not of a part
+    assert content_range_start("items 1-2/3") is None
+    assert content_range_start("") is None
+
+
+def test_retry_after_seconds_only_and_capped():
+    assert retry_after_seconds({"Retry-After": "3"}) == 3.0
+    assert retry_after_seconds({"Retry-After": "100000"}) == MAX_RETRY_AFTER
+    assert retry_after_seconds({"Retry-After": "Wed, 21 Oct 2015 07:28:00 GMT"}) is None
+    assert retry_after_seconds({}) is None
 
 
 def monitor(floor: int = 100, window: float = 10.0) -> ThroughputMonitor:

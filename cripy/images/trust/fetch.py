@@ -20,9 +20,10 @@ from urllib.parse import unquote
 
 from cripy.errors import CripyError, NotFound
 from cripy.images import http
+from cripy.images.distribution import build_ssl_context
 from cripy.images.manifest import DOCKER_MANIFEST_V2, OCI_MANIFEST, ImageManifest, parse_manifest
 from cripy.images.reference import Reference
-from cripy.images.registry import RegistryClient, build_ssl_context
+from cripy.images.registry import RegistryClient
 from cripy.images.trust.evaluate import Found
 from cripy.images.trust.registries_d import SignatureLocations
 from cripy.images.trust.sigstore import SIGNATURE_MEDIA_TYPE, SigstoreSignature
