@@ -20,8 +20,8 @@ from cripy.cri.containers import container_status_to_pb
 from cripy.cri.errors import STATUS_OF, grpc_method, status_code_for
 from cripy.cri.filters import labels_match
 from cripy.cri.images import _user_of
+from cripy.images.layerentries import LayerError
 from cripy.images.store import Image
-from cripy.images.unpack import LayerError
 from cripy.pods.model import PodSandbox
 
 # ---- cri/errors.py -------------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Tests for cripy.images.unpack: layer extraction into overlayfs form, digests, whiteouts, and the safety rules."""
+"""Tests for cripy.images.unpack (with layerstream and layerentries): layer extraction into overlayfs form,
+digests, whiteouts, and the safety rules."""
 
 from __future__ import annotations
 
@@ -16,14 +17,9 @@ import pytest
 import zstandard
 
 from cripy import errors
-from cripy.images.unpack import (
-    LayerError,
-    UnpackedLayer,
-    _ZstdFraming,
-    detect_compression,
-    remove_tree,
-    unpack_layer,
-)
+from cripy.images.layerentries import LayerError, remove_tree
+from cripy.images.layerstream import _ZstdFraming, detect_compression
+from cripy.images.unpack import UnpackedLayer, unpack_layer
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (chown, mknod, trusted.* xattrs)")
 

@@ -13,7 +13,8 @@ import pytest
 import zstandard
 
 from cripy import errors
-from cripy.images.unpack import remove_tree, unpack_layer, unpack_stream
+from cripy.images.layerentries import remove_tree
+from cripy.images.unpack import unpack_layer, unpack_stream
 from tests.unit.test_unpack import GZIP_MT, TAR_MT, ZSTD_MT, diff_id_of, entry, make_tar
 
 
