@@ -1,18 +1,12 @@
-"""SPDY/3.1 framing as a sans-IO state machine: bytes in -> events, method calls -> bytes out.
+"""SPDY/3.1 sessions as a sans-IO state machine: bytes in -> events, method calls -> bytes out.
 
-Owns the wire format of the transport that kubectl/crictl/kubelet (Go, moby/spdystream over the
-SPDY/3 framer of golang.org/x/net) use after ``Upgrade: SPDY/3.1``; no sockets, no asyncio here.
+Owns the session side of the transport that kubectl/crictl/kubelet (Go, moby/spdystream over the SPDY/3 framer
+of golang.org/x/net) use after ``Upgrade: SPDY/3.1``: streams and their half-closes, flow-control windows, the
+events a peer's frames amount to; no sockets, no asyncio here. The frames and header blocks themselves are in
+spdyframing.py.
 
-Wire facts (SPDY draft 3 / 3.1):
-- Control frame: ``1|version(15)=3|type(16)|flags(8)|length(24)|payload``; data frame:
-  ``0|stream-id(31)|flags(8)|length(24)|data``. Flags: FIN=0x01, UNIDIRECTIONAL=0x02 (SYN_STREAM only).
-- Name/value header blocks: ``u32 count`` then ``u32 len, name, u32 len, value`` per pair, names lower case,
-  several values joined by NUL in one value. The block is zlib-compressed with the SPDY/3 dictionary
-  (``HEADER_DICTIONARY``, 1423 bytes, Adler-32 0xE3C6A7C2 - the dict id every SPDY/3 peer puts in its zlib
-  header); ONE zlib stream per direction per connection, Z_SYNC_FLUSH after every block. Every header block
-  received must be inflated, even for a stream that is refused, or the context desynchronizes.
-- Flow control (3.1): a 64 KiB window per stream and one for the session (stream id 0 in WINDOW_UPDATE);
-  SETTINGS_INITIAL_WINDOW_SIZE (id 7) changes stream windows (existing ones by the delta).
+Flow control (SPDY/3.1): a 64 KiB window per stream and one for the session (stream id 0 in WINDOW_UPDATE);
+SETTINGS_INITIAL_WINDOW_SIZE (id 7) changes stream windows (existing ones by the delta).
 
 Interop with moby/spdystream (what every Kubernetes client uses) - checked in its source, issue #2
 "Implement flow control" is open: spdystream never sends WINDOW_UPDATE or SETTINGS and ignores the ones it
@@ -56,108 +50,35 @@ Kubernetes usage (for the streaming server; see also cripy/streaming/channels.py
 from __future__ import annotations
 
 import struct
-import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import IntEnum
 
-SPDY_VERSION = 3
+from cripy.streaming.spdyframing import (
+    FLAG_FIN,
+    FLAG_UNIDIRECTIONAL,
+    MAX_HEADER_BLOCK,
+    SETTINGS_INITIAL_WINDOW_SIZE,
+    SPDY_VERSION,
+    STREAM_ID_MASK,
+    FrameType,
+    GoAwayStatus,
+    HeaderCompressor,
+    HeaderDecompressor,
+    HeaderValue,
+    RstStatus,
+    SpdyError,
+    control_frame,
+    data_frame,
+    goaway_frame,
+    ping_frame,
+    rst_stream_frame,
+    settings_frame,
+    window_update_frame,
+)
+
 DEFAULT_INITIAL_WINDOW = 64 * 1024
-MAX_FRAME_LENGTH = (1 << 24) - 1
 # Frame payload size we cut outgoing data into: small enough to interleave streams, large enough for speed.
 MAX_DATA_CHUNK = 32 * 1024
-# Upper bound on one inflated header block, against zlib bombs.
-MAX_HEADER_BLOCK = 1024 * 1024
-
-FLAG_FIN = 0x01
-FLAG_UNIDIRECTIONAL = 0x02
-
-_STREAM_ID_MASK = 0x7FFFFFFF
-
-
-class FrameType(IntEnum):
-    SYN_STREAM = 1
-    SYN_REPLY = 2
-    RST_STREAM = 3
-    SETTINGS = 4
-    PING = 6
-    GOAWAY = 7
-    HEADERS = 8
-    WINDOW_UPDATE = 9
-
-
-class RstStatus(IntEnum):
-    PROTOCOL_ERROR = 1
-    INVALID_STREAM = 2
-    REFUSED_STREAM = 3
-    UNSUPPORTED_VERSION = 4
-    CANCEL = 5
-    INTERNAL_ERROR = 6
-    FLOW_CONTROL_ERROR = 7
-    STREAM_IN_USE = 8
-    STREAM_ALREADY_CLOSED = 9
-    INVALID_CREDENTIALS = 10
-    FRAME_TOO_LARGE = 11
-
-
-class GoAwayStatus(IntEnum):
-    OK = 0
-    PROTOCOL_ERROR = 1
-    INTERNAL_ERROR = 2
-
-
-SETTINGS_UPLOAD_BANDWIDTH = 1
-SETTINGS_DOWNLOAD_BANDWIDTH = 2
-SETTINGS_ROUND_TRIP_TIME = 3
-SETTINGS_MAX_CONCURRENT_STREAMS = 4
-SETTINGS_CURRENT_CWND = 5
-SETTINGS_DOWNLOAD_RETRANS_RATE = 6
-SETTINGS_INITIAL_WINDOW_SIZE = 7
-
-
-def _build_dictionary() -> bytes:
-    """The SPDY/3 header compression dictionary (draft 3, section 2.6.10.1), byte for byte.
-
-    It is a run of length-prefixed (u32, big endian) words followed by a raw tail; spelled this way so a
-    reader can check it against the spec instead of against 178 lines of hex.
-    """
-    words = [
-        "options", "head", "post", "put", "delete", "trace", "accept", "accept-charset", "accept-encoding",
-        "accept-language", "accept-ranges", "age", "allow", "authorization", "cache-control", "connection",
-        "content-base", "content-encoding", "content-language", "content-length", "content-location",
-        "content-md5", "content-range", "content-type", "date", "etag", "expect", "expires", "from", "host",
-        "if-match", "if-modified-since", "if-none-match", "if-range", "if-unmodified-since", "last-modified",
-        "location", "max-forwards", "pragma", "proxy-authenticate", "proxy-authorization", "range", "referer",
-        "retry-after", "server", "te", "trailer", "transfer-encoding", "upgrade", "user-agent", "vary", "via",
-        "warning", "www-authenticate", "method", "get", "status", "200 OK", "version", "HTTP/1.1", "url",
-        "public", "set-cookie", "keep-alive", "origin",
-    ]
-    tail = (
-        "100101201202205206300302303304305306307402405406407408409410411412413414415416417502504505"
-        "203 Non-Authoritative Information204 No Content301 Moved Permanently400 Bad Request"
-        "401 Unauthorized403 Forbidden404 Not Found500 Internal Server Error501 Not Implemented"
-        "503 Service UnavailableJan Feb Mar Apr May Jun Jul Aug Sept Oct Nov Dec 00:00:00 "
-        "Mon, Tue, Wed, Thu, Fri, Sat, Sun, GMTchunked,text/html,image/png,image/jpg,image/gif,"
-        "application/xml,application/xhtml+xml,text/plain,text/javascript,publicprivatemax-age="
-        "gzip,deflate,sdchcharset=utf-8charset=iso-8859-1,utf-,*,enq=0."
-    )
-    return b"".join(struct.pack(">I", len(w)) + w.encode("ascii") for w in words) + tail.encode("ascii")
-
-
-HEADER_DICTIONARY = _build_dictionary()
-HEADER_DICTIONARY_ID = 0xE3C6A7C2
-assert len(HEADER_DICTIONARY) == 1423 and zlib.adler32(HEADER_DICTIONARY) == HEADER_DICTIONARY_ID
-
-
-class SpdyError(Exception):
-    """The peer broke the SPDY protocol, or the caller misused the connection.
-
-    ``events`` holds the events decoded from the same ``receive_data`` call before the fault.
-    """
-
-    def __init__(self, message: str, events: list[Event] | None = None) -> None:
-        super().__init__(message)
-        self.events: list[Event] = events or []
 
 
 # ---------------------------------------------------------------------------------------------- events
@@ -236,130 +157,6 @@ Event = (
     StreamOpened | StreamReplied | DataReceived | StreamReset | PingReceived | PingAcknowledged
     | GoAwayReceived | SettingsReceived | HeadersReceived | StreamEnded
 )
-
-HeaderValue = str | Sequence[str]
-
-
-# --------------------------------------------------------------------------------------- header blocks
-
-
-def split_header_values(value: str) -> list[str]:
-    """The individual values of a header received with several NUL-separated values."""
-    return value.split("\x00")
-
-
-def encode_header_block(headers: Mapping[str, HeaderValue]) -> bytes:
-    """The uncompressed name/value block: names lower-cased, list values joined with NUL."""
-    merged: dict[str, str] = {}
-    for name, value in headers.items():
-        key = name.lower()
-        if not key:
-            raise SpdyError("SPDY header names must not be empty")
-        text = value if isinstance(value, str) else "\x00".join(value)
-        merged[key] = f"{merged[key]}\x00{text}" if key in merged else text
-    parts = [struct.pack(">I", len(merged))]
-    for name, value in merged.items():
-        raw_name = name.encode("utf-8")
-        raw_value = value.encode("utf-8", "surrogateescape")
-        parts += [struct.pack(">I", len(raw_name)), raw_name, struct.pack(">I", len(raw_value)), raw_value]
-    return b"".join(parts)
-
-
-def decode_header_block(block: bytes) -> dict[str, str]:
-    """Parse an uncompressed name/value block; duplicate names are merged NUL-separated, names lower-cased."""
-
-    def take(pos: int, n: int) -> tuple[bytes, int]:
-        if pos + n > len(block):
-            raise SpdyError(f"truncated header block ({len(block)} bytes, needed {pos + n})")
-        return block[pos:pos + n], pos + n
-
-    raw, pos = take(0, 4)
-    (count,) = struct.unpack(">I", raw)
-    headers: dict[str, str] = {}
-    for _ in range(count):
-        raw, pos = take(pos, 4)
-        name_bytes, pos = take(pos, struct.unpack(">I", raw)[0])
-        raw, pos = take(pos, 4)
-        value_bytes, pos = take(pos, struct.unpack(">I", raw)[0])
-        name = name_bytes.decode("utf-8", "surrogateescape").lower()
-        value = value_bytes.decode("utf-8", "surrogateescape")
-        headers[name] = f"{headers[name]}\x00{value}" if name in headers else value
-    if pos != len(block):
-        raise SpdyError(f"header block has {len(block) - pos} trailing bytes")
-    return headers
-
-
-class HeaderCompressor:
-    """The sending half of the header compression context (one per connection)."""
-
-    def __init__(self) -> None:
-        # Chromium's parameters (level 9, 2 KiB window, memLevel 1): tiny state per connection, and any
-        # inflater accepts a smaller window than its own.
-        self._deflater = zlib.compressobj(9, zlib.DEFLATED, 11, 1, zlib.Z_DEFAULT_STRATEGY, HEADER_DICTIONARY)
-
-    def compress(self, headers: Mapping[str, HeaderValue]) -> bytes:
-        block = encode_header_block(headers)
-        return self._deflater.compress(block) + self._deflater.flush(zlib.Z_SYNC_FLUSH)
-
-
-class HeaderDecompressor:
-    """The receiving half of the header compression context (one per connection)."""
-
-    def __init__(self, max_block: int = MAX_HEADER_BLOCK) -> None:
-        self._inflater = zlib.decompressobj(zdict=HEADER_DICTIONARY)
-        self._max_block = max_block
-
-    def decompress(self, compressed: bytes) -> dict[str, str]:
-        if not compressed:
-            return {}
-        try:
-            block = self._inflater.decompress(compressed, self._max_block + 1)
-        except zlib.error as exc:
-            raise SpdyError(f"cannot inflate SPDY header block: {exc}") from exc
-        if len(block) > self._max_block or self._inflater.unconsumed_tail:
-            raise SpdyError(f"SPDY header block inflates beyond {self._max_block} bytes")
-        return decode_header_block(block)
-
-
-# --------------------------------------------------------------------------------------------- framing
-
-
-def control_frame(frame_type: int, flags: int, payload: bytes) -> bytes:
-    if len(payload) > MAX_FRAME_LENGTH:
-        raise SpdyError(f"control frame payload of {len(payload)} bytes exceeds 2^24-1")
-    return struct.pack(">HHI", 0x8000 | SPDY_VERSION, frame_type, (flags << 24) | len(payload)) + payload
-
-
-def data_frame(stream_id: int, data: bytes, *, fin: bool = False) -> bytes:
-    if not 0 < stream_id <= _STREAM_ID_MASK:
-        raise SpdyError(f"invalid stream id {stream_id} for a DATA frame")
-    if len(data) > MAX_FRAME_LENGTH:
-        raise SpdyError(f"DATA frame of {len(data)} bytes exceeds 2^24-1")
-    flags = FLAG_FIN if fin else 0
-    return struct.pack(">II", stream_id, (flags << 24) | len(data)) + data
-
-
-def rst_stream_frame(stream_id: int, status: int) -> bytes:
-    return control_frame(FrameType.RST_STREAM, 0, struct.pack(">II", stream_id & _STREAM_ID_MASK, status))
-
-
-def settings_frame(settings: Mapping[int, int], *, flags: int = 0) -> bytes:
-    body = b"".join(struct.pack(">II", key & 0xFFFFFF, value) for key, value in settings.items())
-    return control_frame(FrameType.SETTINGS, flags, struct.pack(">I", len(settings)) + body)
-
-
-def ping_frame(ping_id: int) -> bytes:
-    return control_frame(FrameType.PING, 0, struct.pack(">I", ping_id))
-
-
-def goaway_frame(last_stream_id: int, status: int) -> bytes:
-    return control_frame(FrameType.GOAWAY, 0, struct.pack(">II", last_stream_id & _STREAM_ID_MASK, status))
-
-
-def window_update_frame(stream_id: int, delta: int) -> bytes:
-    return control_frame(
-        FrameType.WINDOW_UPDATE, 0, struct.pack(">II", stream_id & _STREAM_ID_MASK, delta & _STREAM_ID_MASK)
-    )
 
 
 # ------------------------------------------------------------------------------------------ connection
@@ -480,12 +277,12 @@ class SpdyConnection:
         if not 0 <= priority <= 7:
             raise SpdyError(f"SPDY/3 priority must be 0..7, not {priority}")
         stream_id = self._next_stream_id
-        if stream_id > _STREAM_ID_MASK:
+        if stream_id > STREAM_ID_MASK:
             raise SpdyError("stream ids exhausted on this connection")
         self._next_stream_id += 2
         flags = (FLAG_FIN if fin else 0) | (FLAG_UNIDIRECTIONAL if unidirectional else 0)
         block = self._compressor.compress(headers)
-        payload = struct.pack(">IIBB", stream_id, associated_id & _STREAM_ID_MASK, priority << 5, 0) + block
+        payload = struct.pack(">IIBB", stream_id, associated_id & STREAM_ID_MASK, priority << 5, 0) + block
         self._out += control_frame(FrameType.SYN_STREAM, flags, payload)
         stream = _Stream(stream_id, local=True, send_window=self._peer_initial_window)
         stream.fin_requested = stream.local_closed = fin
@@ -691,7 +488,7 @@ class SpdyConnection:
     # ------------------------------------------------------------------------------ frame input
 
     def _handle_data(self, frame: bytes, events: list[Event]) -> None:
-        stream_id = int.from_bytes(frame[0:4], "big") & _STREAM_ID_MASK
+        stream_id = int.from_bytes(frame[0:4], "big") & STREAM_ID_MASK
         fin = bool(frame[4] & FLAG_FIN)
         payload = frame[8:]
         if stream_id == 0:
@@ -747,7 +544,7 @@ class SpdyConnection:
     def _on_syn_stream(self, flags: int, payload: bytes, events: list[Event]) -> None:
         self._require_length(payload, 10, "SYN_STREAM")
         stream_id, associated, priority_byte = struct.unpack(">IIB", payload[:9])
-        stream_id &= _STREAM_ID_MASK
+        stream_id &= STREAM_ID_MASK
         headers = self._decompressor.decompress(payload[10:])  # always, to keep the zlib context in step
         if stream_id == 0:
             raise SpdyError("SYN_STREAM with stream id 0")
@@ -765,14 +562,14 @@ class SpdyConnection:
             stream.fin_requested = stream.local_closed = True
         self._streams[stream_id] = stream
         events.append(
-            StreamOpened(stream_id, headers, fin, unidirectional, associated & _STREAM_ID_MASK, priority_byte >> 5)
+            StreamOpened(stream_id, headers, fin, unidirectional, associated & STREAM_ID_MASK, priority_byte >> 5)
         )
         if fin:
             self._mark_remote_fin(stream, events)
 
     def _on_syn_reply(self, flags: int, payload: bytes, events: list[Event]) -> None:
         self._require_length(payload, 4, "SYN_REPLY")
-        stream_id = int.from_bytes(payload[:4], "big") & _STREAM_ID_MASK
+        stream_id = int.from_bytes(payload[:4], "big") & STREAM_ID_MASK
         headers = self._decompressor.decompress(payload[4:])
         stream = self._streams.get(stream_id)
         if stream is None or not stream.local:
@@ -791,7 +588,7 @@ class SpdyConnection:
 
     def _on_headers(self, flags: int, payload: bytes, events: list[Event]) -> None:
         self._require_length(payload, 4, "HEADERS")
-        stream_id = int.from_bytes(payload[:4], "big") & _STREAM_ID_MASK
+        stream_id = int.from_bytes(payload[:4], "big") & STREAM_ID_MASK
         headers = self._decompressor.decompress(payload[4:])
         stream = self._streams.get(stream_id)
         if stream is None or stream.reset:
@@ -806,7 +603,7 @@ class SpdyConnection:
     def _on_rst_stream(self, flags: int, payload: bytes, events: list[Event]) -> None:
         self._require_length(payload, 8, "RST_STREAM")
         stream_id, status = struct.unpack(">II", payload[:8])
-        stream_id &= _STREAM_ID_MASK
+        stream_id &= STREAM_ID_MASK
         stream = self._streams.get(stream_id)
         if stream is None or stream.reset:
             return  # never answer a reset with a reset
@@ -848,7 +645,7 @@ class SpdyConnection:
 
     def _on_goaway(self, flags: int, payload: bytes, events: list[Event]) -> None:
         self._require_length(payload, 4, "GOAWAY")
-        last = int.from_bytes(payload[:4], "big") & _STREAM_ID_MASK
+        last = int.from_bytes(payload[:4], "big") & STREAM_ID_MASK
         # SPDY/3 adds a status word; tolerate its absence rather than killing a closing session.
         status = int.from_bytes(payload[4:8], "big") if len(payload) >= 8 else 0
         self._peer_went_away = True
@@ -857,8 +654,8 @@ class SpdyConnection:
     def _on_window_update(self, flags: int, payload: bytes, events: list[Event]) -> None:
         self._require_length(payload, 8, "WINDOW_UPDATE")
         stream_id, delta = struct.unpack(">II", payload[:8])
-        stream_id &= _STREAM_ID_MASK
-        delta &= _STREAM_ID_MASK
+        stream_id &= STREAM_ID_MASK
+        delta &= STREAM_ID_MASK
         self._peer_shows_flow_control()
         if delta == 0:
             return

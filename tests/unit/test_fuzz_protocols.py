@@ -27,7 +27,7 @@ from cripy.images import http, manifest
 from cripy.images.distribution import parse_www_authenticate, registry_error_text
 from cripy.images.registry import RegistryClient
 from cripy.images.unpack import unpack_stream
-from cripy.streaming import spdy, websocket
+from cripy.streaming import spdy, spdyframing, websocket
 from cripy.streaming.server import (KIND_EXEC, HttpError, ServerSettings, StreamingServer, negotiate,
                                     parse_request_head)
 
@@ -114,7 +114,7 @@ def spdy_frames(draw: st.DrawFn) -> bytes:
     if kind == 0:
         return draw(st.binary(max_size=200))
     if kind == 1:
-        return spdy.control_frame(draw(st.integers(0, 20)), draw(st.integers(0, 255)), draw(st.binary(max_size=100)))
+        return spdyframing.control_frame(draw(st.integers(0, 20)), draw(st.integers(0, 255)), draw(st.binary(max_size=100)))
     if kind == 2:  # a DATA frame, written by hand: any stream id, any flags, a length that may lie
         data = draw(st.binary(max_size=100))
         length = draw(st.one_of(st.just(len(data)), st.integers(0, 2**24 - 1)))
@@ -124,17 +124,17 @@ def spdy_frames(draw: st.DrawFn) -> bytes:
         stream_id = draw(st.integers(0, 2**31 - 1))
         headers = draw(st.dictionaries(st.text(max_size=10), st.text(max_size=20), max_size=4))
         try:
-            block = spdy.HeaderCompressor().compress(headers) if draw(st.booleans()) else draw(st.binary(max_size=60))
+            block = spdyframing.HeaderCompressor().compress(headers) if draw(st.booleans()) else draw(st.binary(max_size=60))
         except spdy.SpdyError:  # what the encoder itself refuses (empty names) goes raw
             block = draw(st.binary(max_size=60))
         payload = stream_id.to_bytes(4, "big") + draw(st.binary(min_size=6, max_size=6)) + block
-        return spdy.control_frame(1, draw(st.integers(0, 3)), payload)
+        return spdyframing.control_frame(1, draw(st.integers(0, 3)), payload)
     return draw(st.sampled_from([
-        spdy.rst_stream_frame(draw(st.integers(0, 2**31 - 1)), draw(st.integers(0, 20))),
-        spdy.settings_frame({draw(st.integers(0, 2**24 - 1)): draw(st.integers(0, 2**32 - 1))}),
-        spdy.ping_frame(draw(st.integers(0, 2**32 - 1))),
-        spdy.goaway_frame(draw(st.integers(0, 2**31 - 1)), draw(st.integers(0, 10))),
-        spdy.window_update_frame(draw(st.integers(0, 2**31 - 1)), draw(st.integers(0, 2**31 - 1))),
+        spdyframing.rst_stream_frame(draw(st.integers(0, 2**31 - 1)), draw(st.integers(0, 20))),
+        spdyframing.settings_frame({draw(st.integers(0, 2**24 - 1)): draw(st.integers(0, 2**32 - 1))}),
+        spdyframing.ping_frame(draw(st.integers(0, 2**32 - 1))),
+        spdyframing.goaway_frame(draw(st.integers(0, 2**31 - 1)), draw(st.integers(0, 10))),
+        spdyframing.window_update_frame(draw(st.integers(0, 2**31 - 1)), draw(st.integers(0, 2**31 - 1))),
     ]))
 
 

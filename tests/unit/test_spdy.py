@@ -1,4 +1,5 @@
-"""SPDY/3.1 sans-IO connection: framing, header compression, flow control, control frames."""
+"""SPDY/3.1 sans-IO: framing and header compression (spdyframing), the connection's flow control and control
+frames (spdy)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import zlib
 
 import pytest
 
-from cripy.streaming import spdy
+from cripy.streaming import spdy, spdyframing
 from cripy.streaming.spdy import (
     DataReceived,
     GoAwayReceived,
@@ -48,7 +49,7 @@ def control(frame_type: int, flags: int, payload: bytes) -> bytes:
 
 def compress_with_plain_zlib(block: bytes) -> bytes:
     """An independent compressor (default zlib parameters) using the same dictionary."""
-    deflater = zlib.compressobj(zdict=spdy.HEADER_DICTIONARY)
+    deflater = zlib.compressobj(zdict=spdyframing.HEADER_DICTIONARY)
     return deflater.compress(block) + deflater.flush(zlib.Z_SYNC_FLUSH)
 
 
@@ -71,13 +72,13 @@ def open_replied_stream(client: SpdyConnection, server: SpdyConnection, headers:
 
 
 def test_dictionary_matches_the_id_every_spdy3_peer_announces() -> None:
-    assert len(spdy.HEADER_DICTIONARY) == 1423
-    assert zlib.adler32(spdy.HEADER_DICTIONARY) == 0xE3C6A7C2
+    assert len(spdyframing.HEADER_DICTIONARY) == 1423
+    assert zlib.adler32(spdyframing.HEADER_DICTIONARY) == 0xE3C6A7C2
     assert FIREFOX_SYN_STREAM_PREFIX[20:24] == bytes.fromhex("e3c6a7c2")
 
 
 def test_dictionary_inflates_a_real_firefox_header_block() -> None:
-    inflater = zlib.decompressobj(zdict=spdy.HEADER_DICTIONARY)
+    inflater = zlib.decompressobj(zdict=spdyframing.HEADER_DICTIONARY)
     block = inflater.decompress(FIREFOX_SYN_STREAM_PREFIX[18:])
     assert block.startswith(struct.pack(">I", 13) + struct.pack(">I", 8) + b":version")
     assert b"\x00\x00\x00\x05:host\x00\x00\x00\x1awww.afrind.sb.facebook.com" in block
@@ -85,7 +86,7 @@ def test_dictionary_inflates_a_real_firefox_header_block() -> None:
 
 
 def test_a_wrong_dictionary_cannot_inflate_the_firefox_block() -> None:
-    wrong = spdy.HEADER_DICTIONARY[:-1] + b"!"
+    wrong = spdyframing.HEADER_DICTIONARY[:-1] + b"!"
     with pytest.raises(zlib.error):
         zlib.decompressobj(zdict=wrong).decompress(FIREFOX_SYN_STREAM_PREFIX[18:])
 
@@ -94,42 +95,42 @@ def test_a_wrong_dictionary_cannot_inflate_the_firefox_block() -> None:
 
 
 def test_header_block_encoding_is_lowercase_and_nul_joined() -> None:
-    block = spdy.encode_header_block({"StreamType": "stdout", "X-Multi": ["a", "b"]})
+    block = spdyframing.encode_header_block({"StreamType": "stdout", "X-Multi": ["a", "b"]})
     assert block == raw_block([(b"streamtype", b"stdout"), (b"x-multi", b"a\x00b")])
-    decoded = spdy.decode_header_block(block)
+    decoded = spdyframing.decode_header_block(block)
     assert decoded == {"streamtype": "stdout", "x-multi": "a\x00b"}
-    assert spdy.split_header_values(decoded["x-multi"]) == ["a", "b"]
+    assert spdyframing.split_header_values(decoded["x-multi"]) == ["a", "b"]
 
 
 def test_decoding_merges_duplicate_names_and_lowercases() -> None:
     block = raw_block([(b"Port", b"80"), (b"port", b"8080")])
-    assert spdy.decode_header_block(block) == {"port": "80\x008080"}
+    assert spdyframing.decode_header_block(block) == {"port": "80\x008080"}
 
 
 @pytest.mark.parametrize("block", [b"\x00\x00", raw_block([(b"a", b"b")])[:-1], raw_block([]) + b"x"])
 def test_malformed_header_blocks_are_rejected(block: bytes) -> None:
     with pytest.raises(SpdyError):
-        spdy.decode_header_block(block)
+        spdyframing.decode_header_block(block)
 
 
 def test_compression_context_is_shared_across_blocks() -> None:
-    compressor = spdy.HeaderCompressor()
+    compressor = spdyframing.HeaderCompressor()
     headers = {"streamtype": "stdout", "port": "8080", "requestid": "0"}
     first = compressor.compress(headers)
     second = compressor.compress(headers)
     assert first.endswith(b"\x00\x00\xff\xff") and second.endswith(b"\x00\x00\xff\xff")  # Z_SYNC_FLUSH
     assert len(second) < len(first)  # the second block refers back to the first
-    decompressor = spdy.HeaderDecompressor()
+    decompressor = spdyframing.HeaderDecompressor()
     assert decompressor.decompress(first) == headers
     assert decompressor.decompress(second) == headers
     with pytest.raises(SpdyError):
-        spdy.HeaderDecompressor().decompress(second)  # meaningless without the shared history
+        spdyframing.HeaderDecompressor().decompress(second)  # meaningless without the shared history
 
 
 def test_header_bomb_is_refused() -> None:
     block = raw_block([(b"x", b"a" * 100_000)])
     with pytest.raises(SpdyError, match="beyond"):
-        spdy.HeaderDecompressor(max_block=1000).decompress(compress_with_plain_zlib(block))
+        spdyframing.HeaderDecompressor(max_block=1000).decompress(compress_with_plain_zlib(block))
 
 
 # ------------------------------------------------------------------------------ hand-made frames
@@ -139,7 +140,7 @@ def test_hand_assembled_syn_stream_from_an_independent_compressor() -> None:
     server = SpdyConnection(is_server=True)
     block = compress_with_plain_zlib(raw_block([(b"streamtype", b"error"), (b"port", b"80")]))
     payload = struct.pack(">IIBB", 3, 1, 5 << 5, 0) + block
-    events = server.receive_data(control(1, spdy.FLAG_UNIDIRECTIONAL, payload))
+    events = server.receive_data(control(1, spdyframing.FLAG_UNIDIRECTIONAL, payload))
     assert events == [
         StreamOpened(3, {"streamtype": "error", "port": "80"}, fin=False, unidirectional=True,
                      associated_id=1, priority=5)
@@ -156,11 +157,11 @@ def test_syn_reply_bytes_match_the_spec_layout() -> None:
     assert frame[4] == 0  # flags
     assert int.from_bytes(frame[5:8], "big") == len(frame) - 8
     assert struct.unpack(">I", frame[8:12])[0] == stream_id
-    assert spdy.HeaderDecompressor().decompress(frame[12:]) == {}
+    assert spdyframing.HeaderDecompressor().decompress(frame[12:]) == {}
 
 
 def test_data_frame_bytes() -> None:
-    assert spdy.data_frame(5, b"hi", fin=True) == bytes.fromhex("00000005 01000002 6869".replace(" ", ""))
+    assert spdyframing.data_frame(5, b"hi", fin=True) == bytes.fromhex("00000005 01000002 6869".replace(" ", ""))
 
 
 def test_hand_assembled_control_frames() -> None:
@@ -169,24 +170,24 @@ def test_hand_assembled_control_frames() -> None:
     events = server.receive_data(
         control(4, 0, struct.pack(">IIIII", 2, 0x01000004, 100, 7, 4096))  # SETTINGS, one with a flag byte
         + control(7, 0, struct.pack(">II", 1, 0))  # GOAWAY
-        + control(3, 0, struct.pack(">II", stream_id, spdy.RstStatus.CANCEL))  # RST_STREAM
+        + control(3, 0, struct.pack(">II", stream_id, spdyframing.RstStatus.CANCEL))  # RST_STREAM
         + control(0x0A, 0, b"whatever")  # unknown type (CREDENTIAL): ignored
     )
     assert events == [
         SettingsReceived({4: 100, 7: 4096}),
         GoAwayReceived(1, 0),
-        StreamReset(stream_id, spdy.RstStatus.CANCEL),
+        StreamReset(stream_id, spdyframing.RstStatus.CANCEL),
     ]
     assert server.peer_went_away
     assert server.is_closed(stream_id)
 
 
 def test_frame_writers_produce_spec_bytes() -> None:
-    assert spdy.ping_frame(7) == bytes.fromhex("8003000600000004 00000007".replace(" ", ""))
-    assert spdy.rst_stream_frame(3, 5) == bytes.fromhex("8003000300000008 00000003 00000005".replace(" ", ""))
-    assert spdy.goaway_frame(9, 0) == bytes.fromhex("8003000700000008 00000009 00000000".replace(" ", ""))
-    assert spdy.window_update_frame(0, 65536) == bytes.fromhex("8003000900000008 00000000 00010000".replace(" ", ""))
-    assert spdy.settings_frame({7: 1024}) == bytes.fromhex(
+    assert spdyframing.ping_frame(7) == bytes.fromhex("8003000600000004 00000007".replace(" ", ""))
+    assert spdyframing.rst_stream_frame(3, 5) == bytes.fromhex("8003000300000008 00000003 00000005".replace(" ", ""))
+    assert spdyframing.goaway_frame(9, 0) == bytes.fromhex("8003000700000008 00000009 00000000".replace(" ", ""))
+    assert spdyframing.window_update_frame(0, 65536) == bytes.fromhex("8003000900000008 00000000 00010000".replace(" ", ""))
+    assert spdyframing.settings_frame({7: 1024}) == bytes.fromhex(
         "800300040000000c 00000001 00000007 00000400".replace(" ", "")
     )
 
@@ -302,14 +303,14 @@ def test_strict_sender_queues_beyond_the_window_and_window_update_releases() -> 
 def test_settings_initial_window_limits_a_strict_sender() -> None:
     client, server = pair(enforce_peer_window=True)
     stream_id = open_replied_stream(client, server, {"streamtype": "stdout"})
-    client.send_settings({spdy.SETTINGS_INITIAL_WINDOW_SIZE: 1000})
+    client.send_settings({spdyframing.SETTINGS_INITIAL_WINDOW_SIZE: 1000})
     assert pump(client, server) == [SettingsReceived({7: 1000})]
     assert server.send_window(stream_id) == 1000
     server.send_data(stream_id, b"x" * 5000)
     events = pump(server, client)
     assert sum(len(e.data) for e in events if isinstance(e, DataReceived)) == 1000
     assert server.pending(stream_id) == 4000
-    server.receive_data(spdy.window_update_frame(stream_id, 1500))
+    server.receive_data(spdyframing.window_update_frame(stream_id, 1500))
     events = pump(server, client)
     assert sum(len(e.data) for e in events if isinstance(e, DataReceived)) == 1500
     assert server.pending(stream_id) == 2500
@@ -319,12 +320,12 @@ def test_session_window_holds_back_all_streams() -> None:
     client, server = pair(enforce_peer_window=True)
     first = open_replied_stream(client, server, {"streamtype": "stdout"})
     second = open_replied_stream(client, server, {"streamtype": "stderr"})
-    server.receive_data(spdy.window_update_frame(first, 100_000))  # stream window is not the limit
+    server.receive_data(spdyframing.window_update_frame(first, 100_000))  # stream window is not the limit
     server.send_data(first, b"a" * 60_000)
     server.send_data(second, b"b" * 10_000)
     assert server.session_send_window == 65536 - 60_000 - 5536
     assert server.pending(second) == 10_000 - 5536
-    server.receive_data(spdy.window_update_frame(0, 4464))
+    server.receive_data(spdyframing.window_update_frame(0, 4464))
     assert server.pending(second) == 0
 
 
@@ -345,12 +346,12 @@ def test_auto_mode_enforces_once_the_peer_shows_flow_control() -> None:
     stream_id = open_replied_stream(client, server, {"streamtype": "stdout"})
     server.send_data(stream_id, b"q" * 70_000)
     assert server.pending(stream_id) == 0
-    server.receive_data(spdy.window_update_frame(stream_id, 1000))
+    server.receive_data(spdyframing.window_update_frame(stream_id, 1000))
     assert server.flow_control_active
     # windows were tracked all along: 65536 - 70000 + 1000 < 0, so the next bytes wait
     server.send_data(stream_id, b"r" * 10)
     assert server.pending(stream_id) == 10
-    server.receive_data(spdy.window_update_frame(stream_id, 10_000) + spdy.window_update_frame(0, 10_000))
+    server.receive_data(spdyframing.window_update_frame(stream_id, 10_000) + spdyframing.window_update_frame(0, 10_000))
     assert server.pending(stream_id) == 0
 
 
@@ -373,11 +374,11 @@ def test_receiver_sends_window_updates_for_stream_and_session() -> None:
     pump(client, server)
     # 40000 bytes arrive as a 32 KiB frame and a rest: half a window (32768) triggers the updates
     updates = server.data_to_send()
-    assert updates == spdy.window_update_frame(0, 32_768) + spdy.window_update_frame(stream_id, 32_768)
+    assert updates == spdyframing.window_update_frame(0, 32_768) + spdyframing.window_update_frame(stream_id, 32_768)
     client.send_data(stream_id, b"s" * 30_000)
     pump(client, server)
     rest = 40_000 + 30_000 - 32_768
-    assert server.data_to_send() == spdy.window_update_frame(0, rest) + spdy.window_update_frame(stream_id, rest)
+    assert server.data_to_send() == spdyframing.window_update_frame(0, rest) + spdyframing.window_update_frame(stream_id, rest)
 
 
 def test_manual_acknowledge() -> None:
@@ -390,7 +391,7 @@ def test_manual_acknowledge() -> None:
     server.acknowledge(stream_id, 20_000)
     assert server.data_to_send() == b""  # below half a window
     server.acknowledge(stream_id, 30_000)
-    assert server.data_to_send() == spdy.window_update_frame(0, 50_000) + spdy.window_update_frame(stream_id, 50_000)
+    assert server.data_to_send() == spdyframing.window_update_frame(0, 50_000) + spdyframing.window_update_frame(stream_id, 50_000)
 
 
 # ------------------------------------------------------------------------------ control frames
@@ -398,8 +399,8 @@ def test_manual_acknowledge() -> None:
 
 def test_ping_from_peer_is_answered_and_our_ping_is_acknowledged() -> None:
     client, server = pair()
-    assert server.receive_data(spdy.ping_frame(5)) == [PingReceived(5)]
-    assert server.data_to_send() == spdy.ping_frame(5)
+    assert server.receive_data(spdyframing.ping_frame(5)) == [PingReceived(5)]
+    assert server.data_to_send() == spdyframing.ping_frame(5)
     ping_id = server.ping()
     assert ping_id == 2
     assert pump(server, client) == [PingReceived(2)]
@@ -434,8 +435,8 @@ def test_peer_reset_drops_queued_data_and_later_writes() -> None:
     stream_id = open_replied_stream(client, server, {"streamtype": "stdout"})
     server.send_data(stream_id, b"d" * 100_000)
     server.data_to_send()
-    client.reset(stream_id, spdy.RstStatus.CANCEL)
-    assert pump(client, server) == [StreamReset(stream_id, spdy.RstStatus.CANCEL)]
+    client.reset(stream_id, spdyframing.RstStatus.CANCEL)
+    assert pump(client, server) == [StreamReset(stream_id, spdyframing.RstStatus.CANCEL)]
     assert server.pending(stream_id) == 0
     assert server.is_closed(stream_id)
     server.send_data(stream_id, b"late")  # silently dropped
@@ -446,17 +447,17 @@ def test_peer_reset_drops_queued_data_and_later_writes() -> None:
 def test_local_reset_is_idempotent_and_ignores_late_data() -> None:
     client, server = pair()
     stream_id = open_replied_stream(client, server, {})
-    server.reset(stream_id, spdy.RstStatus.REFUSED_STREAM)
-    server.reset(stream_id, spdy.RstStatus.REFUSED_STREAM)
-    assert server.data_to_send() == spdy.rst_stream_frame(stream_id, spdy.RstStatus.REFUSED_STREAM)
-    assert server.receive_data(spdy.data_frame(stream_id, b"late")) == []
+    server.reset(stream_id, spdyframing.RstStatus.REFUSED_STREAM)
+    server.reset(stream_id, spdyframing.RstStatus.REFUSED_STREAM)
+    assert server.data_to_send() == spdyframing.rst_stream_frame(stream_id, spdyframing.RstStatus.REFUSED_STREAM)
+    assert server.receive_data(spdyframing.data_frame(stream_id, b"late")) == []
     assert server.data_to_send() == b""  # no reset of a reset, no window update below the threshold
 
 
 def test_data_on_a_never_opened_stream_is_reset() -> None:
     server = SpdyConnection(is_server=True)
-    assert server.receive_data(spdy.data_frame(7, b"x")) == []
-    assert server.data_to_send() == spdy.rst_stream_frame(7, spdy.RstStatus.INVALID_STREAM)
+    assert server.receive_data(spdyframing.data_frame(7, b"x")) == []
+    assert server.data_to_send() == spdyframing.rst_stream_frame(7, spdyframing.RstStatus.INVALID_STREAM)
 
 
 def test_reused_stream_id_is_refused() -> None:
@@ -466,15 +467,15 @@ def test_reused_stream_id_is_refused() -> None:
     server.receive_data(wire)
     # a second SYN_STREAM for id 1 (with an empty header block, so the zlib context is untouched)
     assert server.receive_data(control(1, 0, struct.pack(">IIBB", 1, 0, 0, 0))) == []
-    assert server.data_to_send() == spdy.rst_stream_frame(1, spdy.RstStatus.PROTOCOL_ERROR)
+    assert server.data_to_send() == spdyframing.rst_stream_frame(1, spdyframing.RstStatus.PROTOCOL_ERROR)
 
 
 def test_data_after_fin_resets_the_stream() -> None:
     client, server = pair()
     stream_id = open_replied_stream(client, server, {})
-    server.receive_data(spdy.data_frame(stream_id, b"a", fin=True))
-    assert server.receive_data(spdy.data_frame(stream_id, b"b")) == []
-    assert server.data_to_send() == spdy.rst_stream_frame(stream_id, spdy.RstStatus.STREAM_ALREADY_CLOSED)
+    server.receive_data(spdyframing.data_frame(stream_id, b"a", fin=True))
+    assert server.receive_data(spdyframing.data_frame(stream_id, b"b")) == []
+    assert server.data_to_send() == spdyframing.rst_stream_frame(stream_id, spdyframing.RstStatus.STREAM_ALREADY_CLOSED)
 
 
 # --------------------------------------------------------------------------------- misuse/errors
@@ -505,15 +506,15 @@ def test_wrong_version_fails_the_session_with_goaway() -> None:
     with pytest.raises(SpdyError, match="version 2") as info:
         server.receive_data(wire + bad)
     assert [type(e) for e in info.value.events] == [StreamOpened]
-    assert server.data_to_send() == spdy.goaway_frame(stream_id, spdy.GoAwayStatus.PROTOCOL_ERROR)
-    assert server.receive_data(spdy.ping_frame(1)) == []
+    assert server.data_to_send() == spdyframing.goaway_frame(stream_id, spdyframing.GoAwayStatus.PROTOCOL_ERROR)
+    assert server.receive_data(spdyframing.ping_frame(1)) == []
 
 
 def test_corrupt_header_block_fails_the_session() -> None:
     server = SpdyConnection(is_server=True)
     with pytest.raises(SpdyError, match="inflate"):
         server.receive_data(control(1, 0, struct.pack(">IIBB", 1, 0, 0, 0) + b"\x78\x9c garbage"))
-    assert server.data_to_send() == spdy.goaway_frame(0, spdy.GoAwayStatus.PROTOCOL_ERROR)
+    assert server.data_to_send() == spdyframing.goaway_frame(0, spdyframing.GoAwayStatus.PROTOCOL_ERROR)
 
 
 def test_truncated_control_frame_is_an_error() -> None:
