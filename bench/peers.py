@@ -25,7 +25,7 @@ import grpc
 from cri_api.v1 import api_pb2, api_pb2_grpc
 
 from cripy.linux.mount import mounts_under, umount
-from cripy.network.cni import default_bridge_conflist
+from cripy.network.cniprotocol import default_bridge_conflist
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CNI_BIN_DIR = Path("/usr/lib/cni")

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from cripy.config import Config  # noqa: E402
-from cripy.network.cni import default_bridge_conflist  # noqa: E402
+from cripy.network.cniprotocol import default_bridge_conflist  # noqa: E402
 from tests.support.images import busybox_image  # noqa: E402
 from tests.support.registry import Registry  # noqa: E402
 

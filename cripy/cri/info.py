@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from cripy.config import Config, handler_runtime_root
-from cripy.network.cni import CNIManager, NetworkList
+from cripy.network.cni import CNIManager
+from cripy.network.cniprotocol import NetworkList
 from cripy.oci.features import RECURSIVE_READ_ONLY_MOUNTS, USER_NAMESPACES, HandlerFeatures
 
 

@@ -37,7 +37,7 @@ import grpc
 from cri_api.v1 import api_pb2, api_pb2_grpc
 
 from cripy.linux import mount
-from cripy.network.cni import default_bridge_conflist
+from cripy.network.cniprotocol import default_bridge_conflist
 from tests.conformance import compare
 from tests.conformance.kit import Kit
 

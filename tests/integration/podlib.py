@@ -24,7 +24,7 @@ import grpc
 from cri_api.v1 import api_pb2
 
 from cripy.linux import mount
-from cripy.network.cni import default_bridge_conflist
+from cripy.network.cniprotocol import default_bridge_conflist
 from tests.integration.daemon import REPO_ROOT, CripyDaemon
 from tests.support.images import BuiltImage, busybox_image, user_image, write_oci_layout
 

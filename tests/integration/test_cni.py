@@ -23,7 +23,7 @@ import pytest
 from cripy.errors import FailedPrecondition
 from cripy.linux import mount as mnt
 from cripy.linux import namespaces as ns
-from cripy.network import cni
+from cripy.network import cni, cniprotocol
 from tests.integration.podlib import NETWORK_PREFIX
 
 pytestmark = pytest.mark.integration
@@ -60,7 +60,7 @@ def network(tmp_path: Path) -> Iterator[BridgeNetwork]:
                       conf_dir=tmp_path / "net.d", cache_dir=tmp_path / "cni-cache", ipam_dir=tmp_path / "ipam")
     net.conf_dir.mkdir()
     (net.conf_dir / "10-test.conflist").write_text(
-        cni.default_bridge_conflist(f"{prefix}.0/24", net.bridge, str(net.ipam_dir), net.name))
+        cniprotocol.default_bridge_conflist(f"{prefix}.0/24", net.bridge, str(net.ipam_dir), net.name))
     yield net
     # Detach whatever a failed test left attached (with a conf-independent manager: the cache is enough).
     leftover = net.manager()
@@ -168,7 +168,7 @@ def bridge_ports(bridge: str) -> list[str]:
     return [line.split(":")[1].strip() for line in out.splitlines()]
 
 
-def attach(manager: cni.CNIManager, pod_id: str, netns: Path, mappings: list[cni.PortMapping] | None = None):
+def attach(manager: cni.CNIManager, pod_id: str, netns: Path, mappings: list[cniprotocol.PortMapping] | None = None):
     return manager.attach(pod_id, netns, pod_name=pod_id, pod_namespace="test", pod_uid=f"uid-{pod_id}",
                           port_mappings=mappings or [])
 
@@ -189,7 +189,7 @@ async def test_status_with_real_plugin_dir(tmp_path: Path) -> None:
         {"name": "m", "cniVersion": "1.0.0", "plugins": [{"type": "bridge"}, {"type": "no-such-plugin"}]}))
     status = manager.status()
     assert not status.ready and status.reason == "NetworkPluginNotReady" and "no-such-plugin" in status.message
-    (conf / "10-missing.conflist").write_text(cni.DEFAULT_BRIDGE_CONFLIST)
+    (conf / "10-missing.conflist").write_text(cniprotocol.DEFAULT_BRIDGE_CONFLIST)
     assert manager.status().ready
     # the broken file sorts first but is skipped; the valid one is used
     assert manager.current_network().name == "cripy"
@@ -232,8 +232,8 @@ async def test_host_ports(network: BridgeNetwork, make_netns: Callable[[str], Pa
     manager = network.manager()
     netns = make_netns("web")
     any_ip_port, loopback_port = free_port(), free_port()
-    mappings = [cni.PortMapping(any_ip_port, SERVER_PORT),
-                cni.PortMapping(loopback_port, SERVER_PORT, host_ip="127.0.0.1")]
+    mappings = [cniprotocol.PortMapping(any_ip_port, SERVER_PORT),
+                cniprotocol.PortMapping(loopback_port, SERVER_PORT, host_ip="127.0.0.1")]
     await attach(manager, "podweb", netns, mappings)
     assert 'podweb' in nat_rules()
     server = PodServer(netns, b"web")
@@ -257,7 +257,7 @@ async def test_detach_after_restart_with_conf_dir_emptied(
     network: BridgeNetwork, make_netns: Callable[[str], Path]
 ) -> None:
     netns = make_netns("r")
-    result = await attach(network.manager(), "podr", netns, [cni.PortMapping(free_port(), SERVER_PORT)])
+    result = await attach(network.manager(), "podr", netns, [cniprotocol.PortMapping(free_port(), SERVER_PORT)])
     assert bridge_ports(network.bridge) != []
     for f in network.conf_dir.iterdir():
         f.unlink()
@@ -277,7 +277,7 @@ async def test_detach_after_netns_is_gone(network: BridgeNetwork, make_netns: Ca
                                           tmp_path: Path) -> None:
     manager = network.manager()
     netns = make_netns("gone")
-    result = await attach(manager, "podgone", netns, [cni.PortMapping(free_port(), SERVER_PORT)])
+    result = await attach(manager, "podgone", netns, [cniprotocol.PortMapping(free_port(), SERVER_PORT)])
     # The namespace dies (the kernel tears it down, and the pod's veth with it, asynchronously).
     ns.unpin_namespaces(tmp_path / "pods" / "gone")
     assert not ns.is_namespace_file(netns)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cripy.errors import AlreadyExists, DeadlineExceeded, FailedPrecondition, Internal, InvalidArgument
-from cripy.network import cni
+from cripy.network import cni, cniprotocol
 
 CONFLIST = {
     "cniVersion": "1.0.0",
@@ -38,19 +38,19 @@ RESULT = {
 }
 
 
-def network() -> cni.NetworkList:
-    return cni.parse_network_config(CONFLIST, "test")
+def network() -> cniprotocol.NetworkList:
+    return cniprotocol.parse_network_config(CONFLIST, "test")
 
 
 def test_parse_conflist() -> None:
     net = network()
     assert (net.name, net.cni_version) == ("podnet", "1.0.0")
     assert net.plugin_types == ["bridge", "portmap", "tuning"]
-    assert cni.parse_network_config(net.to_dict()) == cni.NetworkList("podnet", "1.0.0", net.plugins)
+    assert cniprotocol.parse_network_config(net.to_dict()) == cniprotocol.NetworkList("podnet", "1.0.0", net.plugins)
 
 
 def test_single_plugin_conf_becomes_a_list() -> None:
-    net = cni.parse_network_config({"cniVersion": "0.4.0", "name": "one", "type": "ptp", "mtu": 1400})
+    net = cniprotocol.parse_network_config({"cniVersion": "0.4.0", "name": "one", "type": "ptp", "mtu": 1400})
     assert net.plugins == ({"type": "ptp", "mtu": 1400},)
 
 
@@ -68,30 +68,30 @@ def test_single_plugin_conf_becomes_a_list() -> None:
 )
 def test_invalid_configs_are_refused(data: object, complaint: str) -> None:
     with pytest.raises(InvalidArgument, match=complaint):
-        cni.parse_network_config(data, "f.conflist")
+        cniprotocol.parse_network_config(data, "f.conflist")
 
 
 def test_conf_file_order_and_selection() -> None:
-    assert cni.conf_files(["99-b.conf", "10-a.json", ".hidden.conf", "README", "50-c.conflist"]) == [
+    assert cniprotocol.conf_files(["99-b.conf", "10-a.json", ".hidden.conf", "README", "50-c.conflist"]) == [
         "10-a.json", "50-c.conflist", "99-b.conf"]
-    a = cni.NetworkList("a", "1.0.0", ({"type": "x"},))
-    b = cni.NetworkList("b", "1.0.0", ({"type": "x"},))
-    assert cni.select_network([a, b], "") is a
-    assert cni.select_network([a, b], "b") is b
-    assert cni.select_network([a, b], "c") is None
-    assert cni.select_network([], "") is None
+    a = cniprotocol.NetworkList("a", "1.0.0", ({"type": "x"},))
+    b = cniprotocol.NetworkList("b", "1.0.0", ({"type": "x"},))
+    assert cniprotocol.select_network([a, b], "") is a
+    assert cniprotocol.select_network([a, b], "b") is b
+    assert cniprotocol.select_network([a, b], "c") is None
+    assert cniprotocol.select_network([], "") is None
 
 
 def test_cni_args() -> None:
-    assert cni.cni_args("abc", "web", "default", "u-1") == (
+    assert cniprotocol.cni_args("abc", "web", "default", "u-1") == (
         "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web;K8S_POD_INFRA_CONTAINER_ID=abc;K8S_POD_UID=u-1")
     with pytest.raises(InvalidArgument, match="K8S_POD_NAME"):
-        cni.cni_args("abc", "we;b", "default", "u")
+        cniprotocol.cni_args("abc", "we;b", "default", "u")
 
 
 def test_plugin_stdin_injects_name_version_prev_result() -> None:
     net = network()
-    stdin = cni.plugin_stdin(net.plugins[0], net, None, [cni.PortMapping(8080, 80)])
+    stdin = cniprotocol.plugin_stdin(net.plugins[0], net, None, [cniprotocol.PortMapping(8080, 80)])
     assert stdin["name"] == "podnet" and stdin["cniVersion"] == "1.0.0"
     assert "prevResult" not in stdin
     assert "runtimeConfig" not in stdin  # bridge declares no capability
@@ -100,68 +100,68 @@ def test_plugin_stdin_injects_name_version_prev_result() -> None:
 
 def test_plugin_stdin_runtime_config_only_for_declared_capabilities() -> None:
     net = network()
-    mappings = [cni.PortMapping(8080, 80), cni.PortMapping(5353, 53, "UDP", "127.0.0.1")]
-    stdin = cni.plugin_stdin(net.plugins[1], net, RESULT, mappings)
+    mappings = [cniprotocol.PortMapping(8080, 80), cniprotocol.PortMapping(5353, 53, "UDP", "127.0.0.1")]
+    stdin = cniprotocol.plugin_stdin(net.plugins[1], net, RESULT, mappings)
     assert stdin["prevResult"] == RESULT
     assert stdin["runtimeConfig"] == {"portMappings": [
         {"hostPort": 8080, "containerPort": 80, "protocol": "tcp"},
         {"hostPort": 5353, "containerPort": 53, "protocol": "udp", "hostIP": "127.0.0.1"},
     ]}
-    tuning = cni.plugin_stdin(net.plugins[2], net, RESULT, mappings)
+    tuning = cniprotocol.plugin_stdin(net.plugins[2], net, RESULT, mappings)
     assert "runtimeConfig" not in tuning  # a runtimeConfig in the file is not passed through
 
 
 def test_port_mapping_validation() -> None:
     with pytest.raises(InvalidArgument, match="protocol"):
-        cni.PortMapping(1, 2, "icmp")
+        cniprotocol.PortMapping(1, 2, "icmp")
     with pytest.raises(InvalidArgument, match="range"):
-        cni.PortMapping(70000, 2)
-    assert cni.PortMapping.from_cni(cni.PortMapping(1, 2, "SCTP", "::1").to_cni()) == cni.PortMapping(1, 2, "sctp",
+        cniprotocol.PortMapping(70000, 2)
+    assert cniprotocol.PortMapping.from_cni(cniprotocol.PortMapping(1, 2, "SCTP", "::1").to_cni()) == cniprotocol.PortMapping(1, 2, "sctp",
                                                                                                      "::1")
 
 
 def test_plugin_env() -> None:
-    env = cni.plugin_env("ADD", "abc", "/run/ns/net", "eth0", "IgnoreUnknown=1", [Path("/a"), Path("/b")], "/bin")
+    env = cniprotocol.plugin_env("ADD", "abc", "/run/ns/net", "eth0", "IgnoreUnknown=1", [Path("/a"), Path("/b")], "/bin")
     assert env == {"CNI_COMMAND": "ADD", "CNI_CONTAINERID": "abc", "CNI_NETNS": "/run/ns/net", "CNI_IFNAME": "eth0",
                    "CNI_ARGS": "IgnoreUnknown=1", "CNI_PATH": "/a:/b", "PATH": "/bin"}
 
 
 def test_result_ips_sandbox_only_ipv4_first() -> None:
-    assert cni.result_ips(RESULT) == ["10.1.0.5", "fd00::5"]
-    assert cni.result_ips({"ip4": {"ip": "10.2.0.3/16"}}) == ["10.2.0.3"]
-    assert cni.result_ips({}) == []
-    attach = cni.AttachResult.from_result(RESULT)
+    assert cniprotocol.result_ips(RESULT) == ["10.1.0.5", "fd00::5"]
+    assert cniprotocol.result_ips({"ip4": {"ip": "10.2.0.3/16"}}) == ["10.2.0.3"]
+    assert cniprotocol.result_ips({}) == []
+    attach = cniprotocol.AttachResult.from_result(RESULT)
     assert attach.ips[0] == "10.1.0.5" and len(attach.interfaces) == 3
 
 
 def test_plugin_error_decoding() -> None:
     err = json.dumps({"cniVersion": "1.0.0", "code": 7, "msg": "bad config", "details": "no bridge"}).encode()
-    with pytest.raises(cni.CNIPluginError) as info:
-        cni.parse_plugin_output("bridge", "ADD", "pod1", 1, err, b"")
+    with pytest.raises(cniprotocol.CNIPluginError) as info:
+        cniprotocol.parse_plugin_output("bridge", "ADD", "pod1", 1, err, b"")
     assert isinstance(info.value, Internal)
     assert str(info.value) == "CNI plugin bridge ADD for pod pod1 failed (code 7): bad config: no bridge"
     assert not info.value.means_gone
-    with pytest.raises(cni.CNIPluginError, match="exit status 2: boom"):
-        cni.parse_plugin_output("x", "DEL", "pod1", 2, b"", b"boom\n")
+    with pytest.raises(cniprotocol.CNIPluginError, match="exit status 2: boom"):
+        cniprotocol.parse_plugin_output("x", "DEL", "pod1", 2, b"", b"boom\n")
     gone = json.dumps({"code": 999, "msg": "failed to find plugin", "details": "link veth1 not found"}).encode()
-    with pytest.raises(cni.CNIPluginError) as info:
-        cni.parse_plugin_output("bridge", "DEL", "pod1", 1, gone, b"")
+    with pytest.raises(cniprotocol.CNIPluginError) as info:
+        cniprotocol.parse_plugin_output("bridge", "DEL", "pod1", 1, gone, b"")
     assert info.value.means_gone
-    assert cni.parse_plugin_output("x", "DEL", "p", 0, b"", b"") is None
-    assert cni.parse_plugin_output("x", "ADD", "p", 0, json.dumps(RESULT).encode(), b"") == RESULT
-    with pytest.raises(cni.CNIPluginError, match="not JSON"):
-        cni.parse_plugin_output("x", "ADD", "p", 0, b"{", b"")
+    assert cniprotocol.parse_plugin_output("x", "DEL", "p", 0, b"", b"") is None
+    assert cniprotocol.parse_plugin_output("x", "ADD", "p", 0, json.dumps(RESULT).encode(), b"") == RESULT
+    with pytest.raises(cniprotocol.CNIPluginError, match="not JSON"):
+        cniprotocol.parse_plugin_output("x", "ADD", "p", 0, b"{", b"")
 
 
 def test_default_bridge_conflist_is_valid() -> None:
-    net = cni.parse_network_config(json.loads(cni.default_bridge_conflist("10.5.0.0/16", "br9", "/var/lib/x")))
+    net = cniprotocol.parse_network_config(json.loads(cniprotocol.default_bridge_conflist("10.5.0.0/16", "br9", "/var/lib/x")))
     bridge, portmap = net.plugins
     assert net.plugin_types == ["bridge", "portmap"]
     assert bridge["bridge"] == "br9" and bridge["isGateway"] and not bridge["ipMasq"] and bridge["hairpinMode"]
     assert bridge["ipam"]["dataDir"] == "/var/lib/x"
     assert bridge["ipam"]["ranges"] == [[{"subnet": "10.5.0.0/16"}]]
     assert portmap["capabilities"] == {"portMappings": True}
-    assert json.loads(cni.DEFAULT_BRIDGE_CONFLIST)["plugins"][0]["bridge"] == "cripy0"
+    assert json.loads(cniprotocol.DEFAULT_BRIDGE_CONFLIST)["plugins"][0]["bridge"] == "cripy0"
 
 
 # ---------------------------------------------------------------------------------------------------- the manager
@@ -260,11 +260,11 @@ async def test_attach_runs_loopback_then_list_and_caches(world: FakeWorld, netns
     world.write_conf()
     manager = world.manager()
     result = await manager.attach("pod1", netns, pod_name="web", pod_namespace="ns1", pod_uid="uid1",
-                                  port_mappings=[cni.PortMapping(8080, 80), cni.PortMapping(0, 81)])
+                                  port_mappings=[cniprotocol.PortMapping(8080, 80), cniprotocol.PortMapping(0, 81)])
     calls = world.calls()
     assert [(c[0], c[1]) for c in calls] == [("loopback", "ADD"), ("first", "ADD"), ("second", "ADD")]
     assert calls[0][2].startswith(f"{netns}|lo|")
-    assert calls[1][2] == f"{netns}|eth0|" + cni.cni_args("pod1", "web", "ns1", "uid1")
+    assert calls[1][2] == f"{netns}|eth0|" + cniprotocol.cni_args("pod1", "web", "ns1", "uid1")
     assert "prevResult" not in calls[1][3]
     assert calls[2][3]["prevResult"]["ips"][0]["address"] == "10.9.0.1/24"  # first's result reaches second
     assert calls[2][3]["runtimeConfig"] == {"portMappings": [{"hostPort": 8080, "containerPort": 80,
@@ -280,7 +280,7 @@ async def test_attach_runs_loopback_then_list_and_caches(world: FakeWorld, netns
 async def test_detach_uses_cache_after_conf_change(world: FakeWorld, netns: Path) -> None:
     world.write_conf()
     await world.manager().attach("pod1", netns, pod_name="web", pod_namespace="ns1", pod_uid="uid1",
-                                 port_mappings=[cni.PortMapping(8080, 80)])
+                                 port_mappings=[cniprotocol.PortMapping(8080, 80)])
     for f in world.conf.iterdir():
         f.unlink()
     for f in world.log.iterdir():
