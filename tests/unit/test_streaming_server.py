@@ -19,7 +19,8 @@ from cryptography.x509.oid import NameOID
 
 from cripy.errors import InvalidArgument
 from cripy.streaming import channels, websocket
-from cripy.streaming.remotecommand import ExecRequest, Outcome, status_payload, validate_exec
+from cripy.streaming.commandsession import Outcome, status_payload
+from cripy.streaming.remotecommand import ExecRequest, validate_exec
 from cripy.streaming.server import (KIND_EXEC, KIND_PORTFORWARD, HttpError, InputPipe, Pump, ServerSettings,
                                     StreamingServer, negotiate, parse_request_head, route)
 
