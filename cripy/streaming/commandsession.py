@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from cripy.errors import CripyError
 from cripy.streaming import channels, spdy
 from cripy.streaming.channels import ResizeDecoder, TerminalSize
-from cripy.streaming.server import (CLOSED, ChannelClosed, ChannelMessage, ClientGone, InputPipe, Pump, SpdyPump,
-                                    WebSocketPump)
+from cripy.streaming.pumps import (CLOSED, ChannelClosed, ChannelMessage, ClientGone, InputPipe, Pump, SpdyPump,
+                                   WebSocketPump)
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,7 @@ from cripy.errors import FailedPrecondition, InvalidArgument
 from cripy.linux.namespaces import in_netns
 from cripy.pods.model import STATE_READY
 from cripy.streaming import channels, spdy
-from cripy.streaming.server import (CLOSED, ChannelMessage, ClientGone, InputPipe, Pump, SpdyPump, WebSocketPump)
+from cripy.streaming.pumps import (CLOSED, ChannelMessage, ClientGone, InputPipe, Pump, SpdyPump, WebSocketPump)
 
 if TYPE_CHECKING:
     from cripy.pods.manager import PodManager

@@ -39,7 +39,7 @@ from cripy.errors import CripyError, FailedPrecondition, Internal, InvalidArgume
 from cripy.oci.bundle import read_config
 from cripy.streaming.channels import TerminalSize
 from cripy.streaming.commandsession import STDERR, STDOUT, CommandIO, Outcome, command_session
-from cripy.streaming.server import InputPipe, Pump
+from cripy.streaming.pumps import InputPipe, Pump
 
 if TYPE_CHECKING:
     from cripy.containers.container import Container

@@ -28,8 +28,8 @@ from cripy.images.distribution import parse_www_authenticate, registry_error_tex
 from cripy.images.registry import RegistryClient
 from cripy.images.unpack import unpack_stream
 from cripy.streaming import spdy, spdyframing, websocket
-from cripy.streaming.server import (KIND_EXEC, HttpError, ServerSettings, StreamingServer, negotiate,
-                                    parse_request_head)
+from cripy.streaming.handshake import KIND_EXEC, HttpError, negotiate, parse_request_head
+from cripy.streaming.server import ServerSettings, StreamingServer
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))
 FUZZ = settings(max_examples=EXAMPLES * 8, deadline=None, database=None,

@@ -21,8 +21,9 @@ from cripy.errors import InvalidArgument
 from cripy.streaming import channels, websocket
 from cripy.streaming.commandsession import Outcome, status_payload
 from cripy.streaming.remotecommand import ExecRequest, validate_exec
-from cripy.streaming.server import (KIND_EXEC, KIND_PORTFORWARD, HttpError, InputPipe, Pump, ServerSettings,
-                                    StreamingServer, negotiate, parse_request_head, route)
+from cripy.streaming.handshake import KIND_EXEC, KIND_PORTFORWARD, HttpError, negotiate, parse_request_head, route
+from cripy.streaming.pumps import InputPipe, Pump
+from cripy.streaming.server import ServerSettings, StreamingServer
 
 WS_KEY = base64.b64encode(b"0123456789abcdef").decode()
 
