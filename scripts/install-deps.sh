@@ -21,10 +21,11 @@ if ((${#missing[@]})); then
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-if [ ! -x .venv/bin/python ] || ! cmp -s requirements-dev.txt .venv/.installed-requirements; then
+# Both files: requirements-dev.txt includes requirements.txt, and a change to either must reach the venv.
+if [ ! -x .venv/bin/python ] || ! cat requirements.txt requirements-dev.txt | cmp -s - .venv/.installed-requirements; then
     echo "setting up the Python venv (.venv)"
     "$PYTHON" -m venv .venv
     .venv/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
     .venv/bin/pip install --quiet --disable-pip-version-check --no-deps -e .
-    cp requirements-dev.txt .venv/.installed-requirements
+    cat requirements.txt requirements-dev.txt > .venv/.installed-requirements
 fi

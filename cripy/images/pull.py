@@ -39,8 +39,12 @@ from cripy.images.manifest import (
 from cripy.images.policy import load_policy
 from cripy.images.reference import Reference, is_short_name
 from cripy.images.registries import PullSource, RegistriesConf, load_registries_conf
+from cripy import timing
+from cripy.images import progress
+from cripy.images.progress import LayerProgress, ProgressBoard, PullCounts
 from cripy.images.store import Image, ImageStore, LayerSource, LayerStream
 from cripy.linux.memory import release_free_heap
+from cripy.timing import step
 
 if TYPE_CHECKING:
     # The HTTP stack (aiohttp) is imported at the first pull, not at start-up: a node that never pulls (or has
@@ -71,10 +75,12 @@ class PullRequest:
 class Puller:
     """Pulls images into one ImageStore, with the pull settings of the config."""
 
-    def __init__(self, store: ImageStore, settings: ImagesConfig) -> None:
+    def __init__(self, store: ImageStore, settings: ImagesConfig, board: ProgressBoard | None = None) -> None:
         self._store = store
         self._settings = settings
+        self.board = board or ProgressBoard()
         self._in_flight: dict[tuple[str, str], asyncio.Task[Image]] = {}
+        self._callers: dict[tuple[str, str], timing.Call | None] = {}
         self._layer_slots = asyncio.Semaphore(settings.max_parallel_layers)
         self._session: aiohttp.ClientSession | None = None
 
@@ -108,23 +114,43 @@ class Puller:
         running = self._in_flight.get(key)
         if running is not None:
             log.info("pull of %s already in progress: waiting for it", request.image)
+            timing.join(self._callers.get(key))
         else:
-            running = asyncio.get_running_loop().create_task(self._pull(request), name=f"pull {request.image}")
+            running = asyncio.get_running_loop().create_task(self._tracked_pull(request), name=f"pull {request.image}")
             self._in_flight[key] = running
+            self._callers[key] = timing.current()
             running.add_done_callback(lambda _: self._pull_done(key))
         return await asyncio.shield(running)
 
+    async def _tracked_pull(self, request: PullRequest) -> Image:
+        """The pull, with its progress on the board and its outcome counted; its call stays listed in flight
+        until it ends, even if the client gave up."""
+        operation = self.board.begin(progress.PULL, request.image)
+        with timing.hold(), step("image.pull"):
+            try:
+                image = await self._pull(request, operation)
+            except BaseException as e:
+                self.board.finish(operation, e)
+                reason = _reason(e)
+                self.board.pulls.failed[reason] = self.board.pulls.failed.get(reason, 0) + 1
+                raise
+        self.board.finish(operation, image_id=image.id)
+        self.board.pulls.succeeded += 1
+        return image
+
     def _pull_done(self, key: tuple[str, str]) -> None:
         self._in_flight.pop(key, None)
+        self._callers.pop(key, None)
         if not self._in_flight:
             # The last pull's buffers are free now; without this the daemon keeps its peak RSS.
             asyncio.get_running_loop().run_in_executor(None, release_free_heap)
 
-    async def _pull(self, request: PullRequest) -> Image:
+    async def _pull(self, request: PullRequest, operation: progress.Operation) -> Image:
         # File reads and parsing: in a thread, not on the event loop that serves every other CRI call.
-        conf, policy, auth_store = await asyncio.to_thread(
-            lambda: (self.registries(), load_policy(Path(self._settings.signature_policy)), self._auth_store())
-        )
+        with step("image.resolve"):
+            conf, policy, auth_store = await asyncio.to_thread(
+                lambda: (self.registries(), load_policy(Path(self._settings.signature_policy)), self._auth_store())
+            )
         failures: list[tuple[str, CripyError]] = []
         for candidate in conf.candidates(request.image):
             policy.check(candidate)
@@ -132,7 +158,7 @@ class Puller:
                 where = f"{source.reference}" + (" (mirror)" if source.is_mirror else "")
                 credentials = self._credentials_for(source, request, auth_store)
                 try:
-                    return await self._pull_from(candidate, source, credentials)
+                    return await self._pull_from(candidate, source, credentials, operation)
                 except _TRY_NEXT as e:
                     log.warning("pull of %s from %s failed: %s", candidate, where, e)
                     failures.append((where, e))
@@ -156,7 +182,8 @@ class Puller:
                 return request.credentials
         return auth_store.lookup(source.reference)
 
-    async def _pull_from(self, wanted: Reference, source: PullSource, credentials: Credentials | None) -> Image:
+    async def _pull_from(self, wanted: Reference, source: PullSource, credentials: Credentials | None,
+                         operation: progress.Operation) -> Image:
         ref = source.reference
         from cripy.images.registry import RegistryClient
 
@@ -173,28 +200,24 @@ class Puller:
             throughput_window=self._settings.pull_throughput_window_seconds,
         )
         started = time.monotonic()
-        media_type, body, digest = await client.get_manifest(ref.path, ref.digest or ref.tag or "latest")
-        document = parse_manifest(media_type, body)
-        if isinstance(document, ImageIndex):
-            chosen = select_platform(document, self.platform())
-            log.info("pull %s: index %s, platform %s -> %s", wanted, digest, self.platform(), chosen.digest)
-            media_type, body, digest = await client.get_manifest(ref.path, chosen.digest)
-            document = parse_manifest(media_type, body)
-            if not isinstance(document, ImageManifest):
-                raise InvalidArgument(f"manifest {chosen.digest} of {ref} is an index inside an index")
-        manifest = document
-        config_bytes = await self._fetch_small_blob(client, ref, manifest.config)
+        with step("image.manifest"):
+            manifest, body, media_type, digest = await self._fetch_manifest(client, ref, wanted)
+        with step("image.config"):
+            config_bytes = await self._fetch_small_blob(client, ref, manifest.config)
         config = parse_image_config(config_bytes)
         check_config_matches(manifest, config)
+        shown = [LayerProgress(desc.digest, desc.size) for desc in manifest.layers]
+        operation.set_layers(shown)
         layers = [
             LayerSource(
                 diff_id=diff_id,
                 media_type=desc.media_type,
                 fetch=None,
                 label=desc.digest,
-                stream=self._layer_streamer(client, ref, desc, wanted),
+                stream=self._layer_streamer(client, ref, desc, wanted, layer),
+                progress=layer,
             )
-            for desc, diff_id in zip(manifest.layers, config.diff_ids)
+            for desc, diff_id, layer in zip(manifest.layers, config.diff_ids, shown)
         ]
         image = await self._store.add_image(
             manifest=body,
@@ -208,6 +231,20 @@ class Puller:
         log.info("pulled %s from %s in %.2fs: image %s", wanted, ref.domain, time.monotonic() - started, image.id)
         return image
 
+    async def _fetch_manifest(self, client: RegistryClient, ref: Reference,
+                              wanted: Reference) -> tuple[ImageManifest, bytes, str, str]:
+        """The image manifest: the one named, or this platform's from the index named."""
+        media_type, body, digest = await client.get_manifest(ref.path, ref.digest or ref.tag or "latest")
+        document = parse_manifest(media_type, body)
+        if isinstance(document, ImageIndex):
+            chosen = select_platform(document, self.platform())
+            log.info("pull %s: index %s, platform %s -> %s", wanted, digest, self.platform(), chosen.digest)
+            media_type, body, digest = await client.get_manifest(ref.path, chosen.digest)
+            document = parse_manifest(media_type, body)
+            if not isinstance(document, ImageManifest):
+                raise InvalidArgument(f"manifest {chosen.digest} of {ref} is an index inside an index")
+        return document, body, media_type, digest
+
     async def _fetch_small_blob(self, client: RegistryClient, ref: Reference, desc: Descriptor) -> bytes:
         """A small blob (the config) into memory, verified like any download."""
         parts: list[bytes] = []
@@ -215,16 +252,25 @@ class Puller:
         async def collect(chunk: bytes) -> None:
             parts.append(chunk)
 
-        await client.stream_blob(ref.path, desc, collect, reset=parts.clear)
+        await client.stream_blob(ref.path, desc, collect, _ByteCount(self.board.pulls), reset=parts.clear)
         return b"".join(parts)
 
-    def _layer_streamer(self, client: RegistryClient, ref: Reference, desc: Descriptor, wanted: Reference) -> LayerStream:
+    def _layer_streamer(self, client: RegistryClient, ref: Reference, desc: Descriptor, wanted: Reference,
+                        shown: LayerProgress) -> LayerStream:
         """Download straight into the store's unpacker: no blob file written and read back, and the unpacking
         of a layer overlaps its own download. The slot is held until the last byte is handed on."""
         async def stream(sink: BlobSink) -> None:
-            async with self._layer_slots:
+            slots = self._layer_slots  # a reload may replace it meanwhile: release the one acquired
+            with step("layer.wait", desc.digest):
+                await slots.acquire()
+            try:
                 log.info("pull %s: downloading layer %s (%d bytes) from %s", wanted, desc.digest, desc.size, ref.domain)
-                await client.stream_blob(ref.path, desc, sink, _ProgressLog(str(wanted), desc.digest))
+                shown.begin()
+                with step("layer.download", desc.digest):
+                    await client.stream_blob(ref.path, desc, sink, _LayerFeed(str(wanted), shown, self.board.pulls))
+                self.board.pulls.layers += 1
+            finally:
+                slots.release()
 
         return stream
 
@@ -243,20 +289,43 @@ class Puller:
         return self._session
 
 
-class _ProgressLog:
-    """Logs a layer's bytes done every few seconds while it downloads."""
+class _ByteCount:
+    """Counts the bytes a blob download receives (a download that starts over counts its bytes again)."""
 
-    def __init__(self, image: str, digest: str) -> None:
-        self._image = image
-        self._digest = digest
-        self._last = time.monotonic()
+    def __init__(self, counts: PullCounts) -> None:
+        self._counts = counts
+        self._last = 0
 
     def __call__(self, done: int, total: int) -> None:
+        self._counts.bytes += done - self._last if done >= self._last else done
+        self._last = done
+
+
+class _LayerFeed(_ByteCount):
+    """A layer download's progress: counted, shown (progress board) and logged every few seconds."""
+
+    def __init__(self, image: str, shown: LayerProgress, counts: PullCounts) -> None:
+        super().__init__(counts)
+        self._image = image
+        self._shown = shown
+        self._logged = time.monotonic()
+
+    def __call__(self, done: int, total: int) -> None:
+        super().__call__(done, total)
+        self._shown.advance(done)
         now = time.monotonic()
-        if now - self._last >= PROGRESS_LOG_INTERVAL or (done == total and total > 0):
-            self._last = now
+        if now - self._logged >= PROGRESS_LOG_INTERVAL or (done == total and total > 0):
+            self._logged = now
             percent = 100.0 * done / total if total else 0.0
-            log.info("pull %s: layer %s %d/%d bytes (%.0f%%)", self._image, self._digest, done, total, percent)
+            log.info("pull %s: layer %s %d/%d bytes (%.0f%%)", self._image, self._shown.digest, done, total, percent)
+
+
+def _reason(error: BaseException) -> str:
+    """A failed pull's reason as a metric label: its error kind in snake case (not_found, unavailable, ...)."""
+    if isinstance(error, asyncio.CancelledError):
+        return "cancelled"
+    name = type(error).__name__ if isinstance(error, CripyError) else "internal"
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
 
 
 def _registry_host(server: str) -> str:
