@@ -199,6 +199,22 @@ class Peer:
     def version(self) -> str:
         raise NotImplementedError
 
+    def state_files(self) -> list[Path]:
+        """The runtime's metadata database files (their size should not grow with churn)."""
+        raise NotImplementedError
+
+    def state_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.state_files() if p.exists())
+
+    def daemon_resources(self) -> dict[str, float]:
+        """The daemon's open fds and threads now."""
+        pid = self.pid
+        if pid is None:
+            return {"fds": 0, "threads": 0}
+        threads = next((int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                        if line.startswith("Threads:")), 0)
+        return {"fds": len(os.listdir(f"/proc/{pid}/fd")), "threads": threads}
+
     # -- lifecycle
 
     @property
@@ -361,6 +377,9 @@ plugin_dirs = ["{CNI_BIN_DIR}"]
     def is_helper(self, proc: ProcInfo) -> bool:
         return proc.name == "conmon" and str(self.runroot) in proc.cmdline
 
+    def state_files(self) -> list[Path]:
+        return [self.root / "cripy.db", self.root / "cripy.db-wal"]
+
     def version(self) -> str:
         reply = self.runtime.Version(api_pb2.VersionRequest(), timeout=10)
         return reply.runtime_version
@@ -438,6 +457,9 @@ oom_score = 0
 
     def is_helper(self, proc: ProcInfo) -> bool:
         return proc.name.startswith("containerd-shim") and f"-address {self.socket} " in proc.cmdline + " "
+
+    def state_files(self) -> list[Path]:
+        return [self.root / "io.containerd.metadata.v1.bolt" / "meta.db"]
 
     def version(self) -> str:
         reply = self.runtime.Version(api_pb2.VersionRequest(), timeout=10)

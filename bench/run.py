@@ -28,12 +28,14 @@ from bench import report
 from bench.images import ImageSizes, build_images, push_images
 from bench.peers import (BenchNetwork, ContainerdPeer, CripyPeer, Peer, containerd_package_version,
                          ensure_containerd, remove_cgroup_tree, tool_version, unmount_under)
+from bench.scale import kubelet_scale
 from bench.scenarios import SCENARIOS, Driver, Plan, Results, image_pulls, pull_warm_images, record_idle_memory
 from tests.support.registry import Registry
 
 PR_SET_CHILD_SUBREAPER = 36
 CONTAINERD_RUN_DIRS = (Path("/run/containerd/s"), Path("/run/containerd"))  # deepest first
-SCENARIO_NAMES = ("pull",) + tuple(name for name, _ in SCENARIOS)
+ALL_SCENARIOS = (*SCENARIOS, ("scale", kubelet_scale))
+SCENARIO_NAMES = ("pull",) + tuple(name for name, _ in ALL_SCENARIOS)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -147,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
             steps.append(("pull", lambda: image_pulls(drivers, plan, results)))
         steps.append(("warm images", lambda: pull_warm_images(drivers)))
         steps.append(("idle memory", lambda: record_idle_memory(drivers, results, "idle (after pulls, no pods)")))
-        steps += [(name, (lambda fn=fn: fn(drivers, plan, results))) for name, fn in SCENARIOS if name in wanted]
+        steps += [(name, (lambda fn=fn: fn(drivers, plan, results))) for name, fn in ALL_SCENARIOS if name in wanted]
         for name, step in steps:
             log(f"scenario {name}")
             begin = time.monotonic()
@@ -180,7 +182,9 @@ READING_NOTES = (
 def plan_note(plan: Plan) -> str:
     return (f"iterations: lifecycle {plan.lifecycle_iterations}, ExecSync {plan.exec_iterations}, list "
             f"{plan.list_iterations}, pulls {plan.pull_iterations}, concurrent rounds {plan.concurrent_rounds} x "
-            f"{plan.concurrent_pods} pods; memory with {plan.memory_pods} pods; CPU window "
+            f"{plan.concurrent_pods} pods; memory with {plan.memory_pods} pods; scale: {plan.scale_pods} pods, "
+            f"{plan.scale_parallel} at a time, polled {plan.poll_seconds:.0f} s, {plan.churn_rounds} churn rounds; "
+            "CPU window "
             f"{plan.cpu_window_seconds:.0f} s. Memory: RSS from /proc/<pid>/statm, PSS from smaps_rollup; helpers "
             "are the conmon processes whose command line names cripy's run root, and the containerd-shim "
             "processes whose -address is this containerd's socket; pause processes are their children running "

@@ -51,6 +51,10 @@ class Plan:
     pull_iterations: int
     memory_pods: int
     cpu_window_seconds: float
+    scale_pods: int  # the kubelet's default max-pods
+    scale_parallel: int
+    poll_seconds: float
+    churn_rounds: int
 
     @classmethod
     def make(cls, quick: bool, iterations: int | None = None) -> Plan:
@@ -58,11 +62,13 @@ class Plan:
             n = iterations or 3
             return cls(quick, lifecycle_iterations=n, exec_iterations=n, list_iterations=n, list_pods=2,
                        list_containers_per_pod=5, concurrent_pods=4, concurrent_rounds=1, pull_iterations=1,
-                       memory_pods=5, cpu_window_seconds=5.0)
+                       memory_pods=5, cpu_window_seconds=5.0, scale_pods=12, scale_parallel=4, poll_seconds=3.0,
+                       churn_rounds=2)
         n = iterations or 30
         return cls(quick, lifecycle_iterations=n, exec_iterations=max(n, 50), list_iterations=n, list_pods=20,
                    list_containers_per_pod=10, concurrent_pods=20, concurrent_rounds=3, pull_iterations=3,
-                   memory_pods=50, cpu_window_seconds=60.0)
+                   memory_pods=50, cpu_window_seconds=60.0, scale_pods=110, scale_parallel=10, poll_seconds=30.0,
+                   churn_rounds=10)
 
 
 # ---------------------------------------------------------------------------------------------------- results
@@ -419,3 +425,4 @@ SCENARIOS: tuple[tuple[str, Callable[[Sequence[Driver], Plan, Results], None]], 
     ("list", list_calls),
     ("memory", memory_and_cpu),
 )
+# bench/scale.py's kubelet-scale scenario is appended by bench/run.py (it builds on Driver and Plan from here).

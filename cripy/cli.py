@@ -1,4 +1,4 @@
-"""The `cripy` command: run the daemon (no sub-command), or `config`, `version`, `ctl`, `image import`."""
+"""The `cripy` command: run the daemon (no sub-command), or `config`, `version`, `ctl`, `image import|trust`."""
 
 from __future__ import annotations
 
@@ -7,7 +7,16 @@ import sys
 from pathlib import Path
 
 from cripy import CRI_API_VERSION, __version__
-from cripy.config import DEFAULT_CONFIG_PATH, DEFAULT_DROPIN_DIR, Config, ConfigError, load_config, to_toml, validate
+from cripy.config import (
+    DEFAULT_CONFIG_PATH,
+    DEFAULT_DROPIN_DIR,
+    Config,
+    ConfigError,
+    config_files,
+    load_config,
+    to_toml,
+    validate,
+)
 
 COMMANDS = ("config", "version", "ctl", "image", "daemon")
 
@@ -36,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from cripy.daemon import run_daemon
 
-    return run_daemon(config, reload=lambda: _effective_config(args))
+    return run_daemon(config, reload=lambda: _effective_config(args),
+                      config_files=lambda: config_files(args.config, args.config_dir))
 
 
 OPTIONS_WITH_VALUES = ("--config", "--config-dir", "--root", "--runroot", "--listen", "--log-level")
@@ -75,6 +85,11 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("path", type=Path)
     imp.add_argument("--name", default="", help="name to give the image (when the archive carries none)")
     imp.add_argument("--runtime-endpoint", "-r", default="", help="cripy's socket (default: from the config)")
+    trust = image_sub.add_parser("trust", help="which trust policy applies to an image, and (--check) whether "
+                                               "the image the registry serves now would be accepted")
+    trust.add_argument("image", help="image reference, as a pod spec names it")
+    trust.add_argument("--namespace", "-n", default="", help="the Kubernetes namespace of the pod pulling it")
+    trust.add_argument("--check", action="store_true", help="fetch the manifest and signatures and judge them")
     return parser
 
 
@@ -92,6 +107,8 @@ def _effective_config(args: argparse.Namespace) -> Config:
 
 
 def _image_command(args: argparse.Namespace) -> int:
+    if args.image_command == "trust":
+        return _trust_command(args)
     import grpc
 
     from cripy.cri import admin
@@ -109,6 +126,21 @@ def _image_command(args: argparse.Namespace) -> int:
     for image in reply["images"]:
         print(f"imported {image['id']} {' '.join(image['repoTags'] + image['repoDigests'])}")
     return 0
+
+
+def _trust_command(args: argparse.Namespace) -> int:
+    """Runs locally with the node's configuration files, like the daemon's pulls; needs no running daemon."""
+    from cripy.errors import CripyError
+    from cripy.images.trust.explain import run
+
+    settings = _effective_config(args).images
+    try:
+        code, lines = run(settings, args.image, args.namespace, args.check)
+    except CripyError as e:
+        print(f"cripy image trust: {e}", file=sys.stderr)
+        return 2
+    print("\n".join(lines))
+    return code
 
 
 if __name__ == "__main__":

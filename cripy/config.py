@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomli_w
 
 DEFAULT_CONFIG_PATH = Path("/etc/cripy/cripy.toml")
 DEFAULT_DROPIN_DIR = Path("/etc/cripy/cripy.d")
@@ -51,6 +50,9 @@ class ImagesConfig:
     registries_conf_d: str = "/etc/containers/registries.conf.d"
     auth_file: str = ""
     signature_policy: str = "/etc/containers/policy.json"
+    # <dir>/<namespace>.json, when present, replaces signature_policy for pulls on behalf of that namespace's pods.
+    signature_policy_dir: str = "/etc/cripy/policies"
+    registries_d: str = "/etc/containers/registries.d"
     certs_dir: str = "/etc/containers/certs.d"
     platform: str = ""
     max_parallel_layers: int = 3
@@ -61,13 +63,23 @@ class ImagesConfig:
     pinned_images: list[str] = field(default_factory=list)
 
 
+HANDLER_KINDS = ("runc", "gvisor")
+
+
 @dataclass
 class RuntimeHandlerConfig:
-    """One OCI runtime reachable by a RuntimeClass handler name."""
+    """One OCI runtime reachable by a RuntimeClass handler name.
+
+    kind "runc" is a runc-compatible runtime; "gvisor" is gVisor's runsc, whose `platform` (ptrace, kvm, ...) is
+    passed as --platform. runtime_args are further global flags given before every verb (e.g. runsc's
+    --network=host)."""
 
     runtime_path: str = "/usr/bin/runc"
     runtime_root: str = ""
     runtime_type: str = "oci"
+    kind: str = "runc"
+    platform: str = ""
+    runtime_args: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -144,18 +156,24 @@ class Config:
 
 def load_config(path: Path | None = None, dropin_dir: Path | None = None, *, must_exist: bool = False) -> Config:
     """Read the main file (if present) and its drop-ins into a validated Config."""
-    path = DEFAULT_CONFIG_PATH if path is None else path
-    dropin_dir = DEFAULT_DROPIN_DIR if dropin_dir is None else dropin_dir
+    main = DEFAULT_CONFIG_PATH if path is None else path
+    if must_exist and not main.exists():
+        raise ConfigError(f"config file {main} does not exist")
     config = Config()
-    if path.exists():
-        _apply_file(config, path)
-    elif must_exist:
-        raise ConfigError(f"config file {path} does not exist")
-    if dropin_dir.is_dir():
-        for dropin in sorted(dropin_dir.glob("*.toml")):
-            _apply_file(config, dropin)
+    for source in config_files(path, dropin_dir):
+        _apply_file(config, source)
     validate(config)
     return config
+
+
+def config_files(path: Path | None = None, dropin_dir: Path | None = None) -> list[Path]:
+    """The files load_config reads, in the order it applies them: the main file if present, then the drop-ins."""
+    path = DEFAULT_CONFIG_PATH if path is None else path
+    dropin_dir = DEFAULT_DROPIN_DIR if dropin_dir is None else dropin_dir
+    files = [path] if path.exists() else []
+    if dropin_dir.is_dir():
+        files += sorted(dropin_dir.glob("*.toml"))
+    return files
 
 
 def validate(config: Config) -> None:
@@ -173,6 +191,7 @@ def validate(config: Config) -> None:
     for name, handler in config.runtime.handlers.items():
         if handler.runtime_type != "oci":
             raise ConfigError(f"runtime.handlers.{name}.runtime_type: only \"oci\" is supported")
+        _validate_handler(name, handler)
     if config.images.max_parallel_layers < 1:
         raise ConfigError("images.max_parallel_layers: must be at least 1")
     for key in ("pull_retries", "pull_min_throughput_bytes"):
@@ -180,6 +199,10 @@ def validate(config: Config) -> None:
             raise ConfigError(f"images.{key}: must not be negative")
     if config.images.pull_throughput_window_seconds <= 0:
         raise ConfigError("images.pull_throughput_window_seconds: must be positive")
+    for key in ("signature_policy", "signature_policy_dir", "registries_d"):
+        value = getattr(config.images, key)
+        if value and not Path(value).is_absolute():
+            raise ConfigError(f"images.{key}: {value!r} must be an absolute path")
     for key in ("root", "runroot", "listen"):
         if not Path(getattr(config.cripy, key)).is_absolute():
             raise ConfigError(f"cripy.{key}: {getattr(config.cripy, key)!r} must be an absolute path")
@@ -202,6 +225,26 @@ def _validate_observability(config: Config) -> None:
         raise ConfigError(f"tracing.endpoint: {endpoint!r} must start with http:// (plain gRPC) or https:// (TLS)")
     if not 0.0 <= config.tracing.sampling_ratio <= 1.0:
         raise ConfigError("tracing.sampling_ratio: must be between 0 and 1")
+
+
+def _validate_handler(name: str, handler: RuntimeHandlerConfig) -> None:
+    where = f"runtime.handlers.{name}"
+    if handler.kind not in HANDLER_KINDS:
+        raise ConfigError(f"{where}.kind: {handler.kind!r} is not one of {', '.join(HANDLER_KINDS)}")
+    if handler.platform and handler.kind != "gvisor":
+        raise ConfigError(f"{where}.platform: only a gvisor handler has a platform")
+    if handler.platform and not handler.platform.isidentifier():
+        raise ConfigError(f"{where}.platform: {handler.platform!r} is not a platform name")
+    for arg in handler.runtime_args:
+        if not arg.startswith("--") or arg.split("=", 1)[0] in ("--root", "--platform"):
+            raise ConfigError(f"{where}.runtime_args: {arg!r} is not a global flag cripy leaves to the config "
+                              "(--name=value; --root is runtime_root, --platform is platform)")
+
+
+def handler_global_args(handler: RuntimeHandlerConfig) -> tuple[str, ...]:
+    """The flags a handler's runtime gets before every verb, after --root."""
+    platform = handler.platform or ("ptrace" if handler.kind == "gvisor" else "")
+    return ((f"--platform={platform}",) if platform else ()) + tuple(handler.runtime_args)
 
 
 def _validate_streaming(streaming: StreamingConfig) -> None:
@@ -243,6 +286,8 @@ def handler_runtime_root(config: Config, name: str) -> Path:
 
 def to_toml(config: Config) -> str:
     """The configuration as TOML, in the same shape the loader reads."""
+    import tomli_w  # only `cripy config` writes TOML: not loaded by the daemon
+
     return tomli_w.dumps(dataclasses.asdict(config))
 
 

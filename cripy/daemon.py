@@ -16,8 +16,8 @@ import dataclasses
 import logging
 import os
 import signal
-from pathlib import Path
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import grpc
@@ -25,13 +25,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
 from cripy import service, timing
-from cripy.config import Config, ConfigError, handler_runtime_root
+from cripy.config import Config, ConfigError, handler_global_args, handler_runtime_root
 from cripy.containers.manager import ContainerManager
 from cripy.containers.spec import SpecSettings
 from cripy.cri.admin import admin_handler
 from cripy.cri.errors import IMAGE_SERVICE, RUNTIME_SERVICE
 from cripy.cri.handlers import service_handler
 from cripy.cri.images import ImageService
+from cripy.cri.info import status_info
 from cripy.cri.runtime import RuntimeService
 from cripy.images.archive import Importer
 from cripy.images.progress import ProgressBoard
@@ -41,19 +42,18 @@ from cripy.linux import cgroups
 from cripy.network.cni import CNIManager
 from cripy.observe.watchdog import Watchdog
 from cripy.oci.exits import ExitWatcher
+from cripy.oci import features
 from cripy.oci.features import HandlerFeatures
 from cripy.oci.runtime import OCIRuntime, RuntimeHandler
 from cripy.pods.manager import PodManager
 from cripy.storage.db import Database
 from cripy.storage.effects import EffectJournal
 from cripy.storage.layout import Layout
-from cripy.streaming.portforward import PortForwardHandler
-from cripy.streaming.remotecommand import AttachHandler, ExecHandler
-from cripy.streaming.server import KIND_ATTACH, KIND_EXEC, KIND_PORTFORWARD, ServerSettings, StreamingServer
 
 if TYPE_CHECKING:
     from cripy.observe.metrics import Metrics
     from cripy.observe.tracing import Tracing
+    from cripy.streaming.server import StreamingServer
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +61,17 @@ log = logging.getLogger(__name__)
 class Daemon:
     """One running cripy: storage, the domain services and the gRPC server."""
 
-    def __init__(self, config: Config, *, reload: Callable[[], Config] | None = None) -> None:
+    def __init__(self, config: Config, *, reload: Callable[[], Config] | None = None,
+                 config_files: Callable[[], list[Path]] = lambda: []) -> None:
         self.config = config
         self._reload = reload
+        self._config_files = config_files
+        self.config_files = config_files()  # the files `config` was read from, for Status's verbose info
         self.layout = Layout(config.root, config.runroot)
         self._stopping = asyncio.Event()
         self._server: grpc.aio.Server | None = None
         self.streaming: StreamingServer | None = None
+        self._streaming_lock = asyncio.Lock()
         self.db: Database | None = None
         self._reprobe: asyncio.Task[None] | None = None
         self.board = ProgressBoard()
@@ -87,7 +91,6 @@ class Daemon:
         await self._recover(journal)
         self.exits = ExitWatcher(self.layout.runroot / "exits", self.containers.handle_exit)
         await self.exits.start()
-        await self._start_streaming()
         await self._serve_grpc()
         log.info("cripy serving CRI on %s (root %s, run root %s)", self.config.cripy.listen, self.layout.root, self.layout.runroot)
         service.notify("READY=1", f"STATUS=serving CRI on {self.config.cripy.listen}", f"MAINPID={os.getpid()}")
@@ -173,6 +176,8 @@ class Daemon:
                     runtime_root=handler_runtime_root(self.config, name),
                     monitor_path=runtime.conmon,
                     runtime_type=handler.runtime_type,
+                    kind=handler.kind,
+                    global_args=handler_global_args(handler),
                 ),
                 exits_dir=self.layout.runroot / "exits",
                 log_level=self.config.cripy.log_level,
@@ -182,11 +187,19 @@ class Daemon:
         }
 
     async def _probe_runtime_features(self) -> None:
-        """Ask each handler's runtime what it supports (Status reports it, CreateContainer checks against it)."""
-        probed = await asyncio.gather(*(runtime.probe_features() for runtime in self.runtimes.values()))
-        for name, features in zip(self.runtimes, probed):
+        """Ask each handler's runtime what it supports (Status reports it, RunPodSandbox and CreateContainer check
+        against it), and the node whether cripy can id-map its image layers (user namespaces need it)."""
+        idmap_problem = await asyncio.to_thread(features.probe_node_idmap, self.layout.layers,
+                                                self.layout.runroot / "rootfs")
+        if idmap_problem is not None:
+            log.warning("no user namespaces on this node: %s", idmap_problem)
+        probed = await asyncio.gather(*(runtime.probe_features(node_idmap_problem=idmap_problem)
+                                        for runtime in self.runtimes.values()))
+        for name, found in zip(self.runtimes, probed):
             log.info("runtime handler %s: recursive read-only mounts %s, user namespaces %s (from %s)", name,
-                     _yes_no(features.recursive_read_only_mounts), _yes_no(features.user_namespaces), features.source)
+                     _yes_no(found.recursive_read_only_mounts), _yes_no(found.user_namespaces), found.source)
+            if found.platform_problem is not None:
+                log.warning("runtime handler %s cannot run containers on this node: %s", name, found.platform_problem)
 
     def handler_features(self) -> dict[str, HandlerFeatures]:
         """Every handler's features by name; "" (no RuntimeClass) is the default handler."""
@@ -203,14 +216,23 @@ class Daemon:
             cgroup_parent_default=self.config.runtime.cgroup_parent,
         )
 
-    async def _start_streaming(self) -> None:
-        settings = ServerSettings(**dataclasses.asdict(self.config.streaming))
-        self.streaming = StreamingServer(settings, {
-            KIND_EXEC: ExecHandler(self.containers),
-            KIND_ATTACH: AttachHandler(self.containers),
-            KIND_PORTFORWARD: PortForwardHandler(self.pods),
-        })
-        await self.streaming.start()
+    async def streaming_server(self) -> StreamingServer:
+        """The streaming server, started at the first Exec, Attach or PortForward (with the code behind it)."""
+        async with self._streaming_lock:
+            if self.streaming is None:
+                from cripy.streaming.portforward import PortForwardHandler
+                from cripy.streaming.remotecommand import AttachHandler, ExecHandler
+                from cripy.streaming.server import KIND_ATTACH, KIND_EXEC, KIND_PORTFORWARD, ServerSettings
+                from cripy.streaming.server import StreamingServer as Server
+
+                server = Server(ServerSettings(**dataclasses.asdict(self.config.streaming)), {
+                    KIND_EXEC: ExecHandler(self.containers),
+                    KIND_ATTACH: AttachHandler(self.containers),
+                    KIND_PORTFORWARD: PortForwardHandler(self.pods),
+                })
+                await server.start()
+                self.streaming = server
+            return self.streaming
 
     async def _serve_grpc(self) -> None:
         limit = self.config.cripy.grpc_max_message_bytes
@@ -222,8 +244,8 @@ class Daemon:
             containers=self.containers,
             handler_features=self.handler_features,
             network_status=self._network_status,
-            config_info=lambda: dataclasses.asdict(self.config),
-            streaming=self.streaming,
+            config_info=lambda: status_info(self.config, self.config_files, self.network, self.handler_features()),
+            streaming_server=self.streaming_server,
         )
         self._health = health_aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
@@ -263,6 +285,7 @@ class Daemon:
             log.error("configuration reload failed, keeping the running configuration: %s", e)
             service.notify("READY=1")
             return
+        self.config_files = self._config_files()
         service.set_log_level(new.cripy.log_level)
         # A runtime upgraded in place may offer more (or less) than it did: ask again.
         self._reprobe = asyncio.get_running_loop().create_task(self._probe_runtime_features())
@@ -323,8 +346,9 @@ def _yes_no(value: bool) -> str:
     return "yes" if value else "no"
 
 
-def run_daemon(config: Config, reload: Callable[[], Config] | None = None) -> int:
+def run_daemon(config: Config, reload: Callable[[], Config] | None = None,
+               config_files: Callable[[], list[Path]] = lambda: []) -> int:
     service.configure_logging(config.cripy.log_level, config.cripy.log_format)
-    asyncio.run(Daemon(config, reload=reload).run())
+    asyncio.run(Daemon(config, reload=reload, config_files=config_files).run())
     return 0
 

@@ -35,6 +35,7 @@ STEPS: dict[str, str] = {
     "cni.del": "CNI DEL: the pod detached from its network",
     "pod.infra": "the infra process (pause) started through conmon and runc",
     "ctr.rootfs": "the image's layers looked up and the container's overlay rootfs mounted",
+    "ctr.volumes": "the container's image volumes mounted",
     "ctr.user": "the process user resolved from the rootfs's passwd and group files",
     "ctr.spec": "the OCI runtime spec generated",
     "ctr.bundle": "the OCI bundle written",
@@ -45,7 +46,8 @@ STEPS: dict[str, str] = {
     "runtime.exec": "`runc exec` of an ExecSync command, until it exits",
     "image.pull": "a whole image pull, resolution to the last layer (one per pull, shared by joined retries)",
     "image.resolve": "registries.conf, the trust policy and the auth files read",
-    "image.manifest": "the manifest fetched (and this platform's manifest, when the first is an index)",
+    "image.manifest": "the manifest fetched (and this platform's manifest, when the first is an index), its "
+                      "signatures checked when the trust policy asks for them",
     "image.config": "the image config blob fetched",
     "layer.wait": "a layer waiting for one of the max_parallel_layers download slots",
     "layer.download": "a layer downloaded (streamed layers unpack while they download)",

@@ -1,12 +1,12 @@
 #!/bin/bash
-# Installs what cripy needs on a fresh Debian machine: the Debian packages (runc, conmon, CNI plugins, the
-# registry used by tests and the demo) and a venv with the pinned Python packages. Idempotent and quick when
-# everything is already there.
+# Installs what cripy needs on a fresh Debian machine: the Debian packages (runc, conmon, CNI plugins, gVisor's
+# runsc for sandboxed pods, the registry used by tests and the demo) and a venv with the pinned Python packages.
+# Idempotent and quick when everything is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(runc conmon containernetworking-plugins catatonit iproute2 iptables util-linux
-          docker-registry busybox-static zstd skopeo apache2-utils
+PACKAGES=(runc runsc conmon containernetworking-plugins catatonit iproute2 iptables util-linux
+          docker-registry busybox-static zstd skopeo apache2-utils gpg gpgv gpg-agent
           containerd)  # containerd: the peer of the benchmarks, whose --quick smoke run is part of the tests
 PYTHON=${PYTHON:-python3}
 

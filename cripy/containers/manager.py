@@ -1,25 +1,36 @@
 """Containers: create (rootfs + OCI spec + conmon/runc), start, stop, remove, exits, exec, updates, stats.
 
 The state machine is creating -> created -> running -> exited. Exits arrive from conmon's exit files through the
-exit watcher (no polling). Every side effect (directories, the rootfs mount, the runtime container) is journalled
-before it is made; a failed create undoes them all, and remove undoes what is left.
+exit watcher (no polling). Every side effect (directories, id-mapped mounts, the rootfs mount, image volume
+mounts, the runtime container) is journalled before it is made; a failed create undoes them all, and remove undoes
+what is left. A container holds its image and the images it mounts as volumes: it finds them and is recorded in one
+step, with image removals held off, so that no RemoveImage can take an image from under a container being created.
+
+In a pod with its own user namespace the rootfs is an overlay of id-mapped views of the shared image layers (the
+image's root-owned files are the pod root's, nothing is copied or chowned) over an upper directory owned by the
+pod's root, mounted at <run root>/rootfs/<id>: runc reaches the rootfs as the pod's root, so every directory on
+the way must let others search it, which the root directory (0700: the database, the layers) must not. A mount
+that asks for uid/gid mappings is bound from an id-mapped view of its host path. These views live under
+<run root>/idmap/<id>, away from the container's directories, whose removal must never reach through a mount
+into a host path.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import dataclasses
+from dataclasses import dataclass, field
 import logging
 import os
 import secrets
 import shutil
 import signal
 import time
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Awaitable, Callable
 
+from cripy.containers import imagevolumes
 from cripy.containers.container import (
     REASON_COMPLETED,
     REASON_ERROR,
@@ -33,13 +44,15 @@ from cripy.containers.container import (
     reserved_name,
 )
 from cripy.containers.events import ContainerEvent, EventBus, EventType
-from cripy.containers.model import ContainerRequest, ImageRuntimeConfig, NamespaceMode, Resources
+from cripy.containers.model import ContainerRequest, ImageRuntimeConfig, Mount, NamespaceMode, Resources
 from cripy.containers.spec import PodContext, SpecSettings, build_spec, spec_resources
+from cripy.containers.usage import ContainerUsage, WritableLayerCache, read_usage
 from cripy.containers.users import resolve_user
 from cripy.errors import CripyError, FailedPrecondition, InvalidArgument, NotFound
 from cripy.images.store import Image, ImageStore
-from cripy.linux import cgroups
+from cripy.linux import idmap, namespaces
 from cripy.linux import mount as mnt
+from cripy.oci import bundle as bundle_config
 from cripy.oci import features
 from cripy.oci.exits import read_oom_file
 from cripy.oci.features import HandlerFeatures
@@ -60,20 +73,6 @@ KILL_WAIT_SECONDS = 10.0
 _INSERTED = ("id", "pod_id", "name", "state", "created_at", "image_id", "image_name", "request", "log_path")
 _UPDATED = ("state", "started_at", "finished_at", "exit_code", "reason", "message", "pid", "conmon_pid",
             "stop_signal", "cgroup_path", "process_user")
-
-
-@dataclass(frozen=True)
-class ContainerStats:
-    container_id: str
-    timestamp_ns: int
-    cpu_usage_ns: int
-    memory_working_set: int
-    memory_usage: int
-    memory_rss: int
-    page_faults: int
-    major_page_faults: int
-    writable_bytes: int
-    writable_inodes: int
 
 
 EXIT_CLASSES = ("zero", "error", "signal")
@@ -112,6 +111,8 @@ class ContainerManager:
         self._runtimes = runtimes
         self._dirs = root / "containers"
         self._run_dirs = runroot / "containers"
+        self._idmap_dirs = runroot / "idmap"
+        self._userns_rootfs_dirs = runroot / "rootfs"
         self._settings = settings
         self._names = NameReservations("container")
         self._table = records.RecordTable(db, "containers", Container, _INSERTED, _UPDATED)
@@ -119,12 +120,16 @@ class ContainerManager:
         self._exited: dict[str, asyncio.Event] = {}
         self._cleanups: dict[str, asyncio.Task[None]] = {}
         self._warned: set[str] = set()
+        self._writable_layers = WritableLayerCache()
         self.events = EventBus()
         self.exits = ExitCounts()
         journal.register("ctr-dirs", self._undo_dirs)
+        journal.register("ctr-idmap", self._undo_idmap)
         journal.register("ctr-rootfs", self._undo_rootfs)
+        journal.register("ctr-image-volumes", self._undo_image_volumes)
         journal.register("ctr-runtime", self._undo_runtime)
         images.image_in_use = self._image_in_use
+        images.image_mounted_by = self._image_mounted_by
 
     # ---- queries --------------------------------------------------------------------------------------
 
@@ -160,7 +165,11 @@ class ContainerManager:
     def bundle_dir(self, ctr_id: str) -> Path:
         return self._run_dirs / ctr_id
 
-    def rootfs_dir(self, ctr_id: str) -> Path:
+    def rootfs_dir(self, ctr_id: str, pod: PodSandbox) -> Path:
+        """Where the container's overlay is mounted; in a pod with its own user namespace, on a path the pod's
+        root can search."""
+        if pod.userns is not None:
+            return self._userns_rootfs_dirs / ctr_id
         return self._dirs / ctr_id / "merged"
 
     def upper_dir(self, ctr_id: str) -> Path:
@@ -204,11 +213,12 @@ class ContainerManager:
             request=request,
             log_path=_log_path(pod, request),
         )
-        async with self._pods.lock(pod.id):
+        async with self._images.removals_held(), self._pods.lock(pod.id):
             current = await self._pods.get(pod.id)
             if current.state != STATE_READY:
                 raise FailedPrecondition(f"pod sandbox {pod.id} stopped while the container was being created")
-            await self._table.insert(container)
+            await self._find_held_images(container)
+            await self._table.insert(container)  # from here on, the container holds its images
         try:
             await self._set_up(container, pod, image)
         except BaseException as e:
@@ -221,17 +231,40 @@ class ContainerManager:
         log.info("container %s (%s) created in %.3fs", container.id, name, time.monotonic() - started)
         return container.id
 
+    async def _find_held_images(self, container: Container) -> None:
+        """The images the container will hold, looked up again with removals held off: its own (found before,
+        maybe removed since) and those of its image volumes, whose ids it records."""
+        if await self._images.get(container.image_id) is None:
+            raise NotFound(f"image {container.image_name!r} ({container.image_id}) was removed while container"
+                           f" {container.name} was being created")
+        for i, mount in enumerate(container.request.mounts):
+            if not mount.image:
+                continue
+            image = await self._images.find(mount.image)
+            if image is None:
+                raise NotFound(f"container {container.request.name!r}: mounts[{i}]: image {mount.image!r} of the image"
+                               f" volume at {mount.container_path} is not present: pull it first")
+            mount.image_id = image.id
+
     async def _set_up(self, container: Container, pod: PodSandbox, image: Image) -> None:
         ctr_dir = self._dirs / container.id
         bundle = self.bundle_dir(container.id)
-        rootfs = self.rootfs_dir(container.id)
-        with step("ctr.rootfs"):
-            await self._journal.record(container.id, "ctr-dirs", paths=[str(ctr_dir), str(bundle)])
-            layers = await self._images.layer_dirs(image.id)
-            await self._journal.record(container.id, "ctr-rootfs", path=str(rootfs))
-            await asyncio.to_thread(_mount_rootfs, ctr_dir, layers)
-        image_config = _image_runtime_config(image)
+        rootfs = self.rootfs_dir(container.id, pod)
         request = container.request
+        idmap_dir = self._idmap_dirs / container.id
+        with step("ctr.rootfs"):
+            await self._journal.record(container.id, "ctr-dirs", paths=[str(ctr_dir), str(bundle), str(rootfs)])
+            layers = await self._images.layer_dirs(image.id)
+            userns = pod.namespace_path("user")
+            if userns is not None or any(m.idmapped for m in request.mounts):
+                await self._journal.record(container.id, "ctr-idmap", path=str(idmap_dir))
+            await self._journal.record(container.id, "ctr-rootfs", path=str(rootfs))
+            await asyncio.to_thread(_mount_rootfs, ctr_dir, layers, rootfs,
+                                    _RootfsMapping(userns, pod.host_ids(), idmap_dir) if userns is not None else None)
+        image_config = _image_runtime_config(image)
+        with step("ctr.volumes"):
+            request = await self._mount_image_volumes(container, ctr_dir, idmap_dir)
+            mounts = await asyncio.to_thread(_idmapped_mount_sources, request, idmap_dir / "mounts")
         sec = request.security
         with step("ctr.user"):
             user = await asyncio.to_thread(
@@ -249,7 +282,7 @@ class ContainerManager:
         with step("ctr.spec"):
             built = await asyncio.to_thread(
                 build_spec,
-                request,
+                dataclasses.replace(request, mounts=mounts),
                 image_config,
                 ctr_id=container.id,
                 rootfs=rootfs,
@@ -267,7 +300,31 @@ class ContainerManager:
         container.stop_signal = request.stop_signal or image_config.stop_signal
         container.cgroup_path = built.spec["linux"]["cgroupsPath"]
         with step("ctr.bundle"):
-            await asyncio.to_thread(_write_bundle, bundle, built.spec, built.volume_dirs, Path(container.log_path))
+            await asyncio.to_thread(_write_bundle, bundle, built.spec, built.volume_dirs, Path(container.log_path),
+                                    pod.host_ids())
+
+    async def _mount_image_volumes(self, container: Container, ctr_dir: Path, idmap_dir: Path) -> ContainerRequest:
+        """Mount the container's image volumes; the request as the spec sees it, each image volume a read-only
+        bind of its mount (or of the sub-path in it). The recorded request keeps what was asked.
+
+        An image volume with uid/gid mappings (a pod in a user namespace) is an overlay of id-mapped views of the
+        image's layers, as the rootfs is: an overlay mount cannot be id-mapped itself, so its bind takes none."""
+        request = container.request
+        if not any(m.image for m in request.mounts):
+            return request
+        directory = imagevolumes.volumes_dir(ctr_dir)
+        await self._journal.record(container.id, "ctr-image-volumes", path=str(directory))
+        mounts = list(request.mounts)
+        for i, mount in enumerate(mounts):
+            if not mount.image:
+                continue
+            layers = await self._images.layer_dirs(mount.image_id)
+            where = f"container {request.name!r}: mounts[{i}] (image volume {mount.image} at {mount.container_path})"
+            source = await asyncio.to_thread(
+                _mount_image_volume, directory, i, layers, mount, idmap_dir / "image-volumes" / str(i), where
+            )
+            mounts[i] = dataclasses.replace(mount, host_path=str(source), uid_mappings=[], gid_mappings=[])
+        return dataclasses.replace(request, mounts=mounts)
 
     async def _target_pid_namespace(self, request: ContainerRequest, pod: PodSandbox) -> str | None:
         options = request.security.namespace_options
@@ -395,9 +452,9 @@ class ContainerManager:
         self._exited.setdefault(ctr_id, asyncio.Event()).set()
         self.events.publish(ContainerEvent(ctr_id, container.pod_id, EventType.STOPPED))
         log.info("container %s (%s) exited with %d (%s)", ctr_id, container.name, code, container.reason)
-        # A container never runs again (kubelet creates a new one): its runc state and rootfs mount go now, in
+        # A container never runs again (kubelet creates a new one): its runc state and mounts go now, in
         # the background, off the Stop and Remove paths. Its directories (upper layer, logs) stay until removal.
-        self._clean_up_later(ctr_id, ("ctr-runtime", "ctr-rootfs"))
+        self._clean_up_later(ctr_id, ("ctr-runtime", "ctr-idmap", "ctr-image-volumes", "ctr-rootfs"))
 
     async def remove(self, ctr_id: str) -> None:
         """RemoveContainer: idempotent; a running container is killed first."""
@@ -412,13 +469,15 @@ class ContainerManager:
 
         async def finish() -> None:
             await asyncio.to_thread(exit_file.unlink, True)
-            await self._images.release(container.image_id)
+            for image_id in {container.image_id, *_volume_images(container)}:
+                await self._images.release(image_id)
 
         # What the container left on the node is journalled: it is undone in the background (and by recovery,
         # should the daemon stop first), so that RemoveContainer answers as soon as the record is gone.
         self._clean_up_later(container.id, finish=finish)
         self._locks.pop(container.id, None)
         self._exited.pop(container.id, None)
+        self._writable_layers.forget(container.id)
         self.events.publish(ContainerEvent(container.id, container.pod_id, EventType.DELETED))
         log.info("container %s (%s) removed", container.id, container.name)
 
@@ -482,31 +541,12 @@ class ContainerManager:
         container = await self._running(ctr_id, "reopen the log of")
         await (await self.runtime_of(container)).reopen_log(container.id, Path(container.log_path))
 
-    async def stats(self, container: Container) -> ContainerStats:
-        def read() -> ContainerStats:
-            cpu = memory = None
-            relpath = container.cgroup_path
-            if container.running and relpath and cgroups.exists(relpath):
-                try:
-                    cpu = cgroups.read_cpu_usage_ns(relpath)
-                    memory = cgroups.read_memory(relpath)
-                except OSError:
-                    cpu = memory = None  # the container exited while being read
-            used, inodes = _disk_usage(self.upper_dir(container.id))
-            return ContainerStats(
-                container_id=container.id,
-                timestamp_ns=time.time_ns(),
-                cpu_usage_ns=cpu or 0,
-                memory_working_set=memory.working_set if memory else 0,
-                memory_usage=memory.usage if memory else 0,
-                memory_rss=memory.rss if memory else 0,
-                page_faults=memory.page_faults if memory else 0,
-                major_page_faults=memory.major_page_faults if memory else 0,
-                writable_bytes=used,
-                writable_inodes=inodes,
-            )
-
-        return await asyncio.to_thread(read)
+    async def usage(self, container: Container) -> ContainerUsage:
+        """What the container uses, for the stats and metrics calls (containers/usage.py)."""
+        return await asyncio.to_thread(
+            read_usage, container.id, cgroup_path=container.cgroup_path, pid=container.pid,
+            upper_dir=self.upper_dir(container.id), layers=self._writable_layers, running=container.running,
+        )
 
     async def _running(self, ctr_id: str, action: str) -> Container:
         container = await self.get(ctr_id)
@@ -518,7 +558,10 @@ class ContainerManager:
         await self._table.update(container)
 
     async def _image_in_use(self, image_id: str) -> bool:
-        return any(container.image_id == image_id for container in self._table.all())
+        return any(c.image_id == image_id or image_id in _volume_images(c) for c in self._table.all())
+
+    async def _image_mounted_by(self, image_id: str) -> list[str]:
+        return [c.id for c in self._table.all() if image_id in _volume_images(c)]
 
     # ---- recovery -----------------------------------------------------------------------------------------
 
@@ -575,6 +618,12 @@ class ContainerManager:
     async def _undo_rootfs(self, effect: Effect) -> None:
         await asyncio.to_thread(_unmount_all, Path(effect.data["path"]))
 
+    async def _undo_image_volumes(self, effect: Effect) -> None:
+        await asyncio.to_thread(imagevolumes.unmount_image_volumes, Path(effect.data["path"]))
+
+    async def _undo_idmap(self, effect: Effect) -> None:
+        await asyncio.to_thread(_remove_idmap_dir, Path(effect.data["path"]))
+
     async def _undo_runtime(self, effect: Effect) -> None:
         runtime = self._runtimes.get(effect.data["handler"])
         if runtime is None:
@@ -593,6 +642,9 @@ def _pod_context(pod: PodSandbox) -> PodContext:
             paths[oci] = str(path)
     if pod.pid_namespace is not None:
         paths["pid"] = str(pod.pid_namespace)
+    user = pod.namespace_path("user")
+    if user is not None:
+        paths["user"] = str(user)
     return PodContext(
         pod_id=pod.id,
         hostname=pod.hostname,
@@ -607,6 +659,7 @@ def _pod_context(pod: PodSandbox) -> PodContext:
         host_ipc=pod.host_ipc,
         host_pid=pod.host_pid,
         sysctls=dict(pod.request.security.sysctls),
+        user_namespace=pod.userns,
     )
 
 
@@ -641,22 +694,129 @@ def _log_path(pod: PodSandbox, request: ContainerRequest) -> str:
     return str(pod.run_dir / "logs" / f"{request.name}_{request.attempt}.log")
 
 
+def _volume_images(container: Container) -> set[str]:
+    return {m.image_id for m in container.request.mounts if m.image_id}
+
+
 def _check_host_paths(request: ContainerRequest) -> None:
     for mount in request.mounts:
+        if mount.image:
+            continue  # an image volume: its image is looked up when the container is recorded
         if not os.path.isabs(mount.host_path):
             raise InvalidArgument(f"mount {mount.container_path}: host path {mount.host_path!r} is not absolute")
         if not os.path.exists(mount.host_path):
             raise InvalidArgument(f"mount {mount.container_path}: host path {mount.host_path} does not exist")
 
 
-def _mount_rootfs(ctr_dir: Path, layers: list[Path]) -> None:
-    for sub in ("upper", "work", "merged"):
+@dataclass(frozen=True)
+class _RootfsMapping:
+    """How a rootfs is seen from a pod's user namespace: the namespace, its root's host ids, where the id-mapped
+    views of the layers are made."""
+
+    userns: Path
+    root_ids: tuple[int, int]
+    idmap_dir: Path
+
+
+def _mount_rootfs(ctr_dir: Path, layers: list[Path], target: Path, mapping: _RootfsMapping | None = None) -> None:
+    for sub in ("upper", "work"):
         (ctr_dir / sub).mkdir(parents=True, exist_ok=True)
+    target.mkdir(parents=True, exist_ok=True)
     lower = list(reversed(layers))  # overlay wants the topmost layer first
     if not lower:
         (ctr_dir / "empty").mkdir(exist_ok=True)
         lower = [ctr_dir / "empty"]
-    mnt.mount_overlay(lower, ctr_dir / "upper", ctr_dir / "work", ctr_dir / "merged")
+    if mapping is None:
+        mnt.mount_overlay(lower, ctr_dir / "upper", ctr_dir / "work", target)
+        return
+    # The overlay's root directory is its upper directory's: the pod's root must own it to write in /.
+    os.chown(ctr_dir / "upper", *mapping.root_ids)
+    views = _idmapped_layers(lower, mapping.userns, mapping.idmap_dir / "layers")
+    try:
+        mnt.mount_overlay(views, ctr_dir / "upper", ctr_dir / "work", target)
+    finally:
+        _drop_views(views)
+
+
+def _mount_image_volume(directory: Path, index: int, layers: list[Path], mount: Mount, views_dir: Path,
+                        where: str) -> Path:
+    if not mount.idmapped:
+        return imagevolumes.mount_image_volume(directory, index, layers, mount.image_sub_path, where)
+    maps = namespaces.UserMaps(tuple(mount.uid_mappings), tuple(mount.gid_mappings))
+    with namespaces.scratch_user_namespace(maps) as userns:
+        views = _idmapped_layers(layers, userns, views_dir)
+    try:
+        return imagevolumes.mount_image_volume(directory, index, views, mount.image_sub_path, where)
+    finally:
+        _drop_views(views)
+
+
+def _idmapped_layers(layers: list[Path], userns: Path, views_dir: Path) -> list[Path]:
+    """An id-mapped view of each layer, in order, under views_dir (undone together if one fails)."""
+    views: list[Path] = []
+    try:
+        for i, layer in enumerate(layers):
+            view = views_dir / str(i)
+            view.mkdir(parents=True, exist_ok=True)
+            idmap.idmapped_bind(layer, view, userns)
+            views.append(view)
+    except OSError as err:
+        _drop_views(views)
+        raise FailedPrecondition(f"cannot id-map image layer {layer} for the pod's user namespace: {err}") from err
+    return views
+
+
+def _drop_views(views: list[Path]) -> None:
+    """An overlay holds its layers by reference: their id-mapped views need no place in the mount table once it is
+    mounted (or failed)."""
+    for view in views:
+        mnt.umount(view, detach=True)
+        view.rmdir()
+
+
+def _idmapped_mount_sources(request: ContainerRequest, mounts_dir: Path) -> list[Mount]:
+    """The request's mounts, those with uid/gid mappings bound from an id-mapped view of their host path (made
+    under mounts_dir/<index> with a user namespace of their own mappings, which the mount keeps alive)."""
+    mounts = []
+    for i, mount in enumerate(request.mounts):
+        if not mount.idmapped:
+            mounts.append(mount)
+            continue
+        source = Path(os.path.realpath(mount.host_path))
+        view = mounts_dir / str(i)
+        view.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            view.mkdir(exist_ok=True)
+        else:
+            view.touch(exist_ok=True)
+        maps = namespaces.UserMaps(tuple(mount.uid_mappings), tuple(mount.gid_mappings))
+        try:
+            with namespaces.scratch_user_namespace(maps) as userns:
+                idmap.idmapped_bind(source, view, userns, recursive=True)
+        except OSError as err:
+            raise FailedPrecondition(f"container {request.name!r}: mounts[{i}] ({mount.container_path}): cannot make "
+                                     f"an id-mapped mount of {source}: {err}") from err
+        mounts.append(dataclasses.replace(mount, host_path=str(view)))
+    return mounts
+
+
+def _remove_idmap_dir(path: Path) -> None:
+    """Unmount every id-mapped view under `path`, then remove the empty places they were mounted on. Nothing is
+    removed recursively: a view still mounted (unmount failed) makes rmdir/unlink fail, never empties a host path."""
+    if not path.exists():
+        return
+    mnt.unmount_all_under(path)
+    for sub in ("layers", "mounts"):
+        directory = path / sub
+        if not directory.is_dir():
+            continue
+        for entry in directory.iterdir():
+            if entry.is_dir() and not entry.is_symlink():
+                entry.rmdir()
+            else:
+                entry.unlink()  # the empty file a single-file view was mounted on
+        directory.rmdir()
+    path.rmdir()
 
 
 def _unmount_all(path: Path) -> None:
@@ -664,23 +824,24 @@ def _unmount_all(path: Path) -> None:
         mnt.unmount_all_under(path)
 
 
-def _write_bundle(bundle: Path, spec: dict, volume_dirs: list[Path], log_path: Path) -> None:
+def _write_bundle(bundle: Path, spec: dict, volume_dirs: list[Path], log_path: Path,
+                  root_ids: tuple[int, int] = (0, 0)) -> None:
+    """The bundle, the image's anonymous volumes (owned by the container's root, as seen from its pod) and the log's
+    directory."""
     bundle.mkdir(parents=True, exist_ok=True)
     for directory in volume_dirs:
         directory.mkdir(parents=True, exist_ok=True)
+        os.chown(directory, *root_ids)
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    (bundle / "config.json").write_text(json.dumps(spec))
+    bundle_config.write_config(bundle, spec)
 
 
 def _update_bundle_resources(bundle: Path, resources: dict) -> None:
     """Resources of a container not started yet: they go into its spec, which runc reads at start."""
-    path = bundle / "config.json"
-    spec = json.loads(path.read_text())
+    spec = bundle_config.read_config(bundle)
     devices = spec.get("linux", {}).get("resources", {}).get("devices", [])
     spec.setdefault("linux", {})["resources"] = {**resources, "devices": devices}
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(spec))
-    tmp.replace(path)
+    bundle_config.write_config(bundle, spec)
 
 
 def _signal_number(name: str) -> int:
@@ -717,14 +878,3 @@ def _conmon_alive(container: Container) -> bool:
     return b"conmon" in cmdline and container.id.encode() in cmdline
 
 
-def _disk_usage(path: Path) -> tuple[int, int]:
-    used = inodes = 0
-    for directory, dirnames, filenames in os.walk(path):
-        for name in (*dirnames, *filenames):
-            try:
-                st = os.lstat(os.path.join(directory, name))
-            except OSError:
-                continue
-            used += st.st_blocks * 512
-            inodes += 1
-    return used, inodes

@@ -11,6 +11,8 @@ import enum
 from dataclasses import dataclass, field
 from typing import Literal
 
+from cripy.linux.idmap import IDRange
+
 Propagation = Literal["private", "rslave", "rshared"]
 ProfileKind = Literal["runtime_default", "unconfined", "localhost"]
 GroupsPolicy = Literal["merge", "strict"]
@@ -27,7 +29,12 @@ class NamespaceMode(enum.Enum):
 
 @dataclass
 class Mount:
-    """A host path bound into the container; recursive_read_only makes every mount below it read-only too."""
+    """A host path bound into the container (recursive_read_only: every mount below it read-only too), or
+    (`image` set) an image volume: the filesystem of an image already pulled, read-only, whole or from
+    `image_sub_path` down (KEP-4639).
+
+    uid_mappings / gid_mappings (the kubelet sends the pod's own for its volumes in a user namespace) ask for an
+    id-mapped bind: files owned by host uid 0 are seen as container uid 0, and written back as host uid 0."""
 
     container_path: str
     host_path: str
@@ -35,6 +42,17 @@ class Mount:
     recursive_read_only: bool = False
     propagation: Propagation = "private"
     selinux_relabel: bool = False
+    image: str = ""
+    image_sub_path: str = ""
+    # The image `image` named when the container was created: the container holds that one, whatever the name
+    # points to later (filled by the container manager, not by the request).
+    image_id: str = ""
+    uid_mappings: list[IDRange] = field(default_factory=list)
+    gid_mappings: list[IDRange] = field(default_factory=list)
+
+    @property
+    def idmapped(self) -> bool:
+        return bool(self.uid_mappings or self.gid_mappings)
 
 
 @dataclass
@@ -72,13 +90,24 @@ class SecurityProfile:
 
 
 @dataclass
+class UserNamespace:
+    """A pod's own user namespace (the kubelet's hostUsers: false), shared by all its containers: container ids
+    `uids`/`gids` are the host ids the maps give them."""
+
+    uids: list[IDRange]
+    gids: list[IDRange]
+
+
+@dataclass
 class NamespaceOptions:
-    """Namespace modes for network, PID and IPC; target_id names the container for TARGET mode."""
+    """Namespace modes for network, PID and IPC; target_id names the container for TARGET mode; user is the pod's
+    own user namespace (None: the node's)."""
 
     network: NamespaceMode = NamespaceMode.POD
     pid: NamespaceMode = NamespaceMode.CONTAINER
     ipc: NamespaceMode = NamespaceMode.POD
     target_id: str = ""
+    user: UserNamespace | None = None
 
 
 @dataclass

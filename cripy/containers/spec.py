@@ -30,6 +30,7 @@ from cripy.containers.model import (
     Mount,
     NamespaceMode,
     Resources,
+    UserNamespace,
 )
 from cripy.containers.users import ProcessUser
 from cripy.errors import FailedPrecondition, InvalidArgument
@@ -58,7 +59,7 @@ _NAMESPACE_ALIASES = {"net": "network", "mnt": "mount"}
 class PodContext:
     """What a container needs to know about its pod sandbox.
 
-    namespace_paths maps an OCI namespace type (network, ipc, uts, pid; "net" is accepted too) to the pinned
+    namespace_paths maps an OCI namespace type (user, network, ipc, uts, pid; "net" is accepted too) to the pinned
     namespace file to join; a namespace that is neither host nor pinned is created new for the container.
     """
 
@@ -75,6 +76,7 @@ class PodContext:
     host_ipc: bool = False
     host_pid: bool = False
     sysctls: dict[str, str] = field(default_factory=dict)
+    user_namespace: UserNamespace | None = None  # the pod's own (its pinned file in namespace_paths["user"])
 
 
 @dataclass
@@ -122,6 +124,9 @@ def build_spec(
     request asks for pid=TARGET (the caller resolves target_id).
     """
     sec = req.security
+    if sec.privileged and pod.user_namespace is not None:
+        raise InvalidArgument(f"container {req.name!r}: a privileged container cannot run in a pod with its own "
+                              "user namespace")
     warnings: list[str] = []
     capability_sets = process_capabilities(sec, settings.default_capabilities)
     mounts, volume_dirs = build_mounts(req, image, pod=pod, volumes_dir=volumes_dir)
@@ -152,6 +157,8 @@ def build_spec(
     devices, device_rules = build_devices(req.devices, privileged=sec.privileged, dev_root=settings.host_dev_root)
     linux["devices"] = devices
     linux["resources"]["devices"] = device_rules
+    if pod.user_namespace is not None:
+        linux.update(id_mappings(pod.user_namespace))
     propagation = rootfs_propagation(req)
     if propagation:
         linux["rootfsPropagation"] = propagation
@@ -374,7 +381,11 @@ def default_mounts(sec: ContainerSecurity, pod: PodContext) -> list[dict[str, An
         mounts.append(_bind("/dev/shm", "/dev/shm", "rw"))
     else:
         if pod.shm_path:
-            mounts.append(_bind("/dev/shm", pod.shm_path, "rw"))
+            # The pod's tmpfs is noexec; a bind that asked less would have to clear that, which a user namespace
+            # may not do to a mount the node made (EPERM) - and should not anyway.
+            shm = _bind("/dev/shm", pod.shm_path, "rw")
+            shm["options"].append("noexec")
+            mounts.append(shm)
         else:
             mounts.append({"destination": "/dev/shm", "type": "tmpfs", "source": "shm",
                            "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]})
@@ -503,10 +514,15 @@ def _device_entry(path: str, st: os.stat_result) -> dict[str, Any]:
 
 
 def build_namespaces(sec: ContainerSecurity, pod: PodContext, target_pid_ns: str | None = None) -> list[dict[str, str]]:
-    """Join the pod's pinned namespaces, omit the host ones, create the rest (mount always new, no cgroup ns)."""
+    """Join the pod's pinned namespaces (its user namespace first), omit the host ones, create the rest (mount
+    always new, no cgroup ns); namespaces created here belong to the pod's user namespace."""
     paths = {_NAMESPACE_ALIASES.get(k, k): v for k, v in pod.namespace_paths.items()}
     opts = sec.namespace_options
     namespaces: list[dict[str, str]] = []
+    if pod.user_namespace is not None:
+        if not paths.get("user"):
+            raise FailedPrecondition(f"pod {pod.pod_id} has no pinned user namespace to join")
+        namespaces.append({"type": "user", "path": paths["user"]})
 
     def shared(kind: str, on_host: bool) -> None:
         if on_host:
@@ -532,6 +548,14 @@ def build_namespaces(sec: ContainerSecurity, pod: PodContext, target_pid_ns: str
     shared("uts", pod.host_network)
     namespaces.append({"type": "mount"})
     return namespaces
+
+
+def id_mappings(userns: UserNamespace) -> dict[str, list[dict[str, int]]]:
+    """linux.uidMappings and gidMappings of a container joining `userns` (runc checks its ids against them)."""
+    return {
+        "uidMappings": [{"containerID": r.container_id, "hostID": r.host_id, "size": r.length} for r in userns.uids],
+        "gidMappings": [{"containerID": r.container_id, "hostID": r.host_id, "size": r.length} for r in userns.gids],
+    }
 
 
 def cgroups_path(pod: PodContext, settings: SpecSettings, ctr_id: str) -> str:

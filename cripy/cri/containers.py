@@ -1,4 +1,5 @@
-"""CRI container calls: create/start/stop/remove, status and list, exec-sync, resources, logs, events."""
+"""CRI container calls: create/start/stop/remove, status and list, exec-sync, resources, logs, events; checkpoint
+answers Unimplemented with its reason."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ from cri_api.v1 import api_pb2
 
 from cripy.containers.container import STATE_CREATED, STATE_CREATING, STATE_EXITED, STATE_RUNNING, Container
 from cripy.containers.events import ContainerEvent, EventType
+from cripy.containers.model import Mount
 from cripy.containers.manager import ContainerManager
 from cripy.containers.spec import spec_resources
 from cripy.cri.convert import PROPAGATION, container_request_from_pb, resources_from_pb
-from cripy.cri.errors import grpc_method
+from cripy.cri.errors import grpc_method, unimplemented
 from cripy.cri.filters import labels_match
 from cripy.cri.pods import pod_status_to_pb
 from cripy.errors import InvalidArgument
@@ -38,6 +40,11 @@ class ContainersServicer:
     """Mixed into RuntimeService; `self.pods` and `self.containers` are the managers."""
 
     pods: PodManager
+    # Checkpointing goes through CRIU (runc checkpoint), and CRIU cannot start on the kernel cripy is built and
+    # tested on, so cripy offers no checkpoint it could not test.
+    CheckpointContainer = unimplemented(
+        "CheckpointContainer", "checkpointing needs CRIU, which fails on the kernel cripy is tested on (`criu check`:"
+        " \"vdso: Failed to fill self vdso symtable\"), so cripy has no checkpoint support")
     containers: ContainerManager
     listed_containers: "ListedContainers"
 
@@ -198,12 +205,7 @@ def container_status_to_pb(container: Container) -> api_pb2.ContainerStatus:
         message=container.message,
         labels=request.labels,
         annotations=request.annotations,
-        mounts=[
-            api_pb2.Mount(container_path=m.container_path, host_path=m.host_path, readonly=m.readonly,
-                          recursive_read_only=m.recursive_read_only,
-                          propagation=_PROPAGATION.get(m.propagation, api_pb2.PROPAGATION_PRIVATE))
-            for m in request.mounts
-        ],
+        mounts=[_mount_to_pb(m) for m in request.mounts],
         log_path=container.log_path,
     )
     user = container.process_user
@@ -220,6 +222,40 @@ def container_status_to_pb(container: Container) -> api_pb2.ContainerStatus:
     linux.memory_limit_in_bytes = resources.get("memory", {}).get("limit", 0)
     linux.oom_score_adj = request.resources.oom_score_adj
     return status
+
+
+def _mount_to_pb(mount: Mount) -> api_pb2.Mount:
+    message = api_pb2.Mount(container_path=mount.container_path, host_path=mount.host_path, readonly=mount.readonly,
+                            recursive_read_only=mount.recursive_read_only,
+                            propagation=_PROPAGATION.get(mount.propagation, api_pb2.PROPAGATION_PRIVATE))
+    if mount.image:
+        message.image.CopyFrom(_image_volume_spec(mount.image, mount.image_id))
+        message.image_sub_path = mount.image_sub_path
+    return message
+
+
+def _image_volume_spec(requested: str, image_id: str) -> api_pb2.ImageSpec:
+    """The image an image volume mounts, as ContainerStatus reports it: `image` is the id (what the kubelet's
+    image garbage collection matches against its image list, as CRI-O reports it), `user_specified_image` the
+    reference asked for, and `image_ref` (KEP-5365) the id again. image_ref, field 20, is newer than the CRI
+    bindings cripy is built with, so it is written in its wire form: a length-delimited field 20."""
+    spec = api_pb2.ImageSpec(image=image_id or requested, user_specified_image=requested)
+    if image_id:
+        value = image_id.encode()
+        spec.MergeFromString(_IMAGE_REF_KEY + _varint(len(value)) + value)
+    return spec
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+_IMAGE_REF_KEY = _varint((20 << 3) | 2)  # field 20, wire type 2 (length-delimited)
 
 
 def _verbose(container: Container) -> dict:

@@ -2,7 +2,7 @@
 
 The only module that reads ContainerConfig / PodSandboxConfig messages. It validates what protobuf cannot
 (negative sizes, unknown enum numbers, required fields) and raises cripy.errors.InvalidArgument naming the field,
-or Unimplemented for features cripy does not offer (user namespaces, image volumes, CDI devices, id-mapped mounts).
+or Unimplemented for features cripy does not offer (CDI devices).
 Whether the pod's runtime handler can honour what is asked (recursive read-only mounts) is checked at create.
 
 Choices worth knowing:
@@ -12,6 +12,9 @@ Choices worth knowing:
   other runtimes read it the same way.
 - A container without namespace_options inherits the pod's.
 - A relative log_path is joined to the pod's log_directory.
+- A pod's user namespace (userns_options mode POD) takes exactly one uid and one gid mapping that maps container
+  id 0 and leaves the node's id 0 out, as the kubelet sends them; its containers share it (a container asking for
+  another one is refused). CONTAINER and TARGET modes do not exist for user namespaces.
 """
 
 from __future__ import annotations
@@ -35,7 +38,9 @@ from cripy.containers.model import (
     PortMapping,
     Resources,
     SecurityProfile,
+    UserNamespace,
 )
+from cripy.linux.idmap import IDRange
 
 PROPAGATION = {
     pb.PROPAGATION_PRIVATE: "private",
@@ -127,6 +132,14 @@ def pod_request_from_pb(config: pb.PodSandboxConfig, runtime_handler: str) -> Po
     )
 
 
+def pull_namespace_from_pb(request: pb.PullImageRequest) -> str:
+    """The Kubernetes namespace of the pod an image is pulled for ("" when the request carries no pod): it picks
+    the per-namespace trust policy."""
+    if not request.HasField("sandbox_config"):
+        return ""
+    return request.sandbox_config.metadata.namespace
+
+
 def resources_from_pb(res: pb.LinuxContainerResources, where: str = "linux.resources") -> Resources:
     """Translate and validate LinuxContainerResources (also used by UpdateContainerResources)."""
     _require(res.cpu_period >= 0, where, "cpu_period", res.cpu_period, "must not be negative")
@@ -176,12 +189,8 @@ def _mount(m: pb.Mount, where: str) -> Mount:
         raise InvalidArgument(f"{where}: container_path is required")
     if not os.path.isabs(m.container_path):
         raise InvalidArgument(f"{where}: container_path={m.container_path!r} must be absolute")
-    if m.HasField("image") and m.image.image:
-        raise Unimplemented(f"{where}: image volume mounts are not supported by cripy")
-    if m.uidMappings or m.gidMappings:
-        raise Unimplemented(f"{where}: id-mapped mounts are not supported by cripy")
-    if not m.host_path:
-        raise InvalidArgument(f"{where}: host_path is required")
+    if bool(m.uidMappings) != bool(m.gidMappings):
+        raise InvalidArgument(f"{where}: an id-mapped mount needs both uidMappings and gidMappings")
     if m.propagation not in PROPAGATION:
         raise InvalidArgument(f"{where}: propagation={m.propagation} is not a known MountPropagation")
     if m.recursive_read_only:
@@ -192,6 +201,12 @@ def _mount(m: pb.Mount, where: str) -> Mount:
         if m.propagation != pb.PROPAGATION_PRIVATE:
             raise InvalidArgument(f"{where}: recursive_read_only needs propagation PROPAGATION_PRIVATE, not "
                                   f"{pb.MountPropagation.Name(m.propagation)}")
+    if m.HasField("image") and m.image.image:
+        return _image_mount(m, where)
+    if m.image_sub_path:
+        raise InvalidArgument(f"{where}: image_sub_path={m.image_sub_path!r} needs an image volume (image.image)")
+    if not m.host_path:
+        raise InvalidArgument(f"{where}: host_path is required")
     return Mount(
         container_path=m.container_path,
         host_path=m.host_path,
@@ -199,7 +214,72 @@ def _mount(m: pb.Mount, where: str) -> Mount:
         recursive_read_only=m.recursive_read_only,
         propagation=PROPAGATION[m.propagation],  # type: ignore[arg-type]
         selinux_relabel=m.selinux_relabel,
+        uid_mappings=_id_ranges(m.uidMappings, f"{where}: uidMappings"),
+        gid_mappings=_id_ranges(m.gidMappings, f"{where}: gidMappings"),
     )
+
+
+def _image_mount(m: pb.Mount, where: str) -> Mount:
+    """An image volume (KEP-4639): always read-only, a relative sub-path that stays inside the image."""
+    image = m.image.image.strip()
+    if m.host_path:
+        raise InvalidArgument(f"{where}: an image volume ({image}) has no host_path (got {m.host_path!r})")
+    if not m.readonly:
+        raise InvalidArgument(f"{where}: image volume {image} must be read-only (readonly=true): images are immutable")
+    sub_path = m.image_sub_path
+    if "\0" in sub_path or os.path.isabs(sub_path) or ".." in sub_path.split("/"):
+        raise InvalidArgument(f"{where}: image_sub_path={sub_path!r} must be a relative path inside the image"
+                              " without '..'")
+    return Mount(
+        container_path=m.container_path,
+        host_path="",
+        readonly=True,
+        recursive_read_only=m.recursive_read_only,
+        propagation=PROPAGATION[m.propagation],  # type: ignore[arg-type]
+        image=image,
+        image_sub_path=sub_path.strip("/"),
+        uid_mappings=_id_ranges(m.uidMappings, f"{where}: uidMappings"),
+        gid_mappings=_id_ranges(m.gidMappings, f"{where}: gidMappings"),
+    )
+
+
+def _id_ranges(mappings, where: str) -> list[IDRange]:
+    ranges = []
+    for i, m in enumerate(mappings):
+        found = IDRange(container_id=m.container_id, host_id=m.host_id, length=m.length)
+        problem = found.problem()
+        if problem:
+            raise InvalidArgument(f"{where}[{i}]: {problem}")
+        ranges.append(found)
+    return ranges
+
+
+def _user_namespace(opts: pb.UserNamespace, where: str) -> UserNamespace | None:
+    """The pod's own user namespace, or None for the node's."""
+    where = f"{where}: namespace_options.userns_options"
+    if opts.mode == pb.NODE:
+        if opts.uids or opts.gids:
+            raise InvalidArgument(f"{where}: mode NODE (the node's user namespace) takes no uid or gid mappings")
+        return None
+    if opts.mode in (pb.CONTAINER, pb.TARGET):
+        raise InvalidArgument(f"{where}: mode {pb.NamespaceMode.Name(opts.mode)} is not supported for user "
+                              "namespaces: a pod's containers share the pod's user namespace (POD) or the node's (NODE)")
+    if opts.mode != pb.POD:
+        raise InvalidArgument(f"{where}: mode={opts.mode} is not a known NamespaceMode")
+    maps = {}
+    for kind, mappings in (("uids", opts.uids), ("gids", opts.gids)):
+        if len(mappings) != 1:
+            raise InvalidArgument(f"{where}: {kind} has {len(mappings)} mappings; a pod's user namespace takes "
+                                  "exactly one (the range the kubelet gave the pod)")
+        (found,) = _id_ranges(mappings, f"{where}: {kind}")
+        if found.container_id != 0:
+            raise InvalidArgument(f"{where}: {kind} does not map container id 0 (it maps {found.container_id}.."
+                                  f"{found.container_id + found.length - 1}): the pod would have no root")
+        if found.host_id == 0:
+            raise InvalidArgument(f"{where}: {kind} maps the node's id 0 into the pod, which a user namespace is "
+                                  "there to prevent")
+        maps[kind] = [found]
+    return UserNamespace(uids=maps["uids"], gids=maps["gids"])
 
 
 def _device(d: pb.Device, where: str) -> Device:
@@ -241,10 +321,9 @@ def _namespace_options(opts: pb.NamespaceOption, where: str) -> NamespaceOptions
             raise InvalidArgument(f"{where}: namespace_options.{kind}=TARGET is only valid for pid")
     if modes["pid"] is NamespaceMode.TARGET and not opts.target_id:
         raise InvalidArgument(f"{where}: namespace_options.target_id is required when pid=TARGET")
-    if opts.HasField("userns_options") and opts.userns_options.mode != pb.NODE:
-        raise Unimplemented(f"{where}: user namespaces (userns_options.mode != NODE) are not supported by cripy")
+    user = _user_namespace(opts.userns_options, where) if opts.HasField("userns_options") else None
     return NamespaceOptions(
-        network=modes["network"], pid=modes["pid"], ipc=modes["ipc"], target_id=opts.target_id
+        network=modes["network"], pid=modes["pid"], ipc=modes["ipc"], target_id=opts.target_id, user=user
     )
 
 
@@ -300,10 +379,13 @@ def _container_security(
     ctx: pb.LinuxContainerSecurityContext, sandbox: pb.PodSandboxConfig, where: str
 ) -> ContainerSecurity:
     where = f"{where}: linux.security_context"
-    if ctx.HasField("namespace_options"):
-        ns = _namespace_options(ctx.namespace_options, where)
-    else:
-        ns = _namespace_options(sandbox.linux.security_context.namespace_options, where)
+    pod_ns = _namespace_options(sandbox.linux.security_context.namespace_options, where)
+    ns = _namespace_options(ctx.namespace_options, where) if ctx.HasField("namespace_options") else pod_ns
+    if not ctx.namespace_options.HasField("userns_options"):
+        ns.user = pod_ns.user
+    elif ns.user != pod_ns.user:
+        raise InvalidArgument(f"{where}: namespace_options.userns_options differ from the pod's: the containers of "
+                              "a pod share its user namespace")
     if ctx.supplemental_groups_policy not in _GROUPS_POLICY:
         raise InvalidArgument(f"{where}: supplemental_groups_policy={ctx.supplemental_groups_policy} is unknown")
     return ContainerSecurity(

@@ -90,11 +90,13 @@ def _aborted_code(context: grpc.aio.ServicerContext) -> str:
     return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
 
 
-def unimplemented(name: str) -> Callable[..., Awaitable[Any]]:
-    """A servicer method for a CRI call cripy does not serve (yet): a clear Unimplemented, never a crash."""
+def unimplemented(name: str, reason: str = "") -> Callable[..., Awaitable[Any]]:
+    """A servicer method for a CRI call cripy does not serve (yet): a clear Unimplemented, with why when known,
+    never a crash."""
+    message = f"cripy does not implement {name}" + (f": {reason}" if reason else "")
 
     async def method(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, f"cripy does not implement {name}")
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, message)
 
     method.__name__ = name
     return method

@@ -9,6 +9,7 @@ import logging
 import grpc
 from cri_api.v1 import api_pb2, api_pb2_grpc
 
+from cripy.cri.convert import pull_namespace_from_pb
 from cripy.cri.errors import grpc_method
 from cripy.errors import InvalidArgument
 from cripy.images.auth import parse_cri_auth
@@ -50,7 +51,8 @@ class ImageService(api_pb2_grpc.ImageServiceServicer):
         credentials = parse_cri_auth(
             auth.username, auth.password, auth.auth, auth.identity_token, auth.registry_token, auth.server_address
         )
-        image = await self._puller.pull(PullRequest(name, credentials, auth.server_address))
+        namespace = pull_namespace_from_pb(request)
+        image = await self._puller.pull(PullRequest(name, credentials, auth.server_address, namespace))
         return api_pb2.PullImageResponse(image_ref=image.id)
 
     @grpc_method

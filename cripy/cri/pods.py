@@ -1,15 +1,20 @@
-"""CRI pod sandbox calls: RunPodSandbox, StopPodSandbox, RemovePodSandbox, PodSandboxStatus, ListPodSandbox."""
+"""CRI pod sandbox calls: RunPodSandbox, StopPodSandbox, RemovePodSandbox, PodSandboxStatus, ListPodSandbox,
+UpdatePodSandboxResources."""
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 
 import grpc
 from cri_api.v1 import api_pb2
 
-from cripy.cri.convert import NAMESPACE_MODE, pod_request_from_pb
+from cripy.cri.convert import NAMESPACE_MODE, pod_request_from_pb, resources_from_pb
 from cripy.cri.errors import grpc_method
 from cripy.cri.filters import labels_match
+from cripy.errors import CripyError
+from cripy.linux import cgroups, cgroupstats
 from cripy.pods.manager import PodManager
 from cripy.pods.model import STATE_NOTREADY, STATE_READY, PodSandbox
 
@@ -41,8 +46,18 @@ class PodsServicer:
     @grpc_method
     async def PodSandboxStatus(self, request: api_pb2.PodSandboxStatusRequest, context: grpc.aio.ServicerContext) -> api_pb2.PodSandboxStatusResponse:
         pod = await self.pods.get(request.pod_sandbox_id)
-        info = {"info": json.dumps(_verbose(pod))} if request.verbose else {}
+        info = {"info": json.dumps(await asyncio.to_thread(_verbose, pod))} if request.verbose else {}
         return api_pb2.PodSandboxStatusResponse(status=pod_status_to_pb(pod), info=info)
+
+    @grpc_method
+    async def UpdatePodSandboxResources(self, request: api_pb2.UpdatePodSandboxResourcesRequest, context: grpc.aio.ServicerContext) -> api_pb2.UpdatePodSandboxResourcesResponse:
+        where = f"pod sandbox {request.pod_sandbox_id}"
+        overhead = (resources_from_pb(request.overhead, f"{where}: overhead")
+                    if request.HasField("overhead") else None)
+        resources = (resources_from_pb(request.resources, f"{where}: resources")
+                     if request.HasField("resources") else None)
+        await self.pods.update_resources(request.pod_sandbox_id, overhead=overhead, resources=resources)
+        return api_pb2.UpdatePodSandboxResourcesResponse()
 
     @grpc_method
     async def ListPodSandbox(self, request: api_pb2.ListPodSandboxRequest, context: grpc.aio.ServicerContext) -> api_pb2.ListPodSandboxResponse | bytes:
@@ -102,6 +117,7 @@ def pod_status_to_pb(pod: PodSandbox) -> api_pb2.PodSandboxStatus:
             network=_NAMESPACE_MODE[options.network],
             pid=_NAMESPACE_MODE[options.pid],
             ipc=_NAMESPACE_MODE[options.ipc],
+            userns_options=_userns_options(pod),
         ))),
         labels=pod.request.labels,
         annotations=pod.request.annotations,
@@ -109,7 +125,19 @@ def pod_status_to_pb(pod: PodSandbox) -> api_pb2.PodSandboxStatus:
     )
 
 
+def _userns_options(pod: PodSandbox) -> api_pb2.UserNamespace:
+    userns = pod.userns
+    if userns is None:
+        return api_pb2.UserNamespace(mode=api_pb2.NODE)
+    return api_pb2.UserNamespace(
+        mode=api_pb2.POD,
+        uids=[api_pb2.IDMapping(host_id=r.host_id, container_id=r.container_id, length=r.length) for r in userns.uids],
+        gids=[api_pb2.IDMapping(host_id=r.host_id, container_id=r.container_id, length=r.length) for r in userns.gids],
+    )
+
+
 def _verbose(pod: PodSandbox) -> dict:
+    """Blocking (reads the pod's cgroup): run it in a worker thread."""
     return {
         "id": pod.id,
         "name": pod.name,
@@ -121,4 +149,25 @@ def _verbose(pod: PodSandbox) -> dict:
         "ips": pod.ips,
         "hostname": pod.hostname,
         "portMappings": [vars(m) for m in pod.request.port_mappings],
+        "resources": {
+            "overhead": _asdict(pod.request.overhead),
+            "resources": _asdict(pod.request.resources),
+            "podCgroupLimits": _pod_cgroup_limits(pod),
+        },
     }
+
+
+def _asdict(value: object) -> dict | None:
+    return None if value is None else dataclasses.asdict(value)  # type: ignore[call-overload]
+
+
+def _pod_cgroup_limits(pod: PodSandbox) -> dict | None:
+    """What the pod's own cgroup (the kubelet's) holds, to set beside what UpdatePodSandboxResources recorded;
+    None when the pod has no cgroup of its own or it cannot be read."""
+    parent = pod.request.cgroup_parent
+    try:
+        if not parent or not cgroups.exists(parent):
+            return None
+        return dataclasses.asdict(cgroupstats.read_limits(parent))
+    except (OSError, CripyError):
+        return None

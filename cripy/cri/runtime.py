@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Callable
+from typing import TYPE_CHECKING, Awaitable, Callable
 
 import grpc
 from cri_api.v1 import api_pb2, api_pb2_grpc
@@ -19,9 +19,12 @@ from cripy.cri.errors import grpc_method, unimplemented
 from cripy.cri.pods import PodsServicer
 from cripy.cri.stats import StatsServicer
 from cripy.cri.streaming import StreamingServicer
+from cripy.errors import Unimplemented
 from cripy.oci.features import HandlerFeatures
 from cripy.pods.manager import PodManager
-from cripy.streaming.server import StreamingServer
+
+if TYPE_CHECKING:
+    from cripy.streaming.server import StreamingServer
 
 # What the node reports about the network; answered by whoever owns networking.
 NetworkStatusFn = Callable[[], tuple[bool, str, str]]
@@ -37,13 +40,13 @@ class RuntimeService(PodsServicer, ContainersServicer, StatsServicer, StreamingS
         handler_features: Callable[[], dict[str, HandlerFeatures]],
         network_status: NetworkStatusFn,
         config_info: Callable[[], dict],
-        streaming: StreamingServer | None = None,
+        streaming_server: Callable[[], Awaitable[StreamingServer]],
     ) -> None:
         self.pods = pods
         self.containers = containers
         self.listed_pods = (-1, b"")
         self.listed_containers = ListedContainers()
-        self.streaming = streaming
+        self.streaming_server = streaming_server
         self._handler_features = handler_features
         self._network_status = network_status
         self._config_info = config_info
@@ -72,7 +75,9 @@ class RuntimeService(PodsServicer, ContainersServicer, StatsServicer, StreamingS
             ))
             for name, features in self._handler_features().items()
         ]
-        info = {"config": json.dumps(self._config_info())} if request.verbose else {}
+        # Verbose: cri/info.py's sections (config and its files, handlers, the CNI network), one JSON value each.
+        sections = await asyncio.to_thread(self._config_info) if request.verbose else {}
+        info = {key: json.dumps(value) for key, value in sections.items()}
         return api_pb2.StatusResponse(
             status=api_pb2.RuntimeStatus(conditions=conditions), runtime_handlers=handlers, info=info,
             features=api_pb2.RuntimeFeatures(supplemental_groups_policy=True),
@@ -83,6 +88,11 @@ class RuntimeService(PodsServicer, ContainersServicer, StatsServicer, StreamingS
         return api_pb2.RuntimeConfigResponse(
             linux=api_pb2.LinuxRuntimeConfiguration(cgroup_driver=api_pb2.CGROUPFS)
         )
+
+    @grpc_method
+    async def CheckpointContainer(self, request: api_pb2.CheckpointContainerRequest, context: grpc.aio.ServicerContext) -> api_pb2.CheckpointContainerResponse:
+        raise Unimplemented("CheckpointContainer: cripy does not checkpoint containers: it would need CRIU, and "
+                            "Debian's CRIU 3.17 fails on this kernel (`criu check`: vdso symtable)")
 
     @grpc_method
     async def UpdateRuntimeConfig(self, request: api_pb2.UpdateRuntimeConfigRequest, context: grpc.aio.ServicerContext) -> api_pb2.UpdateRuntimeConfigResponse:

@@ -1,25 +1,34 @@
-"""CRI stats calls: ContainerStats, ListContainerStats, PodSandboxStats, ListPodSandboxStats (from cgroups)."""
+"""CRI stats and metrics calls: ContainerStats, ListContainerStats, PodSandboxStats, ListPodSandboxStats,
+ListMetricDescriptors and ListPodSandboxMetrics. All of them answer from one kind of reading per container
+(ContainerManager.usage: cgroup, processes, writable layer) and one per pod (its interfaces' counters); the
+metrics' names and labels are cri/metrics.py's."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import grpc
 from cri_api.v1 import api_pb2
 
 from cripy.containers.container import STATE_CREATING, STATE_RUNNING, Container
-from cripy.containers.manager import ContainerManager, ContainerStats
+from cripy.containers.manager import ContainerManager
+from cripy.containers.usage import ContainerUsage
+from cripy.cri import metrics
 from cripy.cri.errors import grpc_method
 from cripy.cri.filters import labels_match
-from cripy.linux.namespaces import in_netns
+from cripy.linux import procfs
+from cripy.linux.cgroupstats import Pressure
 from cripy.pods.manager import PodManager
 from cripy.pods.model import STATE_READY, PodSandbox
 
+log = logging.getLogger(__name__)
+
 # Reading a pod's interface counters enters its netns: only in threads reserved for that.
 _NETNS_READERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cripy-netns-stats")
+_METRIC_TYPES = {metrics.Kind.COUNTER: api_pb2.COUNTER, metrics.Kind.GAUGE: api_pb2.GAUGE}
 
 
 class StatsServicer:
@@ -31,8 +40,8 @@ class StatsServicer:
     @grpc_method
     async def ContainerStats(self, request: api_pb2.ContainerStatsRequest, context: grpc.aio.ServicerContext) -> api_pb2.ContainerStatsResponse:
         container = await self.containers.get(request.container_id)
-        stats = await self.containers.stats(container)
-        return api_pb2.ContainerStatsResponse(stats=_container_stats_pb(container, stats))
+        usage = await self.containers.usage(container)
+        return api_pb2.ContainerStatsResponse(stats=_container_stats_pb(container, usage))
 
     @grpc_method
     async def ListContainerStats(self, request: api_pb2.ListContainerStatsRequest, context: grpc.aio.ServicerContext) -> api_pb2.ListContainerStatsResponse:
@@ -44,9 +53,9 @@ class StatsServicer:
             and (not wanted.pod_sandbox_id or c.pod_id.startswith(wanted.pod_sandbox_id))
             and labels_match(c.request.labels, wanted.label_selector)
         ]
-        stats = await asyncio.gather(*(self.containers.stats(c) for c in selected))
+        usages = await asyncio.gather(*(self.containers.usage(c) for c in selected))
         return api_pb2.ListContainerStatsResponse(
-            stats=[_container_stats_pb(c, s) for c, s in zip(selected, stats)]
+            stats=[_container_stats_pb(c, u) for c, u in zip(selected, usages)]
         )
 
     @grpc_method
@@ -63,16 +72,61 @@ class StatsServicer:
             and (not wanted.id or p.id.startswith(wanted.id))
             and labels_match(p.request.labels, wanted.label_selector)
         ]
-        # One pass over the containers, not one per pod; the pods are read side by side.
-        by_pod: dict[str, list[Container]] = {p.id: [] for p in pods}
-        for container in await self.containers.list():
-            by_pod.get(container.pod_id, []).append(container)
+        by_pod = await self._containers_by_pod(pods)
         stats = await asyncio.gather(*(self._pod_stats(p, by_pod[p.id]) for p in pods))
         return api_pb2.ListPodSandboxStatsResponse(stats=stats)
 
+    @grpc_method
+    async def ListMetricDescriptors(self, request: api_pb2.ListMetricDescriptorsRequest, context: grpc.aio.ServicerContext) -> api_pb2.ListMetricDescriptorsResponse:
+        return api_pb2.ListMetricDescriptorsResponse(descriptors=[
+            api_pb2.MetricDescriptor(name=d.name, help=d.help, label_keys=d.label_keys) for d in metrics.descriptors()
+        ])
+
+    @grpc_method
+    async def ListPodSandboxMetrics(self, request: api_pb2.ListPodSandboxMetricsRequest, context: grpc.aio.ServicerContext) -> api_pb2.ListPodSandboxMetricsResponse:
+        pods = [p for p in await self.pods.list() if p.state == STATE_READY]
+        by_pod = await self._containers_by_pod(pods)
+        results = await asyncio.gather(*(self._pod_metrics(p, by_pod[p.id]) for p in pods))
+        return api_pb2.ListPodSandboxMetricsResponse(pod_metrics=results)
+
+    async def _containers_by_pod(self, pods: list[PodSandbox]) -> dict[str, list[Container]]:
+        """One pass over the containers, not one per pod."""
+        by_pod: dict[str, list[Container]] = {p.id: [] for p in pods}
+        for container in await self.containers.list():
+            by_pod.get(container.pod_id, []).append(container)
+        return by_pod
+
+    async def _interfaces(self, pod: PodSandbox) -> dict[str, procfs.InterfaceCounters]:
+        if pod.netns is None or pod.state != STATE_READY:
+            return {}
+        try:
+            return await asyncio.get_running_loop().run_in_executor(_NETNS_READERS, procfs.read_net_dev, pod.netns)
+        except OSError as e:
+            # Most likely stopped while being read: its other readings still answer (a list must not fail).
+            log.warning("pod %s: cannot read its interfaces' counters: %s", pod.id, e)
+            return {}
+
+    async def _pod_metrics(self, pod: PodSandbox, containers: list[Container]) -> api_pb2.PodSandboxMetrics:
+        running = [c for c in containers if c.state == STATE_RUNNING]
+        usages, interfaces = await asyncio.gather(
+            asyncio.gather(*(self.containers.usage(c) for c in running)), self._interfaces(pod)
+        )
+        now = time.time_ns()
+        return api_pb2.PodSandboxMetrics(
+            pod_sandbox_id=pod.id,
+            metrics=_metrics_pb(metrics.pod_samples((pod.id, pod.name, ""), interfaces)),
+            container_metrics=[
+                api_pb2.ContainerMetrics(container_id=c.id, metrics=_metrics_pb(metrics.container_samples(
+                    (c.id, c.name, c.image_name), usage, started_at_ns=c.started_at, now_ns=now)))
+                for c, usage in zip(running, usages)
+            ],
+        )
+
     async def _pod_stats(self, pod: PodSandbox, containers: list[Container]) -> api_pb2.PodSandboxStats:
         containers = [c for c in containers if c.state != STATE_CREATING]
-        stats = await asyncio.gather(*(self.containers.stats(c) for c in containers))
+        usages, interfaces = await asyncio.gather(
+            asyncio.gather(*(self.containers.usage(c) for c in containers)), self._interfaces(pod)
+        )
         now = time.time_ns()
         result = api_pb2.PodSandboxStats(
             attributes=api_pb2.PodSandboxAttributes(
@@ -84,21 +138,24 @@ class StatsServicer:
             )
         )
         linux = result.linux
-        running = [s for c, s in zip(containers, stats) if c.state == STATE_RUNNING]
+        readings = [u.cgroup for u in usages if u.cgroup is not None]
         linux.cpu.timestamp = now
-        linux.cpu.usage_core_nano_seconds.value = sum(s.cpu_usage_ns for s in running)
+        linux.cpu.usage_core_nano_seconds.value = sum(r.cpu.total_ns for r in readings)
         linux.memory.timestamp = now
-        linux.memory.working_set_bytes.value = sum(s.memory_working_set for s in running)
-        linux.memory.usage_bytes.value = sum(s.memory_usage for s in running)
-        linux.memory.rss_bytes.value = sum(s.memory_rss for s in running)
-        linux.containers.extend(_container_stats_pb(c, s) for c, s in zip(containers, stats))
+        linux.memory.working_set_bytes.value = sum(r.memory.working_set for r in readings)
+        linux.memory.usage_bytes.value = sum(r.memory.usage for r in readings)
+        linux.memory.rss_bytes.value = sum(r.memory.rss for r in readings)
+        linux.memory.page_faults.value = sum(r.memory.page_faults for r in readings)
+        linux.memory.major_page_faults.value = sum(r.memory.major_page_faults for r in readings)
+        linux.process.timestamp = now
+        linux.process.process_count.value = sum(len(r.pids) for r in readings)
+        linux.containers.extend(_container_stats_pb(c, u) for c, u in zip(containers, usages))
         if pod.netns is not None and pod.state == STATE_READY:
-            counters = await asyncio.get_running_loop().run_in_executor(_NETNS_READERS, _read_net_dev, pod.netns)
             linux.network.timestamp = now
-            for name, (rx_bytes, rx_errors, tx_bytes, tx_errors) in counters.items():
+            for name, counters in interfaces.items():
                 usage = api_pb2.NetworkInterfaceUsage(name=name)
-                usage.rx_bytes.value, usage.rx_errors.value = rx_bytes, rx_errors
-                usage.tx_bytes.value, usage.tx_errors.value = tx_bytes, tx_errors
+                usage.rx_bytes.value, usage.rx_errors.value = counters.rx_bytes, counters.rx_errors
+                usage.tx_bytes.value, usage.tx_errors.value = counters.tx_bytes, counters.tx_errors
                 if name == "eth0":
                     linux.network.default_interface.CopyFrom(usage)
                 else:
@@ -106,7 +163,15 @@ class StatsServicer:
         return result
 
 
-def _container_stats_pb(container: Container, stats: ContainerStats) -> api_pb2.ContainerStats:
+def _metrics_pb(samples: list[metrics.Sample]) -> list[api_pb2.Metric]:
+    return [
+        api_pb2.Metric(name=s.name, timestamp=s.timestamp_ns, metric_type=_METRIC_TYPES[metrics.kind_of(s.name)],
+                       label_values=s.labels, value=api_pb2.UInt64Value(value=s.value))
+        for s in samples
+    ]
+
+
+def _container_stats_pb(container: Container, usage: ContainerUsage) -> api_pb2.ContainerStats:
     message = api_pb2.ContainerStats(
         attributes=api_pb2.ContainerAttributes(
             id=container.id,
@@ -115,34 +180,42 @@ def _container_stats_pb(container: Container, stats: ContainerStats) -> api_pb2.
             annotations=container.request.annotations,
         )
     )
-    message.cpu.timestamp = stats.timestamp_ns
-    message.cpu.usage_core_nano_seconds.value = stats.cpu_usage_ns
-    message.memory.timestamp = stats.timestamp_ns
-    message.memory.working_set_bytes.value = stats.memory_working_set
-    message.memory.usage_bytes.value = stats.memory_usage
-    message.memory.rss_bytes.value = stats.memory_rss
-    message.memory.page_faults.value = stats.page_faults
-    message.memory.major_page_faults.value = stats.major_page_faults
-    message.writable_layer.timestamp = stats.timestamp_ns
-    message.writable_layer.used_bytes.value = stats.writable_bytes
-    message.writable_layer.inodes_used.value = stats.writable_inodes
+    now = usage.timestamp_ns
+    message.cpu.timestamp = message.memory.timestamp = now
+    reading = usage.cgroup
+    message.cpu.usage_core_nano_seconds.value = reading.cpu.total_ns if reading else 0
+    if reading is not None:
+        memory = reading.memory
+        message.memory.working_set_bytes.value = memory.working_set
+        message.memory.usage_bytes.value = memory.usage
+        message.memory.rss_bytes.value = memory.rss
+        message.memory.page_faults.value = memory.page_faults
+        message.memory.major_page_faults.value = memory.major_page_faults
+        if reading.limits.memory_bytes is not None:
+            message.memory.available_bytes.value = max(0, reading.limits.memory_bytes - memory.working_set)
+        if memory.swap is not None:
+            message.swap.timestamp = now
+            message.swap.swap_usage_bytes.value = memory.swap
+            if reading.limits.memory_swap_bytes is not None and reading.limits.memory_bytes is not None:
+                swap_limit = reading.limits.memory_swap_bytes - reading.limits.memory_bytes
+                message.swap.swap_available_bytes.value = max(0, swap_limit - memory.swap)
+        for resource, target in (("cpu", message.cpu), ("memory", message.memory)):
+            if resource in reading.pressure:
+                _psi_pb(reading.pressure[resource], target.psi)
+        if "io" in reading.pressure:
+            message.io.timestamp = now
+            _psi_pb(reading.pressure["io"], message.io.psi)
+    else:
+        for field in ("working_set_bytes", "usage_bytes", "rss_bytes", "page_faults", "major_page_faults"):
+            getattr(message.memory, field).value = 0
+    layer = usage.writable_layer
+    message.writable_layer.timestamp = layer.collected_at_ns
+    message.writable_layer.used_bytes.value = layer.used_bytes
+    message.writable_layer.inodes_used.value = layer.inodes_used
     return message
 
 
-def parse_net_dev(text: str) -> dict[str, tuple[int, int, int, int]]:
-    """/proc/net/dev -> interface: (rx bytes, rx errors, tx bytes, tx errors); the loopback is left out."""
-    counters = {}
-    for line in text.splitlines()[2:]:
-        name, _, rest = line.partition(":")
-        fields = rest.split()
-        if name.strip() == "lo" or len(fields) < 11:
-            continue
-        counters[name.strip()] = (int(fields[0]), int(fields[2]), int(fields[8]), int(fields[10]))
-    return counters
-
-
-def _read_net_dev(netns: Path) -> dict[str, tuple[int, int, int, int]]:
-    with in_netns(netns):
-        # /proc/self/net follows the reading thread's network namespace.
-        with open("/proc/thread-self/net/dev") as f:
-            return parse_net_dev(f.read())
+def _psi_pb(pressure: Pressure, psi: api_pb2.PsiStats) -> None:
+    for stall, data in ((pressure.some, psi.Some), (pressure.full, psi.Full)):
+        data.Total = stall.total_us
+        data.Avg10, data.Avg60, data.Avg300 = stall.avg10, stall.avg60, stall.avg300

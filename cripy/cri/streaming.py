@@ -2,44 +2,50 @@
 
 No streaming happens here: the request is validated (by the streaming handlers: the container must be running,
 at least one stream, no tty with stderr; the pod must be ready) and stored behind a token, and the client then
-speaks the kubelet streaming protocols to the URL (cripy/streaming/).
+speaks the kubelet streaming protocols to the URL (cripy/streaming/). The streaming server, and the protocol code
+behind it, start with the first of these calls: a node nobody execs into does not carry them.
 """
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING, Awaitable, Callable
 
 import grpc
 from cri_api.v1 import api_pb2
 
 from cripy.cri.errors import grpc_method
-from cripy.errors import Unavailable
-from cripy.streaming.portforward import PortForwardRequest
-from cripy.streaming.remotecommand import AttachRequest, ExecRequest
-from cripy.streaming.server import KIND_ATTACH, KIND_EXEC, KIND_PORTFORWARD, StreamingServer
+
+if TYPE_CHECKING:
+    from cripy.streaming.server import StreamingServer
 
 
 class StreamingServicer:
-    """Mixed into RuntimeService; `self.streaming` is the running streaming server (None: not serving)."""
+    """Mixed into RuntimeService; `self.streaming_server()` is the running streaming server, started if need be."""
 
-    streaming: StreamingServer | None
-
-    def _server(self) -> StreamingServer:
-        if self.streaming is None:
-            raise Unavailable("the streaming server is not running: exec, attach and port-forward are unavailable")
-        return self.streaming
+    streaming_server: Callable[[], Awaitable["StreamingServer"]]
 
     @grpc_method
     async def Exec(self, request: api_pb2.ExecRequest, context: grpc.aio.ServicerContext) -> api_pb2.ExecResponse:
+        from cripy.streaming.remotecommand import ExecRequest
+        from cripy.streaming.server import KIND_EXEC
+
         domain = ExecRequest(container_id=request.container_id, cmd=tuple(request.cmd), tty=request.tty,
                              stdin=request.stdin, stdout=request.stdout, stderr=request.stderr)
-        return api_pb2.ExecResponse(url=await self._server().url_for(KIND_EXEC, domain))
+        return api_pb2.ExecResponse(url=await (await self.streaming_server()).url_for(KIND_EXEC, domain))
 
     @grpc_method
     async def Attach(self, request: api_pb2.AttachRequest, context: grpc.aio.ServicerContext) -> api_pb2.AttachResponse:
+        from cripy.streaming.remotecommand import AttachRequest
+        from cripy.streaming.server import KIND_ATTACH
+
         domain = AttachRequest(container_id=request.container_id, tty=request.tty, stdin=request.stdin,
                                stdout=request.stdout, stderr=request.stderr)
-        return api_pb2.AttachResponse(url=await self._server().url_for(KIND_ATTACH, domain))
+        return api_pb2.AttachResponse(url=await (await self.streaming_server()).url_for(KIND_ATTACH, domain))
 
     @grpc_method
     async def PortForward(self, request: api_pb2.PortForwardRequest, context: grpc.aio.ServicerContext) -> api_pb2.PortForwardResponse:
+        from cripy.streaming.portforward import PortForwardRequest
+        from cripy.streaming.server import KIND_PORTFORWARD
+
         domain = PortForwardRequest(pod_id=request.pod_sandbox_id, ports=tuple(request.port))
-        return api_pb2.PortForwardResponse(url=await self._server().url_for(KIND_PORTFORWARD, domain))
+        return api_pb2.PortForwardResponse(url=await (await self.streaming_server()).url_for(KIND_PORTFORWARD, domain))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import grpc
@@ -106,6 +106,13 @@ def _open_channel(target: str) -> grpc.Channel:
     ])
 
 
+def _cri_error(method: str, error: grpc.RpcError, endpoint: str) -> CRIError:
+    code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
+    details = error.details() if hasattr(error, "details") else str(error)
+    reason = connect_error(endpoint) if code == grpc.StatusCode.UNAVAILABLE else None
+    return CRIError(method, code, details or "", endpoint, reason)
+
+
 def _compact_json(message: Message) -> str:
     return json_format.MessageToJson(message, indent=None)
 
@@ -150,10 +157,7 @@ class CRIClient:
         try:
             response = getattr(stub, method)(request, timeout=deadline)
         except grpc.RpcError as error:
-            code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
-            details = error.details() if hasattr(error, "details") else str(error)
-            reason = connect_error(endpoint) if code == grpc.StatusCode.UNAVAILABLE else None
-            raise CRIError(method, code, details or "", endpoint, reason) from None
+            raise _cri_error(method, error, endpoint) from None
         if self._debug_log:
             self._debug_log(f"{method} response: {_compact_json(response)}")
         return response
@@ -175,6 +179,16 @@ class CRIClient:
 
     def status(self, verbose: bool = False) -> api_pb2.StatusResponse:
         return self._rt("Status", api_pb2.StatusRequest(verbose=verbose))
+
+    def runtime_config(self) -> api_pb2.RuntimeConfigResponse:
+        return self._rt("RuntimeConfig", api_pb2.RuntimeConfigRequest())
+
+    def container_events(self) -> Iterator[api_pb2.ContainerEventResponse]:
+        """The runtime's container events as they happen (a stream without a deadline)."""
+        try:
+            yield from self.runtime.GetContainerEvents(api_pb2.GetEventsRequest())
+        except grpc.RpcError as error:
+            raise _cri_error("GetContainerEvents", error, self.runtime_endpoint) from None
 
     def run_pod_sandbox(self, config: api_pb2.PodSandboxConfig, runtime_handler: str = "") -> str:
         request = api_pb2.RunPodSandboxRequest(config=config, runtime_handler=runtime_handler)

@@ -7,6 +7,7 @@ a log file that may still grow, be truncated or be rotated (renamed and recreate
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -32,6 +33,19 @@ class LogLine:
     stream: str
     content: bytes
     complete: bool = True
+
+
+_TIMESTAMP_RE = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?(Z|[+-]\d\d:\d\d)")
+
+
+def display_timestamp(timestamp: str) -> str:
+    """A record's timestamp as `logs -t` shows it (the kubelet's format): nine fraction digits, `Z` for UTC.
+    A timestamp that is not RFC 3339 is shown as it is."""
+    match = _TIMESTAMP_RE.fullmatch(timestamp)
+    if match is None:
+        return timestamp
+    clock, fraction, offset = match.groups()
+    return f"{clock}.{(fraction or '').ljust(9, '0')}{'Z' if offset in ('Z', '+00:00', '-00:00') else offset}"
 
 
 def parse_record(raw: bytes) -> LogRecord | None:

@@ -1,20 +1,15 @@
-"""Output formatting for `cripy ctl`: crictl-like tables, JSON and YAML renderings of CRI messages.
+"""Text formatting for `cripy ctl`, as crictl does it: tables padded like Go's tabwriter, docker's human sizes
+and durations, shortened ids.
 
-Everything here is pure (returns strings); the verbs in main.py decide where the text goes.
+Everything here is pure (returns strings); the verbs decide where the text goes. The JSON and YAML documents are
+in documents.py.
 """
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
 
-import yaml
-from google.protobuf import json_format
-from google.protobuf.message import Message
-
-OUTPUT_FORMATS = ("json", "yaml", "table")
 TRUNCATED_ID_LENGTH = 13
 # crictl uses a tabwriter with minwidth 20 and padding 3; keep the same look.
 TABLE_MIN_WIDTH = 20
@@ -23,56 +18,7 @@ TABLE_PADDING = 3
 _DECIMAL_UNITS = ("B", "kB", "MB", "GB", "TB", "PB", "EB", "ZB", "YB")
 
 
-def message_to_dict(message: Message) -> dict[str, Any]:
-    """A CRI message as crictl prints it: camelCase names, enum names, zero values included."""
-    return json_format.MessageToDict(
-        message,
-        always_print_fields_with_no_presence=True,
-        preserving_proto_field_name=False,
-    )
-
-
-def parse_info_map(info: Mapping[str, str]) -> dict[str, Any]:
-    """The verbose `info` map of a status response; values holding JSON become structured."""
-    parsed: dict[str, Any] = {}
-    for key, value in info.items():
-        try:
-            parsed[key] = json.loads(value)
-        except ValueError:
-            parsed[key] = value
-    return parsed
-
-
-def to_json(data: Any) -> str:
-    return json.dumps(data, indent=2) + "\n"
-
-
-def to_yaml(data: Any) -> str:
-    return yaml.safe_dump(data, default_flow_style=False, sort_keys=False)
-
-
-def render_data(data: Any, fmt: str) -> str:
-    """Render plain data as json or yaml (the only structured formats)."""
-    if fmt == "yaml":
-        return to_yaml(data)
-    if fmt == "json":
-        return to_json(data)
-    raise ValueError(f"unsupported output format {fmt!r}: choose json or yaml")
-
-
-def render_message(message: Message, fmt: str) -> str:
-    return render_data(message_to_dict(message), fmt)
-
-
-def render_status_info(status: Message | None, info: Mapping[str, str], fmt: str) -> str:
-    """The `{"status": ..., "info": ...}` document of crictl's inspect verbs."""
-    data: dict[str, Any] = {"status": message_to_dict(status) if status is not None else None}
-    if info:
-        data["info"] = parse_info_map(info)
-    return render_data(data, fmt)
-
-
-def format_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+def format_table(headers: Sequence[str], rows: Iterable[Sequence[str]], min_width: int = TABLE_MIN_WIDTH) -> str:
     """Columns padded like crictl's tabwriter; the last column is not padded."""
     all_rows = [list(headers)] + [list(row) for row in rows]
     if not headers:
@@ -81,7 +27,7 @@ def format_table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     for row in all_rows:
         for index, cell in enumerate(row[:-1]):
             widths[index] = max(widths[index], len(cell))
-    widths = [max(TABLE_MIN_WIDTH, width + TABLE_PADDING) for width in widths]
+    widths = [max(min_width, width + TABLE_PADDING) for width in widths]
     lines = []
     for row in all_rows:
         cells = [cell.ljust(widths[index]) for index, cell in enumerate(row[:-1])]
@@ -136,21 +82,3 @@ def truncate_id(value: str, prefix: str = "") -> str:
     if prefix and value.startswith(prefix):
         value = value[len(prefix):]
     return value[:TRUNCATED_ID_LENGTH]
-
-
-def split_repo_tag(repo_tag: str) -> tuple[str, str]:
-    """"repo:tag" into its parts; the colon of a registry port is not a tag separator."""
-    name, sep, tag = repo_tag.rpartition(":")
-    if not sep or "/" in tag:
-        return repo_tag, "<none>"
-    return name, tag
-
-
-def split_repo_digest(repo_digests: Sequence[str]) -> tuple[str, str]:
-    """The repository and digest of an image's first repo digest, or <none>s."""
-    if not repo_digests:
-        return "<none>", "<none>"
-    name, sep, digest = repo_digests[0].partition("@")
-    if not sep:
-        return "<none>", "<none>"
-    return name, digest

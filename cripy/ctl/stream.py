@@ -300,7 +300,8 @@ def parse_port_mappings(specs: list[str]) -> list[tuple[int, int]]:
 
 
 class PortForwarder:
-    """Listens on 127.0.0.1 for each mapping and forwards every accepted connection over one SPDY session."""
+    """Listens on the loopback addresses for each mapping and forwards every accepted connection over one SPDY
+    session."""
 
     def __init__(self, url: str, mappings: list[tuple[int, int]], announce: Callable[[str], None]) -> None:
         sock, _, initial = open_upgraded(url, channels.SPDY_PORT_FORWARD_PROTOCOLS)
@@ -315,9 +316,7 @@ class PortForwarder:
         self.connection.start()
         try:
             for local, remote in self.mappings:
-                listener = socket.create_server(("127.0.0.1", local))
-                self.listeners.append((listener, remote))
-                self.announce(f"Forwarding from 127.0.0.1:{listener.getsockname()[1]} -> {remote}")
+                self._listen(local, remote)
             for listener, remote in self.listeners:
                 threading.Thread(target=self._accept_loop, args=(listener, remote), daemon=True).start()
             self.connection.closed.wait()
@@ -326,12 +325,28 @@ class PortForwarder:
                 listener.close()
             self.connection.close()
 
+    def _listen(self, local: int, remote: int) -> None:
+        """Listen on 127.0.0.1 and, when the node has IPv6 loopback, on [::1] with the same port (as kubectl and
+        crictl do); a port the IPv6 side cannot get is left to the IPv4 side alone."""
+        listener = socket.create_server(("127.0.0.1", local))
+        port = listener.getsockname()[1]
+        self.listeners.append((listener, remote))
+        self.announce(f"Forwarding from 127.0.0.1:{port} -> {remote}")
+        try:
+            listener6 = socket.create_server(("::1", port), family=socket.AF_INET6)
+        except OSError:
+            return
+        self.listeners.append((listener6, remote))
+        self.announce(f"Forwarding from [::1]:{port} -> {remote}")
+
     def _accept_loop(self, listener: socket.socket, remote: int) -> None:
+        local = listener.getsockname()[1]
         while not self.connection.closed.is_set():
             try:
                 client, _ = listener.accept()
             except OSError:
                 return
+            self.announce(f"Handling connection for {local}")
             threading.Thread(target=self._forward, args=(client, remote), daemon=True).start()
 
     def _forward(self, client: socket.socket, remote: int) -> None:

@@ -1,9 +1,10 @@
 """PullImage: from a reference as kubelet writes it to an image in the store.
 
 Resolution (short names, registry rewrites, mirrors, blocked registries) comes from registries.conf, credentials
-from the CRI request or auth.json, the go-ahead from the trust policy; then the manifest (an index picks this
-node's platform), the config, and the layers, several at a time. Two pulls of the same image at the same moment
-are one pull. Which source failed and why is kept, so that a failed pull says what was tried.
+from the CRI request or auth.json; then the manifest, which the trust gate (trust/gate.py: policy.json and
+signatures) must accept before anything else is fetched; then the config (an index first picks this node's
+platform) and the layers, several at a time. Two pulls of the same image at the same moment are one pull. Which
+source failed and why is kept, so that a failed pull says what was tried.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cripy import timing
 from cripy.config import ImagesConfig
 from cripy.errors import (
     CripyError,
@@ -36,10 +38,8 @@ from cripy.images.manifest import (
     parse_manifest,
     select_platform,
 )
-from cripy.images.policy import load_policy
 from cripy.images.reference import Reference, is_short_name
 from cripy.images.registries import PullSource, RegistriesConf, load_registries_conf
-from cripy import timing
 from cripy.images import progress
 from cripy.images.progress import LayerProgress, ProgressBoard, PullCounts
 from cripy.images.store import Image, ImageStore, LayerSource, LayerStream
@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     import aiohttp
 
     from cripy.images.registry import BlobSink, RegistryClient
+    from cripy.images.trust.gate import SignatureCheck
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,8 @@ class PullRequest:
     image: str
     credentials: Credentials | None = None
     credentials_server: str = ""
+    # The Kubernetes namespace of the pod the image is pulled for ("" if none): picks a per-namespace policy.
+    namespace: str = ""
 
 
 class Puller:
@@ -79,8 +82,8 @@ class Puller:
         self._store = store
         self._settings = settings
         self.board = board or ProgressBoard()
-        self._in_flight: dict[tuple[str, str], asyncio.Task[Image]] = {}
-        self._callers: dict[tuple[str, str], timing.Call | None] = {}
+        self._in_flight: dict[tuple[str, str, str], asyncio.Task[Image]] = {}
+        self._callers: dict[tuple[str, str, str], timing.Call | None] = {}
         self._layer_slots = asyncio.Semaphore(settings.max_parallel_layers)
         self._session: aiohttp.ClientSession | None = None
 
@@ -110,7 +113,8 @@ class Puller:
     async def pull(self, request: PullRequest) -> Image:
         """Pull, or join the identical pull already running. The pull is a task of its own, so a client that
         gives up does not waste the work: its retry joins the same pull."""
-        key = (request.image, _credentials_key(request.credentials))
+        # Pulls for different namespaces may be judged by different policies: they never share a pull.
+        key = (request.image, _credentials_key(request.credentials), request.namespace)
         running = self._in_flight.get(key)
         if running is not None:
             log.info("pull of %s already in progress: waiting for it", request.image)
@@ -138,7 +142,7 @@ class Puller:
         self.board.pulls.succeeded += 1
         return image
 
-    def _pull_done(self, key: tuple[str, str]) -> None:
+    def _pull_done(self, key: tuple[str, str, str]) -> None:
         self._in_flight.pop(key, None)
         self._callers.pop(key, None)
         if not self._in_flight:
@@ -146,19 +150,25 @@ class Puller:
             asyncio.get_running_loop().run_in_executor(None, release_free_heap)
 
     async def _pull(self, request: PullRequest, operation: progress.Operation) -> Image:
+        # Like the HTTP stack, the trust gate (YAML, URL parsing, signature formats) loads at the first pull.
+        from cripy.images.trust.gate import SignatureCheck, load_pull_policy, refuse_outright
+
         # File reads and parsing: in a thread, not on the event loop that serves every other CRI call.
+        settings = self._settings
         with step("image.resolve"):
             conf, policy, auth_store = await asyncio.to_thread(
-                lambda: (self.registries(), load_policy(Path(self._settings.signature_policy)), self._auth_store())
+                lambda: (self.registries(), load_pull_policy(settings, request.namespace), self._auth_store())
             )
         failures: list[tuple[str, CripyError]] = []
         for candidate in conf.candidates(request.image):
-            policy.check(candidate)
+            match = policy.requirements_for(candidate)
+            refuse_outright(match, candidate)
+            check = SignatureCheck(match, Path(settings.registries_d), _certs_dir(settings))
             for source in conf.pull_sources(candidate):
                 where = f"{source.reference}" + (" (mirror)" if source.is_mirror else "")
                 credentials = self._credentials_for(source, request, auth_store)
                 try:
-                    return await self._pull_from(candidate, source, credentials, operation)
+                    return await self._pull_from(candidate, source, credentials, check, operation)
                 except _TRY_NEXT as e:
                     log.warning("pull of %s from %s failed: %s", candidate, where, e)
                     failures.append((where, e))
@@ -183,25 +193,25 @@ class Puller:
         return auth_store.lookup(source.reference)
 
     async def _pull_from(self, wanted: Reference, source: PullSource, credentials: Credentials | None,
-                         operation: progress.Operation) -> Image:
+                         check: SignatureCheck, operation: progress.Operation) -> Image:
         ref = source.reference
-        from cripy.images.registry import RegistryClient
-
-        client = RegistryClient(
-            DOCKER_HUB_ENDPOINT if ref.domain == "docker.io" else ref.domain,
-            insecure=source.insecure,
-            credentials=credentials,
-            session=self._http(),
-            certs_dir=Path(self._settings.certs_dir) if self._settings.certs_dir else None,
-            # A mirror is an optimisation: one that is down costs one retry, not the primary's full backoff.
-            retries=min(self._settings.pull_retries, MIRROR_RETRIES) if source.is_mirror else self._settings.pull_retries,
-            backoff=self._settings.pull_retry_backoff_seconds,
-            min_throughput=self._settings.pull_min_throughput_bytes,
-            throughput_window=self._settings.pull_throughput_window_seconds,
-        )
+        client = registry_client(self._settings, source, credentials, self._http())
         started = time.monotonic()
         with step("image.manifest"):
-            manifest, body, media_type, digest = await self._fetch_manifest(client, ref, wanted)
+            media_type, body, digest = await client.get_manifest(ref.path, ref.digest or ref.tag or "latest")
+            # The trust gate: signatures of the manifest the reference resolves to, before anything else is fetched.
+            from cripy.images.trust.gate import enforce
+
+            await enforce(check, wanted, ref, body, digest, client, self._http())
+            document = parse_manifest(media_type, body)
+            if isinstance(document, ImageIndex):
+                chosen = select_platform(document, self.platform())
+                log.info("pull %s: index %s, platform %s -> %s", wanted, digest, self.platform(), chosen.digest)
+                media_type, body, digest = await client.get_manifest(ref.path, chosen.digest)
+                document = parse_manifest(media_type, body)
+                if not isinstance(document, ImageManifest):
+                    raise InvalidArgument(f"manifest {chosen.digest} of {ref} is an index inside an index")
+        manifest = document
         with step("image.config"):
             config_bytes = await self._fetch_small_blob(client, ref, manifest.config)
         config = parse_image_config(config_bytes)
@@ -230,20 +240,6 @@ class Puller:
         )
         log.info("pulled %s from %s in %.2fs: image %s", wanted, ref.domain, time.monotonic() - started, image.id)
         return image
-
-    async def _fetch_manifest(self, client: RegistryClient, ref: Reference,
-                              wanted: Reference) -> tuple[ImageManifest, bytes, str, str]:
-        """The image manifest: the one named, or this platform's from the index named."""
-        media_type, body, digest = await client.get_manifest(ref.path, ref.digest or ref.tag or "latest")
-        document = parse_manifest(media_type, body)
-        if isinstance(document, ImageIndex):
-            chosen = select_platform(document, self.platform())
-            log.info("pull %s: index %s, platform %s -> %s", wanted, digest, self.platform(), chosen.digest)
-            media_type, body, digest = await client.get_manifest(ref.path, chosen.digest)
-            document = parse_manifest(media_type, body)
-            if not isinstance(document, ImageManifest):
-                raise InvalidArgument(f"manifest {chosen.digest} of {ref} is an index inside an index")
-        return document, body, media_type, digest
 
     async def _fetch_small_blob(self, client: RegistryClient, ref: Reference, desc: Descriptor) -> bytes:
         """A small blob (the config) into memory, verified like any download."""
@@ -287,6 +283,30 @@ class Puller:
                 read_bufsize=BLOB_CHUNK_SIZE,
             )
         return self._session
+
+
+def registry_client(settings: ImagesConfig, source: PullSource, credentials: Credentials | None,
+                    session: aiohttp.ClientSession) -> RegistryClient:
+    """The client for one pull source, with the pull settings of the config."""
+    from cripy.images.registry import RegistryClient
+
+    ref = source.reference
+    return RegistryClient(
+        DOCKER_HUB_ENDPOINT if ref.domain == "docker.io" else ref.domain,
+        insecure=source.insecure,
+        credentials=credentials,
+        session=session,
+        certs_dir=_certs_dir(settings),
+        # A mirror is an optimisation: one that is down costs one retry, not the primary's full backoff.
+        retries=min(settings.pull_retries, MIRROR_RETRIES) if source.is_mirror else settings.pull_retries,
+        backoff=settings.pull_retry_backoff_seconds,
+        min_throughput=settings.pull_min_throughput_bytes,
+        throughput_window=settings.pull_throughput_window_seconds,
+    )
+
+
+def _certs_dir(settings: ImagesConfig) -> Path | None:
+    return Path(settings.certs_dir) if settings.certs_dir else None
 
 
 class _ByteCount:

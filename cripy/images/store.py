@@ -2,14 +2,16 @@
 
 It owns: looking images up by id, name or digest; adding an image once its layers are in place (each layer
 unpacked once, keyed by its chain id, fetched at most once even when two pulls want it at the same moment);
-removing names and images, and the layers nothing uses any more; the usage figures for ImageFsInfo; and the
-start-up clean-up of whatever a crash left half-done. Fetching blobs is the caller's business (pull.py, archive.py):
-the store is handed a `fetch` function for each layer it does not have.
+removing names and images (never one a container mounts as an image volume), and the layers nothing uses any
+more; the usage figures for ImageFsInfo; and the start-up clean-up of whatever a crash left half-done. Fetching
+blobs is the caller's business (pull.py, archive.py): the store is handed a `fetch` function for each layer it does
+not have.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -20,9 +22,9 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Awaitable, Callable, Iterable, Sequence, TypeVar
+from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable, Iterable, Sequence, TypeVar
 
-from cripy.errors import DataLoss, InvalidArgument, NotFound, Unavailable
+from cripy.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound, Unavailable
 from cripy.images import progress
 from cripy.images.progress import LayerProgress
 from cripy.images.reference import Reference, parse_image_id, parse_normalized
@@ -131,8 +133,10 @@ class ImageStore:
         self._lock = asyncio.Lock()
         self._pinned_names: set[str] = set()
         self.set_pinned(pinned)
-        # Containers (a later layer) tell the store which images they hold; until then nothing holds any.
+        # Containers (a later layer) tell the store which images they hold, and which of those they mount as
+        # image volumes (ids of the containers); until then nothing holds any.
         self.image_in_use: Callable[[str], Awaitable[bool]] = _nothing_uses
+        self.image_mounted_by: Callable[[str], Awaitable[list[str]]] = _nothing_mounts
 
     def set_pinned(self, names: Sequence[str]) -> None:
         pinned: set[str] = set()
@@ -162,6 +166,14 @@ class ImageStore:
     async def get(self, image_id: str) -> Image | None:
         rows = await self._db.run(lambda conn: _select_images(conn, image_id))
         return self._image_from(*rows[0]) if rows else None
+
+    @contextlib.asynccontextmanager
+    async def removals_held(self) -> AsyncIterator[None]:
+        """No image or layer is removed while this is held: a caller finds images and records its use of them
+        (a container that `image_in_use` then counts) in one step, so that no RemoveImage or collection of
+        unused images falls between the two."""
+        async with self._lock:
+            yield
 
     async def layer_dirs(self, image_id: str) -> list[Path]:
         """The diff directories of an image, lowest layer first (overlay wants them in the reverse order)."""
@@ -336,9 +348,18 @@ class ImageStore:
             if image_id is None:
                 return  # CRI: removing an image that is not there is not an error
             removed_tag = await self._db.run(lambda conn: _tag_named(conn, ref, candidates, image_id))
+            last_name = removed_tag is None or await self._db.run(lambda conn: _tag_count(conn, image_id)) == 1
+            mounted_by = await self.image_mounted_by(image_id) if last_name else []
+            if mounted_by:
+                # Unlike a container's own image (its names go, its content stays), an image volume is named by
+                # the image the kubelet keeps pulled for it: removing it is a mistake, and said as one.
+                raise FailedPrecondition(
+                    f"image {image_id} ({ref}) is mounted as an image volume by container(s) {', '.join(mounted_by)}:"
+                    " remove the container(s) first"
+                )
             if removed_tag is not None:
                 await self._db.run(lambda conn: conn.execute("DELETE FROM image_names WHERE name = ?", (removed_tag,)))
-                if await self._db.run(lambda conn: _tag_count(conn, image_id)) > 0:
+                if not last_name:
                     log.info("removed name %s of image %s", removed_tag, image_id)
                     return
             if await self.image_in_use(image_id):
@@ -368,8 +389,9 @@ class ImageStore:
         it, it goes now (one look-up in the common case of a named image)."""
         if await self._db.run(lambda conn: _has_names(conn, image_id)) or await self.image_in_use(image_id):
             return
-        async with self._lock:
-            if not await self._db.run(lambda conn: _has_names(conn, image_id)):
+        async with self._lock:  # again, held: a container created meanwhile may hold the image now
+            named = await self._db.run(lambda conn: _has_names(conn, image_id))
+            if not named and not await self.image_in_use(image_id):
                 await self._db.transaction(lambda conn: conn.execute("DELETE FROM images WHERE id = ?", (image_id,)))
                 log.info("removed image %s: its last user is gone and it has no name", image_id)
                 await self._collect_layers()
@@ -544,6 +566,10 @@ def _start_thread(fn: Callable[..., T], pipe: _ChunkPipe, *args: object, what: s
 
 async def _nothing_uses(image_id: str) -> bool:
     return False
+
+
+async def _nothing_mounts(image_id: str) -> list[str]:
+    return []
 
 
 def _parse_config(config: bytes, config_digest: str) -> dict:

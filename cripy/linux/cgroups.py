@@ -1,8 +1,8 @@
 """Cgroups through the cgroupfs driver: v1 (hybrid, one hierarchy per controller) and v2 (unified).
 
 A cgroup is named by a relative path ("cripy/pod-x"); in v1 it exists once per mounted hierarchy. This module
-creates and removes those directories and reads usage (cpu, memory, pids) for stats. Parsers of the kernel's text
-formats are pure functions. Writing limits is runc's job (through the OCI spec), not this module's.
+creates and removes those directories and lists their processes; cgroupstats.py reads their usage. Parsers of the
+kernel's text formats are pure functions. Writing limits is runc's job (through the OCI spec), not this module's.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ import functools
 import os
 import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from cripy.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -27,16 +26,6 @@ _REMOVE_BACKOFF_S = 0.025
 class CgroupMode(enum.Enum):
     V1 = "v1"  # legacy or hybrid: controllers on separate cgroup (v1) hierarchies
     V2 = "v2"  # unified: one cgroup2 hierarchy at /sys/fs/cgroup
-
-
-@dataclass(frozen=True)
-class MemoryStats:
-    usage: int
-    working_set: int
-    rss: int
-    page_faults: int
-    major_page_faults: int
-    oom_kills: int
 
 
 # ---------------------------------------------------------------------------------------------------- parsers
@@ -58,35 +47,6 @@ def parse_flat_keyed(text: str) -> dict[str, int]:
 def parse_procs(text: str) -> list[int]:
     """Parse cgroup.procs / tasks: one PID per line."""
     return [int(line) for line in text.split() if line.strip()]
-
-
-def memory_stats_v1(usage: int, stat: dict[str, int], oom_control: dict[str, int]) -> MemoryStats:
-    """v1: hierarchical (total_*) counters, working set = usage - total_inactive_file (as the kubelet does)."""
-    inactive_file = stat.get("total_inactive_file", stat.get("inactive_file", 0))
-    return MemoryStats(
-        usage=usage,
-        working_set=max(0, usage - inactive_file),
-        rss=stat.get("total_rss", stat.get("rss", 0)),
-        page_faults=stat.get("total_pgfault", stat.get("pgfault", 0)),
-        major_page_faults=stat.get("total_pgmajfault", stat.get("pgmajfault", 0)),
-        oom_kills=oom_control.get("oom_kill", 0),
-    )
-
-
-def memory_stats_v2(usage: int, stat: dict[str, int], events: dict[str, int]) -> MemoryStats:
-    """v2: memory.current, memory.stat (anon is the rss counterpart), memory.events."""
-    return MemoryStats(
-        usage=usage,
-        working_set=max(0, usage - stat.get("inactive_file", 0)),
-        rss=stat.get("anon", 0),
-        page_faults=stat.get("pgfault", 0),
-        major_page_faults=stat.get("pgmajfault", 0),
-        oom_kills=events.get("oom_kill", 0),
-    )
-
-
-def cpu_usage_ns_v2(cpu_stat: dict[str, int]) -> int:
-    return cpu_stat.get("usage_usec", 0) * 1000
 
 
 def v1_hierarchies(mounts: list[MountInfo]) -> dict[str, Path]:
@@ -152,6 +112,13 @@ def cgroup_paths(relpath: str) -> list[Path]:
     if mode() is CgroupMode.V2:
         return [CGROUP_ROOT / clean]
     return [mount_point / clean for mount_point in dict.fromkeys(_hierarchies().values())]
+
+
+def hierarchy_root(controller: str) -> Path | None:
+    """The root directory of the hierarchy that carries the controller (v2: the unified root), None if unmounted."""
+    if mode() is CgroupMode.V2:
+        return CGROUP_ROOT if controller in controllers() else None
+    return _hierarchies().get(controller)
 
 
 def controller_path(controller: str, relpath: str) -> Path:
@@ -228,47 +195,7 @@ def _pids_at(path: Path) -> list[int]:
         return []
 
 
-# ---------------------------------------------------------------------------------------------------- readers
-
-
-def _read_int(path: Path) -> int:
-    return int(path.read_text().strip())
-
-
-def _read_keyed(path: Path) -> dict[str, int]:
-    try:
-        return parse_flat_keyed(path.read_text())
-    except FileNotFoundError:
-        return {}
-
-
-def read_cpu_usage_ns(relpath: str) -> int:
-    """Total CPU time consumed by the cgroup, in nanoseconds."""
-    if mode() is CgroupMode.V2:
-        return cpu_usage_ns_v2(_read_keyed(controller_path("cpu", relpath) / "cpu.stat"))
-    return _read_int(controller_path("cpuacct", relpath) / "cpuacct.usage")
-
-
-def read_memory(relpath: str) -> MemoryStats:
-    if mode() is CgroupMode.V2:
-        base = controller_path("memory", relpath)
-        return memory_stats_v2(
-            _read_int(base / "memory.current"), _read_keyed(base / "memory.stat"), _read_keyed(base / "memory.events")
-        )
-    base = controller_path("memory", relpath)
-    return memory_stats_v1(
-        _read_int(base / "memory.usage_in_bytes"),
-        _read_keyed(base / "memory.stat"),
-        _read_keyed(base / "memory.oom_control"),
-    )
-
-
-def read_pids(relpath: str) -> int:
-    """Number of tasks (threads included, as the pids controller counts them) in the cgroup and below."""
-    path = controller_path("pids", relpath) / "pids.current"
-    if path.exists():
-        return _read_int(path)
-    return len(pids_in(relpath))
+# ---------------------------------------------------------------------------------------------------- processes
 
 
 def pids_in(relpath: str) -> list[int]:

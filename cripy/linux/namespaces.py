@@ -1,8 +1,14 @@
-"""Linux namespaces: creating and pinning pod namespaces (net, ipc, uts), entering them, identifying them.
+"""Linux namespaces: creating and pinning pod namespaces (user, net, ipc, uts), entering them, identifying them.
 
 A pinned namespace is the namespace's nsfs file bind-mounted onto a regular file (pin_dir/<kind>), so it outlives
 every process and can be handed to runc and CNI plugins by path. Creation uses util-linux unshare(1), which does the
 unshare + bind in a short-lived child, so the daemon's own threads never change namespace for that.
+
+A pod's user namespace is created in the same unshare(2) as its other namespaces, so the kernel makes it their
+owner: root in the pod then holds CAP_NET_ADMIN, CAP_SYS_ADMIN... over the pod's network, IPC and UTS namespaces
+(runc can mount sysfs and mqueue there) and over nothing of the node's. unshare(1) can only write id maps through
+newuidmap(1), which needs /etc/subuid entries; instead the shell it starts waits on its stdin until the daemon has
+written the maps into /proc/<pid>/uid_map and gid_map itself (root may write any mapping into a child namespace).
 """
 
 from __future__ import annotations
@@ -12,14 +18,18 @@ import ctypes.util
 import errno
 import os
 import re
+import select
 import subprocess
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from cripy.errors import Internal, InvalidArgument
 from cripy.linux import mount as mnt
+from cripy.linux.idmap import IDRange, map_text
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
@@ -39,7 +49,7 @@ NAMESPACE_FLAGS: dict[str, int] = {
     "cgroup": CLONE_NEWCGROUP,
 }
 
-PINNABLE_KINDS = ("net", "ipc", "uts")
+PINNABLE_KINDS = ("user", "net", "ipc", "uts")
 
 # Sysctls whose state belongs to one of the namespaces a pod owns (the set Kubernetes calls namespaced).
 _NAMESPACED_SYSCTL_PREFIXES: dict[str, str] = {
@@ -56,6 +66,14 @@ _UNSHARE_TIMEOUT_S = 30.0
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
 _libc.setns.restype = ctypes.c_int
+
+
+@dataclass(frozen=True)
+class UserMaps:
+    """The id maps of a user namespace (uid_map, gid_map)."""
+
+    uids: tuple[IDRange, ...]
+    gids: tuple[IDRange, ...]
 
 
 def sysctl_namespace(name: str) -> str:
@@ -84,14 +102,19 @@ def _validate_hostname(hostname: str) -> None:
                               "(1-63 letters, digits, '.', '-', starting with a letter or digit)")
 
 
-def setup_script(hostname: str | None, sysctls: Mapping[str, str]) -> tuple[str, list[str]]:
+def setup_script(hostname: str | None, sysctls: Mapping[str, str], *, sethostname: bool = False) -> tuple[str, list[str]]:
     """A /bin/sh script (and its positional arguments) that sets the hostname and sysctls of the namespaces it
-    runs in. Values travel as arguments, never spliced into the script text."""
+    runs in. Values travel as arguments, never spliced into the script text. `sethostname`: through hostname(1)
+    (the sethostname(2) call, allowed to root of the namespace's owner) rather than /proc/sys/kernel/hostname,
+    which only the node's root may write."""
     lines = ["set -e"]
     args: list[str] = []
     if hostname is not None:
         args.append(hostname)
-        lines.append(f'printf "%s" "${{{len(args)}}}" > /proc/sys/kernel/hostname')
+        if sethostname:
+            lines.append(f'hostname "${{{len(args)}}}"')  # validated: never starts with '-'
+        else:
+            lines.append(f'printf "%s" "${{{len(args)}}}" > /proc/sys/kernel/hostname')
     for name, value in sysctls.items():
         args.append(value)
         # name was validated: dotted, no '/', no '..' - safe to turn into a path inside the script
@@ -104,16 +127,20 @@ def pin_namespaces(
     pin_dir: Path,
     hostname: str | None = None,
     sysctls: Mapping[str, str] | None = None,
+    user_maps: UserMaps | None = None,
 ) -> dict[str, Path]:
     """Create new namespaces of the given kinds, pin them at pin_dir/<kind>, set hostname and sysctls in them.
 
-    Returns kind -> pinned path. On failure nothing stays behind (mounts and files undone) and Internal is raised
-    with unshare's or the setup script's error output.
+    A "user" kind needs `user_maps`; it owns the other namespaces created with it. Returns kind -> pinned path. On
+    failure nothing stays behind (mounts and files undone) and Internal is raised with unshare's or the setup
+    script's error output.
     """
     kinds = list(dict.fromkeys(kinds))
     for kind in kinds:
         if kind not in PINNABLE_KINDS:
             raise InvalidArgument(f"namespace kind {kind!r} cannot be pinned (only {', '.join(PINNABLE_KINDS)})")
+    if ("user" in kinds) != (user_maps is not None):
+        raise InvalidArgument("a user namespace needs id maps, and id maps need a user namespace")
     sysctls = dict(sysctls or {})
     validate_sysctls(sysctls, kinds)
     if hostname is not None:
@@ -131,13 +158,24 @@ def pin_namespaces(
             with open(path, "x"):
                 pass
             created.append(path)
-        script, args = setup_script(hostname, sysctls)
-        command = ["unshare", *[f"--{kind}={path}" for kind, path in paths.items()], "--", "/bin/sh", "-c", script,
-                   "cripy-ns-setup", *args]
-        proc = subprocess.run(command, capture_output=True, text=True, timeout=_UNSHARE_TIMEOUT_S)
-        if proc.returncode != 0:
-            raise Internal(f"creating {'/'.join(kinds)} namespaces in {pin_dir} failed (exit {proc.returncode}): "
-                           f"{proc.stderr.strip() or proc.stdout.strip()}")
+        script, args = setup_script(hostname, sysctls, sethostname=user_maps is not None)
+        if user_maps is None:
+            command = ["unshare", *[f"--{kind}={path}" for kind, path in paths.items()], "--", "/bin/sh", "-c",
+                       script, "cripy-ns-setup", *args]
+            proc = subprocess.run(command, capture_output=True, text=True, timeout=_UNSHARE_TIMEOUT_S)
+            returncode, output = proc.returncode, proc.stderr.strip() or proc.stdout.strip()
+        else:
+            returncode, output = _create_with_maps(paths, user_maps)
+            if returncode == 0 and (hostname is not None or sysctls):
+                # The setup runs as root of the new user namespace (nsenter sets uid and gid 0 there): the IPC
+                # sysctls are writable by that owner only, not even by the node's root.
+                joined = [f"--{kind}={path}" for kind, path in paths.items()]
+                proc = subprocess.run(["nsenter", *joined, "--", "/bin/sh", "-c", script, "cripy-ns-setup", *args],
+                                      capture_output=True, text=True, timeout=_UNSHARE_TIMEOUT_S)
+                returncode, output = proc.returncode, proc.stderr.strip() or proc.stdout.strip()
+        if returncode != 0:
+            raise Internal(f"creating {'/'.join(kinds)} namespaces in {pin_dir} failed (exit {returncode}): "
+                           f"{output}")
         for kind, path in paths.items():
             if not mnt.is_mountpoint(path):
                 raise Internal(f"unshare did not pin the {kind} namespace at {path}")
@@ -151,6 +189,73 @@ def pin_namespaces(
         _undo_pins(created)
         raise
     return paths
+
+
+def _create_with_maps(paths: Mapping[str, Path], user_maps: UserMaps) -> tuple[int, str]:
+    """Create namespaces of the kinds in `paths` (user among them, owning the others) with unshare(1); once its
+    shell waits, write `user_maps` into the user namespace and pin each namespace at its path.
+
+    The daemon binds the namespaces itself: unshare(1) binds them from a helper child that, here, is refused
+    (EPERM) the namespace files of a parent that has entered a new user namespace.
+    """
+    deadline = time.monotonic() + _UNSHARE_TIMEOUT_S
+    command = ["unshare", *[f"--{kind}" for kind in paths], "--", "/bin/sh", "-c", "echo ready; read -r _; exit 0"]
+    proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        if _read_line(proc.stdout.fileno(), deadline) == b"ready\n":
+            Path(f"/proc/{proc.pid}/uid_map").write_text(map_text(user_maps.uids))
+            Path(f"/proc/{proc.pid}/gid_map").write_text(map_text(user_maps.gids))
+            for kind, path in paths.items():
+                mnt.mount(f"/proc/{proc.pid}/ns/{kind}", path, flags=mnt.MS_BIND)
+        proc.stdin.close()
+        proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        return proc.returncode, proc.stderr.read().decode(errors="replace").strip()  # a few lines: they fit the pipe
+    except OSError as exc:
+        raise Internal(f"cannot map and pin the namespaces of a new user namespace: {exc}") from exc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            proc.wait()
+
+
+@contextmanager
+def scratch_user_namespace(user_maps: UserMaps) -> Iterator[Path]:
+    """A short-lived user namespace with `user_maps`, for checks (can this node id-map a mount?): yields its
+    /proc/<pid>/ns/user path, held by a waiting shell that is ended on the way out."""
+    deadline = time.monotonic() + _UNSHARE_TIMEOUT_S
+    proc = subprocess.Popen(["unshare", "--user", "--", "/bin/sh", "-c", "echo ready; read -r _; exit 0"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        if _read_line(proc.stdout.fileno(), deadline) != b"ready\n":
+            raise Internal(f"unshare --user failed: {proc.stderr.read().decode(errors='replace').strip()}"
+                           if proc.stderr else "unshare --user failed")
+        Path(f"/proc/{proc.pid}/uid_map").write_text(map_text(user_maps.uids))
+        Path(f"/proc/{proc.pid}/gid_map").write_text(map_text(user_maps.gids))
+        yield Path(f"/proc/{proc.pid}/ns/user")
+    finally:
+        if proc.stdin is not None:
+            proc.stdin.close()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _read_line(fd: int, deadline: float) -> bytes:
+    """One line from `fd` (b"" at its end); TimeoutExpired after `deadline`."""
+    line = b""
+    while not line.endswith(b"\n"):
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            raise subprocess.TimeoutExpired("unshare", _UNSHARE_TIMEOUT_S)
+        chunk = os.read(fd, 64)
+        if not chunk:
+            break
+        line += chunk
+    return line
 
 
 def _undo_pins(paths: Sequence[Path]) -> None:

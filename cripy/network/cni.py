@@ -449,6 +449,12 @@ class CNIManager:
         """Ready when a valid network list is configured and all its plugins exist; re-reads changed configs."""
         return self._evaluate()[1]
 
+    def configuration(self) -> tuple[NetworkList | None, NetworkStatus, list[NetworkList], list[str]]:
+        """For an operator: the network pods attach to (None if not ready), why, every valid network list found,
+        and the files skipped with the reason."""
+        network, status = self._evaluate()
+        return network, status, list(self._conf.networks), list(self._conf.problems)
+
     def current_network(self) -> NetworkList:
         network, status = self._evaluate()
         if network is None:

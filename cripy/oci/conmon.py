@@ -54,6 +54,7 @@ class ConmonCreateArgs:
     stdin_once: bool = False
     log_size_max: int = -1
     syslog: bool = True
+    runtime_args: tuple[str, ...] = ()
 
 
 def build_create_argv(a: ConmonCreateArgs) -> list[str]:
@@ -73,6 +74,7 @@ def build_create_argv(a: ConmonCreateArgs) -> list[str]:
         "--persist-dir", str(a.persist_dir),
         "--socket-dir-path", str(a.socket_dir),
         "--runtime-arg", f"--root={a.runtime_root}",
+        *[part for arg in a.runtime_args for part in ("--runtime-arg", arg)],
         "--log-level", a.log_level,
     ]
     if a.syslog:

@@ -1,13 +1,15 @@
 """The infra process of a pod that shares one PID namespace: the pause role, played by catatonit.
 
-It is a tiny OCI container of its own: an empty rootfs with the pause binary bound in, the pod's network, IPC and
-UTS namespaces joined, and a new PID namespace that the pod's containers then join through /proc/<pid>/ns/pid.
+It is a tiny OCI container of its own: an empty rootfs with the pause binary bound in, the pod's user (when it has
+its own), network, IPC and UTS namespaces joined, and a new PID namespace (owned by the pod's user namespace) that
+the pod's containers then join through /proc/<pid>/ns/pid.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from cripy.containers.spec import id_mappings
 from cripy.pods.model import PodSandbox
 
 PAUSE_PATH_IN_CONTAINER = "/pause"
@@ -15,7 +17,7 @@ PAUSE_PATH_IN_CONTAINER = "/pause"
 
 def infra_spec(pod: PodSandbox, infra_id: str, pause_command: str) -> dict[str, Any]:
     namespaces: list[dict[str, str]] = [{"type": "pid"}, {"type": "mount"}]
-    for kind, oci_type in (("net", "network"), ("ipc", "ipc"), ("uts", "uts")):
+    for kind, oci_type in (("user", "user"), ("net", "network"), ("ipc", "ipc"), ("uts", "uts")):
         path = pod.namespace_path(kind)
         if path is not None:
             namespaces.append({"type": oci_type, "path": str(path)})
@@ -48,4 +50,7 @@ def infra_spec(pod: PodSandbox, infra_id: str, pause_command: str) -> dict[str, 
     }
     if pod.namespace_path("uts") is not None:
         spec["hostname"] = pod.hostname
+    if pod.userns is not None:
+        spec["linux"].update(id_mappings(pod.userns))
     return spec
+

@@ -1,8 +1,8 @@
 """Pod sandboxes: their life (run, stop, remove), their records, and undoing exactly what they did.
 
-RunPodSandbox pins the pod's network, IPC and UTS namespaces, writes hostname/resolv.conf/hosts, mounts a /dev/shm
-tmpfs, attaches the network through CNI and, when the pod shares one PID namespace, starts the infra process
-that holds it. Each of these is journalled before it happens (storage/effects.py), so stop, remove and recovery
+RunPodSandbox pins the pod's user (when it has its own), network, IPC and UTS namespaces, writes
+hostname/resolv.conf/hosts, mounts a /dev/shm tmpfs, attaches the network through CNI and, when the pod shares one
+PID namespace, starts the infra process that holds it. Each of these is journalled before it happens (storage/effects.py), so stop, remove and recovery
 undo what was done and nothing else. Stop keeps the pod's record and files; remove takes the rest.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import logging
 import os
 import secrets
@@ -19,11 +18,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cripy.containers.model import PodSandboxRequest
+from cripy.containers.model import NamespaceMode, PodSandboxRequest, Resources
 from cripy.errors import FailedPrecondition, InvalidArgument, NotFound
 from cripy.linux import mount as mnt
 from cripy.linux import namespaces
 from cripy.network.cni import CNIManager, PortMapping
+from cripy.oci import features
+from cripy.oci import bundle as bundle_config
 from cripy.oci.runtime import OCIRuntime
 from cripy.pods import files
 from cripy.pods.infra import infra_spec
@@ -119,6 +120,18 @@ class PodManager:
         handler = request.runtime_handler or self._default_runtime
         if handler not in self._runtimes:
             raise NotFound(f"runtime handler {handler!r} is not configured (known: {', '.join(sorted(self._runtimes))})")
+        runtime = self._runtimes[handler]
+        features.require(runtime.features, handler, features.RUNNING_CONTAINERS,
+                         f"pod sandbox {request.namespace}/{request.name}")
+        if runtime.sandboxed and request.security.namespace_options.pid is NamespaceMode.POD:
+            raise FailedPrecondition(
+                f"pod sandbox {request.namespace}/{request.name}: runtime handler {handler!r} (gVisor) runs each "
+                "container in a sandbox of its own, which cannot share one PID namespace (namespace_options.pid "
+                "POD); use CONTAINER")
+        if request.security.namespace_options.user is not None:
+            _check_user_namespace_pod(request)
+            features.require(self._runtimes[handler].features, handler, features.USER_NAMESPACES,
+                             f"pod sandbox {request.namespace}/{request.name} (userns_options mode POD)")
         if not request.hostname:
             # As containerd and CRI-O do: a pod that names no hostname gets the node's (kubelet always sends one;
             # critest and hand-written configs often do not, and the pod's name is rarely a valid host name).
@@ -163,12 +176,14 @@ class PodManager:
         if kinds:
             with step("pod.namespaces"):
                 await self._journal.record(pod.id, "pod-namespaces", path=str(pod.ns_dir))
+                userns = pod.userns
                 await asyncio.to_thread(
                     namespaces.pin_namespaces,
                     kinds,
                     pod.ns_dir,
                     pod.hostname if "uts" in kinds else None,
                     pod.request.security.sysctls,
+                    namespaces.UserMaps(tuple(userns.uids), tuple(userns.gids)) if userns is not None else None,
                 )
         elif pod.request.security.sysctls:
             raise InvalidArgument("sysctls need the pod's own network or IPC namespace (the pod uses the host's)")
@@ -224,7 +239,7 @@ class PodManager:
         bundle = pod.run_dir / "infra"
         await self._journal.record(pod.id, "pod-infra", ctr_id=infra_id, handler=pod.runtime_handler)
         spec = infra_spec(pod, infra_id, self._pause_command)
-        await asyncio.to_thread(_write_bundle, bundle, spec)
+        await asyncio.to_thread(_write_bundle, bundle, spec, pod.host_ids())
         created = await runtime.create(
             infra_id, bundle, log_path=bundle / "infra.log", persist_dir=bundle / "persist",
             cgroup_parent="", name=f"{pod.name}-infra",
@@ -233,6 +248,35 @@ class PodManager:
         pod.infra_id = infra_id
         pod.infra_pid = created.pid
         await self._save(pod)
+
+    # ---- resources --------------------------------------------------------------------------------------
+
+    async def update_resources(self, pod_id: str, *, overhead: Resources | None, resources: Resources | None) -> None:
+        """UpdatePodSandboxResources: record the pod-level overhead and resources the kubelet resized the pod to.
+
+        The kubelet calls this after it has written them to the pod's cgroup, which is its own (the pod's cgroup
+        parent); a pod without one shares cripy's cgroup parent with every other pod. cripy owns no pod-level
+        cgroup either way, so there is nothing to write: the values are validated (by the caller) and recorded,
+        and PodSandboxStatus's verbose info shows them beside the limits the pod's cgroup holds. A field the
+        request leaves unset keeps its recorded value."""
+        pod = await self.get(pod_id)
+        async with self.lock(pod.id):
+            if pod.state != STATE_READY:
+                raise FailedPrecondition(f"pod sandbox {pod.id} is {pod.state}, not ready: its resources cannot be "
+                                         "updated")
+            recorded = pod.request
+            pod.request = dataclasses.replace(
+                recorded,
+                overhead=overhead if overhead is not None else recorded.overhead,
+                resources=resources if resources is not None else recorded.resources,
+            )
+            try:
+                await self._table.update(pod, ("request",))
+            except BaseException:
+                pod.request = recorded  # memory stays what the database holds
+                raise
+        log.info("pod %s (%s): pod-level resources recorded (overhead %s, resources %s)", pod.id, pod.name,
+                 pod.request.overhead, pod.request.resources)
 
     # ---- stop and remove ----------------------------------------------------------------------------------
 
@@ -328,6 +372,21 @@ def _unmount_if_mounted(path: Path) -> None:
         mnt.umount(path, detach=True)
 
 
-def _write_bundle(bundle: Path, spec: dict) -> None:
-    (bundle / "rootfs").mkdir(parents=True, exist_ok=True)
-    (bundle / "config.json").write_text(json.dumps(spec))
+def _write_bundle(bundle: Path, spec: dict, root_ids: tuple[int, int]) -> None:
+    """The infra bundle; its (empty) rootfs belongs to the pod's root, which creates the mount points in it."""
+    rootfs = bundle / "rootfs"
+    rootfs.mkdir(parents=True, exist_ok=True)
+    os.chown(rootfs, *root_ids)
+    bundle_config.write_config(bundle, spec)
+
+
+def _check_user_namespace_pod(request: PodSandboxRequest) -> None:
+    """What a pod in its own user namespace cannot also have (the kubelet forbids it too): the node's network, PID
+    or IPC namespace, which its root would not own, or privilege."""
+    options = request.security.namespace_options
+    where = f"pod sandbox {request.namespace}/{request.name}"
+    for kind in ("network", "pid", "ipc"):
+        if getattr(options, kind) is NamespaceMode.NODE:
+            raise InvalidArgument(f"{where}: a pod in its own user namespace cannot use the node's {kind} namespace")
+    if request.security.privileged:
+        raise InvalidArgument(f"{where}: a pod in its own user namespace cannot be privileged")

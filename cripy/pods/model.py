@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cripy.containers.model import NamespaceMode, PodSandboxRequest
+from cripy.containers.model import NamespaceMode, PodSandboxRequest, UserNamespace
+from cripy.linux.idmap import to_host
 
 STATE_CREATING = "creating"
 STATE_READY = "ready"
@@ -43,6 +44,20 @@ class PodSandbox:
         return self.request.security.namespace_options.pid is NamespaceMode.POD
 
     @property
+    def userns(self) -> UserNamespace | None:
+        """The pod's own user namespace (None: its containers run in the node's)."""
+        return self.request.security.namespace_options.user
+
+    def host_ids(self, uid: int = 0, gid: int = 0) -> tuple[int, int]:
+        """The host uid and gid that container ids `uid`, `gid` are in this pod (the same ids without a userns)."""
+        if self.userns is None:
+            return uid, gid
+        host_uid, host_gid = to_host(self.userns.uids, uid), to_host(self.userns.gids, gid)
+        if host_uid is None or host_gid is None:
+            raise ValueError(f"ids {uid}:{gid} are not mapped in pod {self.id}'s user namespace")
+        return host_uid, host_gid
+
+    @property
     def hostname(self) -> str:
         # RunPodSandbox fills in the node's when the request names none; pods recorded before that used their name.
         return self.request.hostname or self.request.name
@@ -53,7 +68,8 @@ class PodSandbox:
 
     @property
     def pinned_kinds(self) -> list[str]:
-        kinds = []
+        # The user namespace comes first: created with the others, it owns them.
+        kinds = ["user"] if self.userns is not None else []
         if not self.host_network:
             kinds += ["net", "uts"]
         if not self.host_ipc:

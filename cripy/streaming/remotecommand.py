@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import errno
 import fcntl
+import json
 import logging
 import os
 import shutil
@@ -37,7 +38,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cripy.containers.container import STATE_RUNNING
-from cripy.errors import CripyError, FailedPrecondition, Internal, InvalidArgument
+from cripy.errors import CripyError, FailedPrecondition, Internal, InvalidArgument, Unimplemented
+from cripy.oci.bundle import read_config
 from cripy.streaming import channels, spdy
 from cripy.streaming.channels import ResizeDecoder, TerminalSize
 from cripy.streaming.server import (CLOSED, ChannelClosed, ChannelMessage, ClientGone, InputPipe, Pump, SpdyPump,
@@ -60,6 +62,7 @@ READ_CHUNK = 32 * 1024
 # After the exec'd command exited, how long its output pipes may stay open (a background child holding them)
 # before the session ends with what it has.
 OUTPUT_DRAIN_GRACE = 2.0
+INITIAL_SIZE_WAIT = 0.5  # seconds a terminal exec waits for the client's first terminal size
 # conmon reads at most this much of one stdin packet (CONN_SOCK_BUF_SIZE - 1); larger packets would be cut.
 ATTACH_STDIN_PACKET = 8192
 ATTACH_RECV_SIZE = 64 * 1024 + 1
@@ -150,6 +153,7 @@ class CommandIO:
     stderr: bool
     write: Callable[[int, bytes], Awaitable[None]]
     resizes: asyncio.Queue[TerminalSize] = field(default_factory=asyncio.Queue)
+    resizable: bool = False  # a terminal was asked for over a protocol that carries its size
 
     async def write_output(self, channel: int, data: bytes) -> None:
         if data and (self.stdout if channel == STDOUT else self.stderr):
@@ -239,7 +243,8 @@ class SpdyCommandSession(_Session):
             log.info("streaming: client did not create the %s streams within %ss",
                      sorted(required - set(self.streams)), STREAM_CREATION_TIMEOUT)
             raise ClientGone("timed out waiting for the client to create streams") from None
-        return CommandIO(stdin=self._stdin, stdout=self.want[STDOUT], stderr=self.want[STDERR], write=self._write)
+        return CommandIO(stdin=self._stdin, stdout=self.want[STDOUT], stderr=self.want[STDERR], write=self._write,
+                         resizable=RESIZE in required)
 
     async def _accept_stream(self, event: spdy.StreamOpened) -> None:
         kind = event.headers.get(channels.STREAM_TYPE_HEADER, "")  # the codec lower-cases header names
@@ -316,7 +321,8 @@ class WebSocketCommandSession(_Session):
         # kubelet tells the client the streams are ready with an empty message on the first output channel.
         first = STDOUT if self.want[STDOUT] else STDERR if self.want[STDERR] else ERROR
         await self.pump.send(first, b"")
-        return CommandIO(stdin=stdin, stdout=self.want[STDOUT], stderr=self.want[STDERR], write=self.pump.send)
+        return CommandIO(stdin=stdin, stdout=self.want[STDOUT], stderr=self.want[STDERR], write=self.pump.send,
+                         resizable=self.tty)
 
     async def dispatch(self, io: CommandIO) -> None:
         while True:
@@ -349,22 +355,46 @@ def command_session(pump: Pump, tty: bool, stdin: bool, stdout: bool, stderr: bo
 # ---- exec -----------------------------------------------------------------------------------------------------
 
 
-def runc_exec_argv(runtime: "OCIRuntime", ctr_id: str, cmd: tuple[str, ...], tty: bool, pidfile: Path) -> list[str]:
+def runc_exec_argv(runtime: "OCIRuntime", ctr_id: str, cmd: tuple[str, ...], tty: bool, pidfile: Path,
+                   process_file: Path | None = None) -> list[str]:
     argv = [*runtime.runc_command(), "exec", "--pid-file", str(pidfile)]
+    if process_file is not None:
+        return [*argv, "--process", str(process_file), ctr_id]
     if tty:
         argv.append("--tty")
     return [*argv, ctr_id, *cmd]
 
 
-async def run_exec(runtime: "OCIRuntime", ctr_id: str, cmd: tuple[str, ...], tty: bool, io: CommandIO) -> Outcome:
+def write_terminal_process(bundle: Path, cmd: tuple[str, ...], size: TerminalSize, path: Path) -> None:
+    """The process runc would make for `runc exec --tty` (the container's own process with these args), plus the
+    terminal's size: runc sizes the terminal before the command starts only when the process file says so."""
+    try:
+        process = read_config(bundle)["process"]
+    except (OSError, ValueError, KeyError) as err:
+        raise Internal(f"cannot read the process of the container's bundle {bundle}: {err}") from err
+    process.update(args=list(cmd), terminal=True, consoleSize={"height": size.height, "width": size.width})
+    path.write_text(json.dumps(process))
+
+
+async def run_exec(runtime: "OCIRuntime", ctr_id: str, cmd: tuple[str, ...], tty: bool, io: CommandIO,
+                   bundle: Path) -> Outcome:
     """Run ``cmd`` in the container with the session's streams; its exit code, or an error."""
     runtime.exec_dir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix="stream-", dir=runtime.exec_dir))
     try:
-        argv = runc_exec_argv(runtime, ctr_id, cmd, tty, scratch / "pid")
-        if tty:
-            return await _exec_with_terminal(argv, scratch / "pid", io)
-        return await _exec_with_pipes(argv, scratch / "pid", io)
+        if not tty:
+            return await _exec_with_pipes(runc_exec_argv(runtime, ctr_id, cmd, False, scratch / "pid"),
+                                          scratch / "pid", io)
+        # The client sends its terminal's size as soon as the streams are up. Wait a moment for it: a command
+        # that asks at once (stty, a full-screen program) would otherwise see 0x0, runc sizing the terminal only
+        # after the command started unless the process file gives the size.
+        process_file = None
+        first = await _first_size(io)
+        if first is not None:
+            process_file = scratch / "process.json"
+            await asyncio.to_thread(write_terminal_process, bundle, cmd, first, process_file)
+        argv = runc_exec_argv(runtime, ctr_id, cmd, True, scratch / "pid", process_file)
+        return await _exec_with_terminal(argv, scratch / "pid", io, first)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -457,12 +487,14 @@ def _kill_quietly(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
-async def _exec_with_terminal(argv: list[str], pidfile: Path, io: CommandIO) -> Outcome:
+async def _exec_with_terminal(argv: list[str], pidfile: Path, io: CommandIO, size: TerminalSize | None) -> Outcome:
     master, slave = os.openpty()
     try:
         # Raw from the start: runc sets this itself, but only once it runs, and input arriving earlier would be
         # echoed (and ^C turned into a signal) by our side's line discipline.
         tty.setraw(slave)
+        if size is not None:
+            _set_size(slave, size)  # what runc passes on at its next SIGWINCH: the same size, no change
         try:
             # setsid --ctty: runc leads a new session whose controlling terminal is our pty's slave, so it
             # receives SIGWINCH when the master is resized.
@@ -523,7 +555,7 @@ class PtyMaster:
                 await self._wait(self._loop.add_writer, self._loop.remove_writer)
 
     async def resize(self, size: TerminalSize) -> None:
-        fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", size.height, size.width, 0, 0))
+        _set_size(self.fd, size)
 
     async def _wait(self, add: Callable[..., None], remove: Callable[[int], bool]) -> None:
         ready = self._loop.create_future()
@@ -548,6 +580,23 @@ async def _feed_terminal(terminal: PtyMaster, stdin: InputPipe) -> None:
     # The end of the client's input does not end a terminal session (as with CRI-O): the user types exit.
     while (data := await stdin.read()) is not None:
         await terminal.write(data)
+
+
+async def _first_size(io: CommandIO) -> TerminalSize | None:
+    if not io.resizable:
+        return None
+    try:
+        async with asyncio.timeout(INITIAL_SIZE_WAIT):
+            size = await io.resizes.get()
+    except TimeoutError:
+        return None
+    while not io.resizes.empty():  # several already queued: the latest counts
+        size = io.resizes.get_nowait()
+    return size
+
+
+def _set_size(fd: int, size: TerminalSize) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", size.height, size.width, 0, 0))
 
 
 async def _apply_resizes(io: CommandIO, resize: Callable[[TerminalSize], Awaitable[None]]) -> None:
@@ -635,7 +684,11 @@ class ExecHandler:
 
     async def prepare(self, request: ExecRequest) -> None:
         validate_exec(request)
-        await running_container(self.containers, request.container_id, "exec in")
+        container = await running_container(self.containers, request.container_id, "exec in")
+        runtime = await self.containers.runtime_of(container)
+        if request.tty and runtime.sandboxed:
+            raise Unimplemented(f"exec in container {container.id}: runtime handler {runtime.handler.name!r} (gVisor) "
+                                "cannot give an exec a terminal: runsc exec has no --tty")
 
     async def serve(self, pump: Pump, request: ExecRequest) -> None:
         session = command_session(pump, request.tty, request.stdin, request.stdout, request.stderr)
@@ -643,7 +696,8 @@ class ExecHandler:
         async def runner(io: CommandIO) -> Outcome:
             container = await running_container(self.containers, request.container_id, "exec in")
             runtime = await self.containers.runtime_of(container)
-            return await run_exec(runtime, container.id, request.cmd, request.tty, io)
+            return await run_exec(runtime, container.id, request.cmd, request.tty, io,
+                                  self.containers.bundle_dir(container.id))
 
         await session.run(runner)
 

@@ -20,7 +20,6 @@ import argparse
 import contextlib
 import fcntl
 import ipaddress
-import json
 import os
 import secrets
 import shutil
@@ -31,7 +30,6 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -40,6 +38,7 @@ from cri_api.v1 import api_pb2, api_pb2_grpc
 from cripy.linux import mount
 from cripy.network.cni import default_bridge_conflist
 from tests.conformance import compare
+from tests.conformance.kit import Kit
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXPECTED = Path(__file__).with_name("expected.tsv")
@@ -47,29 +46,6 @@ HOST_PORTS_LOCK = Path("/tmp/critest-hostports.lock")
 MIRRORED = ("registry.k8s.io", "gcr.io", "k8s.gcr.io")
 CRITEST_TIMEOUT = 1200  # seconds; a whole run takes one to two minutes here
 OUTPUT_DIR = REPO_ROOT / ".conformance"  # the last run's report and daemon log, for a look after a failure
-
-
-@dataclass(frozen=True)
-class Kit:
-    root: Path
-    critest: Path
-    crictl: Path
-    images_sh: Path
-    anchors: Path
-
-    @classmethod
-    def locate(cls) -> "Kit":
-        root = Path(os.environ.get("CRI_CONFORMANCE_KIT") or REPO_ROOT.parent / "shared" / "conformance").resolve()
-        kit = cls(root=root,
-                  critest=Path(os.environ.get("CRITEST") or root / "bin" / "critest"),
-                  crictl=Path(os.environ.get("CRICTL") or root / "bin" / "crictl"),
-                  images_sh=root / "images.sh", anchors=root / "anchors.tsv")
-        missing = [str(p) for p in (kit.critest, kit.images_sh, kit.anchors) if not p.exists()]
-        if missing:
-            raise SystemExit(f"conformance: the CRI conformance kit is incomplete at {root} (missing: "
-                             f"{', '.join(missing)}); set CRI_CONFORMANCE_KIT to its directory, or CRITEST/CRICTL "
-                             "to the binaries")
-        return kit
 
 
 # ---------------------------------------------------------------------------------------------------- set-up
@@ -134,6 +110,7 @@ class Environment:
         self.tag = secrets.token_hex(3)
         # Short: conmon's attach socket, <runroot>/attach/<64-hex id>/attach, must fit a unix socket address.
         self.work = Path(tempfile.mkdtemp(prefix="ccf", dir="/tmp"))
+        self.work.chmod(0o711)  # the root of a pod in a user namespace, nobody here, walks through it to its rootfs
         self.bridge = f"cripyconf{self.tag[:5]}"
         self.cgroup_parent = f"/cripy-conformance-{self.tag}"
         self.registry_dir = self.work / "registry"

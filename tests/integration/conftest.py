@@ -51,7 +51,9 @@ def pod_image_dir() -> Iterator[Path]:
 def pod_env(pod_image_dir: Path) -> Iterator[PodEnv]:
     """One daemon with its own bridge network and the test images, shared by a module's tests (use unique pod
     names). At teardown every pod is stopped and removed through CRI, then the daemon and the bridge go."""
-    env = PodEnv(short_tempdir("m"), pod_image_dir, cgroup_parent=session_cgroup_parent())
+    workdir = short_tempdir("m")
+    workdir.chmod(0o711)  # as /var/lib and /run are: a pod's root in a user namespace walks through to its rootfs
+    env = PodEnv(workdir, pod_image_dir, cgroup_parent=session_cgroup_parent())
     yield env
     env.close()
 

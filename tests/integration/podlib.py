@@ -93,12 +93,14 @@ class BridgeNetwork:
 class PodEnv:
     """A started daemon with a bridge network and the test images; build CRI configs and drive pods with it."""
 
-    def __init__(self, workdir: Path, image_dir: Path, *, cgroup_parent: str, extra_toml: str = "") -> None:
+    def __init__(self, workdir: Path, image_dir: Path, *, cgroup_parent: str, extra_toml: str = "",
+                 registries_conf: str = "") -> None:
         self.workdir = workdir
         self.network = BridgeNetwork.random(workdir)
         self.cgroup_parent = cgroup_parent
         toml = f'\n[runtime]\ncgroup_parent = "{cgroup_parent}"\n{extra_toml}'
-        self.daemon = CripyDaemon(workdir, extra_toml=f'plugin_dirs = ["{CNI_PLUGIN_DIR}"]\n{toml}')
+        self.daemon = CripyDaemon(workdir, extra_toml=f'plugin_dirs = ["{CNI_PLUGIN_DIR}"]\n{toml}',
+                                  registries_conf=registries_conf)
         self.network.write_conflist(self.daemon.cni_dir)  # before the daemon starts: it must see a network
         try:
             self.daemon.start()

@@ -29,7 +29,8 @@ pytestmark = pytest.mark.integration
 
 SLEEP = ["sleep", "3600"]
 SETTLE = 0.4  # seconds without a new point reached: the call's background work is over
-DEATH_LIMIT = 20.0  # a limit only against a broken run: the armed point is reached within the call or just after
+DEATH_LIMIT = 20.0
+USERNS_HOST_BASE = 65536 * (200 + secrets.randbelow(100))  # a limit only against a broken run: the armed point is reached within the call or just after
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,8 @@ class Walk:
         containers = {c.id: c for c in self.env.list_containers()}
         daemon = self.env.daemon
         owners = [daemon.runroot / "pods" / pod_id for pod_id in pods]
-        owners += [daemon.root / "containers" / ctr_id for ctr_id in containers]
+        owners += [place / ctr_id for ctr_id in containers
+                   for place in (daemon.root / "containers", daemon.runroot / "rootfs", daemon.runroot / "idmap")]
         for point in mounts_under(self.env.workdir):
             assert any(Path(point).is_relative_to(owner) for owner in owners), \
                 f"{point} is mounted, but no listed pod or container owns it"
@@ -156,15 +158,54 @@ def _pod_config(walk: Walk) -> api_pb2.PodSandboxConfig:
     return walk.env.pod_config(f"crash-{secrets.token_hex(3)}", pid=api_pb2.POD)
 
 
+def _userns_pod_config(walk: Walk) -> api_pb2.PodSandboxConfig:
+    """A pod in a user namespace of its own (the kubelet's hostUsers: false)."""
+    config = _pod_config(walk)
+    ids = [api_pb2.IDMapping(container_id=0, host_id=USERNS_HOST_BASE, length=65536)]
+    config.linux.security_context.namespace_options.userns_options.CopyFrom(
+        api_pb2.UserNamespace(mode=api_pb2.POD, uids=ids, gids=ids))
+    return config
+
+
 def _pod(walk: Walk) -> dict[str, Any]:
     config = _pod_config(walk)
     pod_id, _ = walk.env.run_pod(config)
     return {"config": config, "pod": pod_id}
 
 
+def _userns_pod(walk: Walk) -> dict[str, Any]:
+    config = _userns_pod_config(walk)
+    pod_id, _ = walk.env.run_pod(config)
+    return {"config": config, "pod": pod_id, "userns": True}
+
+
+def _container_config(walk: Walk, ctx: dict[str, Any]) -> api_pb2.ContainerConfig:
+    if not ctx.get("userns"):
+        return walk.env.container_config("main", SLEEP)
+    # In a userns pod: an id-mapped volume too, as the kubelet sends its volumes there.
+    volume = walk.env.workdir / "crash-volume"
+    volume.mkdir(exist_ok=True)
+    ids = [api_pb2.IDMapping(container_id=0, host_id=USERNS_HOST_BASE, length=65536)]
+    return walk.env.container_config("main", SLEEP, mounts=[api_pb2.Mount(
+        container_path="/vol", host_path=str(volume), uidMappings=ids, gidMappings=ids)])
+
+
 def _created(walk: Walk) -> dict[str, Any]:
     ctx = _pod(walk)
     ctx["ctr"] = walk.env.create(ctx["pod"], ctx["config"], walk.env.container_config("main", SLEEP))
+    return ctx
+
+
+def _userns_created(walk: Walk) -> dict[str, Any]:
+    ctx = _userns_pod(walk)
+    _create_call(walk, ctx)
+    return ctx
+
+
+def _userns_exited(walk: Walk) -> dict[str, Any]:
+    ctx = _userns_created(walk)
+    walk.env.start(ctx["ctr"])
+    walk.env.stop(ctx["ctr"])
     return ctx
 
 
@@ -206,7 +247,23 @@ def _check_pod_ready(walk: Walk, ctx: dict[str, Any]) -> None:
 
 
 def _create_call(walk: Walk, ctx: dict[str, Any]) -> None:
-    ctx["ctr"] = walk.env.create(ctx["pod"], ctx["config"], walk.env.container_config("main", SLEEP))
+    ctx["ctr"] = walk.env.create(ctx["pod"], ctx["config"], _container_config(walk, ctx))
+
+
+def _with_image_volume(walk: Walk) -> api_pb2.ContainerConfig:
+    config = walk.env.container_config("main", SLEEP)
+    config.mounts.append(api_pb2.Mount(container_path="/mnt/image", readonly=True, image_sub_path="etc",
+                                       image=api_pb2.ImageSpec(image=BUSYBOX)))
+    return config
+
+
+def _create_with_image_volume_call(walk: Walk, ctx: dict[str, Any]) -> None:
+    ctx["ctr"] = walk.env.create(ctx["pod"], ctx["config"], _with_image_volume(walk))
+
+
+def _check_created_with_image_volume(walk: Walk, ctx: dict[str, Any]) -> None:
+    _check_created(walk, ctx)
+    assert "root:x:0:0" in walk.env.sh(ctx["ctr"], "cat /mnt/image/passwd")
 
 
 def _check_created(walk: Walk, ctx: dict[str, Any]) -> None:
@@ -226,8 +283,10 @@ def _check_exited(walk: Walk, ctx: dict[str, Any]) -> None:
 
 def _check_ctr_gone(walk: Walk, ctx: dict[str, Any]) -> None:
     assert _ctr_state(walk, ctx) is None
-    assert not (walk.env.daemon.root / "containers" / ctx["ctr"] / "merged").exists() or \
-        not os.path.ismount(walk.env.daemon.root / "containers" / ctx["ctr"] / "merged")
+    daemon = walk.env.daemon
+    for rootfs in (daemon.root / "containers" / ctx["ctr"] / "merged", daemon.runroot / "rootfs" / ctx["ctr"]):
+        assert not rootfs.exists() or not os.path.ismount(rootfs)
+    assert mounts_under(daemon.runroot / "idmap" / ctx["ctr"]) == []
 
 
 def _check_pod_stopped(walk: Walk, ctx: dict[str, Any]) -> None:
@@ -243,6 +302,8 @@ SCENARIOS = [
     Scenario("RunPodSandbox", lambda w: {"config": _pod_config(w)}, _run_pod_call,
              lambda w, ctx: False, _check_pod_ready),
     Scenario("CreateContainer", _pod, _create_call, lambda w, ctx: False, _check_created),
+    Scenario("CreateContainer with an image volume", _pod, _create_with_image_volume_call, lambda w, ctx: False,
+             _check_created_with_image_volume),
     Scenario("StartContainer", _created, lambda w, ctx: w.env.start(ctx["ctr"]),
              lambda w, ctx: _ctr_state(w, ctx) == api_pb2.CONTAINER_RUNNING, _check_running),
     Scenario("StopContainer", _running, lambda w, ctx: w.env.stop(ctx["ctr"]),
@@ -253,6 +314,12 @@ SCENARIOS = [
              lambda w, ctx: False, _check_pod_stopped),
     Scenario("RemovePodSandbox", _stopped_pod, lambda w, ctx: w.env.remove_pod(ctx["pod"]),
              lambda w, ctx: False, _check_pod_gone),
+    # A pod in a user namespace: its pinning, the id-mapped layers and volume, and their undoing.
+    Scenario("RunPodSandbox-userns", lambda w: {"config": _userns_pod_config(w), "userns": True}, _run_pod_call,
+             lambda w, ctx: False, _check_pod_ready),
+    Scenario("CreateContainer-userns", _userns_pod, _create_call, lambda w, ctx: False, _check_created),
+    Scenario("RemoveContainer-userns", _userns_exited, lambda w, ctx: w.env.remove(ctx["ctr"]),
+             lambda w, ctx: False, _check_ctr_gone),
 ]
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import time
 
 import grpc
@@ -107,6 +108,9 @@ def check_kubelet_shaped_pod(pod_env: PodEnv, config: api_pb2.PodSandboxConfig) 
     assert pod_env.sh(ctr, "hostname").strip() == name
     assert "nameserver 10.96.0.10" in pod_env.sh(ctr, "cat /etc/resolv.conf")
     assert "KUBERNETES_SERVICE_HOST=10.96.0.1" in pod_env.sh(ctr, "env")
+    # The bundle's spec carries the environment (kubelet puts secrets there): root may read it, nobody else.
+    spec = pod_env.daemon.runroot / "containers" / ctr / "config.json"
+    assert stat.S_IMODE(spec.stat().st_mode) == 0o600
     assert "Seccomp:\t2" in pod_env.sh(ctr, "grep Seccomp: /proc/self/status")
     pod_env.sh(ctr, "echo 'terminated: done' > /dev/termination-log")
     assert termination_log.read_text() == "terminated: done\n"

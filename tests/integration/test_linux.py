@@ -16,7 +16,7 @@ import pytest
 
 from cripy.errors import FailedPrecondition, Internal, InvalidArgument
 from cripy.linux import capabilities as caps
-from cripy.linux import cgroups
+from cripy.linux import cgroups, cgroupstats
 from cripy.linux import mount as mnt
 from cripy.linux import namespaces as ns
 
@@ -223,10 +223,11 @@ def test_cgroup_lifecycle_and_readers(test_cgroup: str) -> None:
     try:
         cgroups.add_process(test_cgroup, child.pid)
         assert cgroups.pids_in(test_cgroup) == [child.pid]
-        assert cgroups.read_pids(test_cgroup) == 1
-        memory = cgroups.read_memory(test_cgroup)
-        assert memory.usage >= memory.working_set >= 0
-        assert memory.oom_kills == 0
+        reading = cgroupstats.read(test_cgroup)
+        assert reading.pids == [child.pid] and reading.threads == 1
+        assert reading.memory.usage >= reading.memory.working_set >= 0
+        assert reading.memory.oom_kills == 0
+        assert reading.limits.memory_bytes is None and reading.limits.cpu_quota_us is None
 
         with pytest.raises(FailedPrecondition, match=str(child.pid)):
             cgroups.remove(test_cgroup)
@@ -246,8 +247,10 @@ def test_cpu_usage_counts_work_done_inside(test_cgroup: str) -> None:
     subprocess.run(["sh", "-c", f"for f in {procs_files}; do echo $$ > $f; done; "
                     "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done; head -c 4000000 /dev/zero | wc -c"],
                    check=True, capture_output=True)
-    assert cgroups.read_cpu_usage_ns(test_cgroup) > 0
-    assert cgroups.read_memory(test_cgroup).page_faults > 0
+    reading = cgroupstats.read(test_cgroup)
+    assert reading.cpu.total_ns > 0
+    assert reading.memory.page_faults > 0
+    assert reading.pids == []  # the shell has exited
 
 
 def test_negative_oom_score_adj_matches_capabilities() -> None:

@@ -195,6 +195,18 @@ def test_tty_exec_sees_the_resize(pod_env: PodEnv, sleeper: str, transport: str)
     assert result.stdout.count(b"\x04") == 0
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_tty_exec_starts_with_the_clients_size(pod_env: PodEnv, sleeper: str, transport: str) -> None:
+    """The first size a client sends (kubectl sends it right away) is the terminal's size when the command starts:
+    a command that asks at once sees it, not 0 0."""
+    url = exec_url(pod_env, sleeper, ["stty", "size"], stdin=True, stderr=False, tty=True)
+    with connect(transport, url, stdin=True, stderr=False, tty=True) as client:
+        client.resize(77, 21)
+        result = client.read_until_exit()
+    assert result.exit_code == 0, result
+    assert result.stdout.strip() == b"21 77", result.stdout
+
+
 # ---- the clean-up after a vanished client ----------------------------------------------------------------------
 
 

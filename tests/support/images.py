@@ -404,6 +404,20 @@ def multilayer_whiteout_image() -> BuiltImage:
     return build_image([busybox_layer(), layer2.layer(), layer3.layer()])
 
 
+def volume_data_image(marker: str = "") -> BuiltImage:
+    """A data image for image volumes (no shell: nothing runs from it). Two layers, merged: /data/a, /data/b
+    (/data/old whited out), /conf/settings, /marker (`marker`), /abs-link -> /data (absolute: it means the image's
+    /data) and /escape -> ../../../../etc (the image has no /etc: it must not reach the host's)."""
+    lower = (LayerBuilder()
+             .add_dir("data").add_file("data/a", "a\n").add_file("data/old", "old\n")
+             .add_dir("conf").add_file("conf/settings", "x=1\n")
+             .add_file("marker", marker + "\n")
+             .add_symlink("abs-link", "/data")
+             .add_symlink("escape", "../../../../etc"))
+    upper = LayerBuilder().add_dir("data").add_whiteout("data/old").add_file("data/b", "b\n")
+    return build_image([lower.layer(), upper.layer()], config={"Cmd": []})
+
+
 def other_arch(arch: str | None = None) -> str:
     return "arm64" if (arch or host_arch()) == "amd64" else "amd64"
 

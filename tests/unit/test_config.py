@@ -12,6 +12,8 @@ from cripy.config import (
     Config,
     ConfigError,
     RuntimeHandlerConfig,
+    config_files,
+    handler_global_args,
     handler_runtime_root,
     load_config,
     to_toml,
@@ -99,6 +101,11 @@ def test_dropins_apply_after_the_main_file_in_lexical_order(paths: tuple[Path, P
     assert config.cripy.root == "/main"  # set by the main file only
     assert config.cripy.runroot == "/run/first"  # set by one drop-in only
     assert config.images.pull_retries == 1
+    # The files read, in the order applied (Status's verbose info names them).
+    assert config_files(main, dropins) == [main, dropins / "10-first.toml", dropins / "20-second.toml"]
+    main.unlink()
+    assert config_files(main, dropins) == [dropins / "10-first.toml", dropins / "20-second.toml"]
+    assert config_files(main, dropins / "missing") == []
 
 
 def test_dropin_lists_replace_rather_than_append(paths: tuple[Path, Path]) -> None:
@@ -311,3 +318,30 @@ def test_to_toml_round_trips_through_load_config(tmp_path: Path) -> None:
     config.network.plugin_dirs = ["/x"]
     main = write(tmp_path / "cripy.toml", to_toml(config))
     assert load_config(main, tmp_path / "none.d") == config
+
+
+# ---- runtime handler kinds -------------------------------------------------------------------------------------
+
+
+def test_gvisor_handler_gets_its_platform_and_flags(paths: tuple[Path, Path]) -> None:
+    main, dropins = paths
+    write(main, '[runtime.handlers.runsc]\nruntime_path = "/usr/bin/runsc"\nkind = "gvisor"\n'
+                'runtime_args = ["--network=host"]\n')
+    handler = load_config(main, dropins).runtime.handlers["runsc"]
+    assert handler_global_args(handler) == ("--platform=ptrace", "--network=host")  # ptrace when unset
+    assert handler_global_args(RuntimeHandlerConfig()) == ()
+
+
+@pytest.mark.parametrize("table, key", [
+    ('kind = "kata"', "kind"),
+    ('platform = "kvm"', "platform"),  # a runc handler has no platform
+    ('kind = "gvisor"\nplatform = "kvm --debug"', "platform"),
+    ('runtime_args = ["--root=/elsewhere"]', "runtime_args"),
+    ('kind = "gvisor"\nruntime_args = ["--platform=kvm"]', "runtime_args"),
+    ('runtime_args = ["network=host"]', "runtime_args"),
+])
+def test_bad_handler_settings_name_the_key(paths: tuple[Path, Path], table: str, key: str) -> None:
+    main, dropins = paths
+    write(main, f"[runtime.handlers.x]\n{table}\n")
+    with pytest.raises(ConfigError, match=f"runtime.handlers.x.{key}"):
+        load_config(main, dropins)

@@ -185,3 +185,8 @@ def test_exit_files(tmp_path: Path) -> None:
     (tmp_path / "oom").touch()
     assert read_oom_file(tmp_path) is True
 
+
+
+def test_handler_global_flags_follow_the_root_as_runtime_args() -> None:
+    argv = conmon.build_create_argv(_args(runtime_args=("--platform=ptrace", "--network=host")))
+    assert _option(argv, "--runtime-arg") == ["--root=/run/cripy/runc", "--platform=ptrace", "--network=host"]

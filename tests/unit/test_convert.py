@@ -17,6 +17,7 @@ from cripy.containers.model import (
 )
 from cripy.cri.convert import container_request_from_pb, pod_request_from_pb, resources_from_pb
 from cripy.errors import InvalidArgument, Unimplemented
+from cripy.linux.idmap import IDRange
 
 
 def sandbox(**linux_kwargs) -> pb.PodSandboxConfig:
@@ -197,10 +198,7 @@ def test_invalid_container_configs_name_the_field(cfg, message):
 @pytest.mark.parametrize(
     "cfg",
     [
-        container(mounts=[pb.Mount(container_path="/a", image=pb.ImageSpec(image="img"))]),
         container(CDI_devices=[pb.CDIDevice(name="vendor.com/gpu=0")]),
-        container(linux=pb.LinuxContainerConfig(security_context=pb.LinuxContainerSecurityContext(
-            namespace_options=pb.NamespaceOption(userns_options=pb.UserNamespace(mode=pb.POD))))),
     ],
 )
 def test_unsupported_features_are_unimplemented(cfg):
@@ -324,3 +322,97 @@ def test_pod_request_from_pb():
 def test_invalid_pod_configs(cfg, message):
     with pytest.raises(InvalidArgument, match=message):
         pod_request_from_pb(cfg, "")
+
+
+def test_image_volume_mount_is_read_only_with_a_relative_sub_path():
+    cfg = container(mounts=[pb.Mount(container_path="/mnt/image-volume", readonly=True,
+                                     image=pb.ImageSpec(image="registry.k8s.io/e2e/busybox:1.29-2",
+                                                        user_specified_image="busybox:1.29-2"),
+                                     image_sub_path="etc/")])
+    (mount,) = container_request_from_pb(cfg, sandbox()).mounts
+    assert mount == Mount(container_path="/mnt/image-volume", host_path="", readonly=True,
+                          image="registry.k8s.io/e2e/busybox:1.29-2", image_sub_path="etc")
+
+
+@pytest.mark.parametrize(
+    "mount, message",
+    [
+        (pb.Mount(container_path="/v", image=pb.ImageSpec(image="img")), "must be read-only"),
+        (pb.Mount(container_path="/v", readonly=True, host_path="/srv", image=pb.ImageSpec(image="img")),
+         "has no host_path"),
+        (pb.Mount(container_path="/v", readonly=True, image=pb.ImageSpec(image="img"), image_sub_path="/etc"),
+         "must be a relative path"),
+        (pb.Mount(container_path="/v", readonly=True, image=pb.ImageSpec(image="img"), image_sub_path="a/../../b"),
+         "without '..'"),
+        (pb.Mount(container_path="/v", readonly=True, image=pb.ImageSpec(image="img"), image_sub_path="a\0b"),
+         "relative path"),
+        (pb.Mount(container_path="/v", host_path="/srv", image_sub_path="etc"), "needs an image volume"),
+    ],
+)
+def test_invalid_image_volumes_are_refused(mount, message):
+    with pytest.raises(InvalidArgument, match=message):
+        container_request_from_pb(container(mounts=[mount]), sandbox())
+# ---- user namespaces ----------------------------------------------------------------------------------------
+
+
+def _userns(mode=pb.POD, uids=None, gids=None):
+    one = [pb.IDMapping(container_id=0, host_id=65536, length=65536)]
+    return pb.UserNamespace(mode=mode, uids=one if uids is None else uids, gids=one if gids is None else gids)
+
+
+def _userns_pod(userns):
+    return pb.PodSandboxConfig(metadata=pb.PodSandboxMetadata(name="p", uid="u", namespace="n"),
+                               linux=pb.LinuxPodSandboxConfig(security_context=pb.LinuxSandboxSecurityContext(
+                                   namespace_options=pb.NamespaceOption(userns_options=userns))))
+
+
+def test_pod_user_namespace_is_read_with_its_one_mapping():
+    request = pod_request_from_pb(_userns_pod(_userns()), "")
+    user = request.security.namespace_options.user
+    assert user.uids == [IDRange(0, 65536, 65536)] and user.gids == [IDRange(0, 65536, 65536)]
+    assert pod_request_from_pb(_userns_pod(pb.UserNamespace(mode=pb.NODE)), "").security.namespace_options.user is None
+
+
+@pytest.mark.parametrize(
+    "userns, message",
+    [
+        (_userns(uids=[pb.IDMapping(container_id=0, host_id=65536, length=65536)] * 2), "uids has 2 mappings"),
+        (_userns(gids=[]), "gids has 0 mappings"),
+        (_userns(uids=[pb.IDMapping(container_id=1, host_id=65536, length=65536)]), "does not map container id 0"),
+        (_userns(uids=[pb.IDMapping(container_id=0, host_id=0, length=65536)]), "node's id 0"),
+        (_userns(uids=[pb.IDMapping(container_id=0, host_id=65536, length=0)]), "length 0 must be positive"),
+        (_userns(uids=[pb.IDMapping(container_id=0, host_id=2**32 - 10, length=65536)]), "leaves the id space"),
+        (pb.UserNamespace(mode=pb.CONTAINER), "mode CONTAINER is not supported"),
+        (pb.UserNamespace(mode=pb.TARGET), "mode TARGET is not supported"),
+        (pb.UserNamespace(mode=pb.NODE, uids=[pb.IDMapping(container_id=0, host_id=1, length=1)]), "takes no uid"),
+        (pb.UserNamespace(mode=7), "mode=7"),
+    ],
+)
+def test_bad_user_namespaces_are_invalid(userns, message):
+    with pytest.raises(InvalidArgument, match=message):
+        pod_request_from_pb(_userns_pod(userns), "")
+
+
+def test_containers_share_their_pods_user_namespace():
+    pod = _userns_pod(_userns())
+    inherited = container_request_from_pb(container(), pod).security.namespace_options.user
+    assert inherited == pod_request_from_pb(pod, "").security.namespace_options.user
+    own_options = container(linux=pb.LinuxContainerConfig(security_context=pb.LinuxContainerSecurityContext(
+        namespace_options=pb.NamespaceOption(pid=pb.CONTAINER))))
+    assert container_request_from_pb(own_options, pod).security.namespace_options.user == inherited
+    other = container(linux=pb.LinuxContainerConfig(security_context=pb.LinuxContainerSecurityContext(
+        namespace_options=pb.NamespaceOption(userns_options=pb.UserNamespace(mode=pb.NODE)))))
+    with pytest.raises(InvalidArgument, match="differ from the pod's"):
+        container_request_from_pb(other, pod)
+
+
+def test_id_mapped_mounts_carry_their_mappings():
+    idmapped = pb.Mount(container_path="/v", host_path="/x",
+                        uidMappings=[pb.IDMapping(container_id=0, host_id=65536, length=10)],
+                        gidMappings=[pb.IDMapping(container_id=0, host_id=65536, length=10)])
+    (mount,) = container_request_from_pb(container(mounts=[idmapped]), sandbox()).mounts
+    assert mount.idmapped and mount.uid_mappings == [IDRange(0, 65536, 10)]
+    half = pb.Mount(container_path="/v", host_path="/x", uidMappings=[pb.IDMapping(container_id=0, host_id=1,
+                                                                                   length=1)])
+    with pytest.raises(InvalidArgument, match="both uidMappings and gidMappings"):
+        container_request_from_pb(container(mounts=[half]), sandbox())

@@ -1,5 +1,5 @@
-"""Small pure helpers of the CRI edge and the container manager: status codes, filters, /proc/net/dev, image
-users, stop signals, log paths, host paths, the image's runtime config."""
+"""Small pure helpers of the CRI edge and the container manager: status codes, filters, image users, stop signals,
+log paths, host paths, the image's runtime config."""
 
 from __future__ import annotations
 
@@ -9,14 +9,17 @@ from typing import Any
 
 import grpc
 import pytest
+from cri_api.v1 import api_pb2
+from google.protobuf import unknown_fields
 
 from cripy import errors
+from cripy.containers.container import STATE_CREATED, Container
 from cripy.containers.manager import _check_host_paths, _image_runtime_config, _log_path, _signal_number
 from cripy.containers.model import ContainerRequest, ImageRuntimeConfig, Mount, PodSandboxRequest
+from cripy.cri.containers import container_status_to_pb
 from cripy.cri.errors import STATUS_OF, grpc_method, status_code_for
 from cripy.cri.filters import labels_match
 from cripy.cri.images import _user_of
-from cripy.cri.stats import parse_net_dev
 from cripy.images.store import Image
 from cripy.images.unpack import LayerError
 from cripy.pods.model import PodSandbox
@@ -135,30 +138,6 @@ def test_labels_match(labels: dict[str, str], selector: dict[str, str], matches:
     assert labels_match(labels, selector) is matches
 
 
-# ---- cri/stats.py::parse_net_dev ------------------------------------------------------------------------------------
-
-NET_DEV = """\
-Inter-|   Receive                                                |  Transmit
- face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
-    lo:   12345      10    0    0    0     0          0         0    12345      10    0    0    0     0       0          0
-  eth0: 1048576    800    3    1    0     0          0         2   524288     400    7    0    0     0       0          0
-veth-a1b2:100 2 0 0 0 0 0 0 200 4 5 0 0 0 0 0
-"""
-
-
-def test_parse_net_dev() -> None:
-    assert parse_net_dev(NET_DEV) == {
-        "eth0": (1048576, 3, 524288, 7),
-        "veth-a1b2": (100, 0, 200, 5),
-    }
-
-
-def test_parse_net_dev_skips_headers_loopback_and_short_lines() -> None:
-    assert parse_net_dev("") == {}
-    assert parse_net_dev(NET_DEV.splitlines()[0] + "\n" + NET_DEV.splitlines()[1] + "\n") == {}
-    assert parse_net_dev(NET_DEV + "  bad: 1 2 3\n") == parse_net_dev(NET_DEV)
-
-
 # ---- cri/images.py::_user_of ---------------------------------------------------------------------------------------
 
 
@@ -176,6 +155,28 @@ def test_parse_net_dev_skips_headers_loopback_and_short_lines() -> None:
 )
 def test_user_of(user: str, expected: tuple[int | None, str]) -> None:
     assert _user_of(user) == expected
+
+
+# ---- cri/containers.py: ContainerStatus ------------------------------------------------------------------------------
+
+
+def test_container_status_reports_an_image_volume_with_the_id_it_mounted() -> None:
+    image_id = "sha256:" + "ab" * 32
+    request = ContainerRequest(name="a", image="b", mounts=[
+        Mount("/srv", "/host/srv"),
+        Mount("/v", "", readonly=True, image="example.com/data:1", image_sub_path="etc", image_id=image_id),
+    ])
+    container = Container(id="c" * 64, pod_id="p" * 64, name="a_p_ns_uid_0", state=STATE_CREATED, created_at=1,
+                          image_id="sha256:" + "cd" * 32, image_name="b", request=request, log_path="/x.log")
+    wire = container_status_to_pb(container).SerializeToString()
+    # Read back as a client with newer CRI bindings would: ImageSpec.image_ref is field 20 of the ImageSpec.
+    host, volume = api_pb2.ContainerStatus.FromString(wire).mounts
+    assert (host.host_path, host.HasField("image")) == ("/host/srv", False)
+    assert (volume.container_path, volume.host_path, volume.readonly) == ("/v", "", True)
+    assert (volume.image.image, volume.image.user_specified_image) == (image_id, "example.com/data:1")
+    assert volume.image_sub_path == "etc"
+    fields = [(f.field_number, f.wire_type, f.data) for f in unknown_fields.UnknownFieldSet(volume.image)]
+    assert fields == [(20, 2, image_id.encode())]
 
 
 # ---- containers/manager.py helpers ---------------------------------------------------------------------------------
@@ -249,6 +250,12 @@ def test_check_host_paths(tmp_path: Path) -> None:
         _check_host_paths(ContainerRequest(name="a", image="b", mounts=[
             Mount("/data", str(tmp_path / "data")), Mount("/m", str(missing)),
         ]))
+
+
+def test_check_host_paths_leaves_image_volumes_to_the_image_store() -> None:
+    _check_host_paths(ContainerRequest(name="a", image="b", mounts=[
+        Mount("/v", "", readonly=True, image="example.com/data:1", image_sub_path="etc"),
+    ]))
 
 
 def image_with(config: dict) -> Image:

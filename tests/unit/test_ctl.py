@@ -19,10 +19,12 @@ import yaml
 from cri_api.v1 import api_pb2, api_pb2_grpc
 from google.protobuf.message import Message
 
+from cripy.ctl import documents, output
 from cripy.ctl import main as ctl_main
-from cripy.ctl import output
+from cripy.ctl.verbs import images, streams
 from cripy.ctl.client import CRIClient, CRIError, normalize_endpoint
 from cripy.ctl.configfile import ConfigFileError, load_container_config, load_pod_config
+from cripy.ctl import crilog
 from cripy.ctl.crilog import LogFileReader, parse_log_bytes, parse_record
 
 POD_ID = "a" * 64
@@ -144,23 +146,24 @@ def test_images_table(two_images, ctl, capsys) -> None:
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["IMAGE", "TAG", "IMAGE", "ID", "SIZE"]
     rows = [line.split() for line in lines[1:]]
-    # An image without tags sorts first and shows its digest repository.
+    # crictl's order: by first tag when both images have one, else by first repo digest; an image without tags
+    # shows its digest repository.
     assert rows == [
-        ["localhost:5000/pause", "<none>", "a" * 13, "700B"],
         ["localhost:5000/busybox", "1.36", "b" * 13, "1.46MB"],
         ["localhost:5000/busybox", "latest", "b" * 13, "1.46MB"],
+        ["localhost:5000/pause", "<none>", "a" * 13, "700B"],
     ]
     # Columns line up like crictl's tabwriter (at least 20 wide, 3 spaces of padding).
-    assert lines[0].index("TAG") == lines[2].index("1.36") == len("localhost:5000/busybox") + 3
+    assert lines[0].index("TAG") == lines[1].index("1.36") == len("localhost:5000/busybox") + 3
 
 
 def test_images_quiet_digests_and_filter(cri: Server, two_images, ctl, capsys) -> None:
     assert ctl("images", "-q") == 0
-    assert capsys.readouterr().out.split() == ["sha256:" + "a" * 64, "sha256:" + "b" * 64]
+    assert capsys.readouterr().out.split() == ["sha256:" + "b" * 64, "sha256:" + "a" * 64]
     assert ctl("images", "--digests", "--no-trunc", "busybox") == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[:3] == ["IMAGE", "TAG", "DIGEST"]
-    assert "sha256:" + "d" * 64 in lines[2]
+    assert "sha256:" + "d" * 64 in lines[1]
     assert cri.fake.requests("ListImages")[-1].filter.image.image == "busybox"
     assert not cri.fake.requests("ListImages")[0].HasField("filter")
 
@@ -168,8 +171,8 @@ def test_images_quiet_digests_and_filter(cri: Server, two_images, ctl, capsys) -
 def test_images_json_and_yaml(two_images, ctl, capsys) -> None:
     assert ctl("images", "-o", "json") == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["images"][1]["repoTags"] == ["localhost:5000/busybox:1.36", "localhost:5000/busybox:latest"]
-    assert data["images"][0]["size"] == "700"  # uint64 in protobuf JSON, like crictl
+    assert data["images"][0]["repoTags"] == ["localhost:5000/busybox:1.36", "localhost:5000/busybox:latest"]
+    assert data["images"][1]["size"] == "700"  # uint64 in protobuf JSON, like crictl
     assert ctl("images", "-o", "yaml") == 0
     assert yaml.safe_load(capsys.readouterr().out) == data
 
@@ -201,7 +204,7 @@ def test_pull_rejects_creds_with_auth(cri: Server, ctl, capsys) -> None:
     assert cri.fake.requests("PullImage") == []
 
 
-def test_rmi_removes_by_id_and_reports_tags(cri: Server, ctl, capsys) -> None:
+def test_rmi_removes_by_the_given_name_and_reports_tags(cri: Server, ctl, capsys) -> None:
     known = image(IMAGE_ID, ["docker.io/library/busybox:latest"], [], 10)
 
     def image_status(request: api_pb2.ImageStatusRequest) -> api_pb2.ImageStatusResponse:
@@ -213,8 +216,9 @@ def test_rmi_removes_by_id_and_reports_tags(cri: Server, ctl, capsys) -> None:
     assert ctl("rmi", "busybox", "missing") == 1
     captured = capsys.readouterr()
     assert captured.out == "Deleted: docker.io/library/busybox:latest\n"
-    assert "no such image 'missing'" in captured.err
-    assert [request.image.image for request in cri.fake.requests("RemoveImage")] == [IMAGE_ID]
+    assert "no such image missing" in captured.err
+    # As crictl: the runtime gets the name as given (a tag removes that name, an id the whole image).
+    assert [request.image.image for request in cri.fake.requests("RemoveImage")] == ["busybox"]
 
 
 def test_rmi_prune_keeps_used_and_pinned(cri: Server, ctl, capsys) -> None:
@@ -224,8 +228,9 @@ def test_rmi_prune_keeps_used_and_pinned(cri: Server, ctl, capsys) -> None:
     cri.fake.handlers["ListImages"] = api_pb2.ListImagesResponse(images=[used, pinned, unused])
     cri.fake.handlers["ListContainers"] = api_pb2.ListContainersResponse(containers=[
         api_pb2.Container(id="x", image=api_pb2.ImageSpec(image="used:1"), image_ref="sha256:used")])
+    # Images in use are found by the id the runtime resolves each container's image to.
     cri.fake.handlers["ImageStatus"] = lambda request: api_pb2.ImageStatusResponse(
-        image={"sha256:unused": unused}.get(request.image.image))
+        image={"sha256:unused": unused, "used:1": used}.get(request.image.image))
     assert ctl("rmi", "--prune") == 0
     assert [request.image.image for request in cri.fake.requests("RemoveImage")] == ["sha256:unused"]
     assert capsys.readouterr().out == "Deleted: unused:1\n"
@@ -237,7 +242,7 @@ def test_inspecti_outputs_status_and_info(cri: Server, ctl, capsys) -> None:
     assert ctl("inspecti", "busybox") == 0
     data = json.loads(capsys.readouterr().out)
     assert data["status"]["id"] == IMAGE_ID
-    assert data["info"] == {"info": {"chainId": "x"}}
+    assert data["info"] == {"chainId": "x"}  # the verbose info's keys beside "status", as crictl prints them
     assert cri.fake.requests("ImageStatus")[0].verbose
 
 
@@ -332,12 +337,16 @@ def test_inspectp_stopp_rmp(cri: Server, ctl, capsys) -> None:
         status=api_pb2.PodSandboxStatus(id=POD_ID, state=api_pb2.SANDBOX_READY), info={"info": '{"pid": 42}'})
     assert ctl("inspectp", POD_ID) == 0
     data = json.loads(capsys.readouterr().out)
-    assert data["status"]["state"] == "SANDBOX_READY" and data["info"]["info"]["pid"] == 42
+    assert data["status"]["state"] == "SANDBOX_READY" and data["info"]["pid"] == 42
+    assert data["status"]["createdAt"] == "1970-01-01T00:00:00Z" and data["status"]["network"] is None
     assert ctl("stopp", POD_ID) == 0
     assert capsys.readouterr().out == f"Stopped sandbox {POD_ID}\n"
+    # A ready pod is removed only with -f, which stops it first (as crictl).
+    assert ctl("rmp", POD_ID) == 1
+    assert "is running, please stop it first" in capsys.readouterr().err
     assert ctl("rmp", "-f", POD_ID) == 0
-    assert capsys.readouterr().out == f"Removed sandbox {POD_ID}\n"
-    assert cri.fake.names()[-3:] == ["StopPodSandbox", "StopPodSandbox", "RemovePodSandbox"]
+    assert capsys.readouterr().out == f"Stopped sandbox {POD_ID}\nRemoved sandbox {POD_ID}\n"
+    assert cri.fake.names()[-3:] == ["PodSandboxStatus", "StopPodSandbox", "RemovePodSandbox"]
 
 
 # -- containers ---------------------------------------------------------------------------------------------
@@ -372,14 +381,27 @@ def test_create_with_pull_pulls_missing_image(cri: Server, ctl, tmp_path: Path) 
     assert cri.fake.names()[-1] == "CreateContainer"
 
 
-def test_start_stop_rm(cri: Server, ctl, capsys) -> None:
+def test_start_stop_rm(cri: Server, ctl, capsys, tmp_path: Path) -> None:
+    log = tmp_path / "c2.log"
+    for path in (log, tmp_path / "c2.log.1", tmp_path / "c3.log"):
+        path.write_text("x")
+    states = {"c2": api_pb2.CONTAINER_RUNNING, "c3": api_pb2.CONTAINER_EXITED}
+    cri.fake.handlers["ContainerStatus"] = lambda request: api_pb2.ContainerStatusResponse(
+        status=api_pb2.ContainerStatus(id=request.container_id, state=states[request.container_id],
+                                       log_path=str(tmp_path / f"{request.container_id}.log")))
     assert ctl("start", "c1", "c2") == 0
     assert ctl("stop", "-t", "5", "c1") == 0
+    assert capsys.readouterr().out == "c1\nc2\nc1\n"
+    # A running container is removed only with -f, which stops it first; its log files go too (as crictl).
+    assert ctl("rm", "c2") == 1
+    assert "is running, please stop it first" in capsys.readouterr().err
     assert ctl("rm", "-f", "c2") == 0
-    assert capsys.readouterr().out == "c1\nc2\nc1\nc2\n"
+    assert ctl("rm", "--keep-logs", "c3") == 0
+    assert capsys.readouterr().out == "c2\nc2\nc3\n"
     assert [request.container_id for request in cri.fake.requests("StartContainer")] == ["c1", "c2"]
     assert [(r.container_id, r.timeout) for r in cri.fake.requests("StopContainer")] == [("c1", 5), ("c2", 0)]
-    assert cri.fake.names()[-1] == "RemoveContainer"
+    assert [r.container_id for r in cri.fake.requests("RemoveContainer")] == ["c2", "c3"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["c3.log"]
 
 
 def containers_fixture() -> api_pb2.ListContainersResponse:
@@ -404,23 +426,30 @@ def test_ps_filters_map_into_container_filter(cri: Server, ctl, capsys) -> None:
     assert dict(request.filter.label_selector) == {"app": "web", "tier": "1"}
     assert request.filter.pod_sandbox_id == POD_ID and request.filter.id == "cc"
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["CONTAINER", "IMAGE", "CREATED", "STATE", "NAME", "ATTEMPT", "POD", "ID", "POD"]
+    assert lines[0].split() == ["CONTAINER", "IMAGE", "CREATED", "STATE", "NAME", "ATTEMPT", "POD", "ID", "POD",
+                                "NAMESPACE"]
     assert lines[1].split() == ["c" * 13, "docker.io/library/nginx:latest", "Less", "than", "a", "second",
-                                "ago", "Exited", "web", "2", "a" * 13, "web-pod"]
+                                "ago", "Exited", "web", "2", "a" * 13, "web-pod", "prod"]
     assert lines[2].split()[:2] == ["d" * 13, "f" * 13]
     assert lines[2].split()[-1] == "unknown"
 
 
 def test_ps_defaults_to_running_and_client_side_filters(cri: Server, ctl, capsys) -> None:
     cri.fake.handlers["ListContainers"] = containers_fixture()
+    nginx = api_pb2.Image(id=IMAGE_ID, repo_tags=["docker.io/library/nginx:latest"])
+    cri.fake.handlers["ImageStatus"] = lambda request: api_pb2.ImageStatusResponse(
+        image=nginx if request.image.image in ("nginx", "docker.io/library/nginx:latest") else None)
     assert ctl("ps", "-q") == 0
     assert cri.fake.requests("ListContainers")[0].filter.state.state == api_pb2.CONTAINER_RUNNING
     capsys.readouterr()
     assert ctl("ps", "-a", "-q", "--name", "^w") == 0
     assert not cri.fake.requests("ListContainers")[1].filter.HasField("state")
     assert capsys.readouterr().out == CONTAINER_ID + "\n"
+    # --image compares the ids the runtime resolves the names to.
     assert ctl("ps", "-a", "-q", "--image", "nginx") == 0
     assert capsys.readouterr().out == CONTAINER_ID + "\n"
+    assert ctl("ps", "-a", "-q", "--image", "nosuchimage") == 0
+    assert capsys.readouterr().out == ""
     assert ctl("ps", "-a", "-q", "--namespace", "prod", "--last", "5") == 0
     assert capsys.readouterr().out == CONTAINER_ID + "\n"
     assert ctl("ps", "-a", "-o", "json") == 0
@@ -430,7 +459,7 @@ def test_ps_defaults_to_running_and_client_side_filters(cri: Server, ctl, capsys
 
 def test_ps_rejects_bad_state_and_label(cri: Server, ctl, capsys) -> None:
     assert ctl("ps", "--state", "sleeping") == 1
-    assert "invalid container state" in capsys.readouterr().err
+    assert "--state should be one of created, running, exited or unknown" in capsys.readouterr().err
     assert ctl("ps", "--label", "novalue") == 1
     assert "expected key=value" in capsys.readouterr().err
     assert cri.fake.requests("ListContainers") == []
@@ -444,7 +473,11 @@ def test_inspect_container(cri: Server, ctl, capsys) -> None:
     data = yaml.safe_load(capsys.readouterr().out)
     assert data["status"]["state"] == "CONTAINER_EXITED"
     assert data["status"]["exitCode"] == 0  # zero values are printed, as crictl does
-    assert data["info"]["info"]["runtimeSpec"]["ociVersion"] == "1.0.2"
+    assert data["info"]["runtimeSpec"]["ociVersion"] == "1.0.2"
+    # Timestamps are readable; one that has not happened is Go's zero time, as crictl prints it.
+    assert data["status"]["createdAt"] == "1970-01-01T00:00:00Z"
+    assert data["status"]["startedAt"] == "1970-01-01T00:00:00Z"
+    assert data["status"]["user"] is None
 
 
 def test_exec_sync_propagates_exit_code_and_streams(cri: Server, ctl, capfd) -> None:
@@ -474,7 +507,7 @@ def test_exec_interactive_hook(cri: Server, ctl, monkeypatch) -> None:
         seen.append(request)
         return 7
 
-    monkeypatch.setattr(ctl_main, "interactive_exec", fake_stream)
+    monkeypatch.setattr(streams, "interactive_exec", fake_stream)
     assert ctl("exec", "-i", "-t", CONTAINER_ID, "sh") == 7
     assert seen[0].tty and seen[0].stdin and seen[0].stdout and not seen[0].stderr
     assert list(seen[0].cmd) == ["sh"]
@@ -490,31 +523,52 @@ def test_update_builds_linux_resources(cri: Server, ctl, capsys) -> None:
     assert capsys.readouterr().out == CONTAINER_ID + "\n"
 
 
+def sampled(build: Callable[[int], Message]) -> Callable[[Any], Message]:
+    """A stats handler answering call after call with the samples `build(n)` makes (n = 0, 1, ...)."""
+    calls = iter(range(1 << 30))
+    return lambda request: build(next(calls))
+
+
 def test_stats_and_statsp_tables(cri: Server, ctl, capsys) -> None:
-    cri.fake.handlers["ListContainerStats"] = api_pb2.ListContainerStatsResponse(stats=[
-        api_pb2.ContainerStats(
-            attributes=api_pb2.ContainerAttributes(id=CONTAINER_ID, metadata=api_pb2.ContainerMetadata(name="web")),
-            cpu=api_pb2.CpuUsage(usage_nano_cores={"value": 250_000_000}),
-            memory=api_pb2.MemoryUsage(working_set_bytes={"value": 2_500_000}),
-            writable_layer=api_pb2.FilesystemUsage(used_bytes={"value": 4096}, inodes_used={"value": 12})),
-        api_pb2.ContainerStats(attributes=api_pb2.ContainerAttributes(id="e" * 64)),
-    ])
-    cri.fake.handlers["ListContainers"] = api_pb2.ListContainersResponse(
-        containers=[api_pb2.Container(id=CONTAINER_ID)])
-    assert ctl("stats", "--pod", POD_ID, "--label", "a=b") == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["CONTAINER", "NAME", "CPU", "%", "MEM", "DISK", "INODES"]
-    assert lines[1:] == [output.format_table(["CONTAINER", "NAME", "CPU %", "MEM", "DISK", "INODES"], [
-        ["c" * 13, "web", "25.00", "2.5MB", "4.096kB", "12"]]).splitlines()[1]]
+    def containers(n: int) -> api_pb2.ListContainerStatsResponse:
+        # 0.25 s of CPU per second of wall time: 25 %; a stopped container reports neither CPU nor memory.
+        return api_pb2.ListContainerStatsResponse(stats=[
+            api_pb2.ContainerStats(attributes=api_pb2.ContainerAttributes(id="e" * 64)),
+            api_pb2.ContainerStats(
+                attributes=api_pb2.ContainerAttributes(id=CONTAINER_ID,
+                                                       metadata=api_pb2.ContainerMetadata(name="web")),
+                cpu=api_pb2.CpuUsage(timestamp=n * 10**9, usage_core_nano_seconds={"value": 10**9 + n * 25 * 10**7}),
+                memory=api_pb2.MemoryUsage(working_set_bytes={"value": 2_500_000}),
+                writable_layer=api_pb2.FilesystemUsage(used_bytes={"value": 4096}, inodes_used={"value": 12}),
+                swap=api_pb2.SwapUsage(swap_usage_bytes={"value": 0})),
+        ])
+
+    cri.fake.handlers["ListContainerStats"] = sampled(containers)
+    assert ctl("stats", "-s", "0", "--pod", POD_ID, "--label", "a=b") == 0
+    # Two samples; not on a terminal, so no clear-screen escape before the table.
+    assert capsys.readouterr().out == output.format_table(
+        ["CONTAINER", "NAME", "CPU %", "MEM", "DISK", "INODES", "SWAP"],
+        [["c" * 13, "web", "25.00", "2.5MB", "4.096kB", "12", "0B"]])
     stats_filter = cri.fake.requests("ListContainerStats")[0].filter
     assert stats_filter.pod_sandbox_id == POD_ID and dict(stats_filter.label_selector) == {"a": "b"}
-    cri.fake.handlers["ListPodSandboxStats"] = api_pb2.ListPodSandboxStatsResponse(stats=[
-        api_pb2.PodSandboxStats(attributes=api_pb2.PodSandboxAttributes(
-            id=POD_ID, metadata=api_pb2.PodSandboxMetadata(name="web-pod")),
-            linux=api_pb2.LinuxPodSandboxStats(cpu=api_pb2.CpuUsage(usage_nano_cores={"value": 10**9})))])
-    assert ctl("statsp", POD_ID) == 0
+    assert len(cri.fake.requests("ListContainerStats")) == 2
+    assert ctl("stats", "-s", "0", "-a") == 0
+    assert capsys.readouterr().out.splitlines()[2].split() == ["e" * 13, "0.00", "0B", "0B", "0", "0B"]
+
+    def pods(n: int) -> api_pb2.ListPodSandboxStatsResponse:
+        return api_pb2.ListPodSandboxStatsResponse(stats=[api_pb2.PodSandboxStats(
+            attributes=api_pb2.PodSandboxAttributes(id=POD_ID, metadata=api_pb2.PodSandboxMetadata(name="web-pod")),
+            linux=api_pb2.LinuxPodSandboxStats(cpu=api_pb2.CpuUsage(
+                timestamp=n * 10**9, usage_core_nano_seconds={"value": 1 + n * 10**9})))])
+
+    cri.fake.handlers["ListPodSandboxStats"] = sampled(pods)
+    assert ctl("statsp", "-s", "0", POD_ID) == 0
     assert capsys.readouterr().out.splitlines()[1].split() == ["web-pod", "a" * 13, "100.00", "0B"]
     assert cri.fake.requests("ListPodSandboxStats")[0].filter.id == POD_ID
+    # A runtime whose CPU reading did not move between the samples cannot give a percentage.
+    cri.fake.handlers["ListPodSandboxStats"] = pods(1)
+    assert ctl("statsp", "-s", "0") == 1
+    assert "cpu stat is not updated during sample" in capsys.readouterr().err
 
 
 # -- logs ---------------------------------------------------------------------------------------------------
@@ -565,7 +619,7 @@ def test_logs_tail_and_timestamps(cri: Server, ctl, capfd, tmp_path: Path) -> No
 
 def test_logs_follow_reads_until_container_exits(cri: Server, ctl, capfd, tmp_path: Path,
                                                   monkeypatch) -> None:
-    monkeypatch.setattr(ctl_main, "LOG_FOLLOW_POLL_SECONDS", 0.01)
+    monkeypatch.setattr(streams, "LOG_FOLLOW_POLL_SECONDS", 0.01)
     log_path = tmp_path / "0.log"
     log_path.write_bytes(b"2024-01-01T00:00:00Z stdout F before\n")
     calls = 0
@@ -663,7 +717,7 @@ def test_bad_config_file_reports_path(cri: Server, ctl, capsys, tmp_path: Path) 
 def test_verb_timeouts_do_not_replace_the_call_deadline() -> None:
     parser = ctl_main.build_parser()
     args = parser.parse_args(["-t", "7", "exec", "-s", "--timeout", "3", "ID", "ls", "-t"])
-    assert (args.timeout, args.exec_timeout, list(args.command)) == (7, 3, ["ls", "-t"])
+    assert (args.timeout, args.exec_timeout, list(args.words)) == (7, 3, ["ID", "ls", "-t"])
     args = parser.parse_args(["stop", "-t", "4", "ID"])
     assert (args.timeout, args.stop_timeout) == (ctl_main.DEFAULT_TIMEOUT, 4)
 
@@ -710,9 +764,11 @@ def test_human_duration(seconds: float, text: str) -> None:
     assert output.human_duration(seconds) == text
 
 
-def test_split_repo_tag_respects_registry_port() -> None:
-    assert output.split_repo_tag("localhost:5000/busybox:1.36") == ("localhost:5000/busybox", "1.36")
-    assert output.split_repo_tag("localhost:5000/busybox") == ("localhost:5000/busybox", "<none>")
+def test_repo_tag_pairs_split_like_crictl() -> None:
+    assert images.repo_tag_pairs(["localhost:5000/busybox:1.36"], "x") == [("localhost:5000/busybox", "1.36")]
+    assert images.repo_tag_pairs([], "localhost:5000/busybox") == [("localhost:5000/busybox", "<none>")]
+    assert images.repo_tag_pairs(["<none>:<none>"], "repo") == [("repo", "<none>")]
+    assert images.repo_tag_pairs(["notag"], "repo") == [("errorRepoTag", "errorRepoTag")]
 
 
 def test_parse_record_tags_and_empty_message() -> None:
@@ -766,3 +822,87 @@ def test_debug_logs_requests_and_responses(cri: Server, ctl, capsys) -> None:
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith("D Version request: ") and '"version": "v1"' in err[0]
     assert err[1].startswith("D Version response: ") and '"runtimeName": "fake"' in err[1]
+
+
+# -- crictl's document shapes -------------------------------------------------------------------------------
+
+
+def test_log_timestamps_show_like_the_kubelet() -> None:
+    assert crilog.display_timestamp("2026-12-06T04:23:05.023343025+00:00") == "2026-12-06T04:23:05.023343025Z"
+    assert crilog.display_timestamp("2024-01-01T00:00:01.5Z") == "2024-01-01T00:00:01.500000000Z"
+    assert crilog.display_timestamp("2024-01-01T02:00:00+02:00") == "2024-01-01T02:00:00.000000000+02:00"
+    assert crilog.display_timestamp("garbage") == "garbage"
+
+
+def test_proto_document_in_declaration_order_with_newer_api_fields() -> None:
+    container = api_pb2.Container(id="c", image=api_pb2.ImageSpec(image="busybox"), labels={"b": "2", "a": "1"},
+                                  created_at=5)
+    data = documents.proto_document(container)
+    assert list(data) == [field.json_name for field in api_pb2.Container.DESCRIPTOR.fields
+                          if field.json_name != "metadata"]  # an unset message is left out, as protojson does
+    assert list(data["labels"]) == ["a", "b"] and data["createdAt"] == "5"
+    # crictl's newer CRI API has ImageSpec.image_ref; it prints it, empty, last.
+    assert list(data["image"])[-1] == "imageRef" and data["image"]["imageRef"] == ""
+
+
+def test_proto_document_writes_whole_doubles_without_a_fraction() -> None:
+    data = documents.proto_document(api_pb2.PsiData(Avg10=0.0, Avg60=1.5))
+    assert json.dumps(data) == json.dumps({"Total": "0", "Avg10": 0, "Avg60": 1.5, "Avg300": 0})
+    assert documents.go_yaml(data) == 'Avg10: 0\nAvg60: 1.5\nAvg300: 0\nTotal: "0"\n'
+
+
+def test_status_documents_like_go_encoding_json() -> None:
+    status = documents.status_fields(api_pb2.PodSandboxStatus(id="p", created_at=1_500_000_000),
+                                     {"createdAt": documents.rfc3339_nano(1_500_000_000)})
+    document = documents.status_document(status, {"info": '{"pid": 7.0, "note": "<a&b>"}', "plain": '"quoted"'})
+    text = documents.status_documents_text([document], "json")
+    # Keys sorted at every level, unset messages null, whole floats as integers, HTML characters escaped.
+    assert text.startswith('{\n  "info": {\n    "note": "\\u003ca\\u0026b\\u003e",\n    "pid": 7\n  },\n'
+                           '  "plain": "quoted",\n  "status": {\n    "annotations": {},\n'
+                           '    "createdAt": "1970-01-01T00:00:01.5Z",\n')
+    assert '"network": null' in text and text.endswith("}\n")
+    two = json.loads(documents.status_documents_text([document, document], "json"))
+    assert isinstance(two, list) and len(two) == 2
+
+
+def test_go_yaml_quotes_and_orders_like_go_yaml_v2() -> None:
+    text = documents.go_yaml({"b": "", "a_1": "1983140", "aB": "yes", "a10": "x", "a9": "multi\nline",
+                              "none": None, "y": 1, "t": "2026-01-01T00:00:00Z", "plain": "a: b", "list": []})
+    # Non-letters before letters, digit runs by value; strings that read as another type double-quoted (keys too:
+    # go-yaml reads a plain y as true).
+    assert text == ('a_1: "1983140"\na9: |-\n  multi\n  line\na10: x\naB: "yes"\nb: ""\nlist: []\nnone: null\n'
+                    "plain: 'a: b'\nt: \"2026-01-01T00:00:00Z\"\n\"y\": 1\n")
+
+
+def test_go_time_formats() -> None:
+    assert documents.rfc3339_nano(0) == "1970-01-01T00:00:00Z"
+    assert documents.rfc3339_nano(1_796_530_106_916_670_139) == "2026-12-06T04:08:26.916670139Z"
+    assert documents.go_map_text({"b": "2", "a": "{}"}) == "map[a:{} b:2]"
+
+
+def test_runtime_config_and_events(cri: Server, ctl, capsys) -> None:
+    cri.fake.handlers["RuntimeConfig"] = api_pb2.RuntimeConfigResponse(
+        linux=api_pb2.LinuxRuntimeConfiguration(cgroup_driver=api_pb2.SYSTEMD))
+    assert ctl("runtime-config") == 0
+    assert capsys.readouterr().out == "cgroup driver:   SYSTEMD\n"
+    events = [api_pb2.ContainerEventResponse(container_id=CONTAINER_ID, created_at=7,
+                                             container_event_type=api_pb2.CONTAINER_STARTED_EVENT)]
+    cri.fake.handlers["GetContainerEvents"] = lambda request: iter(events)  # a stream: the events, then its end
+    assert ctl("events") == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["containerId"] == CONTAINER_ID and printed["containerEventType"] == "CONTAINER_STARTED_EVENT"
+    assert printed["createdAt"] == "7" and printed["containersStatuses"] == []
+
+
+def test_verbose_lists(cri: Server, two_images, ctl, capsys) -> None:
+    assert ctl("images", "-v") == 0
+    assert capsys.readouterr().out.startswith(
+        "ID: sha256:" + "b" * 64 + "\nRepoTags: localhost:5000/busybox:1.36\nRepoTags: localhost:5000/busybox:latest\n"
+        "RepoDigests: localhost:5000/busybox@sha256:" + "d" * 64 + "\nSize: 1462016\n\n")
+    cri.fake.handlers["ListPodSandbox"] = api_pb2.ListPodSandboxResponse(items=[api_pb2.PodSandbox(
+        id=POD_ID, metadata=api_pb2.PodSandboxMetadata(name="web", uid="u1", namespace="prod", attempt=2),
+        state=api_pb2.SANDBOX_READY, created_at=0, labels={"app": "web"})])
+    assert ctl("pods", "-v") == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"ID: {POD_ID}\nName: web\nUID: u1\nNamespace: prod\nAttempt: 2\nStatus: Ready\nCreated: ")
+    assert out.endswith("Labels:\n\tapp -> web\nRuntime: (default)\n\n")

@@ -73,41 +73,7 @@ def test_v1_hierarchies_from_mountinfo() -> None:
     assert "unified" not in str(hierarchies.values())
 
 
-MEMORY_STAT_V1 = """\
-cache 100
-rss 200
-inactive_file 5
-total_cache 4096
-total_rss 8192
-total_pgfault 77
-total_pgmajfault 3
-total_inactive_file 4000
-"""
-
-
-def test_memory_stats_v1_use_hierarchical_totals() -> None:
-    stats = cgroups.memory_stats_v1(10000, cgroups.parse_flat_keyed(MEMORY_STAT_V1),
-                                    cgroups.parse_flat_keyed("oom_kill_disable 0\nunder_oom 0\noom_kill 2\n"))
-    assert stats == cgroups.MemoryStats(usage=10000, working_set=6000, rss=8192, page_faults=77,
-                                        major_page_faults=3, oom_kills=2)
-
-
-def test_memory_working_set_floors_at_zero() -> None:
-    stats = cgroups.memory_stats_v1(100, {"total_inactive_file": 4000}, {})
-    assert stats.working_set == 0
-
-
-def test_memory_stats_v2() -> None:
-    stat = cgroups.parse_flat_keyed("anon 300\nfile 700\ninactive_file 250\npgfault 9\npgmajfault 1\n")
-    events = cgroups.parse_flat_keyed("low 0\nhigh 0\nmax 4\noom 1\noom_kill 1\n")
-    stats = cgroups.memory_stats_v2(1000, stat, events)
-    assert stats == cgroups.MemoryStats(usage=1000, working_set=750, rss=300, page_faults=9, major_page_faults=1,
-                                        oom_kills=1)
-
-
-def test_cpu_stat_v2_and_procs() -> None:
-    stat = cgroups.parse_flat_keyed("usage_usec 1500\nuser_usec 1000\nsystem_usec 500\n")
-    assert cgroups.cpu_usage_ns_v2(stat) == 1_500_000
+def test_cgroup_procs() -> None:
     assert cgroups.parse_procs("12\n345\n\n") == [12, 345]
     assert cgroups.parse_procs("") == []
 

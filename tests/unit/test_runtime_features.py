@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import stat
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -58,20 +60,31 @@ def test_recursive_read_only_needs_the_runtime_option_and_the_kernel():
         "its runtime does not list the 'rro' mount option (`x features`)"
 
 
-def test_user_namespaces_stay_off_until_cripy_builds_them():
-    able = parse_features(json.dumps(DOCUMENT), kernel_mount_setattr=True, source="test")
-    assert not features.CRIPY_BUILDS_USER_NAMESPACES
-    assert not able.user_namespaces
-    assert able.missing(USER_NAMESPACES) == "cripy does not create user namespaces yet"
+def test_user_namespaces_need_the_runtime_to_join_one_and_the_node_to_idmap():
+    runc_1_1 = {**DOCUMENT, "linux": {"namespaces": ["mount", "user"]}}  # no idmap mount extension: cripy maps
+    able = parse_features(json.dumps(runc_1_1), kernel_mount_setattr=True, source="test", node_idmap_problem=None)
+    assert able.user_namespaces and able.missing(USER_NAMESPACES) is None
+    unprobed = parse_features(json.dumps(runc_1_1), kernel_mount_setattr=True, source="test")
+    assert unprobed.missing(USER_NAMESPACES) == "cripy cannot make id-mapped mounts on this node: not probed"
+    node_cannot = HandlerFeatures(namespaces=frozenset({"user"}), node_idmap_problem="the filesystem says no")
+    assert "the filesystem says no" in node_cannot.missing(USER_NAMESPACES)
+    no_userns = HandlerFeatures(node_idmap_problem=None, source="`runsc features` failed")
+    assert no_userns.missing(USER_NAMESPACES) == \
+        "its runtime does not list the user namespace (`runsc features` failed)"
 
 
-def test_user_namespaces_need_the_namespace_and_idmap_mounts(monkeypatch):
-    monkeypatch.setattr(features, "CRIPY_BUILDS_USER_NAMESPACES", True)
-    assert parse_features(json.dumps(DOCUMENT), kernel_mount_setattr=True, source="test").user_namespaces
-    no_idmap = HandlerFeatures(namespaces=frozenset({"user"}), source="s")
-    assert "id-mapped" in no_idmap.missing(USER_NAMESPACES)
-    no_userns = HandlerFeatures(idmap_mounts=True, source="s")
-    assert "user namespace" in no_userns.missing(USER_NAMESPACES)
+def test_node_idmap_probe_checks_the_path_to_the_rootfs():
+    base = Path(tempfile.mkdtemp(prefix="cripy-probe-", dir="/tmp"))  # pytest's tmp_path sits under a 0700 dir
+    try:
+        base.chmod(0o711)
+        closed = base / "closed"
+        closed.mkdir(mode=0o700)
+        problem = features.probe_node_idmap(base, closed / "run" / "rootfs")
+        assert problem is not None and f"{closed} is mode 0700" in problem
+        closed.chmod(0o711)
+        assert features.probe_node_idmap(base, closed / "run" / "rootfs") is None  # /tmp is ext4 here
+    finally:
+        shutil.rmtree(base)
 
 
 def test_require_names_the_request_the_handler_the_feature_and_why():

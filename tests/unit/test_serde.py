@@ -152,7 +152,7 @@ def test_unknown_keys_are_ignored_at_every_level() -> None:
     data["added_in_a_later_version"] = {"nested": [1, 2]}
     data["dns"]["future_field"] = True
     data["port_mappings"][0]["future_field"] = "x"
-    data["security"]["namespace_options"]["user"] = "pod"
+    data["security"]["namespace_options"]["future_kind"] = "pod"
     back = serde.loads(PodSandboxRequest, json.dumps(data))
     assert back == full_pod_request()
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from cripy.errors import DataLoss, NotFound
+from cripy.errors import DataLoss, FailedPrecondition, NotFound
 from cripy.images.reference import parse_normalized
 from cripy.images.store import Image, ImageStore, LayerSource, chain_ids_of
 from cripy.storage.db import Database
@@ -517,6 +517,44 @@ async def test_image_in_use_keeps_its_content_when_its_names_go(
     await store.remove_unnamed_unused()
     assert await store.get(a.id) is None
     assert layer_dirs_on_disk(layout) == set()
+
+
+async def test_an_image_mounted_as_a_volume_is_not_removed(
+    store: ImageStore, fetcher: Fetcher, layout: Layout
+) -> None:
+    a = await add(store, fetcher, IMAGE_A, "example.com/a:1", "example.com/a:2")
+    mounted = {a.id: ["c0ffee"]}
+
+    async def image_mounted_by(image_id: str) -> list[str]:
+        return mounted.get(image_id, [])
+
+    async def image_in_use(image_id: str) -> bool:
+        return image_id in mounted
+
+    store.image_mounted_by, store.image_in_use = image_mounted_by, image_in_use
+    await store.remove("example.com/a:1")  # one name of two: the image stays either way
+    for ref in ("example.com/a:2", a.id, f"example.com/a@{IMAGE_A.manifest_digest}"):
+        with pytest.raises(FailedPrecondition, match="mounted as an image volume by container.*c0ffee"):
+            await store.remove(ref)
+    kept = await store.get(a.id)
+    assert kept is not None and kept.repo_tags == ["example.com/a:2"]
+    assert all(layout.layer_diff(c).is_dir() for c in a.chain_ids)
+
+    mounted.clear()
+    await store.remove("example.com/a:2")
+    assert await store.get(a.id) is None
+    assert layer_dirs_on_disk(layout) == set()
+
+
+async def test_removals_wait_while_held(store: ImageStore, fetcher: Fetcher) -> None:
+    a = await add(store, fetcher, IMAGE_A, "example.com/a:1")
+    async with store.removals_held():
+        removal = asyncio.create_task(store.remove(a.id))
+        await asyncio.sleep(0.05)
+        assert not removal.done()
+        assert await store.get(a.id) is not None
+    await removal
+    assert await store.get(a.id) is None
 
 
 async def test_remove_unnamed_unused_keeps_named_images(store: ImageStore, fetcher: Fetcher) -> None:
