@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 
 PACKAGES=(runc runsc conmon containernetworking-plugins catatonit iproute2 iptables util-linux
           docker-registry busybox-static zstd skopeo apache2-utils gpg gpgv gpg-agent
+          systemd  # systemd-analyze checks the shipped unit (contrib/systemd) in the tests
           containerd)  # containerd: the peer of the benchmarks, whose --quick smoke run is part of the tests
 PYTHON=${PYTHON:-python3}
 

@@ -131,7 +131,7 @@ class Importer:
 
 def _copier(root: Path, desc: Descriptor, shown: LayerProgress) -> Callable:
     async def copy(dest: Path) -> None:
-        shown.begin()
+        shown.begin(progress.COPYING)
         await asyncio.to_thread(_copy_verified, _blob_path(root, desc), desc, dest, shown.advance)
 
     return copy

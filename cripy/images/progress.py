@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 
 # Layer states, in the order a layer goes through them.
 WAITING = "waiting"  # for a download slot
-DOWNLOADING = "downloading"  # (or copying, for an import)
+DOWNLOADING = "downloading"
+COPYING = "copying"  # an import's blob, out of the archive
 UNPACKING = "unpacking"  # all bytes in; the unpacker finishes
 DONE = "done"
 PRESENT = "present"  # the node had it already: nothing to fetch
@@ -40,8 +41,8 @@ class LayerProgress:
     ended: float = 0.0
     operation: Operation | None = field(default=None, repr=False)
 
-    def begin(self) -> None:
-        self.state, self.started = DOWNLOADING, time.monotonic()
+    def begin(self, state: str = DOWNLOADING) -> None:
+        self.state, self.started = state, time.monotonic()
         self.done = 0  # a retried download starts over (or resumes: the registry client reports from where)
         self._changed()
 

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from cripy import timing
 from cripy.containers.manager import ExitCounts
@@ -20,6 +19,7 @@ from cripy.images.progress import LayerProgress, ProgressBoard
 from cripy.observe.metrics import Metrics
 from cripy.storage.effects import EffectCounts
 from cripy.timing import step
+from tests.support.scrape import scrape
 
 
 class FakeRecords:
@@ -29,27 +29,6 @@ class FakeRecords:
 
     def count_by_state(self) -> dict[str, int]:
         return self.counts
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: Path) -> None:
-        super().__init__("localhost", timeout=10)
-        self._path = path
-
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.connect(str(self._path))
-
-
-def scrape_unix(path: Path) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    connection = UnixHTTPConnection(path)
-    connection.request("GET", "/metrics")
-    response = connection.getresponse()
-    assert response.status == 200
-    text = response.read().decode()
-    connection.close()
-    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(text) for sample in family.samples}
 
 
 @pytest.fixture
@@ -89,7 +68,7 @@ async def test_the_figures_of_calls_steps_records_pulls_and_the_journal(metrics:
 
     await asyncio.create_task(handler())
     m.loop_lag(0.002)
-    samples = await asyncio.to_thread(scrape_unix, path)
+    samples = await asyncio.to_thread(scrape, path)
 
     def value(name: str, **labels: str) -> float:
         return samples[(name, tuple(sorted(labels.items())))]
