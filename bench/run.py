@@ -213,6 +213,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 READING_NOTES = (
+    "What cripy's Prometheus metrics cost: docs/benchmarks-metrics.md (this suite run with `--cripy-metrics` and "
+    "without, and `python -m bench.overhead`, the instrumentation's cost per call in-process).",
     "Both runtimes split the work alike: CreateContainer prepares the rootfs and the spec, StartContainer runs "
     "`runc create` + `runc start` (under conmon for cripy, under a shim for containerd); both release the runc "
     "container when it exits and clean the rest of a removed container up in the background (containerd: its "

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 # them. Keeping them in one table keeps the label set bounded.
 STEPS: dict[str, str] = {
     "pod.files": "the pod's hostname, resolv.conf and hosts files written",
-    "pod.namespaces": "the pod's network, IPC and UTS namespaces created and pinned",
+    "pod.namespaces": "the pod's namespaces (network, IPC, UTS; user, for a user-namespace pod) created and pinned",
     "pod.shm": "the pod's /dev/shm tmpfs mounted",
     "cni.add": "CNI ADD: the pod attached to its network",
     "cni.del": "CNI DEL: the pod detached from its network",

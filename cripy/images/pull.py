@@ -344,8 +344,10 @@ def _reason(error: BaseException) -> str:
     """A failed pull's reason as a metric label: its error kind in snake case (not_found, unavailable, ...)."""
     if isinstance(error, asyncio.CancelledError):
         return "cancelled"
-    name = type(error).__name__ if isinstance(error, CripyError) else "internal"
-    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name).lstrip("_")
+    # The kind is the cripy.errors class the error is (or derives from): a fixed set, whatever subclass raised it.
+    kind = next((k.__name__ for k in type(error).__mro__ if k.__module__ == CripyError.__module__
+                 and k is not CripyError and issubclass(k, CripyError)), "Internal")
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in kind).lstrip("_")
 
 
 def _registry_host(server: str) -> str:

@@ -131,3 +131,17 @@ def test_metrics_and_tracing_libraries_load_only_when_enabled() -> None:
             "print(loaded)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_the_readme_lists_every_step_and_every_metric(tmp_path: Path) -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    for name in timing.STEPS:
+        assert f"| `{name}` |" in readme, name
+    m = Metrics(str(tmp_path / "m.sock"))
+    containers = FakeRecords({})
+    m.watch(pods=FakeRecords({}), containers=containers, effects=EffectCounts(), board=ProgressBoard())  # type: ignore[arg-type]
+    families = {family.name for family in m.registry.collect()}
+    assert families, "no metric families"
+    for name in families:
+        listed = f"`{name}_total`" in readme or f"`{name}`" in readme or name.startswith("cripy_process_")
+        assert listed, f"README does not list {name}"
