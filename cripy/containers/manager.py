@@ -447,8 +447,8 @@ class ContainerManager:
             # The exit file's mtime comes from the kernel's coarse clock: it can read a few ms before the start.
             container.finished_at = max(int(exit_time.timestamp() * 1e9), container.started_at)
             container.reason = REASON_OOM if oom else (REASON_COMPLETED if code == 0 else REASON_ERROR)
+            self.exits.count(code, oom)  # before anyone can see the exit: a status read then finds it counted
             await self._save(container)
-            self.exits.count(code, oom)
         self._exited.setdefault(ctr_id, asyncio.Event()).set()
         self.events.publish(ContainerEvent(ctr_id, container.pod_id, EventType.STOPPED))
         log.info("container %s (%s) exited with %d (%s)", ctr_id, container.name, code, container.reason)

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import socketserver
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, start_http_server
+from prometheus_client import CollectorRegistry, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import MetricsHandler
 from prometheus_client.registry import Collector
@@ -99,14 +100,16 @@ class Metrics:
 
     def start(self) -> None:
         listener = metrics_listener(self.address)
+        handler: Callable[..., Any] = _MetricsHandler.factory(self.registry)
         if isinstance(listener, Path):
             self._socket_path = listener
-            self._server = _serve_unix(listener, self.registry)
-            self._thread = threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True)
-            self._thread.start()
+            self._server = _serve_unix(listener, handler)
         else:
-            host, port = listener
-            self._server, self._thread = start_http_server(port, host, registry=self.registry)
+            self._server = _serve_tcp(*listener, handler)
+        # One thread serves every scrape, one after the other (Prometheus scrapes a target one at a time), rather
+        # than a thread per scrape: fewer threads for glibc to hand malloc arenas to while pulls run.
+        self._thread = threading.Thread(target=self._server.serve_forever, name="metrics", daemon=True)
+        self._thread.start()
         log.info("serving Prometheus metrics on %s", self.address)
 
     def stop(self) -> None:
@@ -205,22 +208,35 @@ def _gauge(name: str, documentation: str, label: str, values: dict[str, int]) ->
     return family
 
 
-class _UnixHTTPServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
+class _MetricsHandler(MetricsHandler):
+    timeout = 10  # a client that stops mid-request cannot hold the one serving thread for longer
 
-
-class _UnixMetricsHandler(MetricsHandler):
     def address_string(self) -> str:
-        return "unix"  # a unix peer has no host; BaseHTTPRequestHandler would index an empty address
+        return "unix" if not self.client_address else str(self.client_address[0])
 
 
-def _serve_unix(path: Path, registry: CollectorRegistry) -> _UnixHTTPServer:
+class _UnixServer(socketserver.UnixStreamServer):
+    pass
+
+
+class _TCPServer(socketserver.TCPServer):
+    allow_reuse_address = True
+
+
+def _serve_unix(path: Path, handler: Callable[..., Any]) -> socketserver.BaseServer:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.unlink(missing_ok=True)
     old_umask = os.umask(0o177)  # born 0600, like the CRI socket: what runs on the node is no one else's business
     try:
-        handler: Callable[..., Any] = _UnixMetricsHandler.factory(registry)
-        server = _UnixHTTPServer(str(path), handler)
+        return _UnixServer(str(path), handler)
     finally:
         os.umask(old_umask)
-    return server
+
+
+def _serve_tcp(host: str, port: int, handler: Callable[..., Any]) -> socketserver.BaseServer:
+    family, _, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+
+    class Server(_TCPServer):
+        address_family = family
+
+    return Server(address[:2], handler)
