@@ -1,4 +1,5 @@
-"""The `cripy` command: run the daemon (no sub-command), or `config`, `version`, `ctl`, `image import|trust`."""
+"""The `cripy` command: run the daemon (no sub-command), or `config`, `version`, `ctl`, `image import|trust`,
+`audit`."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from cripy.config import (
     validate,
 )
 
-COMMANDS = ("config", "version", "ctl", "image", "daemon")
+COMMANDS = ("config", "version", "ctl", "image", "daemon", "audit")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "image":
             return _image_command(args)
         config = _effective_config(args)
+        if args.command == "audit":
+            return _audit_command(config, args.repair)
     except ConfigError as e:
         print(f"cripy: {e}", file=sys.stderr)
         return 2
@@ -79,6 +82,8 @@ def _parser() -> argparse.ArgumentParser:
     config = sub.add_parser("config", help="print the effective configuration as TOML")
     config.add_argument("--default", action="store_true", help="print the documented defaults instead")
     sub.add_parser("ctl", help="a CRI client with crictl's verbs (see `cripy ctl --help`)")
+    audit = sub.add_parser("audit", help="compare the node with cripy's records: what is orphaned or missing")
+    audit.add_argument("--repair", action="store_true", help="undo what is orphaned (with the journal's undo functions)")
     image = sub.add_parser("image", help="image operations on the running daemon")
     image_sub = image.add_subparsers(dest="image_command", required=True)
     imp = image_sub.add_parser("import", help="load an OCI layout (dir or tar) or a docker-archive tarball")
@@ -106,6 +111,42 @@ def _effective_config(args: argparse.Namespace) -> Config:
         config.cripy.listen = str(Path(args.runroot) / "cripy.sock")
     validate(config)
     return config
+
+
+def _audit_command(config: Config, repair: bool) -> int:
+    """Print what is orphaned or missing, by object; with repair, undo the orphans and check again. Exit status 1
+    when something is (still) found."""
+    import asyncio
+
+    from cripy.audit import Audit, report, summary
+    from cripy.daemon import Daemon
+
+    if not Path(config.cripy.root, "cripy.db").exists():
+        print(f"cripy audit: no cripy database under {config.cripy.root}", file=sys.stderr)
+        return 2
+
+    async def run() -> int:
+        daemon = Daemon(config)
+        await daemon.open_for_audit()
+        try:
+            findings = await Audit(daemon).run()
+            if findings:
+                print(report(findings))
+            print(f"cripy audit: {summary(findings)}")
+            if not repair or not any(f.repair for f in findings):
+                return 1 if findings else 0
+            problems = await Audit(daemon).repair(findings)
+            for problem in problems:
+                print(f"cripy audit: {problem}", file=sys.stderr)
+            left = await Audit(daemon).run()
+            if left:
+                print(report(left))
+            print(f"cripy audit: after repair, {summary(left)}")
+            return 1 if left else 0
+        finally:
+            await daemon.close_audit()
+
+    return asyncio.run(run())
 
 
 def _image_command(args: argparse.Namespace) -> int:

@@ -91,6 +91,9 @@ class RuntimeConfig:
     cgroup_driver: str = "cgroupfs"
     cgroup_parent: str = "/cripy"
     pause_command: str = "/usr/bin/catatonit"
+    # Bytes one container log file may reach before conmon starts it afresh (a backstop to the kubelet's own
+    # rotation through ReopenContainerLog); 0 for no limit.
+    container_log_size_max: int = 128 * 1024 * 1024
     handlers: dict[str, RuntimeHandlerConfig] = field(
         default_factory=lambda: {"runc": RuntimeHandlerConfig()}
     )
@@ -178,6 +181,9 @@ def config_files(path: Path | None = None, dropin_dir: Path | None = None) -> li
 
 def validate(config: Config) -> None:
     """Check cross-field rules that types alone do not express."""
+    if 0 < config.runtime.container_log_size_max < 4096 or config.runtime.container_log_size_max < 0:
+        raise ConfigError(f"runtime.container_log_size_max: {config.runtime.container_log_size_max} must be 0 (no "
+                          "limit) or at least 4096 bytes")
     if config.cripy.log_level not in LOG_LEVELS:
         raise ConfigError(f"cripy.log_level: {config.cripy.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
     if config.runtime.cgroup_driver != "cgroupfs":

@@ -73,19 +73,20 @@ class Daemon:
         self.streaming: StreamingServer | None = None
         self._streaming_lock = asyncio.Lock()
         self.db: Database | None = None
+        self.journal: EffectJournal | None = None
         self._reprobe: asyncio.Task[None] | None = None
         self.board = ProgressBoard()
         self.metrics: Metrics | None = None
         self.tracing: Tracing | None = None
         self.watchdog: Watchdog | None = None
         self._health: health_aio.HealthServicer | None = None
+        self._audit_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await asyncio.to_thread(self.layout.ensure)
         self.db = await Database.open(self.layout.database)
-        journal = EffectJournal(self.db)
+        self.journal = journal = EffectJournal(self.db)
         await journal.load()
-        self.journal = journal
         await self._build_services(self.db, journal)
         self._start_observing()  # before recovery: its undos are counted too
         await self._recover(journal)
@@ -94,9 +95,11 @@ class Daemon:
         await self._serve_grpc()
         log.info("cripy serving CRI on %s (root %s, run root %s)", self.config.cripy.listen, self.layout.root, self.layout.runroot)
         service.notify("READY=1", f"STATUS=serving CRI on {self.config.cripy.listen}", f"MAINPID={os.getpid()}")
+        self._audit_task = asyncio.get_running_loop().create_task(self._audit_at_start())
 
     def _start_observing(self) -> None:
         """The watchdog always; metrics and traces when configured (their libraries load only then)."""
+        assert self.journal is not None
         sinks: list[timing.Sink] = []
         if self.config.metrics.address:
             from cripy.observe.metrics import Metrics
@@ -115,6 +118,35 @@ class Daemon:
         self.watchdog = Watchdog(self.config.cripy.stuck_step_seconds,
                                  self.metrics.loop_lag if self.metrics is not None else None)
         self.watchdog.start()
+
+    async def open_for_audit(self) -> None:
+        """Storage, records and services without recovery or serving: what `cripy audit` compares the node with
+        (the undo functions its repair runs are the services')."""
+        self.db = await Database.open(self.layout.database)
+        self.journal = journal = EffectJournal(self.db)
+        await self._build_services(self.db, journal)
+        await self.pods.load()
+        await self.containers.load()
+
+    async def close_audit(self) -> None:
+        await self.puller.close()
+        if self.db is not None:
+            await asyncio.to_thread(self.db.close)
+
+    async def _audit_at_start(self) -> None:
+        """The same check as `cripy audit`, once recovery is done, in the background: its summary is logged."""
+        from cripy.audit import Audit, report, summary
+
+        try:
+            findings = await Audit(self).run()
+        except Exception:
+            log.exception("the audit at start failed")
+            return
+        if findings:
+            log.warning("audit at start: %s (`cripy audit --repair` undoes orphans):\n%s", summary(findings),
+                        report(findings))
+        else:
+            log.info("audit at start: %s", summary(findings))
 
     async def _build_services(self, db: Database, journal: EffectJournal) -> None:
         self.store = ImageStore(db, self.layout, pinned=self.config.images.pinned_images)
@@ -147,8 +179,8 @@ class Daemon:
             root=self.layout.root,
             runroot=self.layout.runroot,
             settings=await asyncio.to_thread(self._spec_settings),
+            log_size_max=self.config.runtime.container_log_size_max,
         )
-        self.pods.containers = self.containers
 
     async def _recover(self, journal: EffectJournal) -> None:
         """Reconcile what the database says with what the node has, before serving anything."""
@@ -320,6 +352,8 @@ class Daemon:
 
     async def stop(self) -> None:
         log.info("cripy shutting down")
+        if self._audit_task is not None and not self._audit_task.done():
+            self._audit_task.cancel()
         service.notify("STOPPING=1", "STATUS=shutting down")
         if self._health is not None:
             await self._health.enter_graceful_shutdown()

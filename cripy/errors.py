@@ -4,6 +4,8 @@ Raise these from the domain (images, pods, containers, ...) with a message that 
 object and why; never raise gRPC types below cripy/cri/.
 """
 
+import errno
+
 
 class CripyError(Exception):
     """Base of every error the daemon reports to a CRI client."""
@@ -49,5 +51,16 @@ class Internal(CripyError):
     """Something cripy relies on failed unexpectedly (runc, conmon, the kernel)."""
 
 
+class ResourceExhausted(CripyError):
+    """The node ran out of something the request needs (disk space)."""
+
+
 class DataLoss(CripyError):
     """Content did not match its digest or size (corrupted or truncated blob)."""
+
+
+def os_failure(message: str, error: OSError) -> CripyError:
+    """An OSError as the domain error it is: a full disk (ENOSPC, EDQUOT) is ResourceExhausted, the rest Internal."""
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return ResourceExhausted(f"{message}: no space left ({error})")
+    return Internal(f"{message}: {error}")

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
+import json
 from dataclasses import dataclass, field
 import logging
 import os
@@ -28,7 +30,7 @@ import signal
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Awaitable, Callable
+from typing import Awaitable, Callable
 
 from cripy.containers import imagevolumes
 from cripy.containers.container import (
@@ -44,6 +46,8 @@ from cripy.containers.container import (
     reserved_name,
 )
 from cripy.containers.events import ContainerEvent, EventBus, EventType
+from cripy import blocking
+from cripy.containers import nodefit
 from cripy.containers.model import ContainerRequest, ImageRuntimeConfig, Mount, NamespaceMode, Resources
 from cripy.containers.spec import PodContext, SpecSettings, build_spec, spec_resources
 from cripy.containers.usage import ContainerUsage, WritableLayerCache, read_usage
@@ -57,15 +61,13 @@ from cripy.oci import features
 from cripy.oci.exits import read_oom_file
 from cripy.oci.features import HandlerFeatures
 from cripy.oci.runtime import ExecResult, OCIRuntime
+from cripy.pods.manager import PodManager
 from cripy.pods.model import STATE_READY, PodSandbox
 from cripy.storage import records
 from cripy.storage.db import Database
 from cripy.storage.effects import Effect, EffectJournal
 from cripy.storage.names import NameReservations
 from cripy.timing import step
-
-if TYPE_CHECKING:
-    from cripy.pods.manager import PodManager
 
 log = logging.getLogger(__name__)
 
@@ -98,14 +100,16 @@ class ContainerManager:
         db: Database,
         journal: EffectJournal,
         *,
-        pods: "PodManager",
+        pods: PodManager,
         images: ImageStore,
         runtimes: dict[str, OCIRuntime],
         root: Path,
         runroot: Path,
         settings: SpecSettings,
+        log_size_max: int = 0,
     ) -> None:
         self._journal = journal
+        self._log_size_max = log_size_max
         self._pods = pods
         self._images = images
         self._runtimes = runtimes
@@ -130,6 +134,7 @@ class ContainerManager:
         journal.register("ctr-runtime", self._undo_runtime)
         images.image_in_use = self._image_in_use
         images.image_mounted_by = self._image_mounted_by
+        pods.hold_members(self)
 
     # ---- queries --------------------------------------------------------------------------------------
 
@@ -191,7 +196,9 @@ class ContainerManager:
         if image is None:
             raise NotFound(f"image {request.image!r} not found: pull it first")
         _require_handler_features(request, pod.runtime_handler, self._pods.runtime_for(pod).features)
-        await asyncio.to_thread(_check_host_paths, request)  # stats host paths: may be slow network mounts
+        nodefit.require_node_support(request.resources, f"container {request.name!r}")
+        # Stats host paths: a network mount may hang, so in the bounded pool with a deadline.
+        await blocking.HOST_PATHS.run(f"container {request.name!r}: checking host paths", _check_host_paths, request)
         name = reserved_name(request, pod.request.name, pod.request.namespace, pod.request.uid)
         return await self._names.create_once(
             name, self._name_holder, lambda: self._create(pod, image, request, name)
@@ -280,17 +287,20 @@ class ContainerManager:
         container.process_user = user
         target_pid_ns = await self._target_pid_namespace(request, pod)
         with step("ctr.spec"):
-            built = await asyncio.to_thread(
-                build_spec,
-                dataclasses.replace(request, mounts=mounts),
-                image_config,
-                ctr_id=container.id,
-                rootfs=rootfs,
-                user=user,
-                pod=_pod_context(pod),
-                settings=self._settings,
-                volumes_dir=ctr_dir / "volumes",
-                target_pid_ns=target_pid_ns,
+            built = await blocking.HOST_PATHS.run(
+                f"container {container.name}: building the spec (host paths, devices, seccomp profile)",
+                functools.partial(
+                    build_spec,
+                    dataclasses.replace(request, mounts=mounts),
+                    image_config,
+                    ctr_id=container.id,
+                    rootfs=rootfs,
+                    user=user,
+                    pod=_pod_context(pod),
+                    settings=self._settings,
+                    volumes_dir=ctr_dir / "volumes",
+                    target_pid_ns=target_pid_ns,
+                ),
             )
         for warning in built.warnings:
             # A node-wide limit (e.g. no CAP_SYS_RESOURCE) would repeat for every container: said once, then quiet.
@@ -385,6 +395,7 @@ class ContainerManager:
                 stdin=request.stdin,
                 stdin_once=request.stdin_once,
                 name=container.name,
+                log_size_max=self._log_size_max or -1,
             )
         container.pid, container.conmon_pid = created.pid, created.conmon_pid
         # Taken before the start: a short-lived process may exit (and conmon stamp its exit) before runc returns.
@@ -528,6 +539,7 @@ class ContainerManager:
 
     async def update_resources(self, ctr_id: str, resources: Resources) -> None:
         container = await self.get(ctr_id)
+        nodefit.require_node_support(resources, f"container {container.id}")
         if container.state not in (STATE_CREATED, STATE_RUNNING):
             raise FailedPrecondition(f"container {container.id} is {container.state}: cannot update its resources")
         if container.state == STATE_CREATED:
@@ -541,12 +553,14 @@ class ContainerManager:
         container = await self._running(ctr_id, "reopen the log of")
         await (await self.runtime_of(container)).reopen_log(container.id, Path(container.log_path))
 
-    async def usage(self, container: Container) -> ContainerUsage:
-        """What the container uses, for the stats and metrics calls (containers/usage.py)."""
-        return await asyncio.to_thread(
-            read_usage, container.id, cgroup_path=container.cgroup_path, pid=container.pid,
-            upper_dir=self.upper_dir(container.id), layers=self._writable_layers, running=container.running,
-        )
+    async def usage(self, containers: list[Container], *, full: bool = False) -> list[ContainerUsage]:
+        """What the containers use: for the stats calls, or (full) for the metrics calls (containers/usage.py).
+        Read in one worker-thread trip for all of them: a trip per container cost more than its reading."""
+        def read_all() -> list[ContainerUsage]:
+            return [read_usage(c.id, cgroup_path=c.cgroup_path, pid=c.pid, upper_dir=self.upper_dir(c.id),
+                               layers=self._writable_layers, running=c.running, full=full) for c in containers]
+
+        return await asyncio.to_thread(read_all) if containers else []
 
     async def _running(self, ctr_id: str, action: str) -> Container:
         container = await self.get(ctr_id)
@@ -686,10 +700,9 @@ def _require_handler_features(request: ContainerRequest, handler: str, offered: 
 
 
 def _log_path(pod: PodSandbox, request: ContainerRequest) -> str:
+    """The log's place: log_path (relative, checked not to leave it) in the pod's log_directory (absolute)."""
     if request.log_path and pod.request.log_directory:
         return str(Path(pod.request.log_directory) / request.log_path)
-    if request.log_path and os.path.isabs(request.log_path):
-        return request.log_path
     # kubelet always sets both; crictl may not. The log then lives with the pod's runtime files.
     return str(pod.run_dir / "logs" / f"{request.name}_{request.attempt}.log")
 

@@ -18,7 +18,7 @@ import copy
 import json
 import os
 import platform
-from pathlib import Path
+import stat
 from typing import Any, Iterable
 
 from cripy.errors import InvalidArgument
@@ -168,20 +168,40 @@ def default_profile() -> dict[str, Any]:
     return copy.deepcopy(RUNTIME_DEFAULT_PROFILE)
 
 
+PROFILE_MAX_BYTES = 1 << 20  # Docker's default profile is about 20 kB; a megabyte is room for any real one
+
+
 def load_localhost_profile(path: str) -> dict[str, Any]:
-    """Read a Localhost profile from the node; a missing or malformed file is the request's fault."""
+    """Read a Localhost profile from the node; a missing, malformed, oversized or not regular file is the request's
+    fault. Opened without blocking (a FIFO would hold the worker thread forever) and never read past the limit (a
+    device such as /dev/zero never ends)."""
     if not os.path.isabs(path):
         raise InvalidArgument(f"seccomp localhost profile path {path!r} must be absolute")
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
     except FileNotFoundError:
         raise InvalidArgument(f"seccomp localhost profile {path} does not exist on the node") from None
     except OSError as exc:
         raise InvalidArgument(f"seccomp localhost profile {path} cannot be read: {exc.strerror}") from None
     try:
-        profile = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InvalidArgument(f"seccomp localhost profile {path} is not valid JSON: {exc}") from None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise InvalidArgument(f"seccomp localhost profile {path} is not a regular file")
+        if st.st_size > PROFILE_MAX_BYTES:
+            raise InvalidArgument(f"seccomp localhost profile {path} is larger than {PROFILE_MAX_BYTES} bytes "
+                                  f"({st.st_size})")
+        with os.fdopen(os.dup(fd), "rb") as handle:
+            data = handle.read(PROFILE_MAX_BYTES + 1)
+    except OSError as exc:
+        raise InvalidArgument(f"seccomp localhost profile {path} cannot be read: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    if len(data) > PROFILE_MAX_BYTES:
+        raise InvalidArgument(f"seccomp localhost profile {path} is larger than {PROFILE_MAX_BYTES} bytes")
+    try:
+        profile = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidArgument(f"seccomp localhost profile {path} is not valid JSON: {str(exc)[:200]}") from None
     if not isinstance(profile, dict) or "defaultAction" not in profile:
         raise InvalidArgument(f"seccomp localhost profile {path} has no defaultAction")
     return profile

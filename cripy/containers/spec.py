@@ -53,6 +53,7 @@ _IPC_SYSCTLS = ("kernel.shm", "kernel.msg", "kernel.sem", "fs.mqueue.")
 _HOST_DEV_SKIP_DIRS = {"pts", "shm", "fd", "mqueue", ".lxc", ".lxd-mounts", ".udev"}
 _HOST_DEV_SKIP_FILES = {"console"}
 _NAMESPACE_ALIASES = {"net": "network", "mnt": "mount"}
+MAX_DEVICES_PER_DIRECTORY = 4096
 
 
 @dataclass
@@ -300,11 +301,14 @@ def seccomp_profile(sec: ContainerSecurity, bounding: list[str], settings: SpecS
     """linux.seccomp for the container, or None when it runs unconfined (privileged or Unconfined)."""
     if sec.privileged or sec.seccomp.kind == "unconfined":
         return None
-    if sec.seccomp.kind == "localhost":
-        profile = seccomp.load_localhost_profile(sec.seccomp.localhost_ref)
-    else:
-        profile = settings.seccomp_default_profile
-    return seccomp.render_profile(profile, bounding)
+    if sec.seccomp.kind != "localhost":
+        return seccomp.render_profile(settings.seccomp_default_profile, bounding)
+    ref = sec.seccomp.localhost_ref
+    profile = seccomp.load_localhost_profile(ref)
+    try:
+        return seccomp.render_profile(profile, bounding)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise InvalidArgument(f"seccomp localhost profile {ref} is malformed: {type(e).__name__}: {str(e)[:200]}") from None
 
 
 def _or_default(value: list[str] | None, default: list[str]) -> list[str]:
@@ -448,7 +452,7 @@ def build_devices(
     else:
         rules.append({"allow": False, "access": "rwm"})
     for i, dev in enumerate(requested):
-        for container_path, st in _requested_device_nodes(dev, f"devices[{i}]"):
+        for container_path, st in _requested_device_nodes(dev, f"devices[{i}]", dev_root):
             entry = _device_entry(container_path, st)
             entries[container_path] = entry
             if not privileged:
@@ -476,23 +480,35 @@ def host_devices(dev_root: str = "/dev") -> list[tuple[str, os.stat_result]]:
     return sorted(found, key=lambda item: item[0])
 
 
-def _requested_device_nodes(dev: Device, where: str) -> list[tuple[str, os.stat_result]]:
+def _requested_device_nodes(dev: Device, where: str, dev_root: str) -> list[tuple[str, os.stat_result]]:
     try:
         st = os.stat(dev.host_path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         raise InvalidArgument(f"{where}: host device {dev.host_path} does not exist") from None
     if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
         return [(dev.container_path, st)]
     if not stat.S_ISDIR(st.st_mode):
         raise InvalidArgument(f"{where}: {dev.host_path} is neither a device nor a directory of devices")
+    # A directory of devices is one of /dev's (what device plugins hand over: /dev/snd, /dev/dri): walking any
+    # other directory ("/", /proc) would be a walk of the host, and find no devices that belong to a container.
+    real, root = os.path.realpath(dev.host_path), os.path.realpath(dev_root)
+    if real != root and not real.startswith(root + "/"):
+        raise InvalidArgument(f"{where}: {dev.host_path} is a directory outside {dev_root}: only a device or a "
+                              f"directory of devices under {dev_root} can be given")
     nodes = []
-    for dirpath, _dirnames, filenames in os.walk(dev.host_path):
+    for dirpath, _dirnames, filenames in os.walk(real):
         for name in sorted(filenames):
             host_path = os.path.join(dirpath, name)
-            node = os.lstat(host_path)
+            try:
+                node = os.lstat(host_path)
+            except FileNotFoundError:
+                continue
             if stat.S_ISCHR(node.st_mode) or stat.S_ISBLK(node.st_mode):
-                rel = os.path.relpath(host_path, dev.host_path)
+                rel = os.path.relpath(host_path, real)
                 nodes.append((posixpath.join(dev.container_path, rel), node))
+                if len(nodes) > MAX_DEVICES_PER_DIRECTORY:
+                    raise InvalidArgument(f"{where}: {dev.host_path} holds more than {MAX_DEVICES_PER_DIRECTORY} "
+                                          "devices")
     if not nodes:
         raise InvalidArgument(f"{where}: directory {dev.host_path} contains no devices")
     return nodes

@@ -142,17 +142,18 @@ def _measure(upper_dir: Path) -> WritableLayerUsage:
 
 
 def read_usage(ctr_id: str, *, cgroup_path: str, pid: int, upper_dir: Path, layers: WritableLayerCache,
-               running: bool) -> ContainerUsage:
-    """One container's readings (blocking: run it in a worker thread)."""
+               running: bool, full: bool = True) -> ContainerUsage:
+    """One container's readings (blocking: run it in a worker thread): what the stats calls need, or (full) all
+    the metrics calls report, which adds the processes' open files and limits (cgroupstats.read says more)."""
     reading = None
     if running and cgroup_path:
         try:
-            reading = cgroupstats.read(cgroup_path)
+            reading = cgroupstats.read(cgroup_path, full=full)
         except OSError:
             reading = None  # the container exited while being read
-    open_files = procfs.count_open_files(reading.pids) if reading else None
+    open_files = procfs.count_open_files(reading.pids) if reading and full else None
     soft_limits: dict[str, int | None] = {}
-    if reading and pid > 0:
+    if reading and pid > 0 and full:
         try:
             soft_limits = procfs.read_soft_limits(pid)
         except OSError:

@@ -15,6 +15,7 @@ from cripy.containers.model import Mount
 from cripy.containers.manager import ContainerManager
 from cripy.containers.spec import spec_resources
 from cripy.cri.convert import PROPAGATION, container_request_from_pb, resources_from_pb
+from cripy.cri import validate
 from cripy.cri.errors import grpc_method, unimplemented
 from cripy.cri.filters import labels_match
 from cripy.cri.pods import pod_status_to_pb
@@ -107,6 +108,7 @@ class ContainersServicer:
 
     @grpc_method
     async def ExecSync(self, request: api_pb2.ExecSyncRequest, context: grpc.aio.ServicerContext) -> api_pb2.ExecSyncResponse:
+        validate.exec_command(request.cmd, f"ExecSync in container {request.container_id}")
         result = await self.containers.exec_sync(request.container_id, list(request.cmd), int(request.timeout))
         return api_pb2.ExecSyncResponse(stdout=result.stdout, stderr=result.stderr, exit_code=result.exit_code)
 

@@ -11,7 +11,15 @@ Choices worth knowing:
 - Empty masked_paths / readonly_paths mean "runtime defaults": protobuf cannot tell empty from unset, and the
   other runtimes read it the same way.
 - A container without namespace_options inherits the pod's.
-- A relative log_path is joined to the pod's log_directory.
+- log_path stays relative: the container manager joins it to the log_directory of the pod as RunPodSandbox gave
+  it (not to the copy of the pod's config a CreateContainer carries). It may not leave that directory, and
+  log_directory must be absolute: the kubelet never sends anything else, and a runtime does not write where it was
+  not asked to.
+- Resource values are checked against what the kernel and runc take (cgroup v1 and v2 alike): cpu_period within
+  [1000, 1000000] us, cpu_quota -1 or within [1000, 2^44-1] us, cpu_shares within [2, 262144], a memory limit of
+  at least 12 MiB (CRI-O's floor: less cannot start a process), swap not below memory, cpusets in the kernel's list
+  form. 0 means unset for each. Whether the node can honour them (cgroup v1 and `unified`, CPUs that exist) is
+  the container manager's check at create.
 - A pod's user namespace (userns_options mode POD) takes exactly one uid and one gid mapping that maps container
   id 0 and leaves the node's id 0 out, as the kubelet sends them; its containers share it (a container asking for
   another one is refused). CONTAINER and TARGET modes do not exist for user namespaces.
@@ -19,11 +27,14 @@ Choices worth knowing:
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import posixpath
 import re
 
 from cri_api.v1 import api_pb2 as pb
 
+from cripy.cri.validate import cpu_list, shown
 from cripy.errors import InvalidArgument, Unimplemented
 from cripy.containers.model import (
     ContainerRequest,
@@ -62,6 +73,11 @@ _PROTOCOL = {pb.TCP: "tcp", pb.UDP: "udp", pb.SCTP: "sctp"}
 _GROUPS_POLICY = {pb.Merge: "merge", pb.Strict: "strict"}
 _HUGEPAGE_SIZE = re.compile(r"^[1-9][0-9]*[KMGTP]B$")
 _MAX_ID = 2**32 - 2
+CPU_PERIOD_RANGE = (1000, 1_000_000)  # microseconds: the kernel's cfs period bounds
+CPU_QUOTA_RANGE = (1000, 2**44 - 1)  # microseconds: at least 1 ms; the kernel's max_cfs_runtime
+CPU_SHARES_RANGE = (2, 262_144)  # cgroup v1's bounds (runc converts to cpu.weight on v2)
+MIN_MEMORY_LIMIT = 12 * 1024 * 1024
+_UNIFIED_KEY = re.compile(r"^[a-z][a-z0-9_]*\.[a-z0-9_.]+$")
 
 
 def container_request_from_pb(config: pb.ContainerConfig, sandbox_config: pb.PodSandboxConfig) -> ContainerRequest:
@@ -86,7 +102,7 @@ def container_request_from_pb(config: pb.ContainerConfig, sandbox_config: pb.Pod
         devices=[_device(d, f"{where}: devices[{i}]") for i, d in enumerate(config.devices)],
         labels=dict(config.labels),
         annotations=dict(config.annotations),
-        log_path=_log_path(config.log_path, sandbox_config.log_directory),
+        log_path=_log_path(config.log_path, where),
         stdin=config.stdin,
         stdin_once=config.stdin_once,
         tty=config.tty,
@@ -107,6 +123,8 @@ def pod_request_from_pb(config: pb.PodSandboxConfig, runtime_handler: str) -> Po
     if not meta.namespace:
         raise InvalidArgument(f"{where}: metadata.namespace is required")
     linux = config.linux
+    if config.log_directory and not os.path.isabs(config.log_directory):
+        raise InvalidArgument(f"{where}: log_directory={shown(config.log_directory)} must be an absolute path")
     return PodSandboxRequest(
         name=meta.name,
         uid=meta.uid,
@@ -122,7 +140,7 @@ def pod_request_from_pb(config: pb.PodSandboxConfig, runtime_handler: str) -> Po
         port_mappings=[_port_mapping(p, f"{where}: port_mappings[{i}]") for i, p in enumerate(config.port_mappings)],
         labels=dict(config.labels),
         annotations=dict(config.annotations),
-        cgroup_parent=linux.cgroup_parent,
+        cgroup_parent=_cgroup_parent(linux.cgroup_parent, where),
         security=_pod_security(linux.security_context, dict(linux.sysctls), where),
         overhead=resources_from_pb(linux.overhead, f"{where}: linux.overhead") if linux.HasField("overhead") else None,
         resources=(
@@ -142,19 +160,32 @@ def pull_namespace_from_pb(request: pb.PullImageRequest) -> str:
 
 def resources_from_pb(res: pb.LinuxContainerResources, where: str = "linux.resources") -> Resources:
     """Translate and validate LinuxContainerResources (also used by UpdateContainerResources)."""
-    _require(res.cpu_period >= 0, where, "cpu_period", res.cpu_period, "must not be negative")
-    _require(res.cpu_quota >= -1, where, "cpu_quota", res.cpu_quota, "must be -1 (unlimited) or more")
-    _require(res.cpu_shares >= 0, where, "cpu_shares", res.cpu_shares, "must not be negative")
-    _require(res.memory_limit_in_bytes >= 0, where, "memory_limit_in_bytes", res.memory_limit_in_bytes,
-             "must not be negative")
-    _require(res.memory_swap_limit_in_bytes >= -1, where, "memory_swap_limit_in_bytes",
-             res.memory_swap_limit_in_bytes, "must be -1 (unlimited) or more")
+    _require_unset_or_within(res.cpu_period, CPU_PERIOD_RANGE, where, "cpu_period", "microseconds")
+    if res.cpu_quota != -1:
+        _require_unset_or_within(res.cpu_quota, CPU_QUOTA_RANGE, where, "cpu_quota",
+                                 "microseconds, or -1 (unlimited)")
+    _require_unset_or_within(res.cpu_shares, CPU_SHARES_RANGE, where, "cpu_shares", "")
+    _require(res.memory_limit_in_bytes == 0 or res.memory_limit_in_bytes >= MIN_MEMORY_LIMIT, where,
+             "memory_limit_in_bytes", res.memory_limit_in_bytes,
+             f"is too low: at least {MIN_MEMORY_LIMIT} bytes (or 0, unlimited)")
+    swap = res.memory_swap_limit_in_bytes
+    _require(swap >= -1, where, "memory_swap_limit_in_bytes", swap, "must be -1 (unlimited) or more")
+    _require(swap <= 0 or res.memory_limit_in_bytes == 0 or swap >= res.memory_limit_in_bytes, where,
+             "memory_swap_limit_in_bytes", swap,
+             f"is memory plus swap: it cannot be below memory_limit_in_bytes={res.memory_limit_in_bytes}")
     _require(-1000 <= res.oom_score_adj <= 1000, where, "oom_score_adj", res.oom_score_adj,
              "must be within [-1000, 1000]")
+    for field in ("cpuset_cpus", "cpuset_mems"):
+        if getattr(res, field):
+            cpu_list(getattr(res, field), f"{where}: {field}")
+    for key, value in res.unified.items():
+        _require(bool(_UNIFIED_KEY.match(key)), where, "unified key", key, "is not a cgroup v2 file name")
+        _require("\n" not in value, where, f"unified[{key}]", value, "must be one line")
     hugepages: dict[str, int] = {}
     for i, limit in enumerate(res.hugepage_limits):
         _require(bool(_HUGEPAGE_SIZE.match(limit.page_size)), where, f"hugepage_limits[{i}].page_size",
                  limit.page_size, "must look like 2MB or 1GB")
+        _require(limit.limit >= 0, where, f"hugepage_limits[{i}].limit", limit.limit, "must not be negative")
         hugepages[limit.page_size] = limit.limit
     return Resources(
         cpu_period=res.cpu_period,
@@ -172,14 +203,20 @@ def resources_from_pb(res: pb.LinuxContainerResources, where: str = "linux.resou
 
 def _require(ok: bool, where: str, field: str, value: object, why: str) -> None:
     if not ok:
-        raise InvalidArgument(f"{where}: {field}={value!r} {why}")
+        raise InvalidArgument(f"{where}: {field}={shown(value)} {why}")
+
+
+def _require_unset_or_within(value: int, bounds: tuple[int, int], where: str, field: str, unit: str) -> None:
+    low, high = bounds
+    _require(value == 0 or low <= value <= high, where, field, value,
+             f"must be within [{low}, {high}]{' ' + unit if unit else ''} (or 0, unset)")
 
 
 def _envs(envs, where: str) -> list[tuple[str, str]]:
     result = []
     for i, kv in enumerate(envs):
         if not kv.key or "=" in kv.key:
-            raise InvalidArgument(f"{where}: envs[{i}].key={kv.key!r} must be non-empty and contain no '='")
+            raise InvalidArgument(f"{where}: envs[{i}].key={shown(kv.key)} must be non-empty and contain no '='")
         result.append((kv.key, kv.value))
     return result
 
@@ -285,18 +322,30 @@ def _user_namespace(opts: pb.UserNamespace, where: str) -> UserNamespace | None:
 def _device(d: pb.Device, where: str) -> Device:
     if not d.container_path or not os.path.isabs(d.container_path):
         raise InvalidArgument(f"{where}: container_path={d.container_path!r} must be an absolute path")
-    if not d.host_path:
-        raise InvalidArgument(f"{where}: host_path is required")
+    if not d.host_path or not os.path.isabs(d.host_path):
+        raise InvalidArgument(f"{where}: host_path={shown(d.host_path)} must be an absolute path")
     permissions = d.permissions or "rwm"
     if set(permissions) - set("rwm"):
         raise InvalidArgument(f"{where}: permissions={d.permissions!r} may only contain r, w and m")
     return Device(container_path=d.container_path, host_path=d.host_path, permissions=permissions)
 
 
-def _log_path(log_path: str, log_directory: str) -> str:
-    if log_path and log_directory and not os.path.isabs(log_path):
-        return os.path.join(log_directory, log_path)
-    return log_path
+def _log_path(log_path: str, where: str) -> str:
+    """The log path relative to the pod's log directory, refused when absolute or when it leaves it."""
+    if not log_path:
+        return ""
+    clean = posixpath.normpath(log_path)
+    if os.path.isabs(log_path) or clean == ".." or clean.startswith("../") or clean == ".":
+        raise InvalidArgument(f"{where}: log_path={shown(log_path)} must be a file path relative to the pod's "
+                              "log_directory, and stay inside it")
+    return clean
+
+
+def _cgroup_parent(value: str, where: str) -> str:
+    """A cgroup path below the cgroup root: '..' would lead conmon's cgroup out of the cgroup filesystem."""
+    if any(part in ("..", ".") for part in value.split("/")):
+        raise InvalidArgument(f"{where}: linux.cgroup_parent={shown(value)} may not contain '.' or '..'")
+    return value
 
 
 def _signal_name(value: int, where: str) -> str:
@@ -426,6 +475,11 @@ def _port_mapping(p: pb.PortMapping, where: str) -> PortMapping:
         raise InvalidArgument(f"{where}: protocol={p.protocol} is not a known Protocol")
     _require(0 < p.container_port <= 65535, where, "container_port", p.container_port, "must be within [1, 65535]")
     _require(0 <= p.host_port <= 65535, where, "host_port", p.host_port, "must be within [0, 65535]")
+    if p.host_ip:
+        try:
+            ipaddress.ip_address(p.host_ip)
+        except ValueError:
+            raise InvalidArgument(f"{where}: host_ip={shown(p.host_ip)} is not an IP address") from None
     return PortMapping(
         protocol=_PROTOCOL[p.protocol], container_port=p.container_port, host_port=p.host_port, host_ip=p.host_ip
     )

@@ -1,23 +1,29 @@
 """Domain errors -> gRPC status codes, and the bracket around every CRI call.
 
-Every servicer method is wrapped by `grpc_method`: a CripyError becomes its status code with the error's message;
-anything else is a bug, logged with its traceback and answered as Internal, and the daemon keeps serving. The same
-wrapper makes the call a `timing.Call` (the in-flight table, metrics and spans: cripy/timing.py) and reports how
-it ended.
+Every servicer method is wrapped by `grpc_method`: the request's strings are checked first (cri/validate.py: no
+NUL byte, no oversized value, in any field of any call); a CripyError becomes its status code with the error's
+message, cut to MESSAGE_MAX characters so that no answer echoes a huge request back; anything else is a bug,
+logged with its traceback and answered as Internal, and the daemon keeps serving. The same wrapper makes the call
+a `timing.Call` (the in-flight table, metrics and spans: cripy/timing.py) and reports how it ended.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import logging
+import sqlite3
 from typing import Any, Awaitable, Callable, TypeVar
 
 import grpc
 from cri_api.v1 import api_pb2
+from google.protobuf.message import Message
 
 from cripy import errors, timing
+from cripy.cri import validate
 from cripy.cri.convert import call_subject
+from cripy.linux import memory
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +39,16 @@ STATUS_OF: dict[type[errors.CripyError], grpc.StatusCode] = {
     errors.Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
     errors.Internal: grpc.StatusCode.INTERNAL,
     errors.DataLoss: grpc.StatusCode.DATA_LOSS,
+    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
+_DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 RUNTIME_SERVICE = api_pb2.DESCRIPTOR.services_by_name["RuntimeService"].full_name
 IMAGE_SERVICE = api_pb2.DESCRIPTOR.services_by_name["ImageService"].full_name
 _IMAGE_METHODS = frozenset(api_pb2.DESCRIPTOR.services_by_name["ImageService"].methods_by_name)
+MESSAGE_MAX = 1000
+LARGE_REQUEST = 256 * 1024  # bytes: a call this large gives its memory back to the kernel when it is done
 
 
 def status_code_for(error: errors.CripyError) -> grpc.StatusCode:
@@ -57,29 +67,40 @@ def grpc_method(method: F) -> F:
     @functools.wraps(method)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         call = timing.begin(service, name, request, call_subject, context)
-        code = "OK"
+        outcome = "OK"
+        large = isinstance(request, Message) and request.ByteSize() > LARGE_REQUEST
         try:
+            if isinstance(request, Message):
+                validate.request_strings(request, "")
             return await method(self, request, context)
         except errors.CripyError as e:
-            status = status_code_for(e)
-            code = status.name
-            log.info("%s failed: %s: %s", name, code, e)
-            await context.abort(status, str(e))
+            code = grpc.StatusCode.RESOURCE_EXHAUSTED if disk_full(e) else status_code_for(e)
+            outcome = code.name
+            message = _short(str(e))
+            log.info("%s failed: %s: %s", name, code.name, message)
+            await context.abort(code, message)
         except NotImplementedError as e:
-            code = "UNIMPLEMENTED"
+            outcome = "UNIMPLEMENTED"
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, str(e) or f"{name} is not implemented")
         except grpc.aio.AbortError:
-            code = _aborted_code(context)
+            outcome = _aborted_code(context)
             raise
         except asyncio.CancelledError:
-            code = "CANCELLED"  # the client went away (or its deadline passed)
+            outcome = "CANCELLED"  # the client went away (or its deadline passed)
             raise
         except Exception as e:
-            code = "INTERNAL"
+            if disk_full(e):
+                outcome = "RESOURCE_EXHAUSTED"
+                message = _short(f"{name}: the disk is full (no space left): {type(e).__name__}: {e}")
+                log.warning("%s failed: %s", name, message)
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+            outcome = "INTERNAL"
             log.exception("%s failed unexpectedly", name)
-            await context.abort(grpc.StatusCode.INTERNAL, f"{name}: internal error: {type(e).__name__}: {e}")
+            await context.abort(grpc.StatusCode.INTERNAL, _short(f"{name}: internal error: {type(e).__name__}: {e}"))
         finally:
-            timing.end(call, code)
+            timing.end(call, outcome)
+            if large:
+                memory.release_soon()
 
     return wrapper  # type: ignore[return-value]
 
@@ -88,6 +109,29 @@ def _aborted_code(context: grpc.aio.ServicerContext) -> str:
     """The code a method gave context.abort() itself."""
     code = context.code()
     return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+
+
+def disk_full(error: BaseException) -> bool:
+    """Whether the error (or one it was raised from) is the disk running out of space: nothing to fix in the
+    request, and a state the daemon recovers from once there is room again."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _DISK_FULL_ERRNOS:
+            return True
+        if isinstance(current, sqlite3.Error) and getattr(current, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
+            return True
+        if isinstance(current, sqlite3.OperationalError) and "disk is full" in str(current):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+def _short(message: str) -> str:
+    if len(message) <= MESSAGE_MAX:
+        return message
+    return f"{message[:MESSAGE_MAX]}... ({len(message)} characters)"
 
 
 def unimplemented(name: str, reason: str = "") -> Callable[..., Awaitable[Any]]:

@@ -40,7 +40,7 @@ class StatsServicer:
     @grpc_method
     async def ContainerStats(self, request: api_pb2.ContainerStatsRequest, context: grpc.aio.ServicerContext) -> api_pb2.ContainerStatsResponse:
         container = await self.containers.get(request.container_id)
-        usage = await self.containers.usage(container)
+        (usage,) = await self.containers.usage([container])
         return api_pb2.ContainerStatsResponse(stats=_container_stats_pb(container, usage))
 
     @grpc_method
@@ -53,7 +53,7 @@ class StatsServicer:
             and (not wanted.pod_sandbox_id or c.pod_id.startswith(wanted.pod_sandbox_id))
             and labels_match(c.request.labels, wanted.label_selector)
         ]
-        usages = await asyncio.gather(*(self.containers.usage(c) for c in selected))
+        usages = await self.containers.usage(selected)
         return api_pb2.ListContainerStatsResponse(
             stats=[_container_stats_pb(c, u) for c, u in zip(selected, usages)]
         )
@@ -61,7 +61,8 @@ class StatsServicer:
     @grpc_method
     async def PodSandboxStats(self, request: api_pb2.PodSandboxStatsRequest, context: grpc.aio.ServicerContext) -> api_pb2.PodSandboxStatsResponse:
         pod = await self.pods.get(request.pod_sandbox_id)
-        return api_pb2.PodSandboxStatsResponse(stats=await self._pod_stats(pod, await self.containers.list(pod.id)))
+        (stats,) = await self._pods_stats([pod], {pod.id: await self.containers.list(pod.id)})
+        return api_pb2.PodSandboxStatsResponse(stats=stats)
 
     @grpc_method
     async def ListPodSandboxStats(self, request: api_pb2.ListPodSandboxStatsRequest, context: grpc.aio.ServicerContext) -> api_pb2.ListPodSandboxStatsResponse:
@@ -73,8 +74,7 @@ class StatsServicer:
             and labels_match(p.request.labels, wanted.label_selector)
         ]
         by_pod = await self._containers_by_pod(pods)
-        stats = await asyncio.gather(*(self._pod_stats(p, by_pod[p.id]) for p in pods))
-        return api_pb2.ListPodSandboxStatsResponse(stats=stats)
+        return api_pb2.ListPodSandboxStatsResponse(stats=await self._pods_stats(pods, by_pod))
 
     @grpc_method
     async def ListMetricDescriptors(self, request: api_pb2.ListMetricDescriptorsRequest, context: grpc.aio.ServicerContext) -> api_pb2.ListMetricDescriptorsResponse:
@@ -109,7 +109,7 @@ class StatsServicer:
     async def _pod_metrics(self, pod: PodSandbox, containers: list[Container]) -> api_pb2.PodSandboxMetrics:
         running = [c for c in containers if c.state == STATE_RUNNING]
         usages, interfaces = await asyncio.gather(
-            asyncio.gather(*(self.containers.usage(c) for c in running)), self._interfaces(pod)
+            self.containers.usage(running, full=True), self._interfaces(pod)
         )
         now = time.time_ns()
         return api_pb2.PodSandboxMetrics(
@@ -122,45 +122,76 @@ class StatsServicer:
             ],
         )
 
-    async def _pod_stats(self, pod: PodSandbox, containers: list[Container]) -> api_pb2.PodSandboxStats:
-        containers = [c for c in containers if c.state != STATE_CREATING]
-        usages, interfaces = await asyncio.gather(
-            asyncio.gather(*(self.containers.usage(c) for c in containers)), self._interfaces(pod)
+    async def _pods_stats(self, pods: list[PodSandbox],
+                          by_pod: dict[str, list[Container]]) -> list[api_pb2.PodSandboxStats]:
+        """Every pod's readings in one worker-thread trip for the containers and one for the interfaces (the
+        kubelet lists them all every few seconds): a trip per container or pod cost more than its readings."""
+        listed = {p.id: [c for c in by_pod[p.id] if c.state != STATE_CREATING] for p in pods}
+        everything = [c for containers in listed.values() for c in containers]
+        usages, interfaces = await asyncio.gather(self.containers.usage(everything),
+                                                  self._interfaces_of(pods, listed))
+        by_container = {c.id: u for c, u in zip(everything, usages)}
+        return [_pod_stats_pb(p, listed[p.id], [by_container[c.id] for c in listed[p.id]], interfaces[p.id])
+                for p in pods]
+
+    async def _interfaces_of(self, pods: list[PodSandbox],
+                             listed: dict[str, list[Container]]) -> dict[str, dict[str, procfs.InterfaceCounters]]:
+        """Each pod's interface counters: through a process of the pod where there is one (no setns), else by
+        entering its network namespace."""
+        through = {p.id: (pid, p.netns) for p in pods if p.netns is not None and p.state == STATE_READY
+                   and (pid := _a_process_of(p, listed[p.id]))}
+
+        def read_through() -> dict[str, dict[str, procfs.InterfaceCounters] | None]:
+            return {pod_id: procfs.read_net_dev_through(pid, netns) for pod_id, (pid, netns) in through.items()}
+
+        found = await asyncio.to_thread(read_through) if through else {}
+        missing = [p for p in pods if found.get(p.id) is None]
+        entered = await asyncio.gather(*(self._interfaces(p) for p in missing))
+        return {**{k: v for k, v in found.items() if v is not None}, **dict(zip((p.id for p in missing), entered))}
+
+
+def _a_process_of(pod: PodSandbox, containers: list[Container]) -> int:
+    if pod.infra_pid:
+        return pod.infra_pid
+    return next((c.pid for c in containers if c.state == STATE_RUNNING and c.pid > 0), 0)
+
+
+def _pod_stats_pb(pod: PodSandbox, containers: list[Container], usages: list[ContainerUsage],
+                  interfaces: dict[str, procfs.InterfaceCounters]) -> api_pb2.PodSandboxStats:
+    now = time.time_ns()
+    result = api_pb2.PodSandboxStats(
+        attributes=api_pb2.PodSandboxAttributes(
+            id=pod.id,
+            metadata=api_pb2.PodSandboxMetadata(name=pod.request.name, uid=pod.request.uid,
+                                                namespace=pod.request.namespace, attempt=pod.request.attempt),
+            labels=pod.request.labels,
+            annotations=pod.request.annotations,
         )
-        now = time.time_ns()
-        result = api_pb2.PodSandboxStats(
-            attributes=api_pb2.PodSandboxAttributes(
-                id=pod.id,
-                metadata=api_pb2.PodSandboxMetadata(name=pod.request.name, uid=pod.request.uid,
-                                                    namespace=pod.request.namespace, attempt=pod.request.attempt),
-                labels=pod.request.labels,
-                annotations=pod.request.annotations,
-            )
-        )
-        linux = result.linux
-        readings = [u.cgroup for u in usages if u.cgroup is not None]
-        linux.cpu.timestamp = now
-        linux.cpu.usage_core_nano_seconds.value = sum(r.cpu.total_ns for r in readings)
-        linux.memory.timestamp = now
-        linux.memory.working_set_bytes.value = sum(r.memory.working_set for r in readings)
-        linux.memory.usage_bytes.value = sum(r.memory.usage for r in readings)
-        linux.memory.rss_bytes.value = sum(r.memory.rss for r in readings)
-        linux.memory.page_faults.value = sum(r.memory.page_faults for r in readings)
-        linux.memory.major_page_faults.value = sum(r.memory.major_page_faults for r in readings)
-        linux.process.timestamp = now
-        linux.process.process_count.value = sum(len(r.pids) for r in readings)
-        linux.containers.extend(_container_stats_pb(c, u) for c, u in zip(containers, usages))
-        if pod.netns is not None and pod.state == STATE_READY:
-            linux.network.timestamp = now
-            for name, counters in interfaces.items():
-                usage = api_pb2.NetworkInterfaceUsage(name=name)
-                usage.rx_bytes.value, usage.rx_errors.value = counters.rx_bytes, counters.rx_errors
-                usage.tx_bytes.value, usage.tx_errors.value = counters.tx_bytes, counters.tx_errors
-                if name == "eth0":
-                    linux.network.default_interface.CopyFrom(usage)
-                else:
-                    linux.network.interfaces.append(usage)
-        return result
+    )
+    linux = result.linux
+    readings = [u.cgroup for u in usages if u.cgroup is not None]
+    linux.cpu.timestamp = now
+    linux.cpu.usage_core_nano_seconds.value = sum(r.cpu.total_ns for r in readings)
+    linux.memory.timestamp = now
+    linux.memory.working_set_bytes.value = sum(r.memory.working_set for r in readings)
+    linux.memory.usage_bytes.value = sum(r.memory.usage for r in readings)
+    linux.memory.rss_bytes.value = sum(r.memory.rss for r in readings)
+    linux.memory.page_faults.value = sum(r.memory.page_faults for r in readings)
+    linux.memory.major_page_faults.value = sum(r.memory.major_page_faults for r in readings)
+    linux.process.timestamp = now
+    linux.process.process_count.value = sum(len(r.pids) for r in readings)
+    linux.containers.extend(_container_stats_pb(c, u) for c, u in zip(containers, usages))
+    if pod.netns is not None and pod.state == STATE_READY:
+        linux.network.timestamp = now
+        for name, counters in interfaces.items():
+            usage = api_pb2.NetworkInterfaceUsage(name=name)
+            usage.rx_bytes.value, usage.rx_errors.value = counters.rx_bytes, counters.rx_errors
+            usage.tx_bytes.value, usage.tx_errors.value = counters.tx_bytes, counters.tx_errors
+            if name == "eth0":
+                linux.network.default_interface.CopyFrom(usage)
+            else:
+                linux.network.interfaces.append(usage)
+    return result
 
 
 def _metrics_pb(samples: list[metrics.Sample]) -> list[api_pb2.Metric]:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Awaitable, Callable
 import grpc
 from cri_api.v1 import api_pb2
 
+from cripy.cri import validate
 from cripy.cri.errors import grpc_method
 
 if TYPE_CHECKING:
@@ -26,6 +27,7 @@ class StreamingServicer:
 
     @grpc_method
     async def Exec(self, request: api_pb2.ExecRequest, context: grpc.aio.ServicerContext) -> api_pb2.ExecResponse:
+        validate.exec_command(request.cmd, f"Exec in container {request.container_id}")
         from cripy.streaming.remotecommand import ExecRequest
         from cripy.streaming.server import KIND_EXEC
 

@@ -47,10 +47,8 @@ from cripy.linux.memory import release_free_heap
 from cripy.timing import step
 
 if TYPE_CHECKING:
-    # The HTTP stack (aiohttp) is imported at the first pull, not at start-up: a node that never pulls (or has
-    # not yet) does not carry its ~20 MiB.
-    import aiohttp
-
+    # The registry client and its HTTP stack are imported at the first pull, not at start-up.
+    from cripy.images.http import Client as HTTPClient
     from cripy.images.registry import BlobSink, RegistryClient
     from cripy.images.trust.gate import SignatureCheck
 
@@ -85,7 +83,7 @@ class Puller:
         self._in_flight: dict[tuple[str, str, str], asyncio.Task[Image]] = {}
         self._callers: dict[tuple[str, str, str], timing.Call | None] = {}
         self._layer_slots = asyncio.Semaphore(settings.max_parallel_layers)
-        self._session: aiohttp.ClientSession | None = None
+        self._session: HTTPClient | None = None
 
     def reconfigure(self, settings: ImagesConfig) -> None:
         """Apply settings changed by a reload; pulls in flight finish with the old ones."""
@@ -270,23 +268,16 @@ class Puller:
 
         return stream
 
-    def _http(self) -> aiohttp.ClientSession:
-        import aiohttp
-
-        from cripy.images.registry import CHUNK_SIZE as BLOB_CHUNK_SIZE
+    def _http(self) -> HTTPClient:
+        from cripy.images.http import Client
 
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=None, connect=30, sock_connect=30),
-                auto_decompress=False,
-                # Blob chunks of up to CHUNK_SIZE: fewer, bigger hash updates and pipe hand-overs per layer.
-                read_bufsize=BLOB_CHUNK_SIZE,
-            )
+            self._session = Client(user_agent="cripy/0.1")
         return self._session
 
 
 def registry_client(settings: ImagesConfig, source: PullSource, credentials: Credentials | None,
-                    session: aiohttp.ClientSession) -> RegistryClient:
+                    session: HTTPClient) -> RegistryClient:
     """The client for one pull source, with the pull settings of the config."""
     from cripy.images.registry import RegistryClient
 

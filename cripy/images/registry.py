@@ -22,8 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterable, Mapping, Sequence, TypeVar
 
-import aiohttp
-import yarl
 
 from cripy.errors import (
     AlreadyExists,
@@ -36,6 +34,7 @@ from cripy.errors import (
     Unauthenticated,
     Unavailable,
 )
+from cripy.images import http
 from cripy.images.auth import Credentials
 from cripy.images.manifest import ALL_MANIFEST_TYPES, Descriptor, digest_of, hasher_for, is_digest
 
@@ -334,10 +333,6 @@ class _PartialFile:
         self._file.close()
 
 
-def _origin(url: yarl.URL) -> tuple[str, str, int | None]:
-    return (url.scheme, (url.host or "").lower(), url.port)
-
-
 def _clean_media_type(value: str) -> str:
     return value.split(";", 1)[0].strip()
 
@@ -361,7 +356,7 @@ class RegistryClient:
         *,
         insecure: bool = False,
         credentials: Credentials | None = None,
-        session: aiohttp.ClientSession,
+        session: http.Client,
         certs_dir: Path | None = Path("/etc/containers/certs.d"),
         retries: int = 4,
         backoff: float = 0.5,
@@ -415,7 +410,7 @@ class RegistryClient:
             resp = await self._registry_request("GET", repository, f"manifests/{reference}", headers, what)
             try:
                 body = await _read_limited(resp, MAX_MANIFEST_SIZE, what, truncate=False)
-            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as e:
+            except (http.HTTPError, TimeoutError) as e:
                 raise _Transient(f"reading {what}: {_describe(e)}") from None
             finally:
                 resp.release()
@@ -559,7 +554,7 @@ class RegistryClient:
         try:
             skip = self._position_for_response(resp, blob, offset, desc, what)
             while True:
-                chunk = await self._guarded(monitor, resp.content.read(CHUNK_SIZE), what)
+                chunk = await self._guarded(monitor, resp.read(CHUNK_SIZE), what)
                 if not chunk:
                     break
                 if skip:  # bytes we already have, sent again by a server that ignored (part of) the Range
@@ -580,7 +575,7 @@ class RegistryClient:
         resp.release()
 
     def _position_for_response(
-        self, resp: aiohttp.ClientResponse, blob: _BlobReceiver, offset: int, desc: Descriptor, what: str
+        self, resp: http.Response, blob: _BlobReceiver, offset: int, desc: Descriptor, what: str
     ) -> int:
         """How many leading bytes of this response the receiver already has (and must skip)."""
         if resp.status == 416:
@@ -613,12 +608,12 @@ class RegistryClient:
                 monitor.feed(0, now)
                 raise monitor.stalled(now) from None
             raise _Transient(f"{what}: {_describe(e)}") from None
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as e:
+        except http.HTTPError as e:
             raise _Transient(f"{what}: {_describe(e)}") from None
 
     async def _open_blob(
         self, repository: str, desc: Descriptor, headers: dict[str, str], what: str
-    ) -> aiohttp.ClientResponse:
+    ) -> http.Response:
         try:
             return await self._registry_request(
                 "GET", repository, f"blobs/{desc.digest}", headers, what, passthrough=frozenset({416})
@@ -627,7 +622,10 @@ class RegistryClient:
             # Foreign (non-distributable) layers may live only at the URLs the manifest lists.
             problems = []
             for raw in desc.urls:
-                url = yarl.URL(raw)
+                try:
+                    url = http.URL(raw)
+                except ValueError:
+                    continue
                 if url.scheme not in ("http", "https"):
                     continue
                 resp = await self._send("GET", url, {"User-Agent": self._user_agent, **headers})
@@ -661,23 +659,23 @@ class RegistryClient:
             f"registry {self.endpoint} unavailable for {what} after {attempts} attempts; last error: {last}{fallback}"
         )
 
-    async def _base_url(self) -> yarl.URL:
+    async def _base_url(self) -> str:
         if self._scheme is None:
             async with self._scheme_lock:
                 if self._scheme is None:
                     self._scheme = await self._probe_scheme()
-        return yarl.URL(f"{self._scheme}://{self.endpoint}")
+        return f"{self._scheme}://{self.endpoint}"
 
     async def _probe_scheme(self) -> str:
         """Insecure registries: https without verification if it answers at all, else plain http."""
-        url = yarl.URL(f"https://{self.endpoint}/v2/")
+        url = http.URL(f"https://{self.endpoint}/v2/")
         try:
             resp = await self._exchange("GET", url, {"User-Agent": self._user_agent})
-        except (aiohttp.ClientConnectionError, TimeoutError) as e:
+        except (http.HTTPError, TimeoutError) as e:
             self._https_error = _describe(e)
             return "http"
         if resp.status == 401:
-            self._challenge = pick_challenge(parse_www_authenticate(resp.headers.getall("WWW-Authenticate", [])))
+            self._challenge = pick_challenge(parse_www_authenticate(resp.headers.getall("WWW-Authenticate")))
         resp.release()
         return "https"
 
@@ -689,10 +687,9 @@ class RegistryClient:
         headers: Mapping[str, str],
         what: str,
         passthrough: frozenset[int] = frozenset(),
-    ) -> aiohttp.ClientResponse:
+    ) -> http.Response:
         """One authorized attempt at /v2/<repository>/<path>; a 2xx (or passthrough) response the caller releases."""
-        base = await self._base_url()
-        url = base.with_path(f"/v2/{repository}/{path}", encoded=True)
+        url = http.URL(f"{await self._base_url()}/v2/{repository}/{path}")
         resp = await self._authorized_exchange(method, repository, url, dict(headers), what)
         if 200 <= resp.status < 300 or resp.status in passthrough:
             return resp
@@ -727,8 +724,8 @@ class RegistryClient:
         return f"the credentials of user {c.username!r}"
 
     async def _authorized_exchange(
-        self, method: str, repository: str, url: yarl.URL, headers: dict[str, str], what: str
-    ) -> aiohttp.ClientResponse:
+        self, method: str, repository: str, url: http.URL, headers: dict[str, str], what: str
+    ) -> http.Response:
         """Anonymous (or cached token) first; on 401 answer the challenge once; a second 401 is final."""
         headers = {"User-Agent": self._user_agent, **headers}
         for round_ in (1, 2):
@@ -740,7 +737,7 @@ class RegistryClient:
             if resp.status != 401:
                 return resp
             body = await _read_limited(resp, MAX_ERROR_BODY, what, truncate=True)
-            challenge = pick_challenge(parse_www_authenticate(resp.headers.getall("WWW-Authenticate", [])))
+            challenge = pick_challenge(parse_www_authenticate(resp.headers.getall("WWW-Authenticate")))
             resp.release()
             if challenge is not None:
                 self._challenge = challenge
@@ -794,8 +791,11 @@ class RegistryClient:
             return token
 
     async def _fetch_token(self, realm: str, service: str, scope: str, what: str) -> tuple[str, float]:
-        realm_url = yarl.URL(realm)
-        if realm_url.scheme not in ("http", "https") or not realm_url.host:
+        try:
+            realm_url = http.URL(realm)
+        except ValueError:
+            realm_url = None
+        if realm_url is None or realm_url.scheme not in ("http", "https"):
             raise Unauthenticated(f"registry {self.endpoint} names an unusable token realm {realm!r} for {what}")
         creds = self._credentials
         headers = {"User-Agent": self._user_agent}
@@ -808,7 +808,8 @@ class RegistryClient:
             }
             if service:
                 form["service"] = service
-            resp = await self._send("POST", realm_url, headers, data=form)
+            body, form_headers = http.form_body(form)
+            resp = await self._send("POST", realm_url, {**headers, **form_headers}, body)
             if resp.status not in (404, 405):
                 return await self._token_from_response(resp, realm, what)
             resp.release()  # token server without OAuth2 support: fall back to the GET flow
@@ -816,13 +817,13 @@ class RegistryClient:
         basic = _basic_header(creds)
         if basic is not None:
             headers["Authorization"] = basic
-        resp = await self._send("GET", realm_url.update_query(query), headers)
+        resp = await self._send("GET", realm_url.with_query(query), headers)
         return await self._token_from_response(resp, realm, what)
 
-    async def _token_from_response(self, resp: aiohttp.ClientResponse, realm: str, what: str) -> tuple[str, float]:
+    async def _token_from_response(self, resp: http.Response, realm: str, what: str) -> tuple[str, float]:
         try:
             body = await _read_limited(resp, MAX_ERROR_BODY * 4, f"token from {realm}", truncate=False)
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as e:
+        except (http.HTTPError, TimeoutError) as e:
             raise _Transient(f"reading the token from {realm}: {_describe(e)}") from None
         finally:
             resp.release()
@@ -843,58 +844,55 @@ class RegistryClient:
         return token, float(expires_in)
 
     async def _send(
-        self, method: str, url: yarl.URL, headers: Mapping[str, str], data: Any = None
-    ) -> aiohttp.ClientResponse:
+        self, method: str, url: http.URL, headers: Mapping[str, str], body: bytes | None = None
+    ) -> http.Response:
         """One exchange with transport failures, 429 and 5xx turned into _Transient."""
         try:
-            resp = await self._exchange(method, url, headers, data)
-        except aiohttp.ClientConnectorCertificateError as e:
-            raise Unavailable(
-                f"TLS certificate of registry {url.host}:{url.port} could not be verified ({e.certificate_error}); "
-                f"add its CA as a *.crt file under the certs.d directory for {self.endpoint}, "
-                f"or configure the registry as insecure"
-            ) from None
-        except aiohttp.ClientSSLError as e:
+            resp = await self._exchange(method, url, headers, body)
+        except http.TLSError as e:
+            if e.verification:
+                raise Unavailable(
+                    f"TLS certificate of registry {url.host}:{url.port} could not be verified ({e.verification}); "
+                    f"add its CA as a *.crt file under the certs.d directory for {self.endpoint}, "
+                    f"or configure the registry as insecure"
+                ) from None
             raise Unavailable(f"TLS handshake with {url.host}:{url.port} failed: {_describe(e)}") from None
-        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as e:
-            raise _Transient(f"{method} {url.with_query(None)}: {_describe(e)}") from None
+        except (http.HTTPError, TimeoutError) as e:
+            raise _Transient(f"{method} {url.without_query()}: {_describe(e)}") from None
         status = resp.status
         if status == 429 or (500 <= status < 600 and status not in (501, 505)):
             body = await _read_limited(resp, MAX_ERROR_BODY, str(url), truncate=True)
             retry_after = _retry_after(resp.headers)
             resp.release()
-            raise _Transient(f"HTTP {status} from {url.with_query(None)}: {registry_error_text(body)}", retry_after)
+            raise _Transient(f"HTTP {status} from {url.without_query()}: {registry_error_text(body)}", retry_after)
         return resp
 
     async def _exchange(
-        self, method: str, url: yarl.URL, headers: Mapping[str, str], data: Any = None
-    ) -> aiohttp.ClientResponse:
+        self, method: str, url: http.URL, headers: Mapping[str, str], body: bytes | None = None
+    ) -> http.Response:
         """One request, following redirects by hand so that Authorization never leaves the registry's origin."""
-        registry_origin = _origin(yarl.URL(f"{self._scheme or 'https'}://{self.endpoint}"))
+        registry_origin = http.URL(f"{self._scheme or 'https'}://{self.endpoint}").origin()
         current = dict(headers)
         for _ in range(MAX_REDIRECTS + 1):
-            same_origin = _origin(url)[1:] == registry_origin[1:]
-            resp = await self._session.request(
-                method,
-                url,
-                headers=current,
-                data=data,
-                allow_redirects=False,
-                ssl=self._ssl if same_origin else True,
-            )
+            same_origin = url.origin()[1:] == registry_origin[1:]
+            resp = await self._session.request(method, url, current, body,
+                                               ssl_context=self._ssl if same_origin else None)
             location = resp.headers.get("Location")
             if resp.status not in REDIRECT_STATUSES or not location:
                 return resp
-            resp.release()
-            target = url.join(yarl.URL(location))
+            resp.close()  # its body is not wanted
+            try:
+                target = url.join(location)
+            except ValueError:
+                raise Unavailable(f"{url.without_query()} redirected to an unusable location {location!r}") from None
             if target.scheme not in ("http", "https"):
-                raise Unavailable(f"{url.with_query(None)} redirected to an unsupported URL scheme {target.scheme!r}")
-            if _origin(target)[1:] != registry_origin[1:]:
+                raise Unavailable(f"{url.without_query()} redirected to an unsupported URL scheme {target.scheme!r}")
+            if target.origin()[1:] != registry_origin[1:]:
                 current = {k: v for k, v in current.items() if k.lower() != "authorization"}
             if resp.status == 303:
-                method, data = "GET", None
+                method, body = "GET", None
             url = target
-        raise Unavailable(f"{method} {url.with_query(None)}: more than {MAX_REDIRECTS} redirects")
+        raise Unavailable(f"{method} {url.without_query()}: more than {MAX_REDIRECTS} redirects")
 
 
 def _pull_scope(repository: str) -> str:
@@ -919,13 +917,13 @@ def _check_repository(repository: str) -> None:
         )
 
 
-async def _read_limited(resp: aiohttp.ClientResponse, limit: int, what: str, *, truncate: bool) -> bytes:
+async def _read_limited(resp: http.Response, limit: int, what: str, *, truncate: bool) -> bytes:
     """The body, at most `limit` bytes: longer bodies are cut (truncate) or refused with DataLoss."""
     parts: list[bytes] = []
     total = 0
     try:
         while True:
-            chunk = await resp.content.read(65536)
+            chunk = await resp.read(65536)
             if not chunk:
                 break
             parts.append(chunk)
@@ -934,7 +932,7 @@ async def _read_limited(resp: aiohttp.ClientResponse, limit: int, what: str, *, 
                 if truncate:
                     break
                 raise DataLoss(f"{what}: the response is larger than the {limit} byte limit")
-    except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError):
+    except (http.HTTPError, TimeoutError):
         if not truncate:
             raise
     return b"".join(parts)[:limit]

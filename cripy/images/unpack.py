@@ -156,8 +156,7 @@ def _unpack_checked(source: ChunkSource, dest: Path, media_type: str, expected: 
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{dest.name}-", dir=dest.parent))
     except OSError as e:
-        raise errors.Internal(f"unpacking layer {name}: creating a temporary directory next to {dest}: "
-                              f"{e}") from e
+        raise errors.os_failure(f"unpacking layer {name}: creating a temporary directory next to {dest}", e) from e
     try:
         return _unpack_into(source, name, tmp, dest, media_type, expected)
     except BaseException as exc:
@@ -167,7 +166,7 @@ def _unpack_checked(source: ChunkSource, dest: Path, media_type: str, expected: 
         if isinstance(exc, tarfile.TarError):
             raise LayerError(f"layer {name}: malformed tar stream: {exc}") from exc
         if isinstance(exc, OSError):
-            raise errors.Internal(f"unpacking layer {name} into {dest}: {exc}") from exc
+            raise errors.os_failure(f"unpacking layer {name} into {dest}", exc) from exc
         raise
 
 
@@ -680,7 +679,7 @@ class _Extractor:
         except OSError as e:
             if e.errno in _CONTENT_ERRNOS:
                 raise self._error(str(e)) from e
-            raise errors.Internal(f"layer {self._blob}: entry {member.name!r}: {e}") from e
+            raise errors.os_failure(f"layer {self._blob}: entry {member.name!r}", e) from e
 
     def finish(self) -> None:
         """Apply directory modes and times, deepest first, after every child has been written."""

@@ -204,6 +204,39 @@ def pids_in(relpath: str) -> list[int]:
     return parse_procs((controller_path(controller, relpath) / "cgroup.procs").read_text())
 
 
+def parse_cpu_list(text: str, max_id: int) -> set[int]:
+    """The ids of a kernel cpu/node list ("0-3,8,10-11"); ValueError naming the bad part."""
+    ids: set[int] = set()
+    for part in text.split(","):
+        first_text, dash, last_text = part.strip().partition("-")
+        if not first_text.isdigit() or (dash and not last_text.isdigit()):
+            raise ValueError(f"{part!r} is neither a number nor a range such as 0-3")
+        first = int(first_text)
+        last = int(last_text) if dash else first
+        if first > last or last > max_id:
+            raise ValueError(f"{part!r} is not a range within 0-{max_id}")
+        ids.update(range(first, last + 1))
+    return ids
+
+
+def node_cpuset(kind: str) -> str:
+    """The CPUs ("cpus") or memory nodes ("mems") a cgroup on this node may be given: the root cpuset's effective
+    list, in the kernel's list form ("0-3,8"); "" when there is no cpuset controller."""
+    if mode() is CgroupMode.V2:
+        path = CGROUP_ROOT / f"cpuset.{kind}.effective"
+    else:
+        root = _hierarchies().get("cpuset")
+        if root is None:
+            return ""
+        path = root / f"cpuset.effective_{kind}"
+        if not path.exists():
+            path = root / f"cpuset.{kind}"
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
+
+
 # ---------------------------------------------------------------------------------------------------- privileges
 
 

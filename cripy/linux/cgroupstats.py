@@ -104,7 +104,7 @@ class CgroupReading:
     memory: MemoryStats
     limits: CgroupLimits
     pids: list[int]  # the processes in the cgroup and below (host PIDs)
-    threads: int  # tasks, as the pids controller counts them
+    threads: int | None  # tasks, as the pids controller counts them (None: a stats reading, not counted)
     block_io: list[BlockDeviceIO] = field(default_factory=list)
     pressure: dict[str, Pressure] = field(default_factory=dict)  # "cpu" / "memory" / "io"
     hugetlb: dict[str, HugetlbUsage] = field(default_factory=dict)  # page size ("2MB") -> usage
@@ -304,10 +304,16 @@ def device_name(major: int, minor: int) -> str:
 # ---------------------------------------------------------------------------------------------------- reading
 
 
-def read(relpath: str) -> CgroupReading:
-    """Everything the stats and metrics calls report about the cgroup. Raises OSError (FileNotFoundError) when the
-    cgroup went away while being read."""
-    return _read_v2(relpath) if cgroups.mode() is CgroupMode.V2 else _read_v1(relpath)
+def read(relpath: str, *, full: bool = True) -> CgroupReading:
+    """What the stats calls (full=False) or the metrics calls (full) report about the cgroup. Raises OSError
+    (FileNotFoundError) when the cgroup went away while being read.
+
+    The stats reading takes a handful of files (cpu, memory, pressure, the processes, the memory limits): the
+    kubelet asks for it for every container every few seconds. The metrics reading adds throttling, user/system
+    time, failures, block I/O, huge pages and every limit, some thirty files per container."""
+    if cgroups.mode() is CgroupMode.V2:
+        return _read_v2(relpath, full)
+    return _read_v1(relpath) if full else _read_v1_stats(relpath)
 
 
 def read_limits(relpath: str) -> CgroupLimits:
@@ -407,15 +413,38 @@ def _read_v1(relpath: str) -> CgroupReading:
     )
 
 
-def _read_v2(relpath: str) -> CgroupReading:
+def _read_v1_stats(relpath: str) -> CgroupReading:
+    cpuacct, memory = _Dir.of("cpuacct", relpath), _Dir.of("memory", relpath)
+    if cpuacct is None or memory is None:
+        raise FileNotFoundError(f"cgroup {relpath}: the cpuacct and memory controllers are needed for stats")
+    usage = memory.required_int("memory.usage_in_bytes")
+    return CgroupReading(
+        cpu=CpuUsage(total_ns=cpuacct.required_int("cpuacct.usage")),
+        memory=memory_stats_v1(usage, memory.keyed("memory.stat"), {},
+                               memsw_usage=memory.int("memory.memsw.usage_in_bytes")),
+        limits=CgroupLimits(memory_bytes=memory.limit("memory.limit_in_bytes"),
+                            memory_swap_bytes=memory.limit("memory.memsw.limit_in_bytes")),
+        pids=(_Dir.of("pids", relpath) or memory).procs_below(), threads=None, pressure=_read_pressure(relpath),
+    )
+
+
+def _read_v2(relpath: str, full: bool) -> CgroupReading:
     base = _Dir(str(cgroups.controller_path("memory", relpath)))
     procs = base.procs_below()
+    memory = memory_stats_v2(base.required_int("memory.current"), base.keyed("memory.stat"),
+                             base.keyed("memory.events") if full else {}, peak=base.int("memory.peak") if full else None,
+                             swap=base.int("memory.swap.current"))
+    if not full:
+        swap_max, memory_max = base.limit("memory.swap.max"), base.limit("memory.max")
+        return CgroupReading(
+            cpu=cpu_usage_v2(base.keyed("cpu.stat")), memory=memory, pids=procs, threads=None,
+            limits=CgroupLimits(memory_bytes=memory_max, memory_swap_bytes=None if memory_max is None or
+                                swap_max is None else memory_max + swap_max),
+            pressure=_read_pressure(relpath),
+        )
     threads = base.int("pids.current")
     return CgroupReading(
-        cpu=cpu_usage_v2(base.keyed("cpu.stat")),
-        memory=memory_stats_v2(base.required_int("memory.current"), base.keyed("memory.stat"),
-                               base.keyed("memory.events"), peak=base.int("memory.peak"),
-                               swap=base.int("memory.swap.current")),
+        cpu=cpu_usage_v2(base.keyed("cpu.stat")), memory=memory,
         limits=_limits_v2(base), pids=procs, threads=threads if threads is not None else _count_threads(procs),
         block_io=_named(parse_io_stat(base.text("io.stat") or "")),
         pressure=_read_pressure(relpath),

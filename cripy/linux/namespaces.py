@@ -62,6 +62,10 @@ _NAMESPACED_SYSCTL_PREFIXES: dict[str, str] = {
 
 _HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,62})$")
 _UNSHARE_TIMEOUT_S = 30.0
+# Letters, digits, '_', '-' and '.': the name becomes a path inside the setup script, so nothing a shell reads.
+_SYSCTL_NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,252}$")
+# The setup script's exit status when the kernel refuses a sysctl (no such knob, a value out of range).
+_SYSCTL_REFUSED = 65
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
@@ -78,8 +82,8 @@ class UserMaps:
 
 def sysctl_namespace(name: str) -> str:
     """The namespace kind ("net" or "ipc") a sysctl belongs to; InvalidArgument when it is not namespaced."""
-    if not name or "/" in name or ".." in name or name.startswith(".") or name.endswith("."):
-        raise InvalidArgument(f"sysctl {name!r} is not a valid dotted sysctl name")
+    if not _SYSCTL_NAME_RE.match(name) or ".." in name or name.endswith("."):
+        raise InvalidArgument(f"sysctl {name[:100]!r} is not a valid dotted sysctl name")
     for prefix, kind in _NAMESPACED_SYSCTL_PREFIXES.items():
         if name.startswith(prefix):
             return kind
@@ -117,8 +121,12 @@ def setup_script(hostname: str | None, sysctls: Mapping[str, str], *, sethostnam
             lines.append(f'printf "%s" "${{{len(args)}}}" > /proc/sys/kernel/hostname')
     for name, value in sysctls.items():
         args.append(value)
-        # name was validated: dotted, no '/', no '..' - safe to turn into a path inside the script
-        lines.append(f'printf "%s" "${{{len(args)}}}" > /proc/sys/{name.replace(".", "/")}')
+        # name was validated (letters, digits, '_', '-', '.'): safe to turn into a path inside the script
+        path = f"/proc/sys/{name.replace('.', '/')}"
+        refused = f'{{ echo "sysctl {name}: the kernel refused it (no such sysctl, or a value out of range)" >&2; ' \
+                  f"exit {_SYSCTL_REFUSED}; }}"
+        lines.append(f"[ -f {path} ] || {refused}")
+        lines.append(f'printf "%s" "${{{len(args)}}}" 2>/dev/null > {path} || {refused}')
     return "\n".join(lines), args
 
 
@@ -173,6 +181,8 @@ def pin_namespaces(
                 proc = subprocess.run(["nsenter", *joined, "--", "/bin/sh", "-c", script, "cripy-ns-setup", *args],
                                       capture_output=True, text=True, timeout=_UNSHARE_TIMEOUT_S)
                 returncode, output = proc.returncode, proc.stderr.strip() or proc.stdout.strip()
+        if returncode == _SYSCTL_REFUSED:
+            raise InvalidArgument(output[:500])
         if returncode != 0:
             raise Internal(f"creating {'/'.join(kinds)} namespaces in {pin_dir} failed (exit {returncode}): "
                            f"{output}")

@@ -42,6 +42,23 @@ def parse_net_dev(text: str) -> dict[str, InterfaceCounters]:
     return counters
 
 
+def read_net_dev_through(pid: int, netns: Path) -> dict[str, InterfaceCounters] | None:
+    """The counters of the network namespace `netns` as seen through a process in it (/proc/<pid>/net/dev, no
+    setns); None when `pid` is not (or no longer) in that namespace."""
+    try:
+        pinned = os.stat(netns)
+        seen = os.stat(f"/proc/{pid}/ns/net")
+        if (seen.st_dev, seen.st_ino) != (pinned.st_dev, pinned.st_ino):
+            return None
+        with open(f"/proc/{pid}/net/dev") as f:
+            text = f.read()
+        if (os.stat(f"/proc/{pid}/ns/net").st_ino) != pinned.st_ino:
+            return None  # the pid went away and was reused while being read
+    except OSError:
+        return None
+    return parse_net_dev(text)
+
+
 def read_net_dev(netns: Path) -> dict[str, InterfaceCounters]:
     """The interface counters inside the network namespace. Enters it: run only in threads reserved for that."""
     with in_netns(netns):

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import subprocess
 import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -21,6 +22,7 @@ from typing import Any
 from cripy import faults
 from cripy.errors import (
     AlreadyExists,
+    CripyError,
     DeadlineExceeded,
     FailedPrecondition,
     Internal,
@@ -37,6 +39,7 @@ SUPPORTED_VERSIONS = ("0.1.0", "0.2.0", "0.3.0", "0.3.1", "0.4.0", "1.0.0")
 CONF_EXTENSIONS = (".conflist", ".conf", ".json")
 LOOPBACK_PLUGIN = "loopback"
 DEFAULT_PLUGIN_TIMEOUT_S = 60.0
+HOST_LOCAL_DATA_DIR = "/var/lib/cni/networks"  # host-local's default dataDir
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 NOT_READY_REASON = "NetworkPluginNotReady"
 
@@ -663,6 +666,60 @@ class CNIManager:
             if not exc.means_gone:
                 raise
             log.info("CNI DEL of pod %s: ignoring %s", entry.pod_id, exc)
+
+    async def release_unknown(self, pod_id: str) -> None:
+        """DEL through the current network for a pod that has no cache entry (found by `cripy audit`: an IP
+        reservation or host-port chain left by an attach whose record is gone). Plugins release by container id."""
+        async with self._lock(pod_id):
+            if await asyncio.to_thread(self._read_cache, pod_id) is not None:
+                raise FailedPrecondition(f"pod {pod_id} has a CNI cache entry: detach it instead")
+            network = await asyncio.to_thread(self.current_network)
+            entry = CacheEntry(pod_id=pod_id, network=network.to_dict(), ifname="eth0", netns="",
+                               cni_args=cni_args(pod_id, "", "", ""), loopback=False)
+            await self._delete(entry, "")
+
+    # -- what the node holds for the current network (for `cripy audit`)
+
+    def ip_reservations(self) -> dict[str, list[str]]:
+        """host-local's reservations in the current network: pod (container) id -> its addresses."""
+        try:
+            network = self.current_network()
+        except CripyError:
+            return {}
+        found: dict[str, list[str]] = {}
+        for plugin in network.plugins:
+            ipam = plugin.get("ipam") or {}
+            if ipam.get("type") != "host-local":
+                continue
+            directory = Path(ipam.get("dataDir") or HOST_LOCAL_DATA_DIR) / network.name
+            try:
+                names = os.listdir(directory)
+            except OSError:
+                continue
+            for name in names:
+                if name == "lock" or name.startswith("last_reserved_ip"):
+                    continue
+                try:
+                    owner = (directory / name).read_text(errors="replace").split()[0]
+                except (OSError, IndexError):
+                    continue
+                found.setdefault(owner, []).append(name)
+        return found
+
+    def port_chains(self) -> dict[str, list[str]]:
+        """portmap's DNAT chains in the nat table for the current network: pod id -> chain names."""
+        try:
+            network = self.current_network()
+            out = subprocess.run(["iptables-save", "-t", "nat"], capture_output=True, text=True, timeout=30).stdout
+        except (CripyError, OSError, subprocess.TimeoutExpired):
+            return {}
+        found: dict[str, list[str]] = {}
+        pattern = re.compile(rf'dnat name: \\?"{re.escape(network.name)}\\?" id: \\?"([^"\\]+)\\?".* -j (CNI-DN-\S+)')
+        for line in out.splitlines():
+            match = pattern.search(line)
+            if match and match.group(2) not in found.get(match.group(1), []):
+                found.setdefault(match.group(1), []).append(match.group(2))
+        return found
 
     async def check(self, pod_id: str, netns: Path) -> None:
         """CHECK the pod's attachment with the cached configuration; raises when a plugin finds it broken."""

@@ -63,6 +63,8 @@ _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 _GONE_MARKERS = ("does not exist", "not exist")
 _STOPPED_MARKERS = ("container not running", "process already finished", "no such process")
 _WRONG_STATE_MARKERS = ("not running", "stopped container", "already running", "paused")
+_COMMAND_MARKERS = ("executable file not found", "no such file or directory", "permission denied", "is a directory",
+                    "not a directory", "exec format error")
 _ENV_NOT_FOR_CONMON = ("NOTIFY_SOCKET", "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
 
 
@@ -270,6 +272,17 @@ class OCIRuntime:
         await self.delete(ctr_id, force=True)
         self.exit_file_path(ctr_id).unlink(missing_ok=True)
 
+    async def await_monitor_then_forget_exit(self, ctr_id: str, bundle: Path, timeout: float = 5.0) -> None:
+        """After the container was killed: give its conmon the moment it needs to reap it (a monitor killed
+        first would leave the process to init, a zombie until reaped) and exit, then drop the exit file."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while (pid := self.monitor_pid(ctr_id, bundle)) is not None and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        if pid is not None:
+            _kill_quietly(pid, signal.SIGKILL)
+        self.exit_file_path(ctr_id).unlink(missing_ok=True)
+
     # ---- runc verbs ------------------------------------------------------------------------------------------
 
     async def start(self, ctr_id: str) -> None:
@@ -285,6 +298,14 @@ class OCIRuntime:
             return
         text = result.error_text
         if _mentions(text, _STOPPED_MARKERS + _GONE_MARKERS):
+            return
+        # `kill --all` freezes the container's cgroup to signal every process; a container that exits meanwhile
+        # takes its cgroup with it and runc fails on the missing freezer files. Exited is what was wanted.
+        try:
+            state = await self.state(ctr_id)
+        except Internal:
+            state = {}
+        if state is None or state.get("status") == "stopped":
             return
         raise Internal(f"container {ctr_id}: runc kill {int(sig)} failed: {text}")
 
@@ -357,7 +378,11 @@ class OCIRuntime:
                 task.cancel()
         if returncode != 0 and not pidfile.exists():
             problem = _runc_log_errors(runc_log) or conmon.runtime_error_text(err.decode(errors="replace"))
-            raise _runc_error(problem or f"exit status {returncode}", f"exec of {cmd!r} in container {ctr_id} failed")
+            context = f"exec of {cmd[:3]!r:.200} in container {ctr_id} failed"
+            if _mentions(problem, _COMMAND_MARKERS):
+                # The command is not there, or not runnable, in the container: the caller's mistake.
+                raise InvalidArgument(f"{context}: {problem}")
+            raise _runc_error(problem or f"exit status {returncode}", context)
         return ExecResult(returncode, bytes(out), bytes(err))
 
     # ---- conmon control fifo ---------------------------------------------------------------------------------

@@ -4,6 +4,9 @@ RunPodSandbox pins the pod's user (when it has its own), network, IPC and UTS na
 hostname/resolv.conf/hosts, mounts a /dev/shm tmpfs, attaches the network through CNI and, when the pod shares one
 PID namespace, starts the infra process that holds it. Each of these is journalled before it happens (storage/effects.py), so stop, remove and recovery
 undo what was done and nothing else. Stop keeps the pod's record and files; remove takes the rest.
+
+The dependency between pods and containers runs one way: the container manager uses this one (a container needs
+its pod) and registers itself here as the pod's members (`PodMembers`), which stop and remove go through.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import secrets
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from cripy.containers.model import NamespaceMode, PodSandboxRequest, Resources
 from cripy.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -35,9 +38,6 @@ from cripy.storage.effects import Effect, EffectJournal
 from cripy.storage.names import NameReservations
 from cripy.timing import step
 
-if TYPE_CHECKING:
-    from cripy.containers.manager import ContainerManager
-
 log = logging.getLogger(__name__)
 
 SHM_SIZE = 64 * 1024 * 1024
@@ -45,6 +45,14 @@ SHM_SIZE = 64 * 1024 * 1024
 STOP_EFFECTS = ("pod-infra", "pod-network", "pod-shm", "pod-namespaces")
 _INSERTED = ("id", "name", "state", "created_at", "request", "runtime_handler", "ips", "cgroup_parent", "run_dir")
 _UPDATED = ("state", "ips", "infra_id", "infra_pid")
+
+
+class PodMembers(Protocol):
+    """What stopping and removing a pod needs of the objects in it (its containers)."""
+
+    async def stop_all_in_pod(self, pod_id: str) -> None: ...
+
+    async def remove_all_in_pod(self, pod_id: str) -> None: ...
 
 
 class PodManager:
@@ -70,7 +78,7 @@ class PodManager:
         self._names = NameReservations("pod sandbox")
         self._table = records.RecordTable(db, "pods", PodSandbox, _INSERTED, _UPDATED)
         self._locks: dict[str, asyncio.Lock] = {}
-        self.containers: ContainerManager | None = None  # wired by the daemon
+        self._members: PodMembers | None = None
         journal.register("pod-dir", self._undo_dir)
         journal.register("pod-namespaces", self._undo_namespaces)
         journal.register("pod-shm", self._undo_shm)
@@ -111,6 +119,10 @@ class PodManager:
 
     def lock(self, pod_id: str) -> asyncio.Lock:
         return self._locks.setdefault(pod_id, asyncio.Lock())
+
+    def hold_members(self, members: PodMembers) -> None:
+        """Called by the container manager: the pod's stop and removal stop and remove its containers."""
+        self._members = members
 
     # ---- run --------------------------------------------------------------------------------------------
 
@@ -286,8 +298,8 @@ class PodManager:
         if pod is None:
             return
         async with self.lock(pod.id):
-            if self.containers is not None:
-                await self.containers.stop_all_in_pod(pod.id)
+            if self._members is not None:
+                await self._members.stop_all_in_pod(pod.id)
             await self._journal.undo(pod.id, STOP_EFFECTS)
             if pod.state != STATE_NOTREADY:
                 pod.state = STATE_NOTREADY
@@ -301,8 +313,8 @@ class PodManager:
             return
         await self.stop(pod.id)
         async with self.lock(pod.id):
-            if self.containers is not None:
-                await self.containers.remove_all_in_pod(pod.id)
+            if self._members is not None:
+                await self._members.remove_all_in_pod(pod.id)
             await self._journal.undo(pod.id)
             await self._table.delete(pod.id)
         self._locks.pop(pod.id, None)
@@ -360,6 +372,8 @@ class PodManager:
         ctr_id = effect.data["ctr_id"]
         await runtime.kill(ctr_id, 9, all_processes=True)
         await runtime.delete(ctr_id, force=True)
+        # Its monitor reaps it and records the exit, which nobody reads: let it finish, then drop the record.
+        await runtime.await_monitor_then_forget_exit(ctr_id, self._pods_dir / effect.owner / "infra")
 
 
 def _mount_shm(path: Path) -> None:

@@ -113,6 +113,20 @@ class EffectJournal:
             self.counts.pending -= 1
             _bump(self.counts.undone, effect.kind)
 
+    async def all_effects(self) -> list[Effect]:
+        rows = await self._db.run(
+            lambda conn: conn.execute("SELECT seq, owner, kind, data FROM effects ORDER BY seq").fetchall()
+        )
+        return [Effect(row[0], row[1], row[2], json.loads(row[3])) for row in rows]
+
+    async def undo_unrecorded(self, owner: str, kind: str, **data: Any) -> None:
+        """Run the undo function of `kind` for something the node holds that no entry records (an orphan that
+        `cripy audit --repair` found): the same idempotent undo as for a recorded effect."""
+        undo = self._undo.get(kind)
+        if undo is None:
+            raise ValueError(f"effect kind {kind!r} has no undo function")
+        await undo(Effect(0, owner, kind, data))
+
     async def owners(self) -> list[str]:
         return await self._db.run(lambda conn: [r[0] for r in conn.execute("SELECT DISTINCT owner FROM effects")])
 

@@ -73,6 +73,17 @@ def outcomes_from_report(report: list[dict], *, filtered: bool) -> dict[str, Out
     return found
 
 
+def merge(*runs: dict[str, Outcome]) -> dict[str, Outcome]:
+    """The outcomes of several critest runs over one suite (validation and -benchmark): each spec as the run that
+    ran it reported it."""
+    merged: dict[str, Outcome] = {}
+    for outcomes in runs:
+        for spec, outcome in outcomes.items():
+            if spec not in merged or merged[spec].state == "skipped":
+                merged[spec] = outcome
+    return merged
+
+
 def read_report(path: Path, *, filtered: bool) -> dict[str, Outcome]:
     return outcomes_from_report(json.loads(path.read_text()), filtered=filtered)
 

@@ -5,7 +5,8 @@ It starts the conformance kit's registry on a free 127.0.0.1 port, and cripy on 
 registries.conf (registry.k8s.io, gcr.io and k8s.gcr.io mirrored to that registry), CNI bridge network and cgroup
 parent; runs critest sequentially with a JSON report; tears everything down (pods through CRI, the daemon, the
 registry, the bridge, the cgroup parent, the directory); then prints the comparison and exits non-zero when any
-spec did worse than expected.
+spec did worse than expected. critest runs twice: the validation specs, then the benchmark specs (-benchmark, with
+the small counts of benchmarking.yaml), which the validation run skips.
 
 The kit's location: CRI_CONFORMANCE_KIT (default ../shared/conformance beside the repository); CRITEST and CRICTL
 override its binaries. critest's port-mapping specs bind host ports 12000-12003, so runs on one machine take turns
@@ -42,6 +43,7 @@ from tests.conformance.kit import Kit
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EXPECTED = Path(__file__).with_name("expected.tsv")
+BENCHMARKING_PARAMS = Path(__file__).with_name("benchmarking.yaml")
 HOST_PORTS_LOCK = Path("/tmp/critest-hostports.lock")
 MIRRORED = ("registry.k8s.io", "gcr.io", "k8s.gcr.io")
 CRITEST_TIMEOUT = 1200  # seconds; a whole run takes one to two minutes here
@@ -241,29 +243,35 @@ def host_ports_lock() -> Iterator[None]:
         yield
 
 
-def run_critest(env: Environment, focus: str, skip: str) -> Path:
-    workdir = env.work / "critest"
+def run_critest(env: Environment, focus: str, skip: str, *, benchmark: bool = False) -> Path:
+    name = "benchmark" if benchmark else "critest"
+    workdir = env.work / name
     workdir.mkdir()
-    report = env.work / "report.json"
+    report = env.work / f"{name}-report.json"
     argv = [str(env.kit.critest), f"--runtime-endpoint=unix://{env.socket}", f"--image-endpoint=unix://{env.socket}",
             "--ginkgo.no-color", f"--ginkgo.json-report={report}"]
+    if benchmark:
+        argv += ["-benchmark", f"-benchmarking-params-file={BENCHMARKING_PARAMS}",
+                 f"-benchmarking-output-dir={env.work / 'benchmark-output'}"]
     if focus:
         argv.append(f"--ginkgo.focus={focus}")
     if skip:
         argv.append(f"--ginkgo.skip={skip}")
     step("critest: " + " ".join(argv[1:]))
     started = time.monotonic()
-    with (env.work / "critest.log").open("wb") as log:
+    with (env.work / f"{name}.log").open("wb") as log:
         result = subprocess.run(argv, cwd=workdir, stdout=log, stderr=subprocess.STDOUT, timeout=CRITEST_TIMEOUT)
-    step(f"critest exited with {result.returncode} after {time.monotonic() - started:.0f}s")
+    step(f"critest{' -benchmark' if benchmark else ''} exited with {result.returncode} after "
+         f"{time.monotonic() - started:.0f}s")
     if not report.exists():
-        raise SystemExit(f"conformance: critest wrote no report; its output:\n{(env.work / 'critest.log').read_text()}")
+        raise SystemExit(f"conformance: critest wrote no report; its output:\n{(env.work / f'{name}.log').read_text()}")
     return report
 
 
 def keep_output(env: Environment) -> None:
     OUTPUT_DIR.mkdir(exist_ok=True)
-    for name in ("report.json", "critest.log", "cripy.log", "cripy.toml", "registries.conf"):
+    for name in ("critest-report.json", "critest.log", "benchmark-report.json", "benchmark.log", "cripy.log",
+                 "cripy.toml", "registries.conf"):
         source = env.work / name
         if source.exists():
             shutil.copyfile(source, OUTPUT_DIR / name)
@@ -288,8 +296,10 @@ def main(argv: list[str] | None = None) -> int:
         problems: list[str] = []
         try:
             env.start()
-            report = run_critest(env, args.focus, args.skip)
-            outcomes = compare.read_report(report, filtered=filtered)
+            # The validation specs, then the benchmark specs (critest runs those only with -benchmark): one table.
+            outcomes = compare.read_report(run_critest(env, args.focus, args.skip), filtered=True)
+            benchmarks = compare.read_report(run_critest(env, args.focus, args.skip, benchmark=True), filtered=True)
+            outcomes = compare.merge(outcomes, benchmarks)
         finally:
             keep_output(env)
             problems = env.close()

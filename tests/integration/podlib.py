@@ -264,10 +264,23 @@ class PodEnv:
                 problems += self.remove_all_pods()
         finally:
             self.daemon.stop()
+            if (self.daemon.root / "cripy.db").exists():
+                # The suite's end check: whatever the tests did, nothing of this daemon is left on the node.
+                audit = run_audit(self.daemon)
+                if audit.returncode != 0:
+                    problems.append(f"cripy audit after the tests found:\n{audit.stdout}{audit.stderr}")
             self.network.delete()
             if not mounts_under(self.workdir):
                 shutil.rmtree(self.workdir, ignore_errors=True)
         assert not problems, "tearing the pods down failed:\n" + "\n".join(problems)
+
+
+def run_audit(daemon: CripyDaemon, *args: str) -> subprocess.CompletedProcess[str]:
+    """`cripy audit` on the daemon's configuration (root, run root, network, runtimes)."""
+    return subprocess.run(
+        [sys.executable, "-m", "cripy.cli", "--config", str(daemon.config_path), "--config-dir",
+         str(daemon.workdir / "cripy.d"), "audit", *args],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
 
 
 def mounts_under(path: Path) -> list[str]:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from cripy.errors import DeadlineExceeded, FailedPrecondition, Internal
+from cripy.errors import DeadlineExceeded, FailedPrecondition, Internal, InvalidArgument
 from cripy.oci.exits import ExitWatcher, read_exit_file, read_oom_file
 from cripy.oci.inotify import wait_for_path
 from cripy.oci.runtime import CreateResult, OCIRuntime, RuntimeHandler
@@ -335,8 +335,9 @@ async def test_exec_sync_timeout_kills_the_command(env: Env) -> None:
 
 
 async def test_exec_sync_of_missing_command_is_an_error(env: Env) -> None:
+    """A command the container does not have is the caller's mistake, not the runtime's failure."""
     ctr_id, _ = await env.run(["sleep", "1000"])
-    with pytest.raises(Internal) as info:
+    with pytest.raises(InvalidArgument) as info:
         await env.runtime.exec_sync(ctr_id, ["/no/such/command"], timeout=30)
     assert ctr_id in str(info.value) and "/no/such/command" in str(info.value)
 

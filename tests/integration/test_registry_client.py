@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import AsyncIterator, Iterator
 
-import aiohttp
 import pytest
 from aiohttp import web
 
@@ -27,6 +26,7 @@ from cripy.errors import (
     Unauthenticated,
     Unavailable,
 )
+from cripy.images import http
 from cripy.images import manifest as m
 from cripy.images.auth import Credentials
 from cripy.images.manifest import Descriptor
@@ -101,12 +101,13 @@ def basic_registry(tmp_path_factory) -> Iterator[tuple[Registry, PushedImage]]:
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20), trust_env=False) as s:
-        yield s
+async def session() -> AsyncIterator[http.Client]:
+    s = http.Client(read_timeout=20)
+    yield s
+    await s.close()
 
 
-def client(endpoint: str, session: aiohttp.ClientSession, **kwargs) -> RegistryClient:
+def client(endpoint: str, session: http.Client, **kwargs) -> RegistryClient:
     kwargs.setdefault("certs_dir", None)
     kwargs.setdefault("insecure", True)  # the test registries speak plain HTTP
     kwargs.setdefault("backoff", 0.01)

@@ -107,3 +107,10 @@ def test_the_committed_expected_tsv_is_valid_and_names_every_anchor_spec() -> No
     here = Path(__file__).resolve().parents[1] / "conformance" / "expected.tsv"
     expected = compare.read_expected(here)
     assert len(expected) >= 142
+
+
+def test_merge_takes_each_spec_from_the_run_that_ran_it() -> None:
+    validation = {"v": Outcome("v", "passed"), "b": Outcome("b", "skipped", "needs -benchmark")}
+    benchmark = {"b": Outcome("b", "passed"), "v": Outcome("v", "skipped")}
+    merged = compare.merge(validation, benchmark)
+    assert merged == {"v": Outcome("v", "passed"), "b": Outcome("b", "passed")}

@@ -89,7 +89,7 @@ def test_full_container_config_round_trip():
     ]
     assert req.devices == [Device("/dev/fuse", "/dev/fuse", "rw")]
     assert (req.labels, req.annotations) == ({"l": "1"}, {"a": "2"})
-    assert req.log_path == "/var/log/pods/default_web_uid-1/app/1.log"
+    assert req.log_path == "app/1.log"  # joined to the pod's own log_directory by the container manager
     assert (req.stdin, req.stdin_once, req.tty) == (True, True, True)
     assert req.stop_signal == "SIGUSR1"
     assert req.resources == Resources(cpu_shares=512, memory_limit_in_bytes=1 << 28, oom_score_adj=-997)
@@ -130,8 +130,14 @@ def test_container_inherits_pod_namespace_options_when_unset():
     assert (ns.network, ns.pid, ns.ipc) == (NamespaceMode.NODE, NamespaceMode.CONTAINER, NamespaceMode.NODE)
 
 
-def test_absolute_log_path_is_kept():
-    assert container_request_from_pb(container(log_path="/abs/x.log"), sandbox()).log_path == "/abs/x.log"
+@pytest.mark.parametrize("log_path", ["/abs/x.log", "../x.log", "a/../../x.log", "..", ".", "a/.."])
+def test_a_log_path_that_is_absolute_or_leaves_the_log_directory_is_refused(log_path):
+    with pytest.raises(InvalidArgument, match="log_path"):
+        container_request_from_pb(container(log_path=log_path), sandbox())
+
+
+def test_a_log_path_is_kept_relative_and_clean():
+    assert container_request_from_pb(container(log_path="app//./1.log"), sandbox()).log_path == "app/1.log"
 
 
 @pytest.mark.parametrize(
@@ -322,6 +328,60 @@ def test_pod_request_from_pb():
 def test_invalid_pod_configs(cfg, message):
     with pytest.raises(InvalidArgument, match=message):
         pod_request_from_pb(cfg, "")
+
+
+@pytest.mark.parametrize(("fields", "named"), [
+    (dict(cpu_period=999), "cpu_period"),
+    (dict(cpu_period=1_000_001), "cpu_period"),
+    (dict(cpu_quota=999), "cpu_quota"),
+    (dict(cpu_quota=-2), "cpu_quota"),
+    (dict(cpu_quota=2**44), "cpu_quota"),
+    (dict(cpu_shares=1), "cpu_shares"),
+    (dict(cpu_shares=262_145), "cpu_shares"),
+    (dict(memory_limit_in_bytes=12 * 1024 * 1024 - 1), "memory_limit_in_bytes"),
+    (dict(memory_limit_in_bytes=64 << 20, memory_swap_limit_in_bytes=(64 << 20) - 1), "memory_swap_limit_in_bytes"),
+    (dict(cpuset_cpus="abc"), "cpuset_cpus"),
+    (dict(cpuset_cpus="3-1"), "cpuset_cpus"),
+    (dict(cpuset_cpus="0-8192"), "cpuset_cpus"),
+    (dict(cpuset_cpus="0," * 3000), "cpuset_cpus"),
+    (dict(cpuset_mems="0-"), "cpuset_mems"),
+    (dict(unified={"../x": "1"}), "unified"),
+    (dict(unified={"memory.high": "1\n2"}), "unified"),
+])
+def test_resource_values_the_kernel_or_runc_refuse_are_invalid(fields, named):
+    with pytest.raises(InvalidArgument, match=named) as caught:
+        resources_from_pb(pb.LinuxContainerResources(**fields))
+    assert len(str(caught.value)) < 400
+
+
+def test_resource_values_at_their_limits_are_taken():
+    res = resources_from_pb(pb.LinuxContainerResources(
+        cpu_period=1000, cpu_quota=1000, cpu_shares=2, memory_limit_in_bytes=12 * 1024 * 1024,
+        memory_swap_limit_in_bytes=12 * 1024 * 1024, cpuset_cpus="0-1,3", cpuset_mems="0"))
+    assert (res.cpu_period, res.cpu_quota, res.cpu_shares) == (1000, 1000, 2)
+    res = resources_from_pb(pb.LinuxContainerResources(cpu_period=1_000_000, cpu_quota=-1, cpu_shares=262_144))
+    assert (res.cpu_period, res.cpu_quota, res.cpu_shares) == (1_000_000, -1, 262_144)
+
+
+@pytest.mark.parametrize("log_directory", ["relative/logs", "./logs"])
+def test_a_relative_log_directory_is_refused(log_directory):
+    config = sandbox()
+    config.log_directory = log_directory
+    with pytest.raises(InvalidArgument, match="log_directory"):
+        pod_request_from_pb(config, "")
+
+
+@pytest.mark.parametrize("parent", ["/../../../../tmp/x", "/kubepods/../x", "/a/./b"])
+def test_a_cgroup_parent_that_climbs_out_is_refused(parent):
+    with pytest.raises(InvalidArgument, match="cgroup_parent"):
+        pod_request_from_pb(sandbox(cgroup_parent=parent), "")
+
+
+def test_a_host_ip_must_be_an_address():
+    config = sandbox()
+    config.port_mappings[0].host_ip = "not-an-ip"
+    with pytest.raises(InvalidArgument, match="host_ip"):
+        pod_request_from_pb(config, "")
 
 
 def test_image_volume_mount_is_read_only_with_a_relative_sub_path():

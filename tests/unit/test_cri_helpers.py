@@ -224,11 +224,6 @@ def test_log_path_joins_the_pod_log_directory(tmp_path: Path) -> None:
     assert _log_path(pod(tmp_path, "/var/log/pods/default_web_u1"), request) == "/var/log/pods/default_web_u1/app/1.log"
 
 
-def test_log_path_absolute_without_directory(tmp_path: Path) -> None:
-    request = ContainerRequest(name="app", image="busybox", log_path="/var/log/app.log")
-    assert _log_path(pod(tmp_path), request) == "/var/log/app.log"
-
-
 @pytest.mark.parametrize(("log_path", "log_directory"), [("", ""), ("", "/var/log/pods/x"), ("relative.log", "")])
 def test_log_path_defaults_to_the_pod_run_dir(tmp_path: Path, log_path: str, log_directory: str) -> None:
     request = ContainerRequest(name="app", image="busybox", attempt=3, log_path=log_path)

@@ -125,7 +125,8 @@ def test_sysctl_allow_list() -> None:
     assert ns.sysctl_namespace("kernel.shmmax") == "ipc"
     assert ns.sysctl_namespace("kernel.sem") == "ipc"
     assert ns.sysctl_namespace("fs.mqueue.msg_max") == "ipc"
-    for bad in ("kernel.hostname", "vm.swappiness", "net/ipv4/ip_forward", "net.ipv4..x", "net.."):
+    for bad in ("kernel.hostname", "vm.swappiness", "net/ipv4/ip_forward", "net.ipv4..x", "net..",
+                "net.x;reboot", "net.$(id)", "net.a b", "net.x`id`", "net.'x'", "net." + "x" * 300):
         with pytest.raises(InvalidArgument, match="sysctl"):
             ns.sysctl_namespace(bad)
     with pytest.raises(InvalidArgument, match="ipc namespace"):
@@ -142,7 +143,18 @@ def test_setup_script_passes_values_as_arguments(tmp_path) -> None:
     fake = script.replace("/proc/sys/", str(tmp_path) + "/")
     (tmp_path / "kernel").mkdir()
     (tmp_path / "net" / "core").mkdir(parents=True)
+    (tmp_path / "net" / "core" / "somaxconn").touch()  # a sysctl exists before it is written
     subprocess.run(["/bin/sh", "-c", fake, "x", *args], check=True)
     assert (tmp_path / "kernel" / "hostname").read_text() == "pod-a"
     assert (tmp_path / "net" / "core" / "somaxconn").read_text() == hostile
     assert not (tmp_path / "pwned").exists()
+
+
+def test_setup_script_says_which_sysctl_the_kernel_refused(tmp_path) -> None:
+    """A sysctl that does not exist, or a value the kernel refuses, ends the script with its own status and a
+    message naming the sysctl (pin_namespaces turns it into InvalidArgument)."""
+    script, args = ns.setup_script(None, {"net.core.no_such": "1"})
+    fake = script.replace("/proc/sys/", str(tmp_path) + "/")
+    proc = subprocess.run(["/bin/sh", "-c", fake, "x", *args], capture_output=True, text=True)
+    assert proc.returncode == ns._SYSCTL_REFUSED
+    assert "net.core.no_such" in proc.stderr

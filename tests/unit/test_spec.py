@@ -601,7 +601,8 @@ def test_device_directory_is_expanded(tmp_path, host_dir):
     os.chmod(host_dir / "snd" / "pcm", 0o660)  # not subject to the umask
     os.mknod(host_dir / "disk", stat.S_IFBLK | 0o600, os.makedev(8, 1))
     (host_dir / "notadevice").write_text("")
-    spec = spec_of(tmp_path, req=req_with(devices=[Device("/dev/x", str(host_dir), "r")]))
+    spec = spec_of(tmp_path, req=req_with(devices=[Device("/dev/x", str(host_dir), "r")]),
+                   settings=SpecSettings(host_dev_root=str(host_dir)))
     devices = {d["path"]: (d["type"], d["major"], d["minor"], d["fileMode"]) for d in spec["linux"]["devices"]}
     assert devices == {"/dev/x/disk": ("b", 8, 1, 0o600), "/dev/x/snd/pcm": ("c", 116, 7, 0o660)}
     rules = spec["linux"]["resources"]["devices"][1:]
@@ -612,7 +613,15 @@ def test_device_directory_is_expanded(tmp_path, host_dir):
 def test_directory_without_devices_is_invalid(tmp_path, host_dir):
     os.symlink("/dev/null", host_dir / "null")  # links inside a device directory are not followed
     with pytest.raises(InvalidArgument, match="contains no devices"):
-        build(tmp_path, req=req_with(devices=[Device("/dev/x", str(host_dir))]))
+        build(tmp_path, req=req_with(devices=[Device("/dev/x", str(host_dir))]),
+              settings=SpecSettings(host_dev_root=str(host_dir)))
+
+
+def test_a_device_directory_outside_the_dev_root_is_refused_unwalked(tmp_path, host_dir):
+    """host_path "/" made cripy walk the whole host; only directories under /dev (the dev root) are walked."""
+    for outside in ("/", "/proc", str(host_dir)):
+        with pytest.raises(InvalidArgument, match="outside /dev"):
+            build(tmp_path, req=req_with(devices=[Device("/dev/x", outside)]))
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mknod needs root")

@@ -67,8 +67,7 @@ async def check(settings: ImagesConfig, plan: Plan) -> tuple[Verdict | None, lis
         return None, ["verdict:   refused: the scope rejects every image"]
     if not plan.match.needs_signatures():
         return None, ["verdict:   accepted: the scope requires no signature"]
-    import aiohttp
-
+    from cripy.images.http import Client
     from cripy.images.pull import registry_client
 
     conf = load_registries_conf(Path(settings.registries_conf), Path(settings.registries_conf_d))
@@ -76,7 +75,8 @@ async def check(settings: ImagesConfig, plan: Plan) -> tuple[Verdict | None, lis
     certs_dir = Path(settings.certs_dir) if settings.certs_dir else None
     signature_check = SignatureCheck(plan.match, Path(settings.registries_d), certs_dir)
     failures = []
-    async with aiohttp.ClientSession() as session:
+    session = Client(user_agent="cripy/0.1")
+    try:
         for source in conf.pull_sources(plan.reference):
             client = registry_client(settings, source, auth.lookup(source.reference), session)
             ref = source.reference
@@ -87,6 +87,8 @@ async def check(settings: ImagesConfig, plan: Plan) -> tuple[Verdict | None, lis
                 continue
             verdict = await judge(signature_check, plan.reference, ref, body, digest, client, session)
             return verdict, render(verdict, ref)
+    finally:
+        await session.close()
     return None, ["verdict:   unknown: no source served the manifest", *failures]
 
 

@@ -18,10 +18,8 @@ import asyncio
 from pathlib import Path
 from urllib.parse import unquote
 
-import aiohttp
-import yarl
-
 from cripy.errors import CripyError, NotFound
+from cripy.images import http
 from cripy.images.manifest import DOCKER_MANIFEST_V2, OCI_MANIFEST, ImageManifest, parse_manifest
 from cripy.images.reference import Reference
 from cripy.images.registry import RegistryClient, build_ssl_context
@@ -39,24 +37,23 @@ class _Missing(Exception):
 
 
 async def lookaside_signatures(locations: SignatureLocations, physical: Reference, digest: str,
-                               session: aiohttp.ClientSession, certs_dir: Path | None) -> Found:
+                               session: http.Client, certs_dir: Path | None) -> Found:
     base = locations.lookaside.rstrip("/")
     algorithm, _, encoded = digest.partition(":")
     directory = f"{base}/{physical.path}@{algorithm}={encoded}"
     where = f"lookaside {directory}/signature-1 (configured by {locations.lookaside_origin})"
-    url = yarl.URL(directory)
     signatures: list[bytes] = []
     try:
         for index in range(1, MAX_SIGNATURES + 1):
-            location = f"{directory}/signature-{index}"
-            if url.scheme == "file":
-                data = await asyncio.to_thread(_read_file, Path(unquote(yarl.URL(location).path)))
+            location = http.URL(f"{directory}/signature-{index}")
+            if location.scheme == "file":
+                data = await asyncio.to_thread(_read_file, Path(unquote(location.path)))
             else:
-                data = await _http_get(session, yarl.URL(location, encoded=False), certs_dir)
+                data = await _http_get(session, location, certs_dir)
             signatures.append(data)
     except _Missing:
         pass
-    except (OSError, aiohttp.ClientError, TimeoutError, ValueError) as exc:
+    except (OSError, http.HTTPError, TimeoutError, ValueError) as exc:
         return Found(where, error=f"reading signature {len(signatures) + 1} failed: {type(exc).__name__}: {exc}")
     return Found(where, tuple(signatures))
 
@@ -72,20 +69,23 @@ def _read_file(path: Path) -> bytes:
     return data
 
 
-async def _http_get(session: aiohttp.ClientSession, url: yarl.URL, certs_dir: Path | None) -> bytes:
-    endpoint = f"{url.host}:{url.port}" if url.explicit_port else str(url.host)
-    ssl = build_ssl_context(endpoint, certs_dir, verify=True) if url.scheme == "https" else None
-    timeout = aiohttp.ClientTimeout(total=LOOKASIDE_TIMEOUT)
-    async with session.get(url, ssl=ssl if ssl is not None else True, timeout=timeout) as resp:
-        if resp.status == 404:
-            raise _Missing()
-        if resp.status != 200:
-            raise ValueError(f"HTTP {resp.status} from {url}")
-        body = bytearray()
-        async for chunk in resp.content.iter_chunked(64 * 1024):
-            body += chunk
-            if len(body) > MAX_SIGNATURE_SIZE:
-                raise ValueError(f"{url} is larger than {MAX_SIGNATURE_SIZE} bytes")
+async def _http_get(session: http.Client, url: http.URL, certs_dir: Path | None) -> bytes:
+    endpoint = f"{url.host}:{url.port}" if url.explicit_port else url.host
+    context = build_ssl_context(endpoint, certs_dir, verify=True) if url.scheme == "https" else None
+    async with asyncio.timeout(LOOKASIDE_TIMEOUT):
+        resp = await http.get_following_redirects(session, url, ssl_context=context)
+        try:
+            if resp.status == 404:
+                raise _Missing()
+            if resp.status != 200:
+                raise ValueError(f"HTTP {resp.status} from {url}")
+            body = bytearray()
+            while chunk := await resp.read(64 * 1024):
+                body += chunk
+                if len(body) > MAX_SIGNATURE_SIZE:
+                    raise ValueError(f"{url} is larger than {MAX_SIGNATURE_SIZE} bytes")
+        finally:
+            resp.release()
         return bytes(body)
 
 

@@ -28,8 +28,7 @@ from cripy.images.trust.registries_d import load_registries_d
 if TYPE_CHECKING:
     # Verification pulls in `cryptography` and the HTTP stack: loaded at the first signature check, so a node
     # whose policy asks for none does not carry them.
-    import aiohttp
-
+    from cripy.images.http import Client as HTTPClient
     from cripy.images.registry import RegistryClient
     from cripy.images.trust.evaluate import Verdict
 
@@ -81,7 +80,7 @@ class SignatureCheck:
 
 
 async def judge(check: SignatureCheck, wanted: Reference, physical: Reference, manifest: bytes, digest: str,
-                client: RegistryClient, session: aiohttp.ClientSession) -> Verdict:
+                client: RegistryClient, session: HTTPClient) -> Verdict:
     """Fetch what the scope's requirements need and judge the image; no exception for a refusal."""
     from cripy.images.trust import fetch
     from cripy.images.trust.evaluate import Found, SignedImage, evaluate
@@ -108,7 +107,7 @@ async def judge(check: SignatureCheck, wanted: Reference, physical: Reference, m
 
 
 async def enforce(check: SignatureCheck, wanted: Reference, physical: Reference, manifest: bytes, digest: str,
-                  client: RegistryClient, session: aiohttp.ClientSession) -> None:
+                  client: RegistryClient, session: HTTPClient) -> None:
     """Raise PermissionDenied unless the scope's requirements accept the image."""
     if not check.match.needs_signatures():
         return

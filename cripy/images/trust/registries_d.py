@@ -16,9 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
-import yarl
 
 from cripy.errors import InvalidArgument
 from cripy.images.reference import Reference, parse_location
@@ -143,8 +143,9 @@ def _section(where: str, key: str, value: Any, origin: str) -> Section:
 def _check_lookaside(where: str, key: str, value: Any) -> None:
     if not isinstance(value, str):
         raise InvalidArgument(f"{where}: {key}.lookaside must be a URL string")
-    url = yarl.URL(value)
-    if url.scheme not in LOOKASIDE_SCHEMES or (url.scheme != "file" and not url.host) or not url.path.startswith("/"):
+    url = urlsplit(value)
+    if url.scheme not in LOOKASIDE_SCHEMES or (url.scheme != "file" and not url.hostname) or \
+            not (url.path or "/").startswith("/"):
         raise InvalidArgument(f"{where}: {key}.lookaside {value!r} is not a file://, http:// or https:// URL")
 
 
