@@ -31,13 +31,14 @@ from bench.images import ImageSizes, build_images, push_images
 from bench.peers import (BenchNetwork, ContainerdPeer, CripyPeer, Peer, containerd_package_version,
                          ensure_containerd, remove_cgroup_tree, tool_version, unmount_under)
 from bench.scale import kubelet_scale
+from bench.steps import steps_scenario
 from bench.scenarios import SCENARIOS, Driver, Plan, Results, image_pulls, pull_warm_images, record_idle_memory
 from tests.support.registry import Registry
 
 PR_SET_CHILD_SUBREAPER = 36
 CONTAINERD_RUN_DIRS = (Path("/run/containerd/s"), Path("/run/containerd"))  # deepest first
 ALL_SCENARIOS = (*SCENARIOS, ("scale", kubelet_scale))
-SCENARIO_NAMES = ("pull",) + tuple(name for name, _ in ALL_SCENARIOS)
+SCENARIO_NAMES = ("pull",) + tuple(name for name, _ in ALL_SCENARIOS) + ("steps",)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -193,6 +194,9 @@ def run(args: argparse.Namespace) -> int:
         steps.append(("warm images", lambda: pull_warm_images(drivers)))
         steps.append(("idle memory", lambda: record_idle_memory(drivers, results, "idle (after pulls, no pods)")))
         steps += [(name, (lambda fn=fn: fn(drivers, plan, results))) for name, fn in ALL_SCENARIOS if name in wanted]
+        if "steps" in wanted:
+            steps.append(("steps", lambda: run_steps(workdir, network, registry.host, cgroup_parent, images, plan,
+                                                     results, args.log_level, keep)))
         for name, step in steps:
             log(f"scenario {name}")
             begin = time.monotonic()
@@ -210,6 +214,21 @@ def run(args: argparse.Namespace) -> int:
             args.output.write_text(report.markdown(results, info))
             log(f"wrote {args.output}")
     return 0
+
+
+def run_steps(workdir: Path, network: BenchNetwork, registry_host: str, cgroup_parent: str, images, plan: Plan,
+              results: Results, log_level: str, keep: set[int]) -> None:
+    """The step breakdown, on a cripy of its own with its metrics on (the compared cripy runs as configured)."""
+    peer = CripyPeer(workdir / "cs", network, registry_host, f"{cgroup_parent}/cripy-steps",  # short: sun_path
+                     log_level=log_level, metrics=True)
+    try:
+        peer.start()
+        keep.add(peer.pid or 0)
+        driver = Driver(peer, images, workdir / "logs")
+        driver.pull(images.busybox)
+        steps_scenario([driver], plan, results, peer.metrics_socket)
+    finally:
+        peer.stop()
 
 
 READING_NOTES = (
