@@ -321,13 +321,15 @@ class CripyPeer(Peer):
     name = "cripy"
 
     def __init__(self, workdir: Path, network: BenchNetwork, registry_host: str, cgroup_parent: str,
-                 log_level: str = "info", profile_path: Path | None = None) -> None:
+                 log_level: str = "info", profile_path: Path | None = None, metrics: bool = False) -> None:
         super().__init__(workdir, network, registry_host, cgroup_parent)
         self.profile_path = profile_path
         self.root = workdir / "root"
         self.runroot = workdir / "run"
         self.config_path = workdir / "cripy.toml"
         self.log_level = log_level
+        # With metrics on, the daemon serves them here and the bench scrapes them as Prometheus would.
+        self.metrics_socket = workdir / "metrics.sock" if metrics else None
         self._write_config()
 
     @property
@@ -363,7 +365,7 @@ runtime_path = "{RUNC}"
 [network]
 conf_dir = "{self.network.conf_dir}"
 plugin_dirs = ["{CNI_BIN_DIR}"]
-""")
+""" + (f'\n[metrics]\naddress = "unix://{self.metrics_socket}"\n' if self.metrics_socket else ""))
 
     def command(self) -> list[str]:
         # cProfile writes its file when the daemon returns from main (cripy exits cleanly on SIGTERM).

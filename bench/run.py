@@ -16,8 +16,10 @@ import secrets
 import shlex
 import shutil
 import signal
+import socket
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -29,13 +31,14 @@ from bench.images import ImageSizes, build_images, push_images
 from bench.peers import (BenchNetwork, ContainerdPeer, CripyPeer, Peer, containerd_package_version,
                          ensure_containerd, remove_cgroup_tree, tool_version, unmount_under)
 from bench.scale import kubelet_scale
+from bench.steps import steps_scenario
 from bench.scenarios import SCENARIOS, Driver, Plan, Results, image_pulls, pull_warm_images, record_idle_memory
 from tests.support.registry import Registry
 
 PR_SET_CHILD_SUBREAPER = 36
 CONTAINERD_RUN_DIRS = (Path("/run/containerd/s"), Path("/run/containerd"))  # deepest first
 ALL_SCENARIOS = (*SCENARIOS, ("scale", kubelet_scale))
-SCENARIO_NAMES = ("pull",) + tuple(name for name, _ in ALL_SCENARIOS)
+SCENARIO_NAMES = ("pull",) + tuple(name for name, _ in ALL_SCENARIOS) + ("steps",)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -50,6 +53,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                         help="cripy's log level (default info, like containerd's)")
     parser.add_argument("--keep-logs", type=Path, default=None, help="copy both daemons' logs here at the end")
+    parser.add_argument("--cripy-metrics", action="store_true",
+                        help="turn cripy's Prometheus metrics on and scrape them every "
+                             f"{SCRAPE_INTERVAL:g}s, as a Prometheus server would (to measure what they cost)")
     args = parser.parse_args(argv)
     if args.iterations is not None and args.iterations < 1:
         parser.error("--iterations must be at least 1")
@@ -57,6 +63,40 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if unknown:
         parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
     return args
+
+
+SCRAPE_INTERVAL = 5.0
+
+
+class Scraper:
+    """Scrapes cripy's metrics endpoint (a unix socket) every SCRAPE_INTERVAL seconds in a thread."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="scraper", daemon=True)
+        self.scrapes = 0
+        self.failures = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(SCRAPE_INTERVAL):
+            try:
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                    sock.settimeout(10)
+                    sock.connect(str(self._path))
+                    sock.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+                    while sock.recv(65536):
+                        pass
+                self.scrapes += 1
+            except OSError:
+                self.failures += 1
 
 
 def become_subreaper() -> None:
@@ -129,13 +169,17 @@ def run(args: argparse.Namespace) -> int:
         network = BenchNetwork.create(workdir)
         cleanup.callback(network.delete)
         peers = [CripyPeer(workdir / "cripy", network, registry.host, f"{cgroup_parent}/cripy",
-                           log_level=args.log_level, profile_path=args.profile_cripy),
+                           log_level=args.log_level, profile_path=args.profile_cripy, metrics=args.cripy_metrics),
                  ContainerdPeer(workdir / "containerd", network, registry.host, f"{cgroup_parent}/containerd",
                                 sandbox_image=images.pause.ref)]
         for peer in peers:
             cleanup.callback(peer.stop)
             peer.start()
         keep.update(p.pid for p in peers if p.pid)
+        if args.cripy_metrics:
+            scraper = Scraper(peers[0].metrics_socket)
+            cleanup.callback(scraper.stop)
+            scraper.start()
         keep.add(registry.pid or 0)
         drivers = [Driver(peer, images, workdir / "logs") for peer in peers]
         info = report.RunInfo(command=shlex.join(["python", "-m", "bench.run", *sys.argv[1:]]), date=report.now(),
@@ -150,6 +194,9 @@ def run(args: argparse.Namespace) -> int:
         steps.append(("warm images", lambda: pull_warm_images(drivers)))
         steps.append(("idle memory", lambda: record_idle_memory(drivers, results, "idle (after pulls, no pods)")))
         steps += [(name, (lambda fn=fn: fn(drivers, plan, results))) for name, fn in ALL_SCENARIOS if name in wanted]
+        if "steps" in wanted:
+            steps.append(("steps", lambda: run_steps(workdir, network, registry.host, cgroup_parent, images, plan,
+                                                     results, args.log_level, keep)))
         for name, step in steps:
             log(f"scenario {name}")
             begin = time.monotonic()
@@ -158,6 +205,9 @@ def run(args: argparse.Namespace) -> int:
             log(f"scenario {name} done in {time.monotonic() - begin:.1f}s")
 
         info.notes += [plan_note(plan), *READING_NOTES]
+        if args.cripy_metrics:
+            info.notes.append(f"cripy ran with its Prometheus metrics on, scraped every {SCRAPE_INTERVAL:g}s "
+                              f"({scraper.scrapes} scrapes, {scraper.failures} failed).")
         print(report.terminal_table(results))
         if args.output:
             args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -166,7 +216,24 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_steps(workdir: Path, network: BenchNetwork, registry_host: str, cgroup_parent: str, images, plan: Plan,
+              results: Results, log_level: str, keep: set[int]) -> None:
+    """The step breakdown, on a cripy of its own with its metrics on (the compared cripy runs as configured)."""
+    peer = CripyPeer(workdir / "cs", network, registry_host, f"{cgroup_parent}/cripy-steps",  # short: sun_path
+                     log_level=log_level, metrics=True)
+    try:
+        peer.start()
+        keep.add(peer.pid or 0)
+        driver = Driver(peer, images, workdir / "logs")
+        driver.pull(images.busybox)
+        steps_scenario([driver], plan, results, peer.metrics_socket)
+    finally:
+        peer.stop()
+
+
 READING_NOTES = (
+    "What cripy's Prometheus metrics cost: docs/benchmarks-metrics.md (this suite run with `--cripy-metrics` and "
+    "without, and `python -m bench.overhead`, the instrumentation's cost per call in-process).",
     "Both runtimes split the work alike: CreateContainer prepares the rootfs and the spec, StartContainer runs "
     "`runc create` + `runc start` (under conmon for cripy, under a shim for containerd); both release the runc "
     "container when it exits and clean the rest of a removed container up in the background (containerd: its "

@@ -90,6 +90,8 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("path", type=Path)
     imp.add_argument("--name", default="", help="name to give the image (when the archive carries none)")
     imp.add_argument("--runtime-endpoint", "-r", default="", help="cripy's socket (default: from the config)")
+    imp.add_argument("--no-progress", action="store_true",
+                     help="do not show the layers' progress (on stderr: bars on a terminal, lines otherwise)")
     trust = image_sub.add_parser("trust", help="which trust policy applies to an image, and (--check) whether "
                                                "the image the registry serves now would be accepted")
     trust.add_argument("image", help="image reference, as a pod spec names it")
@@ -150,21 +152,26 @@ def _audit_command(config: Config, repair: bool) -> int:
 def _image_command(args: argparse.Namespace) -> int:
     if args.image_command == "trust":
         return _trust_command(args)
-    import grpc
+    import secrets
 
-    from cripy.cri import admin
+    from cripy.ctl.admin import AdminClient
+    from cripy.ctl.client import CRIError
+    from cripy.ctl.progress import Follow
 
     endpoint = args.runtime_endpoint or _effective_config(args).cripy.listen
-    target = endpoint if endpoint.startswith("unix:") else f"unix://{endpoint}"
-    with grpc.insecure_channel(target) as channel:
-        call = channel.unary_unary(admin.IMPORT_IMAGE, request_serializer=admin.encode,
-                                   response_deserializer=admin.decode)
+    progress_id = secrets.token_hex(8)
+    with AdminClient(endpoint) as admin:
         try:
-            reply = call({"path": str(args.path.resolve()), "name": args.name}, timeout=3600)
-        except grpc.RpcError as e:
-            print(f"cripy image import: {e.code().name}: {e.details()}", file=sys.stderr)
+            if args.no_progress:
+                images = admin.import_image(str(args.path.resolve()), args.name)
+            else:
+                # The layers' progress on stderr (bars on a terminal, lines otherwise) while the import runs.
+                with Follow(admin.watch_progress("import", progress_id), sys.stderr):
+                    images = admin.import_image(str(args.path.resolve()), args.name, progress_id)
+        except CRIError as e:
+            print(f"cripy image import: {e.code.name}: {e.details}", file=sys.stderr)
             return 1
-    for image in reply["images"]:
+    for image in images:
         print(f"imported {image['id']} {' '.join(image['repoTags'] + image['repoDigests'])}")
     return 0
 

@@ -20,6 +20,8 @@ from typing import Any
 DEFAULT_CONFIG_PATH = Path("/etc/cripy/cripy.toml")
 DEFAULT_DROPIN_DIR = Path("/etc/cripy/cripy.d")
 LOG_LEVELS = ("debug", "info", "warning", "error")
+# auto: the journal's format when systemd's journal is our stderr (JOURNAL_STREAM), text otherwise.
+LOG_FORMATS = ("auto", "text", "json", "journal")
 
 
 class ConfigError(Exception):
@@ -34,7 +36,10 @@ class DaemonConfig:
     runroot: str = "/run/cripy"
     listen: str = "/run/cripy/cripy.sock"
     log_level: str = "info"
+    log_format: str = "auto"
     grpc_max_message_bytes: int = 16 * 1024 * 1024
+    # A call that stays this long in one step is logged once, naming the step (0: never).
+    stuck_step_seconds: float = 30.0
 
 
 @dataclass
@@ -115,6 +120,23 @@ class StreamingConfig:
 
 
 @dataclass
+class MetricsConfig:
+    """Prometheus metrics: served on `address` ("127.0.0.1:9090", "unix:///run/cripy/metrics.sock"); off when
+    empty."""
+
+    address: str = ""
+
+
+@dataclass
+class TracingConfig:
+    """OpenTelemetry traces, sent over OTLP/gRPC to `endpoint` ("http://127.0.0.1:4317"); off when empty.
+    `sampling_ratio` applies to calls whose caller sent no trace context of its own."""
+
+    endpoint: str = ""
+    sampling_ratio: float = 1.0
+
+
+@dataclass
 class Config:
     """The whole effective configuration."""
 
@@ -123,6 +145,8 @@ class Config:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     streaming: StreamingConfig = field(default_factory=StreamingConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    tracing: TracingConfig = field(default_factory=TracingConfig)
 
     @property
     def root(self) -> Path:
@@ -189,6 +213,24 @@ def validate(config: Config) -> None:
         if not Path(getattr(config.cripy, key)).is_absolute():
             raise ConfigError(f"cripy.{key}: {getattr(config.cripy, key)!r} must be an absolute path")
     _validate_streaming(config.streaming)
+    _validate_observability(config)
+
+
+def _validate_observability(config: Config) -> None:
+    if config.cripy.log_format not in LOG_FORMATS:
+        raise ConfigError(f"cripy.log_format: {config.cripy.log_format!r} is not one of {', '.join(LOG_FORMATS)}")
+    if config.cripy.stuck_step_seconds < 0:
+        raise ConfigError("cripy.stuck_step_seconds: must not be negative (0 turns the stuck-step log off)")
+    if config.metrics.address:
+        try:
+            metrics_listener(config.metrics.address)
+        except ValueError as e:
+            raise ConfigError(f"metrics.address: {e}") from None
+    endpoint = config.tracing.endpoint
+    if endpoint and not endpoint.startswith(("http://", "https://")):
+        raise ConfigError(f"tracing.endpoint: {endpoint!r} must start with http:// (plain gRPC) or https:// (TLS)")
+    if not 0.0 <= config.tracing.sampling_ratio <= 1.0:
+        raise ConfigError("tracing.sampling_ratio: must be between 0 and 1")
 
 
 def _validate_handler(name: str, handler: RuntimeHandlerConfig) -> None:
@@ -226,6 +268,20 @@ def _validate_streaming(streaming: StreamingConfig) -> None:
             raise ConfigError(f"streaming.{key}: {value!r} must be an absolute path")
     if streaming.token_ttl_seconds <= 0:
         raise ConfigError("streaming.token_ttl_seconds: must be positive")
+
+
+def metrics_listener(address: str) -> Path | tuple[str, int]:
+    """Where the metrics are served: a unix socket's path ("unix:///run/x.sock" or "/run/x.sock") or a TCP
+    (host, port) ("127.0.0.1:9090", "[::1]:9090"). ValueError for anything else."""
+    if address.startswith("unix://") or address.startswith("/"):
+        path = Path(address.removeprefix("unix://"))
+        if not path.is_absolute():
+            raise ValueError(f"{address!r}: the socket path must be absolute")
+        return path
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{address!r} is not HOST:PORT, unix:///PATH or /PATH")
+    return host.strip("[]"), int(port)
 
 
 def handler_runtime_root(config: Config, name: str) -> Path:

@@ -3,6 +3,10 @@
 Signals: SIGTERM/SIGINT stop the daemon (containers keep running: conmon is their parent, not us); SIGHUP
 re-reads the configuration and applies what can change live (log level, pinned images, pull settings).
 registries.conf, auth.json and policy.json are read at each pull, so they need no reload.
+
+Beside CRI the socket serves grpc.health.v1 (SERVING once CRI is served, NOT_SERVING from the moment the daemon
+stops) and cripy's admin service (cri/admin.py). Metrics and traces start when the configuration asks for them
+(observe/); systemd hears READY=1 once everything serves and STOPPING=1 when the daemon begins to stop.
 """
 
 from __future__ import annotations
@@ -12,24 +16,31 @@ import dataclasses
 import logging
 import os
 import signal
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
 
+from cripy import service, timing
 from cripy.config import Config, ConfigError, handler_global_args, handler_runtime_root
 from cripy.containers.manager import ContainerManager
 from cripy.containers.spec import SpecSettings
 from cripy.cri.admin import admin_handler
+from cripy.cri.errors import IMAGE_SERVICE, RUNTIME_SERVICE
 from cripy.cri.handlers import service_handler
 from cripy.cri.images import ImageService
 from cripy.cri.info import status_info
 from cripy.cri.runtime import RuntimeService
 from cripy.images.archive import Importer
+from cripy.images.progress import ProgressBoard
 from cripy.images.pull import Puller
 from cripy.images.store import ImageStore
 from cripy.linux import cgroups
 from cripy.network.cni import CNIManager
+from cripy.observe.watchdog import Watchdog
 from cripy.oci.exits import ExitWatcher
 from cripy.oci import features
 from cripy.oci.features import HandlerFeatures
@@ -40,6 +51,8 @@ from cripy.storage.effects import EffectJournal
 from cripy.storage.layout import Layout
 
 if TYPE_CHECKING:
+    from cripy.observe.metrics import Metrics
+    from cripy.observe.tracing import Tracing
     from cripy.streaming.server import StreamingServer
 
 log = logging.getLogger(__name__)
@@ -62,19 +75,49 @@ class Daemon:
         self.db: Database | None = None
         self.journal: EffectJournal | None = None
         self._reprobe: asyncio.Task[None] | None = None
+        self.board = ProgressBoard()
+        self.metrics: Metrics | None = None
+        self.tracing: Tracing | None = None
+        self.watchdog: Watchdog | None = None
+        self._health: health_aio.HealthServicer | None = None
         self._audit_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await asyncio.to_thread(self.layout.ensure)
         self.db = await Database.open(self.layout.database)
         self.journal = journal = EffectJournal(self.db)
+        await journal.load()
         await self._build_services(self.db, journal)
+        self._start_observing()  # before recovery: its undos are counted too
         await self._recover(journal)
         self.exits = ExitWatcher(self.layout.runroot / "exits", self.containers.handle_exit)
         await self.exits.start()
         await self._serve_grpc()
         log.info("cripy serving CRI on %s (root %s, run root %s)", self.config.cripy.listen, self.layout.root, self.layout.runroot)
+        service.notify("READY=1", f"STATUS=serving CRI on {self.config.cripy.listen}", f"MAINPID={os.getpid()}")
         self._audit_task = asyncio.get_running_loop().create_task(self._audit_at_start())
+
+    def _start_observing(self) -> None:
+        """The watchdog always; metrics and traces when configured (their libraries load only then)."""
+        assert self.journal is not None
+        sinks: list[timing.Sink] = []
+        if self.config.metrics.address:
+            from cripy.observe.metrics import Metrics
+
+            self.metrics = Metrics(self.config.metrics.address)
+            self.metrics.watch(pods=self.pods, containers=self.containers, effects=self.journal.counts,
+                               board=self.board)
+            self.metrics.start()
+            sinks.append(self.metrics)
+        if self.config.tracing.endpoint:
+            from cripy.observe.tracing import Tracing
+
+            self.tracing = Tracing(self.config.tracing.endpoint, self.config.tracing.sampling_ratio)
+            sinks.append(self.tracing)
+        timing.install(*sinks)
+        self.watchdog = Watchdog(self.config.cripy.stuck_step_seconds,
+                                 self.metrics.loop_lag if self.metrics is not None else None)
+        self.watchdog.start()
 
     async def open_for_audit(self) -> None:
         """Storage, records and services without recovery or serving: what `cripy audit` compares the node with
@@ -107,8 +150,8 @@ class Daemon:
 
     async def _build_services(self, db: Database, journal: EffectJournal) -> None:
         self.store = ImageStore(db, self.layout, pinned=self.config.images.pinned_images)
-        self.puller = Puller(self.store, self.config.images)
-        self.importer = Importer(self.store, self.layout.downloads)
+        self.puller = Puller(self.store, self.config.images, self.board)
+        self.importer = Importer(self.store, self.layout.downloads, self.board)
         self.network = CNIManager(
             Path(self.config.network.conf_dir),
             [Path(p) for p in self.config.network.plugin_dirs],
@@ -236,10 +279,12 @@ class Daemon:
             config_info=lambda: status_info(self.config, self.config_files, self.network, self.handler_features()),
             streaming_server=self.streaming_server,
         )
+        self._health = health_aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         server.add_generic_rpc_handlers([
             service_handler("ImageService", ImageService(self.store, self.puller)),
             service_handler("RuntimeService", runtime_service),
-            admin_handler(self.importer),
+            admin_handler(self.importer, self.board),
         ])
         socket_path = Path(self.config.cripy.listen)
         socket_path.parent.mkdir(parents=True, exist_ok=True)
@@ -252,6 +297,8 @@ class Daemon:
             os.umask(old_umask)
         socket_path.chmod(0o600)
         self._server = server
+        for name in ("", RUNTIME_SERVICE, IMAGE_SERVICE):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
 
     def _network_status(self) -> tuple[bool, str, str]:
         status = self.network.status()
@@ -263,13 +310,15 @@ class Daemon:
     def reload(self) -> None:
         if self._reload is None:
             return
+        service.notify("RELOADING=1", f"MONOTONIC_USEC={time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000}")
         try:
             new = self._reload()
         except ConfigError as e:
             log.error("configuration reload failed, keeping the running configuration: %s", e)
+            service.notify("READY=1")
             return
         self.config_files = self._config_files()
-        set_log_level(new.cripy.log_level)
+        service.set_log_level(new.cripy.log_level)
         # A runtime upgraded in place may offer more (or less) than it did: ask again.
         self._reprobe = asyncio.get_running_loop().create_task(self._probe_runtime_features())
         self.store.set_pinned(new.images.pinned_images)
@@ -281,7 +330,14 @@ class Daemon:
                 or new.streaming != self.config.streaming:
             log.warning("configuration reloaded; changes to %s take effect at the next start",
                         ", ".join(ignored + ["runtime/network/streaming settings"]))
+        if new.metrics != self.config.metrics or new.tracing != self.config.tracing \
+                or new.cripy.log_format != self.config.cripy.log_format:
+            log.warning("configuration reloaded; metrics, tracing and log format changes take effect at the next start")
+        if self.watchdog is not None:
+            self.watchdog.stuck_after = new.cripy.stuck_step_seconds
+        self.config.cripy.stuck_step_seconds = new.cripy.stuck_step_seconds
         log.info("configuration reloaded")
+        service.notify("READY=1")
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -298,6 +354,9 @@ class Daemon:
         log.info("cripy shutting down")
         if self._audit_task is not None and not self._audit_task.done():
             self._audit_task.cancel()
+        service.notify("STOPPING=1", "STATUS=shutting down")
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()
         if self._server is not None:
             await self._server.stop(grace=5)
         if self.streaming is not None:
@@ -305,6 +364,13 @@ class Daemon:
         await self.exits.stop()
         await self.containers.wait_for_clean_up()
         await self.puller.close()
+        if self.watchdog is not None:
+            await self.watchdog.stop()
+        timing.install()
+        if self.tracing is not None:
+            await asyncio.to_thread(self.tracing.shutdown)  # sends the spans still batched
+        if self.metrics is not None:
+            await asyncio.to_thread(self.metrics.stop)
         if self.db is not None:
             await asyncio.to_thread(self.db.close)
         Path(self.config.cripy.listen).unlink(missing_ok=True)
@@ -314,21 +380,9 @@ def _yes_no(value: bool) -> str:
     return "yes" if value else "no"
 
 
-def set_log_level(level: str) -> None:
-    logging.getLogger().setLevel(level.upper())
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("grpc").setLevel(logging.INFO)  # its debug output is per-call noise
-
-
 def run_daemon(config: Config, reload: Callable[[], Config] | None = None,
                config_files: Callable[[], list[Path]] = lambda: []) -> int:
-    configure_logging(config.cripy.log_level)
+    service.configure_logging(config.cripy.log_level, config.cripy.log_format)
     asyncio.run(Daemon(config, reload=reload, config_files=config_files).run())
     return 0
 

@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 
 PACKAGES=(runc runsc conmon containernetworking-plugins catatonit iproute2 iptables util-linux
           docker-registry busybox-static zstd skopeo apache2-utils gpg gpgv gpg-agent
+          systemd  # systemd-analyze checks the shipped unit (contrib/systemd) in the tests
           containerd)  # containerd: the peer of the benchmarks, whose --quick smoke run is part of the tests
 PYTHON=${PYTHON:-python3}
 
@@ -21,10 +22,11 @@ if ((${#missing[@]})); then
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-if [ ! -x .venv/bin/python ] || ! cmp -s requirements-dev.txt .venv/.installed-requirements; then
+# Both files: requirements-dev.txt includes requirements.txt, and a change to either must reach the venv.
+if [ ! -x .venv/bin/python ] || ! cat requirements.txt requirements-dev.txt | cmp -s - .venv/.installed-requirements; then
     echo "setting up the Python venv (.venv)"
     "$PYTHON" -m venv .venv
     .venv/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
     .venv/bin/pip install --quiet --disable-pip-version-check --no-deps -e .
-    cp requirements-dev.txt .venv/.installed-requirements
+    cat requirements.txt requirements-dev.txt > .venv/.installed-requirements
 fi

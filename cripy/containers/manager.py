@@ -21,7 +21,7 @@ import asyncio
 import dataclasses
 import functools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 import logging
 import os
 import secrets
@@ -67,7 +67,7 @@ from cripy.storage import records
 from cripy.storage.db import Database
 from cripy.storage.effects import Effect, EffectJournal
 from cripy.storage.names import NameReservations
-from cripy.timing import Phases
+from cripy.timing import step
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,23 @@ KILL_WAIT_SECONDS = 10.0
 _INSERTED = ("id", "pod_id", "name", "state", "created_at", "image_id", "image_name", "request", "log_path")
 _UPDATED = ("state", "started_at", "finished_at", "exit_code", "reason", "message", "pid", "conmon_pid",
             "stop_signal", "cgroup_path", "process_user")
+
+
+EXIT_CLASSES = ("zero", "error", "signal")
+
+
+@dataclass
+class ExitCounts:
+    """Container exits seen by this daemon, by class of exit code, and the OOM kills among them: plain counts the
+    metrics read when scraped (observe/metrics.py)."""
+
+    by_class: dict[str, int] = field(default_factory=lambda: dict.fromkeys(EXIT_CLASSES, 0))
+    oom_kills: int = 0
+
+    def count(self, code: int, oom: bool) -> None:
+        # 128+N is how conmon reports death by signal N (137: SIGKILL, also the OOM killer's).
+        self.by_class["zero" if code == 0 else "signal" if code > 128 else "error"] += 1
+        self.oom_kills += oom
 
 
 class ContainerManager:
@@ -109,6 +126,7 @@ class ContainerManager:
         self._warned: set[str] = set()
         self._writable_layers = WritableLayerCache()
         self.events = EventBus()
+        self.exits = ExitCounts()
         journal.register("ctr-dirs", self._undo_dirs)
         journal.register("ctr-idmap", self._undo_idmap)
         journal.register("ctr-rootfs", self._undo_rootfs)
@@ -138,6 +156,13 @@ class ContainerManager:
 
     async def list(self, pod_id: str | None = None) -> list[Container]:
         return [c for c in self._table.all() if pod_id is None or c.pod_id == pod_id]
+
+    def count_by_state(self) -> dict[str, int]:
+        """How many containers are in each state (synchronous: the metrics read it from their own thread)."""
+        counts = dict.fromkeys((STATE_CREATING, STATE_CREATED, STATE_RUNNING, STATE_EXITED), 0)
+        for container in self._table.all():
+            counts[container.state] = counts.get(container.state, 0) + 1
+        return counts
 
     def lock(self, ctr_id: str) -> asyncio.Lock:
         return self._locks.setdefault(ctr_id, asyncio.Lock())
@@ -231,53 +256,52 @@ class ContainerManager:
     async def _set_up(self, container: Container, pod: PodSandbox, image: Image) -> None:
         ctr_dir = self._dirs / container.id
         bundle = self.bundle_dir(container.id)
-        phases = Phases(f"CreateContainer {container.id[:12]}", log)
         rootfs = self.rootfs_dir(container.id, pod)
-        await self._journal.record(container.id, "ctr-dirs", paths=[str(ctr_dir), str(bundle), str(rootfs)])
-        layers = await self._images.layer_dirs(image.id)
-        phases.mark("journal+layers")
         request = container.request
         idmap_dir = self._idmap_dirs / container.id
-        userns = pod.namespace_path("user")
-        if userns is not None or any(m.idmapped for m in request.mounts):
-            await self._journal.record(container.id, "ctr-idmap", path=str(idmap_dir))
-        await self._journal.record(container.id, "ctr-rootfs", path=str(rootfs))
-        await asyncio.to_thread(_mount_rootfs, ctr_dir, layers, rootfs,
-                                _RootfsMapping(userns, pod.host_ids(), idmap_dir) if userns is not None else None)
-        phases.mark("rootfs")
+        with step("ctr.rootfs"):
+            await self._journal.record(container.id, "ctr-dirs", paths=[str(ctr_dir), str(bundle), str(rootfs)])
+            layers = await self._images.layer_dirs(image.id)
+            userns = pod.namespace_path("user")
+            if userns is not None or any(m.idmapped for m in request.mounts):
+                await self._journal.record(container.id, "ctr-idmap", path=str(idmap_dir))
+            await self._journal.record(container.id, "ctr-rootfs", path=str(rootfs))
+            await asyncio.to_thread(_mount_rootfs, ctr_dir, layers, rootfs,
+                                    _RootfsMapping(userns, pod.host_ids(), idmap_dir) if userns is not None else None)
         image_config = _image_runtime_config(image)
-        request = await self._mount_image_volumes(container, ctr_dir, idmap_dir)
-        phases.mark("image volumes")
-        mounts = await asyncio.to_thread(_idmapped_mount_sources, request, idmap_dir / "mounts")
+        with step("ctr.volumes"):
+            request = await self._mount_image_volumes(container, ctr_dir, idmap_dir)
+            mounts = await asyncio.to_thread(_idmapped_mount_sources, request, idmap_dir / "mounts")
         sec = request.security
-        user = await asyncio.to_thread(
-            resolve_user,
-            rootfs,
-            run_as_user=sec.run_as_user,
-            run_as_group=sec.run_as_group,
-            run_as_username=sec.run_as_username,
-            image_user=image_config.user,
-            supplemental_groups=sec.supplemental_groups,
-            supplemental_groups_policy=sec.supplemental_groups_policy,
-        )
+        with step("ctr.user"):
+            user = await asyncio.to_thread(
+                resolve_user,
+                rootfs,
+                run_as_user=sec.run_as_user,
+                run_as_group=sec.run_as_group,
+                run_as_username=sec.run_as_username,
+                image_user=image_config.user,
+                supplemental_groups=sec.supplemental_groups,
+                supplemental_groups_policy=sec.supplemental_groups_policy,
+            )
         container.process_user = user
-        phases.mark("user")
         target_pid_ns = await self._target_pid_namespace(request, pod)
-        built = await blocking.HOST_PATHS.run(
-            f"container {container.name}: building the spec (host paths, devices, seccomp profile)",
-            functools.partial(
-                build_spec,
-                dataclasses.replace(request, mounts=mounts),
-                image_config,
-                ctr_id=container.id,
-                rootfs=rootfs,
-                user=user,
-                pod=_pod_context(pod),
-                settings=self._settings,
-                volumes_dir=ctr_dir / "volumes",
-                target_pid_ns=target_pid_ns,
-            ),
-        )
+        with step("ctr.spec"):
+            built = await blocking.HOST_PATHS.run(
+                f"container {container.name}: building the spec (host paths, devices, seccomp profile)",
+                functools.partial(
+                    build_spec,
+                    dataclasses.replace(request, mounts=mounts),
+                    image_config,
+                    ctr_id=container.id,
+                    rootfs=rootfs,
+                    user=user,
+                    pod=_pod_context(pod),
+                    settings=self._settings,
+                    volumes_dir=ctr_dir / "volumes",
+                    target_pid_ns=target_pid_ns,
+                ),
+            )
         for warning in built.warnings:
             # A node-wide limit (e.g. no CAP_SYS_RESOURCE) would repeat for every container: said once, then quiet.
             level = logging.DEBUG if warning in self._warned else logging.WARNING
@@ -285,11 +309,9 @@ class ContainerManager:
             log.log(level, "container %s (%s): %s", container.id, container.name, warning)
         container.stop_signal = request.stop_signal or image_config.stop_signal
         container.cgroup_path = built.spec["linux"]["cgroupsPath"]
-        phases.mark("spec")
-        await asyncio.to_thread(_write_bundle, bundle, built.spec, built.volume_dirs, Path(container.log_path),
-                                pod.host_ids())
-        phases.mark("bundle")
-        phases.done()
+        with step("ctr.bundle"):
+            await asyncio.to_thread(_write_bundle, bundle, built.spec, built.volume_dirs, Path(container.log_path),
+                                    pod.host_ids())
 
     async def _mount_image_volumes(self, container: Container, ctr_dir: Path, idmap_dir: Path) -> ContainerRequest:
         """Mount the container's image volumes; the request as the spec sees it, each image volume a read-only
@@ -359,33 +381,30 @@ class ContainerManager:
         log.info("container %s (%s) started", container.id, container.name)
 
     async def _run(self, container: Container, pod: PodSandbox) -> None:
-        phases = Phases(f"StartContainer {container.id[:12]}", log)
         runtime = self._pods.runtime_for(pod)
         request = container.request
         bundle = self.bundle_dir(container.id)
-        await self._journal.record(container.id, "ctr-runtime", handler=pod.runtime_handler)
-        created = await runtime.create(
-            container.id,
-            bundle,
-            log_path=Path(container.log_path),
-            persist_dir=bundle / "persist",
-            terminal=request.tty,
-            stdin=request.stdin,
-            stdin_once=request.stdin_once,
-            name=container.name,
-            log_size_max=self._log_size_max or -1,
-        )
-        phases.mark("conmon+runc create")
+        with step("runtime.create"):
+            await self._journal.record(container.id, "ctr-runtime", handler=pod.runtime_handler)
+            created = await runtime.create(
+                container.id,
+                bundle,
+                log_path=Path(container.log_path),
+                persist_dir=bundle / "persist",
+                terminal=request.tty,
+                stdin=request.stdin,
+                stdin_once=request.stdin_once,
+                name=container.name,
+                log_size_max=self._log_size_max or -1,
+            )
         container.pid, container.conmon_pid = created.pid, created.conmon_pid
         # Taken before the start: a short-lived process may exit (and conmon stamp its exit) before runc returns.
         started_at = time.time_ns()
-        await runtime.start(container.id)
-        phases.mark("runc start")
+        with step("runtime.start"):
+            await runtime.start(container.id)
         # The exit handler takes the container's lock too: no exit can have been recorded in between.
         container.state, container.started_at = STATE_RUNNING, started_at
         await self._table.update(container, ("state", "started_at", "pid", "conmon_pid"))
-        phases.mark("record")
-        phases.done()
 
     async def stop(self, ctr_id: str, timeout: int) -> None:
         """StopContainer: the stop signal, then SIGKILL after `timeout` seconds. Idempotent, as the CRI says:
@@ -401,15 +420,19 @@ class ContainerManager:
         runtime = await self.runtime_of(container)
         exited = self._exited.setdefault(container.id, asyncio.Event())
         if timeout > 0:
-            await runtime.kill(container.id, _signal_number(container.stop_signal))
+            with step("runtime.kill"):
+                await runtime.kill(container.id, _signal_number(container.stop_signal))
             try:
-                await asyncio.wait_for(exited.wait(), timeout)
+                with step("ctr.wait_exit"):
+                    await asyncio.wait_for(exited.wait(), timeout)
                 return
             except TimeoutError:
                 log.info("container %s did not stop within %ds: killing it", container.id, timeout)
-        await runtime.kill(container.id, signal.SIGKILL, all_processes=True)
+        with step("runtime.kill"):
+            await runtime.kill(container.id, signal.SIGKILL, all_processes=True)
         try:
-            await asyncio.wait_for(exited.wait(), KILL_WAIT_SECONDS)
+            with step("ctr.wait_exit"):
+                await asyncio.wait_for(exited.wait(), KILL_WAIT_SECONDS)
         except TimeoutError:
             state = await runtime.state(container.id)
             if state is not None and state.get("status") == "running":
@@ -435,6 +458,7 @@ class ContainerManager:
             # The exit file's mtime comes from the kernel's coarse clock: it can read a few ms before the start.
             container.finished_at = max(int(exit_time.timestamp() * 1e9), container.started_at)
             container.reason = REASON_OOM if oom else (REASON_COMPLETED if code == 0 else REASON_ERROR)
+            self.exits.count(code, oom)  # before anyone can see the exit: a status read then finds it counted
             await self._save(container)
         self._exited.setdefault(ctr_id, asyncio.Event()).set()
         self.events.publish(ContainerEvent(ctr_id, container.pod_id, EventType.STOPPED))
@@ -509,7 +533,9 @@ class ContainerManager:
         if not cmd:
             raise InvalidArgument("exec needs a command")
         container = await self._running(ctr_id, "exec in")
-        return await (await self.runtime_of(container)).exec_sync(container.id, cmd, timeout if timeout > 0 else None)
+        runtime = await self.runtime_of(container)
+        with step("runtime.exec"):
+            return await runtime.exec_sync(container.id, cmd, timeout if timeout > 0 else None)
 
     async def update_resources(self, ctr_id: str, resources: Resources) -> None:
         container = await self.get(ctr_id)

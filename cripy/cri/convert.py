@@ -483,3 +483,21 @@ def _port_mapping(p: pb.PortMapping, where: str) -> PortMapping:
     return PortMapping(
         protocol=_PROTOCOL[p.protocol], container_port=p.container_port, host_port=p.host_port, host_ip=p.host_ip
     )
+
+
+def call_subject(request: object) -> str:
+    """What a CRI request is about, for people: `cripy ctl inflight`, span attributes, the stuck-step log.
+    Called only when someone looks, never on the request's path."""
+    parts: list[str] = []
+    metadata = getattr(getattr(request, "config", None), "metadata", None)
+    if metadata is not None and getattr(metadata, "name", ""):
+        namespace = getattr(metadata, "namespace", "")
+        parts.append(metadata.name + (f" in {namespace}" if namespace else ""))
+    for field, label in (("container_id", "container"), ("pod_sandbox_id", "pod")):
+        value = getattr(request, field, "")
+        if isinstance(value, str) and value:
+            parts.append(f"{label} {value[:12]}")
+    image = getattr(getattr(request, "image", None), "image", "")
+    if isinstance(image, str) and image:
+        parts.append(f"image {image}")
+    return ", ".join(parts)

@@ -1,13 +1,15 @@
-"""Domain errors -> gRPC status codes, in one place.
+"""Domain errors -> gRPC status codes, and the bracket around every CRI call.
 
 Every servicer method is wrapped by `grpc_method`: the request's strings are checked first (cri/validate.py: no
 NUL byte, no oversized value, in any field of any call); a CripyError becomes its status code with the error's
 message, cut to MESSAGE_MAX characters so that no answer echoes a huge request back; anything else is a bug,
-logged with its traceback and answered as Internal, and the daemon keeps serving.
+logged with its traceback and answered as Internal, and the daemon keeps serving. The same wrapper makes the call
+a `timing.Call` (the in-flight table, metrics and spans: cripy/timing.py) and reports how it ended.
 """
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import functools
 import logging
@@ -15,10 +17,12 @@ import sqlite3
 from typing import Any, Awaitable, Callable, TypeVar
 
 import grpc
+from cri_api.v1 import api_pb2
 from google.protobuf.message import Message
 
-from cripy import errors
+from cripy import errors, timing
 from cripy.cri import validate
+from cripy.cri.convert import call_subject
 from cripy.linux import memory
 
 log = logging.getLogger(__name__)
@@ -40,6 +44,9 @@ STATUS_OF: dict[type[errors.CripyError], grpc.StatusCode] = {
 _DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+RUNTIME_SERVICE = api_pb2.DESCRIPTOR.services_by_name["RuntimeService"].full_name
+IMAGE_SERVICE = api_pb2.DESCRIPTOR.services_by_name["ImageService"].full_name
+_IMAGE_METHODS = frozenset(api_pb2.DESCRIPTOR.services_by_name["ImageService"].methods_by_name)
 MESSAGE_MAX = 1000
 LARGE_REQUEST = 256 * 1024  # bytes: a call this large gives its memory back to the kernel when it is done
 
@@ -52,10 +59,15 @@ def status_code_for(error: errors.CripyError) -> grpc.StatusCode:
 
 
 def grpc_method(method: F) -> F:
-    """Wrap a servicer coroutine so that errors reach the client as status codes with their messages."""
+    """Wrap a servicer coroutine so that errors reach the client as status codes with their messages, and the
+    call is tracked from its arrival to its answer."""
+    name = method.__name__
+    service = IMAGE_SERVICE if name in _IMAGE_METHODS else RUNTIME_SERVICE
 
     @functools.wraps(method)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        call = timing.begin(service, name, request, call_subject, context)
+        outcome = "OK"
         large = isinstance(request, Message) and request.ByteSize() > LARGE_REQUEST
         try:
             if isinstance(request, Message):
@@ -63,26 +75,40 @@ def grpc_method(method: F) -> F:
             return await method(self, request, context)
         except errors.CripyError as e:
             code = grpc.StatusCode.RESOURCE_EXHAUSTED if disk_full(e) else status_code_for(e)
+            outcome = code.name
             message = _short(str(e))
-            log.info("%s failed: %s: %s", method.__name__, code.name, message)
+            log.info("%s failed: %s: %s", name, code.name, message)
             await context.abort(code, message)
         except NotImplementedError as e:
-            await context.abort(grpc.StatusCode.UNIMPLEMENTED, str(e) or f"{method.__name__} is not implemented")
+            outcome = "UNIMPLEMENTED"
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, str(e) or f"{name} is not implemented")
         except grpc.aio.AbortError:
+            outcome = _aborted_code(context)
+            raise
+        except asyncio.CancelledError:
+            outcome = "CANCELLED"  # the client went away (or its deadline passed)
             raise
         except Exception as e:
             if disk_full(e):
-                message = _short(f"{method.__name__}: the disk is full (no space left): {type(e).__name__}: {e}")
-                log.warning("%s failed: %s", method.__name__, message)
+                outcome = "RESOURCE_EXHAUSTED"
+                message = _short(f"{name}: the disk is full (no space left): {type(e).__name__}: {e}")
+                log.warning("%s failed: %s", name, message)
                 await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
-            log.exception("%s failed unexpectedly", method.__name__)
-            await context.abort(grpc.StatusCode.INTERNAL,
-                                _short(f"{method.__name__}: internal error: {type(e).__name__}: {e}"))
+            outcome = "INTERNAL"
+            log.exception("%s failed unexpectedly", name)
+            await context.abort(grpc.StatusCode.INTERNAL, _short(f"{name}: internal error: {type(e).__name__}: {e}"))
         finally:
+            timing.end(call, outcome)
             if large:
                 memory.release_soon()
 
     return wrapper  # type: ignore[return-value]
+
+
+def _aborted_code(context: grpc.aio.ServicerContext) -> str:
+    """The code a method gave context.abort() itself."""
+    code = context.code()
+    return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
 
 
 def disk_full(error: BaseException) -> bool:

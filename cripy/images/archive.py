@@ -33,8 +33,11 @@ from cripy.images.manifest import (
     parse_manifest,
     select_platform,
 )
+from cripy.images import progress
+from cripy.images.progress import LayerProgress, Operation, ProgressBoard
 from cripy.images.reference import Reference, parse_normalized
 from cripy.images.store import Image, ImageStore, LayerSource
+from cripy.timing import step
 
 log = logging.getLogger(__name__)
 
@@ -58,21 +61,35 @@ class _Found:
 class Importer:
     """Loads archives into an ImageStore."""
 
-    def __init__(self, store: ImageStore, scratch: Path) -> None:
+    def __init__(self, store: ImageStore, scratch: Path, board: ProgressBoard | None = None) -> None:
         self._store = store
         self._scratch = scratch
+        self._board = board or ProgressBoard()
 
-    async def import_path(self, path: Path, name: str = "") -> list[Image]:
+    async def import_path(self, path: Path, name: str = "", progress_id: str = "") -> list[Image]:
+        """Import every image of the archive at `path`; with a progress_id, its progress is on the board under
+        that id for a client to watch."""
+        operation = self._board.begin(progress.IMPORT, progress_id) if progress_id else Operation(progress.IMPORT, "")
+        try:
+            with step("image.import"):
+                images = await self._import_path(path, name, operation)
+        except BaseException as e:
+            self._board.finish(operation, e)
+            raise
+        self._board.finish(operation, image_id=images[-1].id if images else "")
+        return images
+
+    async def _import_path(self, path: Path, name: str, operation: Operation) -> list[Image]:
         if not path.exists():
             raise NotFound(f"import: {path} does not exist")
         extra = [parse_normalized(name)] if name else []
         if path.is_dir():
-            return await self._import_dir(path, extra)
+            return await self._import_dir(path, extra, operation)
         with tempfile.TemporaryDirectory(dir=self._scratch, prefix="import-") as tmp:
             await asyncio.to_thread(_extract_archive, path, Path(tmp))
-            return await self._import_dir(Path(tmp), extra)
+            return await self._import_dir(Path(tmp), extra, operation)
 
-    async def _import_dir(self, root: Path, extra: list[Reference]) -> list[Image]:
+    async def _import_dir(self, root: Path, extra: list[Reference], operation: Operation) -> list[Image]:
         if (root / "oci-layout").exists():
             found = await asyncio.to_thread(_read_oci_layout, root)
         elif (root / "manifest.json").exists():
@@ -86,16 +103,18 @@ class Importer:
                 raise InvalidArgument(
                     f"import: image {item.manifest_digest} in the archive carries no name: give one with --name"
                 )
-            images.append(await self._add(root, item, names))
+            images.append(await self._add(root, item, names, operation))
         return images
 
-    async def _add(self, root: Path, item: _Found, names: list[Reference]) -> Image:
+    async def _add(self, root: Path, item: _Found, names: list[Reference], operation: Operation) -> Image:
         config_bytes = await asyncio.to_thread(_read_verified, root, item.config)
         config = parse_image_config(config_bytes)
         check_config_matches(ImageManifest(item.manifest_type, item.config, item.layers), config)
+        shown = [LayerProgress(desc.digest, desc.size) for desc in item.layers]
+        operation.set_layers(shown)
         layers = [
-            LayerSource(diff_id, desc.media_type, _copier(root, desc), desc.digest)
-            for desc, diff_id in zip(item.layers, config.diff_ids)
+            LayerSource(diff_id, desc.media_type, _copier(root, desc, layer), desc.digest, progress=layer)
+            for desc, diff_id, layer in zip(item.layers, config.diff_ids, shown)
         ]
         image = await self._store.add_image(
             manifest=item.manifest,
@@ -110,9 +129,10 @@ class Importer:
         return image
 
 
-def _copier(root: Path, desc: Descriptor) -> Callable:
+def _copier(root: Path, desc: Descriptor, shown: LayerProgress) -> Callable:
     async def copy(dest: Path) -> None:
-        await asyncio.to_thread(_copy_verified, _blob_path(root, desc), desc, dest)
+        shown.begin(progress.COPYING)
+        await asyncio.to_thread(_copy_verified, _blob_path(root, desc), desc, dest, shown.advance)
 
     return copy
 
@@ -124,7 +144,7 @@ def _blob_path(root: Path, desc: Descriptor) -> Path:
     return root / "blobs" / algorithm / encoded
 
 
-def _copy_verified(source: Path, desc: Descriptor, dest: Path) -> None:
+def _copy_verified(source: Path, desc: Descriptor, dest: Path, progress: Callable[[int], None] = lambda _: None) -> None:
     hasher = hasher_for(desc.digest)
     size = 0
     try:
@@ -133,6 +153,7 @@ def _copy_verified(source: Path, desc: Descriptor, dest: Path) -> None:
                 hasher.update(chunk)
                 size += len(chunk)
                 out.write(chunk)
+                progress(size)
     except FileNotFoundError as e:
         dest.unlink(missing_ok=True)
         raise DataLoss(f"import: blob {desc.digest} is missing from the archive ({source.name})") from e

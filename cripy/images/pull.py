@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cripy import timing
 from cripy.config import ImagesConfig
 from cripy.errors import (
     CripyError,
@@ -39,8 +40,11 @@ from cripy.images.manifest import (
 )
 from cripy.images.reference import Reference, is_short_name
 from cripy.images.registries import PullSource, RegistriesConf, load_registries_conf
+from cripy.images import progress
+from cripy.images.progress import LayerProgress, ProgressBoard, PullCounts
 from cripy.images.store import Image, ImageStore, LayerSource, LayerStream
 from cripy.linux.memory import release_free_heap
+from cripy.timing import step
 
 if TYPE_CHECKING:
     # The registry client and its HTTP stack are imported at the first pull, not at start-up.
@@ -72,10 +76,12 @@ class PullRequest:
 class Puller:
     """Pulls images into one ImageStore, with the pull settings of the config."""
 
-    def __init__(self, store: ImageStore, settings: ImagesConfig) -> None:
+    def __init__(self, store: ImageStore, settings: ImagesConfig, board: ProgressBoard | None = None) -> None:
         self._store = store
         self._settings = settings
+        self.board = board or ProgressBoard()
         self._in_flight: dict[tuple[str, str, str], asyncio.Task[Image]] = {}
+        self._callers: dict[tuple[str, str, str], timing.Call | None] = {}
         self._layer_slots = asyncio.Semaphore(settings.max_parallel_layers)
         self._session: HTTPClient | None = None
 
@@ -110,27 +116,47 @@ class Puller:
         running = self._in_flight.get(key)
         if running is not None:
             log.info("pull of %s already in progress: waiting for it", request.image)
+            timing.join(self._callers.get(key))
         else:
-            running = asyncio.get_running_loop().create_task(self._pull(request), name=f"pull {request.image}")
+            running = asyncio.get_running_loop().create_task(self._tracked_pull(request), name=f"pull {request.image}")
             self._in_flight[key] = running
+            self._callers[key] = timing.current()
             running.add_done_callback(lambda _: self._pull_done(key))
         return await asyncio.shield(running)
 
+    async def _tracked_pull(self, request: PullRequest) -> Image:
+        """The pull, with its progress on the board and its outcome counted; its call stays listed in flight
+        until it ends, even if the client gave up."""
+        operation = self.board.begin(progress.PULL, request.image)
+        with timing.hold(), step("image.pull"):
+            try:
+                image = await self._pull(request, operation)
+            except BaseException as e:
+                self.board.finish(operation, e)
+                reason = _reason(e)
+                self.board.pulls.failed[reason] = self.board.pulls.failed.get(reason, 0) + 1
+                raise
+        self.board.finish(operation, image_id=image.id)
+        self.board.pulls.succeeded += 1
+        return image
+
     def _pull_done(self, key: tuple[str, str, str]) -> None:
         self._in_flight.pop(key, None)
+        self._callers.pop(key, None)
         if not self._in_flight:
             # The last pull's buffers are free now; without this the daemon keeps its peak RSS.
             asyncio.get_running_loop().run_in_executor(None, release_free_heap)
 
-    async def _pull(self, request: PullRequest) -> Image:
+    async def _pull(self, request: PullRequest, operation: progress.Operation) -> Image:
         # Like the HTTP stack, the trust gate (YAML, URL parsing, signature formats) loads at the first pull.
         from cripy.images.trust.gate import SignatureCheck, load_pull_policy, refuse_outright
 
         # File reads and parsing: in a thread, not on the event loop that serves every other CRI call.
         settings = self._settings
-        conf, policy, auth_store = await asyncio.to_thread(
-            lambda: (self.registries(), load_pull_policy(settings, request.namespace), self._auth_store())
-        )
+        with step("image.resolve"):
+            conf, policy, auth_store = await asyncio.to_thread(
+                lambda: (self.registries(), load_pull_policy(settings, request.namespace), self._auth_store())
+            )
         failures: list[tuple[str, CripyError]] = []
         for candidate in conf.candidates(request.image):
             match = policy.requirements_for(candidate)
@@ -140,7 +166,7 @@ class Puller:
                 where = f"{source.reference}" + (" (mirror)" if source.is_mirror else "")
                 credentials = self._credentials_for(source, request, auth_store)
                 try:
-                    return await self._pull_from(candidate, source, credentials, check)
+                    return await self._pull_from(candidate, source, credentials, check, operation)
                 except _TRY_NEXT as e:
                     log.warning("pull of %s from %s failed: %s", candidate, where, e)
                     failures.append((where, e))
@@ -165,36 +191,41 @@ class Puller:
         return auth_store.lookup(source.reference)
 
     async def _pull_from(self, wanted: Reference, source: PullSource, credentials: Credentials | None,
-                         check: SignatureCheck) -> Image:
+                         check: SignatureCheck, operation: progress.Operation) -> Image:
         ref = source.reference
         client = registry_client(self._settings, source, credentials, self._http())
         started = time.monotonic()
-        media_type, body, digest = await client.get_manifest(ref.path, ref.digest or ref.tag or "latest")
-        # The trust gate: signatures of the manifest the reference resolves to, before anything else is fetched.
-        from cripy.images.trust.gate import enforce
+        with step("image.manifest"):
+            media_type, body, digest = await client.get_manifest(ref.path, ref.digest or ref.tag or "latest")
+            # The trust gate: signatures of the manifest the reference resolves to, before anything else is fetched.
+            from cripy.images.trust.gate import enforce
 
-        await enforce(check, wanted, ref, body, digest, client, self._http())
-        document = parse_manifest(media_type, body)
-        if isinstance(document, ImageIndex):
-            chosen = select_platform(document, self.platform())
-            log.info("pull %s: index %s, platform %s -> %s", wanted, digest, self.platform(), chosen.digest)
-            media_type, body, digest = await client.get_manifest(ref.path, chosen.digest)
+            await enforce(check, wanted, ref, body, digest, client, self._http())
             document = parse_manifest(media_type, body)
-            if not isinstance(document, ImageManifest):
-                raise InvalidArgument(f"manifest {chosen.digest} of {ref} is an index inside an index")
+            if isinstance(document, ImageIndex):
+                chosen = select_platform(document, self.platform())
+                log.info("pull %s: index %s, platform %s -> %s", wanted, digest, self.platform(), chosen.digest)
+                media_type, body, digest = await client.get_manifest(ref.path, chosen.digest)
+                document = parse_manifest(media_type, body)
+                if not isinstance(document, ImageManifest):
+                    raise InvalidArgument(f"manifest {chosen.digest} of {ref} is an index inside an index")
         manifest = document
-        config_bytes = await self._fetch_small_blob(client, ref, manifest.config)
+        with step("image.config"):
+            config_bytes = await self._fetch_small_blob(client, ref, manifest.config)
         config = parse_image_config(config_bytes)
         check_config_matches(manifest, config)
+        shown = [LayerProgress(desc.digest, desc.size) for desc in manifest.layers]
+        operation.set_layers(shown)
         layers = [
             LayerSource(
                 diff_id=diff_id,
                 media_type=desc.media_type,
                 fetch=None,
                 label=desc.digest,
-                stream=self._layer_streamer(client, ref, desc, wanted),
+                stream=self._layer_streamer(client, ref, desc, wanted, layer),
+                progress=layer,
             )
-            for desc, diff_id in zip(manifest.layers, config.diff_ids)
+            for desc, diff_id, layer in zip(manifest.layers, config.diff_ids, shown)
         ]
         image = await self._store.add_image(
             manifest=body,
@@ -215,16 +246,25 @@ class Puller:
         async def collect(chunk: bytes) -> None:
             parts.append(chunk)
 
-        await client.stream_blob(ref.path, desc, collect, reset=parts.clear)
+        await client.stream_blob(ref.path, desc, collect, _ByteCount(self.board.pulls), reset=parts.clear)
         return b"".join(parts)
 
-    def _layer_streamer(self, client: RegistryClient, ref: Reference, desc: Descriptor, wanted: Reference) -> LayerStream:
+    def _layer_streamer(self, client: RegistryClient, ref: Reference, desc: Descriptor, wanted: Reference,
+                        shown: LayerProgress) -> LayerStream:
         """Download straight into the store's unpacker: no blob file written and read back, and the unpacking
         of a layer overlaps its own download. The slot is held until the last byte is handed on."""
         async def stream(sink: BlobSink) -> None:
-            async with self._layer_slots:
+            slots = self._layer_slots  # a reload may replace it meanwhile: release the one acquired
+            with step("layer.wait", desc.digest):
+                await slots.acquire()
+            try:
                 log.info("pull %s: downloading layer %s (%d bytes) from %s", wanted, desc.digest, desc.size, ref.domain)
-                await client.stream_blob(ref.path, desc, sink, _ProgressLog(str(wanted), desc.digest))
+                shown.begin()
+                with step("layer.download", desc.digest):
+                    await client.stream_blob(ref.path, desc, sink, _LayerFeed(str(wanted), shown, self.board.pulls))
+                self.board.pulls.layers += 1
+            finally:
+                slots.release()
 
         return stream
 
@@ -260,20 +300,45 @@ def _certs_dir(settings: ImagesConfig) -> Path | None:
     return Path(settings.certs_dir) if settings.certs_dir else None
 
 
-class _ProgressLog:
-    """Logs a layer's bytes done every few seconds while it downloads."""
+class _ByteCount:
+    """Counts the bytes a blob download receives (a download that starts over counts its bytes again)."""
 
-    def __init__(self, image: str, digest: str) -> None:
-        self._image = image
-        self._digest = digest
-        self._last = time.monotonic()
+    def __init__(self, counts: PullCounts) -> None:
+        self._counts = counts
+        self._last = 0
 
     def __call__(self, done: int, total: int) -> None:
+        self._counts.bytes += done - self._last if done >= self._last else done
+        self._last = done
+
+
+class _LayerFeed(_ByteCount):
+    """A layer download's progress: counted, shown (progress board) and logged every few seconds."""
+
+    def __init__(self, image: str, shown: LayerProgress, counts: PullCounts) -> None:
+        super().__init__(counts)
+        self._image = image
+        self._shown = shown
+        self._logged = time.monotonic()
+
+    def __call__(self, done: int, total: int) -> None:
+        super().__call__(done, total)
+        self._shown.advance(done)
         now = time.monotonic()
-        if now - self._last >= PROGRESS_LOG_INTERVAL or (done == total and total > 0):
-            self._last = now
+        if now - self._logged >= PROGRESS_LOG_INTERVAL or (done == total and total > 0):
+            self._logged = now
             percent = 100.0 * done / total if total else 0.0
-            log.info("pull %s: layer %s %d/%d bytes (%.0f%%)", self._image, self._digest, done, total, percent)
+            log.info("pull %s: layer %s %d/%d bytes (%.0f%%)", self._image, self._shown.digest, done, total, percent)
+
+
+def _reason(error: BaseException) -> str:
+    """A failed pull's reason as a metric label: its error kind in snake case (not_found, unavailable, ...)."""
+    if isinstance(error, asyncio.CancelledError):
+        return "cancelled"
+    # The kind is the cripy.errors class the error is (or derives from): a fixed set, whatever subclass raised it.
+    kind = next((k.__name__ for k in type(error).__mro__ if k.__module__ == CripyError.__module__
+                 and k is not CripyError and issubclass(k, CripyError)), "Internal")
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in kind).lstrip("_")
 
 
 def _registry_host(server: str) -> str:

@@ -25,9 +25,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable, Iterable, Sequence, TypeVar
 
 from cripy.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from cripy.images import progress
+from cripy.images.progress import LayerProgress
 from cripy.images.reference import Reference, parse_image_id, parse_normalized
 from cripy.storage.db import Database
 from cripy.storage.layout import Layout
+from cripy.timing import step
 
 if TYPE_CHECKING:
     from cripy.images.unpack import UnpackedLayer
@@ -55,6 +58,7 @@ class LayerSource:
     fetch: LayerFetch | None
     label: str  # what to call it in logs and errors (usually the blob digest)
     stream: LayerStream | None = None
+    progress: LayerProgress | None = None  # what `cripy ctl pull` shows of it; the store sets its later states
 
     def __post_init__(self) -> None:
         if self.fetch is None and self.stream is None:
@@ -201,12 +205,13 @@ class ImageStore:
             async with asyncio.TaskGroup() as group:
                 for chain, parent, layer in zip(chain_ids, [None, *chain_ids[:-1]], layers):
                     group.create_task(self._ensure_layer(chain, parent, layer))
-            async with self._lock:
-                await self._db.transaction(
-                    lambda conn: _insert_image(
-                        conn, config_digest, manifest_digest, manifest, manifest_type, config, chain_ids, names
+            with step("image.commit"):
+                async with self._lock:
+                    await self._db.transaction(
+                        lambda conn: _insert_image(
+                            conn, config_digest, manifest_digest, manifest, manifest_type, config, chain_ids, names
+                        )
                     )
-                )
         except BaseExceptionGroup as group_error:
             # Report the first real failure (not the cancellations it caused), as a plain error.
             raise _first_cause(group_error) from None
@@ -226,6 +231,8 @@ class ImageStore:
         """Unpack a layer unless it is present; concurrent callers for one chain id share one fetch."""
         while True:
             if await self._db.run(lambda conn: _layer_exists(conn, chain_id)):
+                if layer.progress is not None and layer.progress.state == progress.WAITING:
+                    layer.progress.set_state(progress.PRESENT)
                 return
             pending = self._layer_fetches.get(chain_id)
             if pending is None:
@@ -265,9 +272,13 @@ class ImageStore:
                 )
             )
         except BaseException:
+            if layer.progress is not None:
+                layer.progress.set_state(progress.FAILED)
             if not await self._db.run(lambda conn: _layer_exists(conn, chain_id)):
                 await _in_thread(_clear_dir, layer_dir)
             raise
+        if layer.progress is not None:
+            layer.progress.set_state(progress.DONE)
 
     async def _download_then_unpack(self, chain_id: str, layer: LayerSource) -> UnpackedLayer:
         from cripy.images.unpack import unpack_layer  # the unpacker (tar, zstd) loads at the first pull
@@ -275,10 +286,13 @@ class ImageStore:
         assert layer.fetch is not None
         blob = self._layout.downloads / f"{_hex(chain_id)}-{os.getpid()}-{time.monotonic_ns()}.blob"
         try:
-            await layer.fetch(blob)
-            return await _in_thread(
-                unpack_layer, blob, self._layout.layer_diff(chain_id), layer.media_type, layer.diff_id
-            )
+            with step("layer.copy", layer.label):
+                await layer.fetch(blob)
+            self._unpacking(layer)
+            with step("layer.unpack", layer.label):
+                return await _in_thread(
+                    unpack_layer, blob, self._layout.layer_diff(chain_id), layer.media_type, layer.diff_id
+                )
         finally:
             await _in_thread(_unlink_quietly, blob)
 
@@ -310,13 +324,20 @@ class ImageStore:
         pipe.close()
         unpacking = pipe.consumer
         assert unpacking is not None
+        self._unpacking(layer)
         try:
-            return await asyncio.shield(unpacking)
+            with step("layer.unpack", layer.label):
+                return await asyncio.shield(unpacking)
         except asyncio.CancelledError:
             if not unpacking.done():
                 pipe.abort(asyncio.CancelledError())
                 await asyncio.wait([unpacking])
             raise
+
+    @staticmethod
+    def _unpacking(layer: LayerSource) -> None:
+        if layer.progress is not None:
+            layer.progress.set_state(progress.UNPACKING)
 
     # ---- removal --------------------------------------------------------------------------------------
 

@@ -36,6 +36,7 @@ from cripy.storage import records
 from cripy.storage.db import Database
 from cripy.storage.effects import Effect, EffectJournal
 from cripy.storage.names import NameReservations
+from cripy.timing import step
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,13 @@ class PodManager:
     async def list(self) -> list[PodSandbox]:
         return self._table.all()
 
+    def count_by_state(self) -> dict[str, int]:
+        """How many pods are in each state (synchronous: the metrics read it from their own thread)."""
+        counts = dict.fromkeys((STATE_CREATING, STATE_READY, STATE_NOTREADY), 0)
+        for pod in self._table.all():
+            counts[pod.state] = counts.get(pod.state, 0) + 1
+        return counts
+
     def runtime_for(self, pod: PodSandbox) -> OCIRuntime:
         return self._runtimes[pod.runtime_handler]
 
@@ -172,26 +180,29 @@ class PodManager:
         return pod.id
 
     async def _set_up(self, pod: PodSandbox) -> None:
-        await self._journal.record(pod.id, "pod-dir", path=str(pod.run_dir))
-        await asyncio.to_thread(pod.run_dir.mkdir, parents=True)
-        await self._write_files(pod)
+        with step("pod.files"):
+            await self._journal.record(pod.id, "pod-dir", path=str(pod.run_dir))
+            await asyncio.to_thread(pod.run_dir.mkdir, parents=True)
+            await self._write_files(pod)
         kinds = pod.pinned_kinds
         if kinds:
-            await self._journal.record(pod.id, "pod-namespaces", path=str(pod.ns_dir))
-            userns = pod.userns
-            await asyncio.to_thread(
-                namespaces.pin_namespaces,
-                kinds,
-                pod.ns_dir,
-                pod.hostname if "uts" in kinds else None,
-                pod.request.security.sysctls,
-                namespaces.UserMaps(tuple(userns.uids), tuple(userns.gids)) if userns is not None else None,
-            )
+            with step("pod.namespaces"):
+                await self._journal.record(pod.id, "pod-namespaces", path=str(pod.ns_dir))
+                userns = pod.userns
+                await asyncio.to_thread(
+                    namespaces.pin_namespaces,
+                    kinds,
+                    pod.ns_dir,
+                    pod.hostname if "uts" in kinds else None,
+                    pod.request.security.sysctls,
+                    namespaces.UserMaps(tuple(userns.uids), tuple(userns.gids)) if userns is not None else None,
+                )
         elif pod.request.security.sysctls:
             raise InvalidArgument("sysctls need the pod's own network or IPC namespace (the pod uses the host's)")
         if not pod.host_ipc:
-            await self._journal.record(pod.id, "pod-shm", path=str(pod.shm_path))
-            await asyncio.to_thread(_mount_shm, pod.shm_path)
+            with step("pod.shm"):
+                await self._journal.record(pod.id, "pod-shm", path=str(pod.shm_path))
+                await asyncio.to_thread(_mount_shm, pod.shm_path)
         network = asyncio.create_task(self._attach_network(pod))
         try:
             if pod.shares_pid:
@@ -218,18 +229,23 @@ class PodManager:
             for m in pod.request.port_mappings
             if m.host_port > 0
         ]
-        await self._journal.record(pod.id, "pod-network", netns=str(pod.netns))
-        result = await self._network.attach(
-            pod.id,
-            pod.netns,
-            pod_name=pod.request.name,
-            pod_namespace=pod.request.namespace,
-            pod_uid=pod.request.uid,
-            port_mappings=mappings,
-        )
+        with step("cni.add"):
+            await self._journal.record(pod.id, "pod-network", netns=str(pod.netns))
+            result = await self._network.attach(
+                pod.id,
+                pod.netns,
+                pod_name=pod.request.name,
+                pod_namespace=pod.request.namespace,
+                pod_uid=pod.request.uid,
+                port_mappings=mappings,
+            )
         pod.ips = result.ips
 
     async def _start_infra(self, pod: PodSandbox) -> None:
+        with step("pod.infra"):
+            await self._run_infra(pod)
+
+    async def _run_infra(self, pod: PodSandbox) -> None:
         runtime = self.runtime_for(pod)
         infra_id = f"{pod.id[:32]}-infra"
         bundle = pod.run_dir / "infra"
@@ -346,7 +362,8 @@ class PodManager:
         await asyncio.to_thread(_unmount_if_mounted, Path(effect.data["path"]))
 
     async def _undo_network(self, effect: Effect) -> None:
-        await self._network.detach(effect.owner, Path(effect.data["netns"]))
+        with step("cni.del"):
+            await self._network.detach(effect.owner, Path(effect.data["netns"]))
 
     async def _undo_infra(self, effect: Effect) -> None:
         runtime = self._runtimes.get(effect.data["handler"])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterable
 
 from cripy import faults
@@ -30,12 +30,32 @@ class Effect:
     data: dict[str, Any]
 
 
+@dataclass
+class EffectCounts:
+    """What the journal did since start, by kind, and how many effects it holds: plain counts the metrics read
+    when scraped (observe/metrics.py)."""
+
+    pending: int = 0
+    recorded: dict[str, int] = field(default_factory=dict)
+    undone: dict[str, int] = field(default_factory=dict)
+    failed: dict[str, int] = field(default_factory=dict)  # undo attempts that raised
+
+
+def _bump(counts: dict[str, int], kind: str) -> None:
+    counts[kind] = counts.get(kind, 0) + 1
+
+
 class EffectJournal:
     """Record effects before making them; undo them (newest first) when their owner goes."""
 
     def __init__(self, db: Database) -> None:
         self._db = db
         self._undo: dict[str, UndoFn] = {}
+        self.counts = EffectCounts()
+
+    async def load(self) -> None:
+        """Count the effects left by the previous run (at start-up, before recovery undoes any)."""
+        self.counts.pending = await self._db.run(lambda conn: conn.execute("SELECT COUNT(*) FROM effects").fetchone()[0])
 
     def register(self, kind: str, undo: UndoFn) -> None:
         self._undo[kind] = undo
@@ -49,6 +69,8 @@ class EffectJournal:
                 "INSERT INTO effects (owner, kind, data) VALUES (?, ?, ?)", (owner, kind, text)
             ).lastrowid
         )
+        self.counts.pending += 1
+        _bump(self.counts.recorded, kind)
         faults.point(f"effect.{kind}")  # recorded, not yet made
         return Effect(int(seq), owner, kind, data)
 
@@ -82,11 +104,14 @@ class EffectJournal:
                     raise RuntimeError(f"no undo is known for effect {effect.kind!r} (written by another cripy version?)")
                 await undo(effect)
             except Exception as e:
+                _bump(self.counts.failed, effect.kind)
                 if not keep_going:
                     raise
                 log.error("undoing %s of %s failed: %s", effect.kind, owner, e)
                 continue
             await self._forget(effect.seq)
+            self.counts.pending -= 1
+            _bump(self.counts.undone, effect.kind)
 
     async def all_effects(self) -> list[Effect]:
         rows = await self._db.run(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import Awaitable, Callable
 
+from cripy import timing
 from cripy.errors import AlreadyExists
 
 
@@ -24,6 +25,7 @@ class NameReservations:
     def __init__(self, what: str) -> None:
         self._what = what
         self._in_flight: dict[str, asyncio.Task[str]] = {}
+        self._callers: dict[str, timing.Call | None] = {}  # whose call started each creation in flight
 
     async def create_once(
         self,
@@ -39,7 +41,20 @@ class NameReservations:
         if running is None:
             if existing is not None:
                 raise AlreadyExists(f"{self._what} name {name!r} is reserved by {self._what} {existing}")
-            running = asyncio.get_running_loop().create_task(create(), name=f"create {self._what} {name}")
+            running = asyncio.get_running_loop().create_task(_held(create), name=f"create {self._what} {name}")
             self._in_flight[name] = running
-            running.add_done_callback(lambda _: self._in_flight.pop(name, None))
+            self._callers[name] = timing.current()
+            running.add_done_callback(lambda _: self._forget(name))
+        else:
+            timing.join(self._callers.get(name))
         return await asyncio.shield(running)
+
+    def _forget(self, name: str) -> None:
+        self._in_flight.pop(name, None)
+        self._callers.pop(name, None)
+
+
+async def _held(create: Callable[[], Awaitable[str]]) -> str:
+    """The creation keeps its call listed in flight until it is done, even if the client gave up on it."""
+    with timing.hold():
+        return await create()

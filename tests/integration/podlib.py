@@ -94,13 +94,19 @@ class PodEnv:
     """A started daemon with a bridge network and the test images; build CRI configs and drive pods with it."""
 
     def __init__(self, workdir: Path, image_dir: Path, *, cgroup_parent: str, extra_toml: str = "",
-                 registries_conf: str = "") -> None:
+                 registries_conf: str = "", plugin_dirs: tuple[Path, ...] = (CNI_PLUGIN_DIR,),
+                 env: dict[str, str] | None = None, dropin: str = "") -> None:
         self.workdir = workdir
         self.network = BridgeNetwork.random(workdir)
         self.cgroup_parent = cgroup_parent
         toml = f'\n[runtime]\ncgroup_parent = "{cgroup_parent}"\n{extra_toml}'
-        self.daemon = CripyDaemon(workdir, extra_toml=f'plugin_dirs = ["{CNI_PLUGIN_DIR}"]\n{toml}',
+        dirs = ", ".join(f'"{d}"' for d in plugin_dirs)
+        self.daemon = CripyDaemon(workdir, extra_toml=f'plugin_dirs = [{dirs}]\n{toml}',
                                   registries_conf=registries_conf)
+        self.daemon.env.update(env or {})
+        if dropin:  # a drop-in can set keys of tables the main file already has ([cripy])
+            (workdir / "cripy.d").mkdir(exist_ok=True)
+            (workdir / "cripy.d" / "50-test.toml").write_text(dropin)
         self.network.write_conflist(self.daemon.cni_dir)  # before the daemon starts: it must see a network
         try:
             self.daemon.start()

@@ -153,7 +153,7 @@ class FakePull:
         self.release = asyncio.Event()
         self.error: BaseException | None = None
 
-    async def __call__(self, request: PullRequest) -> Image:
+    async def __call__(self, request: PullRequest, operation: object = None) -> Image:
         self.requests.append(request)
         self.started.set()
         await self.release.wait()

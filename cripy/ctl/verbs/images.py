@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from cri_api.v1 import api_pb2
 
 from cripy.ctl import documents, output
+from cripy.ctl.admin import AdminClient
 from cripy.ctl.client import DEFAULT_PULL_TIMEOUT
 from cripy.ctl.configfile import load_pod_config
 from cripy.ctl.context import (
@@ -23,6 +24,7 @@ from cripy.ctl.context import (
     parse_labels,
     truncated,
 )
+from cripy.ctl.progress import Follow
 
 NONE = "<none>"
 
@@ -32,8 +34,19 @@ def cmd_pull(ctx: Context) -> int:
     sandbox_config = load_pod_config(args.pod_config, ctx.warn) if args.pod_config else None
     annotations = parse_labels(args.annotation)
     timeout = args.pull_timeout if args.pull_timeout > 0 else DEFAULT_PULL_TIMEOUT
-    image_ref = ctx.client.pull_image(args.image, auth=build_auth(args), sandbox_config=sandbox_config,
-                                      annotations=annotations, timeout=timeout)
+
+    def pull() -> str:
+        return ctx.client.pull_image(args.image, auth=build_auth(args), sandbox_config=sandbox_config,
+                                     annotations=annotations, timeout=timeout)
+
+    if args.no_progress:
+        image_ref = pull()
+    else:
+        # cripy's admin service shows the pull as it goes (bars on a terminal, lines otherwise, on stderr); the
+        # watch starts first and waits for the pull to begin.
+        with AdminClient(ctx.client.image_endpoint) as admin, \
+                Follow(admin.watch_progress("pull", args.image), ctx.stderr):
+            image_ref = pull()
     ctx.print(f"Image is up to date for {image_ref}")
     return 0
 
@@ -263,6 +276,8 @@ def register(verb: VerbAdder) -> None:
     sub.add_argument("-a", "--annotation", action="append", metavar="KEY=VALUE", help="image annotation")
     sub.add_argument("--pull-timeout", "--pt", type=float, default=0,
                      help=f"deadline for the pull in seconds (default {DEFAULT_PULL_TIMEOUT:.0f})")
+    sub.add_argument("--no-progress", action="store_true",
+                     help="do not show the layers' progress (shown on stderr: bars on a terminal, lines otherwise)")
 
     sub = verb("images", cmd_images, "list images", aliases=["image", "img"])
     sub.add_argument("repo", nargs="?", help="only images matching this reference")

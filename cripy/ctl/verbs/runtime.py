@@ -1,12 +1,14 @@
-"""Runtime verbs: version, info, runtime-config and events."""
+"""Runtime verbs: version, info, runtime-config, events, and cripy's own `inflight`."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from cri_api.v1 import api_pb2
 
 from cripy.ctl import documents, output
+from cripy.ctl.admin import AdminClient
 from cripy.ctl.context import Context, VerbAdder, add_output_flag
 
 
@@ -51,6 +53,39 @@ def cmd_events(ctx: Context) -> int:
     return 0
 
 
+def cmd_inflight(ctx: Context) -> int:
+    """The calls the runtime is serving now and the step each is in (cripy's admin service; not in crictl)."""
+    with AdminClient(ctx.args.runtime_endpoint) as admin:
+        calls = admin.inflight(timeout=ctx.args.timeout or None)
+    if ctx.args.output == "json":
+        ctx.print(json.dumps({"calls": calls}, indent=2))
+        return 0
+    rows = []
+    for call in calls:
+        steps = ", ".join(f"{step['name']}" + (f" [{short_detail(step['detail'])}]" if step["detail"] else "")
+                          for step in call["steps"]) or "-"
+        in_step = ", ".join(seconds_text(step["seconds"]) for step in call["steps"]) or "-"
+        rows.append([str(call["id"]), call["method"], call["object"] or "-", seconds_text(call["seconds"]), steps,
+                     in_step, str(call["joined"])])
+    ctx.write(output.format_table(["ID", "METHOD", "OBJECT", "AGE", "STEP", "IN STEP", "JOINED"], rows))
+    return 0
+
+
+def seconds_text(seconds: float) -> str:
+    """Exact enough to tell a slow step from a stuck one: 85ms, 12.3s, 4m07s."""
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, rest = divmod(int(seconds), 60)
+    return f"{minutes}m{rest:02d}s"
+
+
+def short_detail(detail: str) -> str:
+    """A layer digest as its first 12 hex digits; anything else as it is."""
+    return detail.split(":", 1)[1][:12] if detail.startswith("sha256:") else detail
+
+
 def register(verb: VerbAdder) -> None:
     sub = verb("version", cmd_version, "show the runtime's name and versions")
     add_output_flag(sub, ("json", "yaml"), None)
@@ -60,3 +95,5 @@ def register(verb: VerbAdder) -> None:
     verb("runtime-config", cmd_runtime_config, "show the runtime's configuration (cgroup driver)")
     sub = verb("events", cmd_events, "stream container events until interrupted", aliases=["event"])
     add_output_flag(sub, ("json", "yaml"), "json")
+    sub = verb("inflight", cmd_inflight, "list the calls cripy is serving now: the step each is in and for how long")
+    add_output_flag(sub, ("json", "table"), "table")
