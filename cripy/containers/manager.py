@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-import json
 from dataclasses import dataclass, field
 import logging
 import os

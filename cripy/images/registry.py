@@ -29,6 +29,7 @@ from cripy.errors import (
 from cripy.images import http
 from cripy.images.auth import Credentials
 from cripy.images.distribution import (
+    MAX_RETRY_AFTER,
     Challenge,
     ThroughputMonitor,
     basic_auth_header,
@@ -153,6 +154,7 @@ class RegistryClient:
         certs_dir: Path | None = Path("/etc/containers/certs.d"),
         retries: int = 4,
         backoff: float = 0.5,
+        max_retry_after: float = MAX_RETRY_AFTER,
         min_throughput: int = 0,
         throughput_window: float = 30.0,
         user_agent: str = "cripy/0.1",
@@ -169,6 +171,7 @@ class RegistryClient:
         self._session = session
         self._retries = retries
         self._backoff = backoff
+        self._max_retry_after = max_retry_after  # the longest Retry-After a registry may make a retry wait
         self._min_throughput = min_throughput
         self._throughput_window = throughput_window
         self._user_agent = user_agent
@@ -442,7 +445,7 @@ class RegistryClient:
         raise self._unavailable(what, self._retries + 1, last)
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
-        return max(self._backoff * (2**attempt), retry_after or 0.0)
+        return max(self._backoff * (2**attempt), min(retry_after or 0.0, self._max_retry_after))
 
     def _unavailable(self, what: str, attempts: int, last: str) -> Unavailable:
         fallback = f" (https failed first: {self._https_error})" if self._https_error else ""

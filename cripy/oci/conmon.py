@@ -12,7 +12,9 @@ Facts about conmon 2.1.6 this module encodes (checked against conmon's source an
 * The control fifo ``<bundle>/ctl`` takes lines ``"<type> <height> <width>\\n"``: type 1 resizes the terminal,
   type 2 reopens the log files (height/width are still required, 0 0 is fine).
 * Without ``--full-attach`` conmon symlinks ``<socket-dir>/<cuuid>`` to the bundle and serves the attach socket
-  as ``<socket-dir>/<cuuid>/attach``, a path that stays short enough for ``sun_path`` (108 bytes).
+  as ``<socket-dir>/<cuuid>/attach``, a path that must fit ``sun_path`` (108 bytes). The cuuid cripy gives is the
+  first half of a container's id (128 random bits still), so that a run root of up to 60 characters fits; the
+  monitors of containers started by a cripy that gave the whole id keep theirs (`monitor_dir` finds either).
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ def build_create_argv(a: ConmonCreateArgs) -> list[str]:
         a.conmon_path,
         "--api-version", "1",
         "--cid", a.ctr_id,
-        "--cuuid", a.ctr_id,
+        "--cuuid", monitor_id(a.ctr_id),
         "--name", a.name or a.ctr_id,
         "--runtime", a.runtime_path,
         "--bundle", str(a.bundle),
@@ -90,18 +92,31 @@ def build_create_argv(a: ConmonCreateArgs) -> list[str]:
     return argv
 
 
+def monitor_id(ctr_id: str) -> str:
+    """The cuuid conmon gets: half of a 64-hex container id (see the module docstring), other ids as they are."""
+    return ctr_id[:32] if len(ctr_id) == 64 else ctr_id
+
+
+def monitor_dir(socket_dir: Path, ctr_id: str) -> Path:
+    """conmon's symlink to the container's bundle (the whole id for monitors started by older cripy versions)."""
+    short = socket_dir / monitor_id(ctr_id)
+    if not short.is_symlink() and (socket_dir / ctr_id).is_symlink():
+        return socket_dir / ctr_id
+    return short
+
+
 def attach_socket_path(socket_dir: Path, ctr_id: str) -> Path:
-    """Where a client connects to attach (conmon's symlink ``<socket_dir>/<id>`` points at the bundle)."""
-    return socket_dir / ctr_id / "attach"
+    """Where a client connects to attach."""
+    return monitor_dir(socket_dir, ctr_id) / "attach"
 
 
 def ctl_fifo_path(socket_dir: Path, ctr_id: str) -> Path:
-    return socket_dir / ctr_id / "ctl"
+    return monitor_dir(socket_dir, ctr_id) / "ctl"
 
 
 def check_socket_path_fits(socket_dir: Path, ctr_id: str) -> str | None:
     """An explanation when the attach socket path would not fit ``sun_path``, else None."""
-    path = str(attach_socket_path(socket_dir, ctr_id))
+    path = str(socket_dir / monitor_id(ctr_id) / "attach")
     if len(path.encode()) > SUN_PATH_MAX:
         return f"attach socket path {path} is {len(path.encode())} bytes, more than the {SUN_PATH_MAX} a unix " \
                f"socket address holds; use a shorter socket directory"

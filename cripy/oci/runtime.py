@@ -314,9 +314,9 @@ class OCIRuntime:
         result = await self._runc("delete", *(["--force"] if force else []), ctr_id)
         if result.returncode != 0 and not _mentions(result.error_text, _GONE_MARKERS):
             raise Internal(f"container {ctr_id}: runc delete failed: {result.error_text}")
-        link = self.socket_dir / ctr_id
-        if link.is_symlink():
-            link.unlink(missing_ok=True)
+        for link in (self.socket_dir / conmon.monitor_id(ctr_id), self.socket_dir / ctr_id):
+            if link.is_symlink():
+                link.unlink(missing_ok=True)
 
     async def state(self, ctr_id: str) -> dict | None:
         """runc's state JSON (``status``: created/running/paused/stopped), None when runc does not know the id."""

@@ -136,8 +136,12 @@ def _alive(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
 
 
+_RUNC_QUERIES = {"list", "state", "features"}  # short-lived questions (the audit at start asks `runc list`)
+
+
 def _monitors(workdir: Path) -> Iterator[tuple[int, str]]:
-    """conmon and runc processes of this daemon (their command lines name its directories)."""
+    """conmon and runc processes of this daemon (their command lines name its directories), but for runc's
+    answers to questions, which belong to no object."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -147,6 +151,8 @@ def _monitors(workdir: Path) -> Iterator[tuple[int, str]]:
             continue
         name = os.path.basename(cmdline.split(" ", 1)[0])
         if name in ("conmon", "runc") and str(workdir) in cmdline:
+            if name == "runc" and _RUNC_QUERIES & set(cmdline.split()):
+                continue
             yield int(entry.name), cmdline
 
 

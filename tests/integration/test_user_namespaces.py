@@ -15,7 +15,6 @@ import grpc
 import pytest
 from cri_api.v1 import api_pb2
 
-from cripy.linux import mount
 from tests.integration.conftest_leaks import session_cgroup_parent
 from tests.integration.podlib import PodEnv, mounts_under, rpc_error, short_tempdir
 

@@ -85,8 +85,18 @@ def test_attach_and_ctl_paths_live_under_the_socket_dir_symlink() -> None:
 
 def test_socket_path_length_check() -> None:
     assert conmon.check_socket_path_fits(Path("/run/cripy/attach"), "a" * 64) is None
-    problem = conmon.check_socket_path_fits(Path("/" + "d" * 60), "a" * 64)
+    # conmon gets half the id: a socket directory of 60 characters still fits, one of 70 does not
+    assert conmon.check_socket_path_fits(Path("/" + "d" * 59), "a" * 64) is None
+    problem = conmon.check_socket_path_fits(Path("/" + "d" * 70), "a" * 64)
     assert problem is not None and "107" in problem
+
+
+def test_monitor_directory_of_this_and_older_versions(tmp_path: Path) -> None:
+    ctr_id = "0123456789abcdef" * 4
+    assert conmon.monitor_id(ctr_id) == ctr_id[:32] and conmon.monitor_id("x-infra") == "x-infra"
+    assert conmon.attach_socket_path(tmp_path, ctr_id) == tmp_path / ctr_id[:32] / "attach"
+    (tmp_path / ctr_id).symlink_to(tmp_path)  # a monitor an older cripy started with the whole id
+    assert conmon.ctl_fifo_path(tmp_path, ctr_id) == tmp_path / ctr_id / "ctl"
 
 
 # ---- sync pipe -----------------------------------------------------------------------------------------------

@@ -14,7 +14,6 @@ import io
 import json
 import os
 import tarfile
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -305,7 +304,7 @@ def test_the_registry_client_survives_any_registry(replies: list[dict[str, Any]]
             session = http.Client(read_timeout=10)
             try:
                 client = RegistryClient(f"127.0.0.1:{port}", insecure=True, session=session, certs_dir=None,
-                                        retries=1, backoff=0)
+                                        retries=1, backoff=0, max_retry_after=1)
                 try:
                     async with asyncio.timeout(20):
                         media_type, body, _ = await client.get_manifest("fuzz/image", "latest")
