@@ -345,3 +345,12 @@ def test_bad_handler_settings_name_the_key(paths: tuple[Path, Path], table: str,
     write(main, f"[runtime.handlers.x]\n{table}\n")
     with pytest.raises(ConfigError, match=f"runtime.handlers.x.{key}"):
         load_config(main, dropins)
+
+
+def test_a_run_root_too_long_for_attach_sockets_is_refused(tmp_path):
+    from cripy.config import RUNROOT_MAX, ConfigError, load_config
+
+    path = tmp_path / "cripy.toml"
+    path.write_text(f'[cripy]\nrunroot = "/{"r" * RUNROOT_MAX}"\n')
+    with pytest.raises(ConfigError, match="cripy.runroot: .* longer than 60 bytes"):
+        load_config(path, tmp_path / "none.d")
