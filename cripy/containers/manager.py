@@ -20,18 +20,19 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-from dataclasses import dataclass, field
 import logging
-import os
 import secrets
 import shutil
 import signal
 import time
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Awaitable, Callable
 
-from cripy.containers import imagevolumes
+from cripy import blocking
+from cripy.containers import context, imagevolumes, nodefit
+from cripy.containers import rootfs as fs
 from cripy.containers.container import (
     REASON_COMPLETED,
     REASON_ERROR,
@@ -45,17 +46,12 @@ from cripy.containers.container import (
     reserved_name,
 )
 from cripy.containers.events import ContainerEvent, EventBus, EventType
-from cripy import blocking
-from cripy.containers import nodefit
-from cripy.containers.model import ContainerRequest, ImageRuntimeConfig, Mount, NamespaceMode, Resources
-from cripy.containers.spec import PodContext, SpecSettings, build_spec, spec_resources
+from cripy.containers.model import ContainerRequest, NamespaceMode, Resources
+from cripy.containers.spec import SpecSettings, build_spec, spec_resources
 from cripy.containers.usage import ContainerUsage, WritableLayerCache, read_usage
 from cripy.containers.users import resolve_user
 from cripy.errors import CripyError, FailedPrecondition, InvalidArgument, NotFound
 from cripy.images.store import Image, ImageStore
-from cripy.linux import idmap, namespaces
-from cripy.linux import mount as mnt
-from cripy.oci import bundle as bundle_config
 from cripy.oci import features
 from cripy.oci.exits import read_oom_file
 from cripy.oci.features import HandlerFeatures
@@ -197,7 +193,7 @@ class ContainerManager:
         _require_handler_features(request, pod.runtime_handler, self._pods.runtime_for(pod).features)
         nodefit.require_node_support(request.resources, f"container {request.name!r}")
         # Stats host paths: a network mount may hang, so in the bounded pool with a deadline.
-        await blocking.HOST_PATHS.run(f"container {request.name!r}: checking host paths", _check_host_paths, request)
+        await blocking.HOST_PATHS.run(f"container {request.name!r}: checking host paths", context.check_host_paths, request)
         name = reserved_name(request, pod.request.name, pod.request.namespace, pod.request.uid)
         return await self._names.create_once(
             name, self._name_holder, lambda: self._create(pod, image, request, name)
@@ -217,7 +213,7 @@ class ContainerManager:
             image_id=image.id,
             image_name=request.image,
             request=request,
-            log_path=_log_path(pod, request),
+            log_path=context.log_path(pod, request),
         )
         async with self._images.removals_held(), self._pods.lock(pod.id):
             current = await self._pods.get(pod.id)
@@ -265,12 +261,12 @@ class ContainerManager:
             if userns is not None or any(m.idmapped for m in request.mounts):
                 await self._journal.record(container.id, "ctr-idmap", path=str(idmap_dir))
             await self._journal.record(container.id, "ctr-rootfs", path=str(rootfs))
-            await asyncio.to_thread(_mount_rootfs, ctr_dir, layers, rootfs,
-                                    _RootfsMapping(userns, pod.host_ids(), idmap_dir) if userns is not None else None)
-        image_config = _image_runtime_config(image)
+            await asyncio.to_thread(fs.mount_rootfs, ctr_dir, layers, rootfs,
+                                    fs.RootfsMapping(userns, pod.host_ids(), idmap_dir) if userns is not None else None)
+        image_config = context.image_runtime_config(image)
         with step("ctr.volumes"):
             request = await self._mount_image_volumes(container, ctr_dir, idmap_dir)
-            mounts = await asyncio.to_thread(_idmapped_mount_sources, request, idmap_dir / "mounts")
+            mounts = await asyncio.to_thread(fs.idmapped_mount_sources, request, idmap_dir / "mounts")
         sec = request.security
         with step("ctr.user"):
             user = await asyncio.to_thread(
@@ -295,7 +291,7 @@ class ContainerManager:
                     ctr_id=container.id,
                     rootfs=rootfs,
                     user=user,
-                    pod=_pod_context(pod),
+                    pod=context.pod_context(pod),
                     settings=self._settings,
                     volumes_dir=ctr_dir / "volumes",
                     target_pid_ns=target_pid_ns,
@@ -309,7 +305,7 @@ class ContainerManager:
         container.stop_signal = request.stop_signal or image_config.stop_signal
         container.cgroup_path = built.spec["linux"]["cgroupsPath"]
         with step("ctr.bundle"):
-            await asyncio.to_thread(_write_bundle, bundle, built.spec, built.volume_dirs, Path(container.log_path),
+            await asyncio.to_thread(fs.write_bundle, bundle, built.spec, built.volume_dirs, Path(container.log_path),
                                     pod.host_ids())
 
     async def _mount_image_volumes(self, container: Container, ctr_dir: Path, idmap_dir: Path) -> ContainerRequest:
@@ -330,7 +326,7 @@ class ContainerManager:
             layers = await self._images.layer_dirs(mount.image_id)
             where = f"container {request.name!r}: mounts[{i}] (image volume {mount.image} at {mount.container_path})"
             source = await asyncio.to_thread(
-                _mount_image_volume, directory, i, layers, mount, idmap_dir / "image-volumes" / str(i), where
+                fs.mount_image_volume, directory, i, layers, mount, idmap_dir / "image-volumes" / str(i), where
             )
             mounts[i] = dataclasses.replace(mount, host_path=str(source), uid_mappings=[], gid_mappings=[])
         return dataclasses.replace(request, mounts=mounts)
@@ -420,7 +416,7 @@ class ContainerManager:
         exited = self._exited.setdefault(container.id, asyncio.Event())
         if timeout > 0:
             with step("runtime.kill"):
-                await runtime.kill(container.id, _signal_number(container.stop_signal))
+                await runtime.kill(container.id, context.signal_number(container.stop_signal))
             try:
                 with step("ctr.wait_exit"):
                     await asyncio.wait_for(exited.wait(), timeout)
@@ -542,7 +538,7 @@ class ContainerManager:
         if container.state not in (STATE_CREATED, STATE_RUNNING):
             raise FailedPrecondition(f"container {container.id} is {container.state}: cannot update its resources")
         if container.state == STATE_CREATED:
-            await asyncio.to_thread(_update_bundle_resources, self.bundle_dir(container.id), spec_resources(resources))
+            await asyncio.to_thread(fs.update_bundle_resources, self.bundle_dir(container.id), spec_resources(resources))
         else:
             await (await self.runtime_of(container)).update_resources(container.id, spec_resources(resources))
         container.request.resources = resources
@@ -629,13 +625,13 @@ class ContainerManager:
             await asyncio.to_thread(shutil.rmtree, path, True)
 
     async def _undo_rootfs(self, effect: Effect) -> None:
-        await asyncio.to_thread(_unmount_all, Path(effect.data["path"]))
+        await asyncio.to_thread(fs.unmount_all, Path(effect.data["path"]))
 
     async def _undo_image_volumes(self, effect: Effect) -> None:
         await asyncio.to_thread(imagevolumes.unmount_image_volumes, Path(effect.data["path"]))
 
     async def _undo_idmap(self, effect: Effect) -> None:
-        await asyncio.to_thread(_remove_idmap_dir, Path(effect.data["path"]))
+        await asyncio.to_thread(fs.remove_idmap_dir, Path(effect.data["path"]))
 
     async def _undo_runtime(self, effect: Effect) -> None:
         runtime = self._runtimes.get(effect.data["handler"])
@@ -647,49 +643,6 @@ class ContainerManager:
 # ---- helpers ------------------------------------------------------------------------------------------------
 
 
-def _pod_context(pod: PodSandbox) -> PodContext:
-    paths = {}
-    for kind, oci in (("net", "network"), ("ipc", "ipc"), ("uts", "uts")):
-        path = pod.namespace_path(kind)
-        if path is not None:
-            paths[oci] = str(path)
-    if pod.pid_namespace is not None:
-        paths["pid"] = str(pod.pid_namespace)
-    user = pod.namespace_path("user")
-    if user is not None:
-        paths["user"] = str(user)
-    return PodContext(
-        pod_id=pod.id,
-        hostname=pod.hostname,
-        namespace_paths=paths,
-        pid_mode=pod.request.security.namespace_options.pid,
-        cgroup_parent=pod.cgroup_parent,
-        resolv_conf_path=str(pod.resolv_conf_path),
-        hosts_path=str(pod.hosts_path),
-        hostname_path=str(pod.hostname_path),
-        shm_path=None if pod.host_ipc else str(pod.shm_path),
-        host_network=pod.host_network,
-        host_ipc=pod.host_ipc,
-        host_pid=pod.host_pid,
-        sysctls=dict(pod.request.security.sysctls),
-        user_namespace=pod.userns,
-    )
-
-
-def _image_runtime_config(image: Image) -> ImageRuntimeConfig:
-    config = image.config.get("config") or {}
-    return ImageRuntimeConfig(
-        user=config.get("User") or "",
-        env=list(config.get("Env") or []),
-        entrypoint=list(config.get("Entrypoint") or []),
-        cmd=list(config.get("Cmd") or []),
-        working_dir=config.get("WorkingDir") or "",
-        volumes=sorted(config.get("Volumes") or {}),
-        stop_signal=config.get("StopSignal") or "",
-        labels=dict(config.get("Labels") or {}),
-    )
-
-
 def _require_handler_features(request: ContainerRequest, handler: str, offered: HandlerFeatures) -> None:
     """Refuse what the pod's runtime handler cannot do, before anything is made for the container."""
     for i, mount in enumerate(request.mounts):
@@ -698,186 +651,8 @@ def _require_handler_features(request: ContainerRequest, handler: str, offered: 
                              f"container {request.name!r}: mounts[{i}] ({mount.container_path})")
 
 
-def _log_path(pod: PodSandbox, request: ContainerRequest) -> str:
-    """The log's place: log_path (relative, checked not to leave it) in the pod's log_directory (absolute)."""
-    if request.log_path and pod.request.log_directory:
-        return str(Path(pod.request.log_directory) / request.log_path)
-    # kubelet always sets both; crictl may not. The log then lives with the pod's runtime files.
-    return str(pod.run_dir / "logs" / f"{request.name}_{request.attempt}.log")
-
-
 def _volume_images(container: Container) -> set[str]:
     return {m.image_id for m in container.request.mounts if m.image_id}
-
-
-def _check_host_paths(request: ContainerRequest) -> None:
-    for mount in request.mounts:
-        if mount.image:
-            continue  # an image volume: its image is looked up when the container is recorded
-        if not os.path.isabs(mount.host_path):
-            raise InvalidArgument(f"mount {mount.container_path}: host path {mount.host_path!r} is not absolute")
-        if not os.path.exists(mount.host_path):
-            raise InvalidArgument(f"mount {mount.container_path}: host path {mount.host_path} does not exist")
-
-
-@dataclass(frozen=True)
-class _RootfsMapping:
-    """How a rootfs is seen from a pod's user namespace: the namespace, its root's host ids, where the id-mapped
-    views of the layers are made."""
-
-    userns: Path
-    root_ids: tuple[int, int]
-    idmap_dir: Path
-
-
-def _mount_rootfs(ctr_dir: Path, layers: list[Path], target: Path, mapping: _RootfsMapping | None = None) -> None:
-    for sub in ("upper", "work"):
-        (ctr_dir / sub).mkdir(parents=True, exist_ok=True)
-    target.mkdir(parents=True, exist_ok=True)
-    lower = list(reversed(layers))  # overlay wants the topmost layer first
-    if not lower:
-        (ctr_dir / "empty").mkdir(exist_ok=True)
-        lower = [ctr_dir / "empty"]
-    if mapping is None:
-        mnt.mount_overlay(lower, ctr_dir / "upper", ctr_dir / "work", target)
-        return
-    # The overlay's root directory is its upper directory's: the pod's root must own it to write in /.
-    os.chown(ctr_dir / "upper", *mapping.root_ids)
-    views = _idmapped_layers(lower, mapping.userns, mapping.idmap_dir / "layers")
-    try:
-        mnt.mount_overlay(views, ctr_dir / "upper", ctr_dir / "work", target)
-    finally:
-        _drop_views(views)
-
-
-def _mount_image_volume(directory: Path, index: int, layers: list[Path], mount: Mount, views_dir: Path,
-                        where: str) -> Path:
-    if not mount.idmapped:
-        return imagevolumes.mount_image_volume(directory, index, layers, mount.image_sub_path, where)
-    maps = namespaces.UserMaps(tuple(mount.uid_mappings), tuple(mount.gid_mappings))
-    with namespaces.scratch_user_namespace(maps) as userns:
-        views = _idmapped_layers(layers, userns, views_dir)
-    try:
-        return imagevolumes.mount_image_volume(directory, index, views, mount.image_sub_path, where)
-    finally:
-        _drop_views(views)
-
-
-def _idmapped_layers(layers: list[Path], userns: Path, views_dir: Path) -> list[Path]:
-    """An id-mapped view of each layer, in order, under views_dir (undone together if one fails)."""
-    views: list[Path] = []
-    try:
-        for i, layer in enumerate(layers):
-            view = views_dir / str(i)
-            view.mkdir(parents=True, exist_ok=True)
-            idmap.idmapped_bind(layer, view, userns)
-            views.append(view)
-    except OSError as err:
-        _drop_views(views)
-        raise FailedPrecondition(f"cannot id-map image layer {layer} for the pod's user namespace: {err}") from err
-    return views
-
-
-def _drop_views(views: list[Path]) -> None:
-    """An overlay holds its layers by reference: their id-mapped views need no place in the mount table once it is
-    mounted (or failed)."""
-    for view in views:
-        mnt.umount(view, detach=True)
-        view.rmdir()
-
-
-def _idmapped_mount_sources(request: ContainerRequest, mounts_dir: Path) -> list[Mount]:
-    """The request's mounts, those with uid/gid mappings bound from an id-mapped view of their host path (made
-    under mounts_dir/<index> with a user namespace of their own mappings, which the mount keeps alive)."""
-    mounts = []
-    for i, mount in enumerate(request.mounts):
-        if not mount.idmapped:
-            mounts.append(mount)
-            continue
-        source = Path(os.path.realpath(mount.host_path))
-        view = mounts_dir / str(i)
-        view.parent.mkdir(parents=True, exist_ok=True)
-        if source.is_dir():
-            view.mkdir(exist_ok=True)
-        else:
-            view.touch(exist_ok=True)
-        maps = namespaces.UserMaps(tuple(mount.uid_mappings), tuple(mount.gid_mappings))
-        try:
-            with namespaces.scratch_user_namespace(maps) as userns:
-                idmap.idmapped_bind(source, view, userns, recursive=True)
-        except OSError as err:
-            raise FailedPrecondition(f"container {request.name!r}: mounts[{i}] ({mount.container_path}): cannot make "
-                                     f"an id-mapped mount of {source}: {err}") from err
-        mounts.append(dataclasses.replace(mount, host_path=str(view)))
-    return mounts
-
-
-def _remove_idmap_dir(path: Path) -> None:
-    """Unmount every id-mapped view under `path`, then remove the empty places they were mounted on. Nothing is
-    removed recursively: a view still mounted (unmount failed) makes rmdir/unlink fail, never empties a host path."""
-    if not path.exists():
-        return
-    mnt.unmount_all_under(path)
-    for sub in ("layers", "mounts"):
-        directory = path / sub
-        if not directory.is_dir():
-            continue
-        for entry in directory.iterdir():
-            if entry.is_dir() and not entry.is_symlink():
-                entry.rmdir()
-            else:
-                entry.unlink()  # the empty file a single-file view was mounted on
-        directory.rmdir()
-    path.rmdir()
-
-
-def _unmount_all(path: Path) -> None:
-    if path.exists():
-        mnt.unmount_all_under(path)
-
-
-def _write_bundle(bundle: Path, spec: dict, volume_dirs: list[Path], log_path: Path,
-                  root_ids: tuple[int, int] = (0, 0)) -> None:
-    """The bundle, the image's anonymous volumes (owned by the container's root, as seen from its pod) and the log's
-    directory."""
-    bundle.mkdir(parents=True, exist_ok=True)
-    for directory in volume_dirs:
-        directory.mkdir(parents=True, exist_ok=True)
-        os.chown(directory, *root_ids)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    bundle_config.write_config(bundle, spec)
-
-
-def _update_bundle_resources(bundle: Path, resources: dict) -> None:
-    """Resources of a container not started yet: they go into its spec, which runc reads at start."""
-    spec = bundle_config.read_config(bundle)
-    devices = spec.get("linux", {}).get("resources", {}).get("devices", [])
-    spec.setdefault("linux", {})["resources"] = {**resources, "devices": devices}
-    bundle_config.write_config(bundle, spec)
-
-
-def _signal_number(name: str) -> int:
-    """A stop signal as images and CRI write it: "SIGTERM", "TERM", "15", "SIGRTMIN+3", "RTMAX-1"."""
-    if not name:
-        return signal.SIGTERM
-    text = name.strip().upper().removeprefix("SIG")
-    number: int | None = None
-    if text.isdigit():
-        number = int(text)
-    elif text.startswith(("RTMIN", "RTMAX")):
-        base = signal.SIGRTMIN if text.startswith("RTMIN") else signal.SIGRTMAX
-        offset = text[5:]
-        if not offset:
-            number = int(base)
-        elif offset[0] in "+-" and offset[1:].isdigit():
-            number = int(base) + int(offset)
-    else:
-        member = signal.Signals.__members__.get("SIG" + text)
-        number = int(member) if member is not None else None
-    if number is None or not 1 <= number <= signal.SIGRTMAX:
-        log.warning("unknown stop signal %r: using SIGTERM", name)
-        return signal.SIGTERM
-    return number
 
 
 def _conmon_alive(container: Container) -> bool:

@@ -14,7 +14,7 @@ from google.protobuf import unknown_fields
 
 from cripy import errors
 from cripy.containers.container import STATE_CREATED, Container
-from cripy.containers.manager import _check_host_paths, _image_runtime_config, _log_path, _signal_number
+from cripy.containers.context import check_host_paths, image_runtime_config, log_path, signal_number
 from cripy.containers.model import ContainerRequest, ImageRuntimeConfig, Mount, PodSandboxRequest
 from cripy.cri.containers import container_status_to_pb
 from cripy.cri.errors import STATUS_OF, grpc_method, status_code_for
@@ -200,17 +200,17 @@ def test_container_status_reports_an_image_volume_with_the_id_it_mounted() -> No
     ],
 )
 def test_signal_number(name: str, number: int) -> None:
-    assert _signal_number(name) == number
+    assert signal_number(name) == number
 
 
 @pytest.mark.parametrize(("name", "offset"), [("SIGRTMIN+3", 3), ("RTMIN+3", 3)])
 def test_signal_number_real_time(name: str, offset: int) -> None:
-    assert _signal_number(name) == signal.SIGRTMIN + offset
+    assert signal_number(name) == signal.SIGRTMIN + offset
 
 
 @pytest.mark.parametrize("name", ["0", "999"])
 def test_signal_number_refuses_numbers_that_are_not_signals(name: str) -> None:
-    assert _signal_number(name) == signal.SIGTERM
+    assert signal_number(name) == signal.SIGTERM
 
 
 def pod(tmp_path: Path, log_directory: str = "") -> PodSandbox:
@@ -221,34 +221,34 @@ def pod(tmp_path: Path, log_directory: str = "") -> PodSandbox:
 
 def test_log_path_joins_the_pod_log_directory(tmp_path: Path) -> None:
     request = ContainerRequest(name="app", image="busybox", attempt=1, log_path="app/1.log")
-    assert _log_path(pod(tmp_path, "/var/log/pods/default_web_u1"), request) == "/var/log/pods/default_web_u1/app/1.log"
+    assert log_path(pod(tmp_path, "/var/log/pods/default_web_u1"), request) == "/var/log/pods/default_web_u1/app/1.log"
 
 
-@pytest.mark.parametrize(("log_path", "log_directory"), [("", ""), ("", "/var/log/pods/x"), ("relative.log", "")])
-def test_log_path_defaults_to_the_pod_run_dir(tmp_path: Path, log_path: str, log_directory: str) -> None:
-    request = ContainerRequest(name="app", image="busybox", attempt=3, log_path=log_path)
+@pytest.mark.parametrize(("asked", "log_directory"), [("", ""), ("", "/var/log/pods/x"), ("relative.log", "")])
+def test_log_path_defaults_to_the_pod_run_dir(tmp_path: Path, asked: str, log_directory: str) -> None:
+    request = ContainerRequest(name="app", image="busybox", attempt=3, log_path=asked)
     the_pod = pod(tmp_path, log_directory)
-    assert _log_path(the_pod, request) == str(the_pod.run_dir / "logs" / "app_3.log")
+    assert log_path(the_pod, request) == str(the_pod.run_dir / "logs" / "app_3.log")
 
 
 def test_check_host_paths(tmp_path: Path) -> None:
     (tmp_path / "data").mkdir()
     (tmp_path / "file").write_text("x")
-    _check_host_paths(ContainerRequest(name="a", image="b"))
-    _check_host_paths(ContainerRequest(name="a", image="b", mounts=[
+    check_host_paths(ContainerRequest(name="a", image="b"))
+    check_host_paths(ContainerRequest(name="a", image="b", mounts=[
         Mount("/data", str(tmp_path / "data")), Mount("/etc/f", str(tmp_path / "file"), readonly=True),
     ]))
     with pytest.raises(errors.InvalidArgument, match=r"mount /data: host path 'data' is not absolute"):
-        _check_host_paths(ContainerRequest(name="a", image="b", mounts=[Mount("/data", "data")]))
+        check_host_paths(ContainerRequest(name="a", image="b", mounts=[Mount("/data", "data")]))
     missing = tmp_path / "missing"
     with pytest.raises(errors.InvalidArgument, match=f"mount /m: host path {missing} does not exist"):
-        _check_host_paths(ContainerRequest(name="a", image="b", mounts=[
+        check_host_paths(ContainerRequest(name="a", image="b", mounts=[
             Mount("/data", str(tmp_path / "data")), Mount("/m", str(missing)),
         ]))
 
 
 def test_check_host_paths_leaves_image_volumes_to_the_image_store() -> None:
-    _check_host_paths(ContainerRequest(name="a", image="b", mounts=[
+    check_host_paths(ContainerRequest(name="a", image="b", mounts=[
         Mount("/v", "", readonly=True, image="example.com/data:1", image_sub_path="etc"),
     ]))
 
@@ -269,7 +269,7 @@ def test_image_runtime_config_from_the_image_config() -> None:
         "StopSignal": "SIGQUIT",
         "Labels": {"maintainer": "me"},
     }}
-    assert _image_runtime_config(image_with(config)) == ImageRuntimeConfig(
+    assert image_runtime_config(image_with(config)) == ImageRuntimeConfig(
         user="app:app", env=["PATH=/bin", "A=1"], entrypoint=["/entry"], cmd=["run", "--fast"], working_dir="/srv",
         volumes=["/cache", "/var/lib/data"], stop_signal="SIGQUIT", labels={"maintainer": "me"},
     )
@@ -282,4 +282,4 @@ def test_image_runtime_config_from_the_image_config() -> None:
                  "Volumes": None, "StopSignal": None, "Labels": None}}],
 )
 def test_image_runtime_config_tolerates_absent_and_null_fields(config: dict) -> None:
-    assert _image_runtime_config(image_with(config)) == ImageRuntimeConfig()
+    assert image_runtime_config(image_with(config)) == ImageRuntimeConfig()
