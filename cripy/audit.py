@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 from cripy.containers.container import STATE_CREATED, STATE_RUNNING
 from cripy.linux import cgroups
 from cripy.linux import mount as mnt
+from cripy.oci.conmon import monitor_id
 from cripy.pods.model import STATE_READY
 
 if TYPE_CHECKING:
@@ -73,6 +74,10 @@ class Known:
 
     def runtime_id(self, ident: str) -> bool:
         return ident in self.containers or self.infra(ident)
+
+    def monitor(self, name: str) -> bool:
+        """An entry of conmon's socket directory: named by the cuuid conmon got, or by a whole id (older cripy)."""
+        return self.runtime_id(name) or name in {monitor_id(c) for c in self.containers}
 
 
 class Audit:
@@ -220,7 +225,10 @@ class Audit:
                 path = self.runroot / "pods" / ident
                 found.append(Finding(ORPHANED, "directory", ident, str(path), self._undo(ident, "pod-dir", path=str(path))))
         for path in node.runtime_files:
-            if not known.runtime_id(path.name):
+            if path.parent.name == "attach":
+                if not known.monitor(path.name):
+                    found.append(Finding(ORPHANED, "file", _attach_owner(path), str(path), _in_thread(_remove, path)))
+            elif not known.runtime_id(path.name):
                 found.append(Finding(ORPHANED, "file", path.name, str(path), _in_thread(_remove, path)))
         return found
 
@@ -317,6 +325,15 @@ def _child_of(base: Path, path: Path) -> str | None:
     except ValueError:
         return None
     return relative.parts[0] if relative.parts else None
+
+
+def _attach_owner(link: Path) -> str:
+    """The container an attach link of conmon's belongs to: the bundle it points at names it (the link's own name
+    may be a shortened id)."""
+    try:
+        return Path(os.readlink(link)).name or link.name
+    except OSError:
+        return link.name
 
 
 def _listdir(path: Path) -> list[str]:

@@ -4,16 +4,40 @@ separate process (`python -m cripy.cli`) exactly as an operator runs it, and dri
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+import weakref
 from pathlib import Path
 
 import grpc
 from cri_api.v1 import api_pb2, api_pb2_grpc
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# Names this test session owns carry its tag, so that two sessions on one machine (CI and a developer's run)
+# neither collide nor take each other's resources for leaks.
+SESSION_TAG = secrets.token_hex(2)
+# A base for every test daemon's run root: short (sun_path), and one place the leak check looks for leftovers.
+SHORT_BASE = Path("/tmp")
+SHORT_PREFIX = f"cpt{SESSION_TAG}-"
+RUNROOT_ROOM = 40  # bytes: cripy refuses a run root over 60 (attach sockets); the tests' own paths need some room
+
+
+def short_tempdir(tag: str) -> Path:
+    return Path(tempfile.mkdtemp(prefix=f"{SHORT_PREFIX}{tag}-", dir=SHORT_BASE))
+
+
+def _remove_unless_mounted(path: Path) -> None:
+    """Remove a daemon's run root once its object is gone, unless something is still mounted below it (the leak
+    check reports that; removing files under a live mount would hide it)."""
+    with open("/proc/self/mountinfo") as mountinfo:
+        if any(line.split()[4].startswith(f"{path}/") for line in mountinfo):
+            return
+    shutil.rmtree(path, ignore_errors=True)
 
 
 class CripyDaemon:
@@ -24,6 +48,9 @@ class CripyDaemon:
         self.workdir = workdir
         self.root = workdir / "root"
         self.runroot = workdir / "run"
+        if len(str(self.runroot)) > RUNROOT_ROOM:  # pytest's own temporary paths grow with its run counter
+            self.runroot = short_tempdir("run")
+            weakref.finalize(self, _remove_unless_mounted, self.runroot)
         self.socket = workdir / "cripy.sock"
         self.config_path = workdir / "cripy.toml"
         self.log_path = workdir / "cripy.log"

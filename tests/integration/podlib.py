@@ -12,7 +12,6 @@ import secrets
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -25,19 +24,13 @@ from cri_api.v1 import api_pb2
 
 from cripy.linux import mount
 from cripy.network.cniprotocol import default_bridge_conflist
-from tests.integration.daemon import REPO_ROOT, CripyDaemon
+from tests.integration.daemon import REPO_ROOT, SESSION_TAG, SHORT_BASE, SHORT_PREFIX, CripyDaemon, short_tempdir
 from tests.support.images import BuiltImage, busybox_image, user_image, write_oci_layout
 
 CNI_PLUGIN_DIR = Path("/usr/lib/cni")
 BUSYBOX = "localhost/cripytest/busybox:latest"
 USER_IMAGE = "localhost/cripytest/user:latest"
 STOPSIGNAL_IMAGE = "localhost/cripytest/stopsignal:latest"
-# Names this test session owns carry its tag, so that two sessions on one machine (CI and a developer's run)
-# neither collide nor take each other's resources for leaks.
-SESSION_TAG = secrets.token_hex(2)
-# A base for every test daemon: short (sun_path), and one place the leak check looks for leftovers.
-SHORT_BASE = Path("/tmp")
-SHORT_PREFIX = f"cpt{SESSION_TAG}-"
 # Test CNI networks and their bridges (a bridge name has at most 15 characters: prefix 10 + 4).
 NETWORK_PREFIX = f"cripyt{SESSION_TAG}"
 
@@ -304,10 +297,6 @@ def import_image(daemon: CripyDaemon, layout: Path, name: str) -> None:
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, f"image import of {name} failed: {result.stderr}{result.stdout}"
-
-
-def short_tempdir(tag: str) -> Path:
-    return Path(tempfile.mkdtemp(prefix=f"{SHORT_PREFIX}{tag}-", dir=SHORT_BASE))
 
 
 # ---------------------------------------------------------------------------------------------------- misc
