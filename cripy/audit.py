@@ -328,12 +328,13 @@ def _child_of(base: Path, path: Path) -> str | None:
 
 
 def _attach_owner(link: Path) -> str:
-    """The container an attach link of conmon's belongs to: the bundle it points at names it (the link's own name
-    may be a shortened id)."""
+    """The container an attach link of conmon's belongs to: a container's bundle directory, which the link points
+    at, has its whole id where the link has a shortened one (a pod's infra link keeps its whole id)."""
     try:
-        return Path(os.readlink(link)).name or link.name
+        target = Path(os.readlink(link)).name
     except OSError:
         return link.name
+    return target if target.startswith(link.name) else link.name
 
 
 def _listdir(path: Path) -> list[str]:

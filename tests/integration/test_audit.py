@@ -70,7 +70,8 @@ def test_every_kind_of_orphan_is_found_and_repaired(pod_env_factory: Callable[..
                  "orphaned IP reservation", "orphaned host-port chain"],
         ctr_id: ["orphaned mount", "orphaned process", "orphaned runtime container", "orphaned cgroup",
                  "orphaned directory", "orphaned file"],
-        f"{pod_id[:32]}-infra": ["orphaned process", "orphaned runtime container", "orphaned cgroup"],
+        f"{pod_id[:32]}-infra": ["orphaned process", "orphaned runtime container", "orphaned cgroup",
+                                 "orphaned file"],
     }
     for owner, kinds in expected.items():
         assert f"{owner}:" in lines, f"no findings for {owner}:\n{found.stdout}"
