@@ -232,6 +232,8 @@ def run_steps(workdir: Path, network: BenchNetwork, registry_host: str, cgroup_p
 
 
 READING_NOTES = (
+    "Where the time and memory go, for every figure above 1.0: docs/benchmarks-analysis.md (by hand, from a "
+    "run of this suite and the measurements it names).",
     "What cripy's Prometheus metrics cost: docs/benchmarks-metrics.md (this suite run with `--cripy-metrics` and "
     "without, and `python -m bench.overhead`, the instrumentation's cost per call in-process).",
     "Both runtimes split the work alike: CreateContainer prepares the rootfs and the spec, StartContainer runs "
