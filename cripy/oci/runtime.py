@@ -14,11 +14,8 @@ Layout it uses (``run_dir`` defaults to the parent of ``exits_dir``, i.e. /run/c
 * ``<bundle>/pidfile``, ``<bundle>/conmon-pidfile``: container and conmon pids
 * ``<persist_dir>/exit``, ``<persist_dir>/oom``: written by conmon when the container exits / is OOM killed
 
-cgroups: conmon stays in the daemon's cgroup unless ``cgroup_parent`` is given. Then (cgroup v1) it joins
-``cgroup_parent`` itself in every hierarchy, like CRI-O's ``conmon_cgroup = "pod"``: the pod is charged for its
-monitors and nothing per container is left to clean. cpuset is skipped when that cgroup does not exist yet (an
-empty cpuset cannot take tasks). On a pure cgroup v2 host the parent cannot hold processes once it has children,
-so conmon goes into the leaf ``<cgroup_parent>/conmon`` (remove it with :func:`remove_conmon_cgroup`).
+cgroups: conmon stays in the daemon's cgroup (CRI-O's ``conmon_cgroup`` set to the daemon's own): a unit with
+``KillMode=process`` keeps the monitors, and their containers, when the daemon restarts.
 """
 
 from __future__ import annotations
@@ -44,7 +41,7 @@ from cripy.oci import conmon, features
 from cripy.oci.features import HandlerFeatures
 from cripy.oci.inotify import wait_for_path
 
-__all__ = ["RuntimeHandler", "CreateResult", "ExecResult", "OCIRuntime", "remove_conmon_cgroup"]
+__all__ = ["RuntimeHandler", "CreateResult", "ExecResult", "OCIRuntime"]
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +54,6 @@ REOPEN_LOG_TIMEOUT = 10.0
 
 CONTAINER_PIDFILE = "pidfile"
 CONMON_PIDFILE = "conmon-pidfile"
-CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 _GONE_MARKERS = ("does not exist", "not exist")
@@ -159,7 +155,7 @@ class OCIRuntime:
     # ---- create ----------------------------------------------------------------------------------------------
 
     async def create(self, ctr_id: str, bundle: Path, *, log_path: Path, persist_dir: Path, terminal: bool = False,
-                     stdin: bool = False, stdin_once: bool = False, cgroup_parent: str = "", log_size_max: int = -1,
+                     stdin: bool = False, stdin_once: bool = False, log_size_max: int = -1,
                      timeout: float = 240, name: str = "") -> CreateResult:
         """``runtime create`` under a new conmon; returns once the container process exists (not started)."""
         validate_container_id(ctr_id)
@@ -177,7 +173,7 @@ class OCIRuntime:
         self._prepare_create(args)
         try:
             async with asyncio.timeout(timeout):
-                return await self._launch_conmon(args, cgroup_parent)
+                return await self._launch_conmon(args)
         except TimeoutError:
             await self._undo_create(args)
             raise DeadlineExceeded(f"creating container {ctr_id} took longer than {timeout}s") from None
@@ -194,7 +190,7 @@ class OCIRuntime:
                       self.exit_file_path(a.ctr_id)):
             stale.unlink(missing_ok=True)
 
-    async def _launch_conmon(self, a: conmon.ConmonCreateArgs, cgroup_parent: str) -> CreateResult:
+    async def _launch_conmon(self, a: conmon.ConmonCreateArgs) -> CreateResult:
         sync_r, sync_w = os.pipe()
         start_r, start_w = os.pipe()
         try:
@@ -211,8 +207,6 @@ class OCIRuntime:
                 os.close(start_r)
                 sync_w = start_r = -1
             try:
-                if cgroup_parent:
-                    await asyncio.to_thread(place_conmon_in_cgroup, proc.pid, cgroup_parent)
                 os.write(start_w, b"0")
                 faults.point("conmon.started")  # conmon goes on to `runc create` whether or not we are here
             finally:
@@ -566,57 +560,3 @@ def _runc_log_errors(path: Path) -> str:
         if isinstance(entry, dict) and entry.get("level") in ("error", "fatal") and entry.get("msg"):
             messages.append(str(entry["msg"]))
     return "; ".join(messages)
-
-
-# ---- conmon's cgroup -----------------------------------------------------------------------------------------
-
-
-def _is_cgroup2_only() -> bool:
-    return (CGROUP_ROOT / "cgroup.controllers").exists()
-
-
-def _v1_hierarchy_dirs() -> list[tuple[str, Path]]:
-    """(controllers, mount dir) of each cgroup v1 hierarchy this process is in."""
-    dirs = []
-    for line in Path("/proc/self/cgroup").read_text().splitlines():
-        _, controllers, _ = line.split(":", 2)
-        if not controllers:
-            continue
-        mount = CGROUP_ROOT / controllers.replace("name=", "")
-        if mount.is_dir():
-            dirs.append((controllers, mount))
-    return dirs
-
-
-def conmon_cgroup_dirs(cgroup_parent: str) -> list[Path]:
-    """The cgroup directories conmon joins for ``cgroup_parent`` (see the module docstring)."""
-    relative = cgroup_parent.strip("/")
-    if _is_cgroup2_only():
-        return [CGROUP_ROOT / relative / "conmon"]
-    return [mount / relative for _, mount in _v1_hierarchy_dirs()]
-
-
-def place_conmon_in_cgroup(pid: int, cgroup_parent: str) -> None:
-    """Move (not yet forked) conmon ``pid`` into the pod's cgroup; blocking, run it in a thread."""
-    for directory in conmon_cgroup_dirs(cgroup_parent):
-        if not directory.is_dir():
-            if directory.is_relative_to(CGROUP_ROOT / "cpuset"):
-                continue
-            directory.mkdir(parents=True, exist_ok=True)
-        try:
-            (directory / "cgroup.procs").write_text(str(pid))
-        except OSError as err:
-            raise Internal(f"cannot move conmon (pid {pid}) into cgroup {directory}: {err}") from err
-
-
-def remove_conmon_cgroup(cgroup_parent: str) -> None:
-    """Remove conmon's leaf cgroup under a pod's cgroup parent (cgroup v2 only; a no-op on v1)."""
-    if not _is_cgroup2_only():
-        return
-    for directory in conmon_cgroup_dirs(cgroup_parent):
-        try:
-            directory.rmdir()
-        except FileNotFoundError:
-            pass
-        except OSError as err:
-            raise Internal(f"cannot remove conmon cgroup {directory}: {err}") from err

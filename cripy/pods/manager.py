@@ -254,7 +254,7 @@ class PodManager:
         await asyncio.to_thread(_write_bundle, bundle, spec, pod.host_ids())
         created = await runtime.create(
             infra_id, bundle, log_path=bundle / "infra.log", persist_dir=bundle / "persist",
-            cgroup_parent="", name=f"{pod.name}-infra",
+            name=f"{pod.name}-infra",
         )
         await runtime.start(infra_id)
         pod.infra_id = infra_id
