@@ -17,17 +17,17 @@ import json
 import logging
 import os
 import sqlite3
-import threading
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable, Iterable, Sequence, TypeVar
 
-from cripy.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound, Unavailable
+from cripy.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound
 from cripy.images import progress
+from cripy.images.chunkpipe import ChunkPipe, ConsumerGone, start_reader_thread
+from cripy.images import imagerows
 from cripy.images.progress import LayerProgress
-from cripy.images.reference import Reference, parse_image_id, parse_normalized
+from cripy.images.reference import Reference, parse_normalized
 from cripy.storage.db import Database
 from cripy.storage.layout import Layout
 from cripy.timing import step
@@ -150,21 +150,21 @@ class ImageStore:
     # ---- look-ups -------------------------------------------------------------------------------------
 
     async def list(self) -> list[Image]:
-        rows = await self._db.run(_select_images)
+        rows = await self._db.run(imagerows.select_images)
         return [self._image_from(row, names, chains) for row, names, chains in rows]
 
     async def find(self, ref: str, candidates: Sequence[Reference] = ()) -> Image | None:
         """The image named by an id, an id prefix, a name or digest reference, or any of `candidates`."""
 
         def select(conn: sqlite3.Connection) -> list:
-            image_id = _resolve_id(conn, ref, candidates)
-            return [] if image_id is None else _select_images(conn, image_id)
+            image_id = imagerows.resolve_id(conn, ref, candidates)
+            return [] if image_id is None else imagerows.select_images(conn, image_id)
 
         rows = await self._db.run(select)  # one trip to the database thread: ImageStatus is called often
         return self._image_from(*rows[0]) if rows else None
 
     async def get(self, image_id: str) -> Image | None:
-        rows = await self._db.run(lambda conn: _select_images(conn, image_id))
+        rows = await self._db.run(lambda conn: imagerows.select_images(conn, image_id))
         return self._image_from(*rows[0]) if rows else None
 
     @contextlib.asynccontextmanager
@@ -208,7 +208,7 @@ class ImageStore:
             with step("image.commit"):
                 async with self._lock:
                     await self._db.transaction(
-                        lambda conn: _insert_image(
+                        lambda conn: imagerows.insert_image(
                             conn, config_digest, manifest_digest, manifest, manifest_type, config, chain_ids, names
                         )
                     )
@@ -217,7 +217,7 @@ class ImageStore:
             raise _first_cause(group_error) from None
         finally:
             self._in_use.release(chain_ids)
-            if not await self._db.run(lambda conn: _image_exists(conn, config_digest)):
+            if not await self._db.run(lambda conn: imagerows.image_exists(conn, config_digest)):
                 # Layers this failed add unpacked are referenced by nothing: they go now, not at the next removal.
                 async with self._lock:
                     await self._collect_layers()
@@ -230,7 +230,7 @@ class ImageStore:
     async def _ensure_layer(self, chain_id: str, parent: str | None, layer: LayerSource) -> None:
         """Unpack a layer unless it is present; concurrent callers for one chain id share one fetch."""
         while True:
-            if await self._db.run(lambda conn: _layer_exists(conn, chain_id)):
+            if await self._db.run(lambda conn: imagerows.layer_exists(conn, chain_id)):
                 if layer.progress is not None and layer.progress.state == progress.WAITING:
                     layer.progress.set_state(progress.PRESENT)
                 return
@@ -274,7 +274,7 @@ class ImageStore:
         except BaseException:
             if layer.progress is not None:
                 layer.progress.set_state(progress.FAILED)
-            if not await self._db.run(lambda conn: _layer_exists(conn, chain_id)):
+            if not await self._db.run(lambda conn: imagerows.layer_exists(conn, chain_id)):
                 await _in_thread(_clear_dir, layer_dir)
             raise
         if layer.progress is not None:
@@ -304,10 +304,10 @@ class ImageStore:
         The thread renames the layer into place only after the pipe's end, which comes only after the download
         verified the compressed digest; a failed download aborts the pipe and the thread removes its work."""
         assert layer.stream is not None
-        pipe = _ChunkPipe(asyncio.get_running_loop(), PIPE_LIMIT, layer.label)
+        pipe = ChunkPipe(asyncio.get_running_loop(), PIPE_LIMIT, layer.label)
         diff = self._layout.layer_diff(chain_id)
         # The thread starts with the first byte: a layer waiting for a download slot holds no thread.
-        pipe.on_first_write(lambda: _start_thread(
+        pipe.on_first_write(lambda: start_reader_thread(
             unpack_stream, pipe, diff, layer.media_type, layer.diff_id, name=layer.label, what=f"unpack {layer.label}"
         ))
         try:
@@ -318,7 +318,7 @@ class ImageStore:
             if unpacking is not None:
                 await asyncio.wait([unpacking])  # the thread stops at its next read and cleans up
                 cause = None if unpacking.cancelled() else unpacking.exception()
-                if isinstance(error, _ConsumerGone) and cause is not None:
+                if isinstance(error, ConsumerGone) and cause is not None:
                     raise cause from None  # the real cause
             raise
         pipe.close()
@@ -344,11 +344,11 @@ class ImageStore:
     async def remove(self, ref: str, candidates: Sequence[Reference] = ()) -> None:
         """RemoveImage: a tag removes that name (and the image with its last tag); an id or digest the image."""
         async with self._lock:
-            image_id = await self._db.run(lambda conn: _resolve_id(conn, ref, candidates))
+            image_id = await self._db.run(lambda conn: imagerows.resolve_id(conn, ref, candidates))
             if image_id is None:
                 return  # CRI: removing an image that is not there is not an error
-            removed_tag = await self._db.run(lambda conn: _tag_named(conn, ref, candidates, image_id))
-            last_name = removed_tag is None or await self._db.run(lambda conn: _tag_count(conn, image_id)) == 1
+            removed_tag = await self._db.run(lambda conn: imagerows.tag_named(conn, ref, candidates, image_id))
+            last_name = removed_tag is None or await self._db.run(lambda conn: imagerows.tag_count(conn, image_id)) == 1
             mounted_by = await self.image_mounted_by(image_id) if last_name else []
             if mounted_by:
                 # Unlike a container's own image (its names go, its content stays), an image volume is named by
@@ -373,7 +373,7 @@ class ImageStore:
     async def _collect_layers(self) -> None:
         """Delete layers no image references and no pull in flight holds."""
         held = self._in_use.counts  # includes every layer being fetched: add_image holds them first
-        unused = await self._db.run(_unreferenced_layers)
+        unused = await self._db.run(imagerows.unreferenced_layers)
         doomed = [chain_id for chain_id in unused if chain_id not in held]
         if not doomed:
             return
@@ -387,10 +387,10 @@ class ImageStore:
     async def release(self, image_id: str) -> None:
         """A container of this image is gone: if the image lost all its names meanwhile and nothing else uses
         it, it goes now (one look-up in the common case of a named image)."""
-        if await self._db.run(lambda conn: _has_names(conn, image_id)) or await self.image_in_use(image_id):
+        if await self._db.run(lambda conn: imagerows.has_names(conn, image_id)) or await self.image_in_use(image_id):
             return
         async with self._lock:  # again, held: a container created meanwhile may hold the image now
-            named = await self._db.run(lambda conn: _has_names(conn, image_id))
+            named = await self._db.run(lambda conn: imagerows.has_names(conn, image_id))
             if not named and not await self.image_in_use(image_id):
                 await self._db.transaction(lambda conn: conn.execute("DELETE FROM images WHERE id = ?", (image_id,)))
                 log.info("removed image %s: its last user is gone and it has no name", image_id)
@@ -399,7 +399,7 @@ class ImageStore:
     async def remove_unnamed_unused(self) -> None:
         """Images that lost all their names while a container used them go once nothing uses them."""
         async with self._lock:
-            for image_id in await self._db.run(_unnamed_images):
+            for image_id in await self._db.run(imagerows.unnamed_images):
                 if not await self.image_in_use(image_id):
                     await self._db.transaction(lambda conn: conn.execute("DELETE FROM images WHERE id = ?", (image_id,)))
             await self._collect_layers()
@@ -445,125 +445,6 @@ async def _in_thread(fn: Callable[..., T], *args: object) -> T:
         raise
 
 
-class _ConsumerGone(Exception):
-    """The unpacking thread stopped reading (it failed); its own error says why."""
-
-
-class _ChunkPipe:
-    """Blob chunks from the event loop (write, close, abort) to one reading thread (read_chunk), with at most
-    `limit` bytes in flight: a full pipe makes write wait, so a slow disk slows the download instead of
-    filling memory."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, limit: int, label: str) -> None:
-        self._loop = loop
-        self._limit = limit
-        self._label = label
-        self._cond = threading.Condition()
-        self._chunks: deque[bytes] = deque()
-        self._buffered = 0
-        self._closed = False
-        self._aborted: BaseException | None = None
-        self._reader_gone = False
-        self._writer_waiting = False
-        self._space = asyncio.Event()
-        self._start: Callable[[], asyncio.Future] | None = None
-        self.consumer: asyncio.Future | None = None  # the reading thread's outcome, once started
-
-    def on_first_write(self, start: Callable[[], asyncio.Future]) -> None:
-        self._start = start
-
-    def _ensure_consumer(self) -> None:
-        if self.consumer is None and self._start is not None:
-            self.consumer = self._start()
-
-    async def write(self, chunk: bytes) -> None:
-        self._ensure_consumer()
-        while True:
-            with self._cond:
-                if self._reader_gone:
-                    raise _ConsumerGone(f"layer {self._label}: the unpacking stopped")
-                if self._buffered < self._limit:
-                    self._chunks.append(chunk)
-                    self._buffered += len(chunk)
-                    self._cond.notify()
-                    return
-                self._writer_waiting = True
-                self._space.clear()
-            await self._space.wait()
-
-    def close(self) -> None:
-        """The blob is complete and verified: the reader sees its end after the last chunk."""
-        self._ensure_consumer()
-        with self._cond:
-            self._closed = True
-            self._cond.notify()
-
-    def abort(self, error: BaseException) -> None:
-        with self._cond:
-            self._aborted = error
-            self._chunks.clear()
-            self._cond.notify()
-
-    def read_chunk(self) -> bytes:
-        """Thread side: the next chunk, b"" at the verified end; raises Unavailable once aborted."""
-        with self._cond:
-            while not self._chunks and not self._closed and self._aborted is None:
-                self._cond.wait()
-            if self._aborted is not None:
-                raise Unavailable(f"layer {self._label}: the download stopped: "
-                                  f"{str(self._aborted) or type(self._aborted).__name__}")
-            if not self._chunks:
-                return b""
-            chunk = self._chunks.popleft()
-            self._buffered -= len(chunk)
-            self._wake_writer()
-            return chunk
-
-    def reader_done(self) -> None:
-        """Thread side: no more reads will come (success or failure); a waiting writer must not wait forever."""
-        with self._cond:
-            self._reader_gone = True
-            self._chunks.clear()
-            self._wake_writer()
-
-    def _wake_writer(self) -> None:
-        if self._writer_waiting:
-            self._writer_waiting = False
-            self._loop.call_soon_threadsafe(self._space.set)
-
-
-def _start_thread(fn: Callable[..., T], pipe: _ChunkPipe, *args: object, what: str, **kwargs: object) -> asyncio.Future:
-    """fn(pipe, *args, **kwargs) in a thread of its own (a blocked reader must not hold a shared executor's
-    worker); the future resolves when the thread is done, with fn's result or exception."""
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future = loop.create_future()
-
-    def settle(result: object, error: BaseException | None) -> None:
-        if future.cancelled():
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)
-
-    def run() -> None:
-        result: object = None
-        error: BaseException | None = None
-        try:
-            result = fn(pipe, *args, **kwargs)
-        except BaseException as e:  # handed to the awaiting coroutine
-            error = e
-        finally:
-            pipe.reader_done()
-        try:
-            loop.call_soon_threadsafe(settle, result, error)
-        except RuntimeError:  # the loop is gone (shutdown): nobody waits for the outcome any more
-            pass
-
-    threading.Thread(target=run, name=what, daemon=True).start()
-    return future
-
-
 async def _nothing_uses(image_id: str) -> bool:
     return False
 
@@ -582,124 +463,6 @@ def _parse_config(config: bytes, config_digest: str) -> dict:
     return doc
 
 
-def _select_images(conn: sqlite3.Connection, image_id: str | None = None) -> list:
-    if image_id is None:
-        rows = conn.execute("SELECT * FROM images ORDER BY pulled_at, id").fetchall()
-    else:
-        rows = conn.execute("SELECT * FROM images WHERE id = ?", (image_id,)).fetchall()
-    result = []
-    for row in rows:
-        names = [(r["name"], r["kind"]) for r in conn.execute("SELECT name, kind FROM image_names WHERE image_id = ?", (row["id"],))]
-        chains = [r[0] for r in conn.execute(
-            "SELECT chain_id FROM image_layers WHERE image_id = ? ORDER BY position", (row["id"],))]
-        result.append((row, names, chains))
-    return result
-
-
-def _insert_image(
-    conn: sqlite3.Connection,
-    image_id: str,
-    manifest_digest: str,
-    manifest: bytes,
-    manifest_type: str,
-    config: bytes,
-    chain_ids: list[str],
-    names: Sequence[Reference],
-) -> None:
-    for chain_id in chain_ids:
-        if not _layer_exists(conn, chain_id):
-            raise DataLoss(f"layer {chain_id} of image {image_id} vanished before the image was recorded")
-    size = conn.execute(
-        f"SELECT COALESCE(SUM(size), 0) FROM layers WHERE chain_id IN ({','.join('?' * len(chain_ids))})",
-        chain_ids,
-    ).fetchone()[0] if chain_ids else 0
-    size += len(config)
-    conn.execute(
-        "INSERT INTO images (id, manifest_digest, manifest, manifest_type, config, size, pulled_at)"
-        " VALUES (?, ?, ?, ?, ?, ?, ?)"
-        " ON CONFLICT (id) DO UPDATE SET manifest_digest = excluded.manifest_digest, manifest = excluded.manifest,"
-        " manifest_type = excluded.manifest_type, pulled_at = excluded.pulled_at",
-        (image_id, manifest_digest, manifest, manifest_type, config, size, int(time.time())),
-    )
-    conn.execute("DELETE FROM image_layers WHERE image_id = ?", (image_id,))
-    conn.executemany(
-        "INSERT INTO image_layers (image_id, position, chain_id) VALUES (?, ?, ?)",
-        [(image_id, position, chain_id) for position, chain_id in enumerate(chain_ids)],
-    )
-    for ref in names:
-        if ref.tag is not None and ref.digest is None:
-            name, kind = str(ref), "tag"
-        else:
-            name, kind = f"{ref.name}@{ref.digest or manifest_digest}", "digest"
-        # A tag moves to the newest image pulled under it, as in every runtime.
-        conn.execute(
-            "INSERT INTO image_names (name, kind, image_id) VALUES (?, ?, ?)"
-            " ON CONFLICT (name) DO UPDATE SET image_id = excluded.image_id, kind = excluded.kind",
-            (name, kind, image_id),
-        )
-        if kind == "tag":
-            conn.execute(
-                "INSERT OR REPLACE INTO image_names (name, kind, image_id) VALUES (?, 'digest', ?)",
-                (f"{ref.name}@{manifest_digest}", image_id),
-            )
-    # Images left without any name by a moved tag are collected by remove_unnamed_unused.
-
-
-def _resolve_id(conn: sqlite3.Connection, ref: str, candidates: Sequence[Reference]) -> str | None:
-    ref = ref.strip()
-    if not ref:
-        raise InvalidArgument("image reference is empty")
-    image_id = parse_image_id(ref)
-    if image_id is not None:
-        row = conn.execute("SELECT id FROM images WHERE id = ?", (image_id,)).fetchone()
-        if row:
-            return row[0]
-    names: list[str] = []
-    for candidate in (*candidates, *_normalized(ref)):
-        names.append(str(candidate))
-        if candidate.digest is not None:
-            names.append(f"{candidate.name}@{candidate.digest}")
-    for name in names:
-        row = conn.execute("SELECT image_id FROM image_names WHERE name = ?", (name,)).fetchone()
-        if row:
-            return row[0]
-    if 4 <= len(ref) < 64 and all(c in "0123456789abcdef" for c in ref):
-        rows = conn.execute("SELECT id FROM images WHERE id LIKE ?", (f"sha256:{ref}%",)).fetchall()
-        if len(rows) == 1:
-            return rows[0][0]
-    return None
-
-
-def _normalized(ref: str) -> list[Reference]:
-    try:
-        return [parse_normalized(ref)]
-    except InvalidArgument:
-        if parse_image_id(ref) is not None or all(c in "0123456789abcdef" for c in ref):
-            return []
-        raise
-
-
-def _tag_named(conn: sqlite3.Connection, ref: str, candidates: Sequence[Reference], image_id: str) -> str | None:
-    """The tag name `ref` denotes for this image, if `ref` is a tag rather than an id or digest."""
-    for candidate in (*candidates, *_normalized(ref)):
-        if candidate.digest is None:
-            row = conn.execute(
-                "SELECT name FROM image_names WHERE name = ? AND kind = 'tag' AND image_id = ?",
-                (str(candidate), image_id),
-            ).fetchone()
-            if row:
-                return row[0]
-    return None
-
-
-def _tag_count(conn: sqlite3.Connection, image_id: str) -> int:
-    return conn.execute("SELECT COUNT(*) FROM image_names WHERE image_id = ? AND kind = 'tag'", (image_id,)).fetchone()[0]
-
-
-def _image_exists(conn: sqlite3.Connection, image_id: str) -> bool:
-    return conn.execute("SELECT 1 FROM images WHERE id = ?", (image_id,)).fetchone() is not None
-
-
 def _first_cause(group: BaseExceptionGroup) -> BaseException:
     for error in group.exceptions:
         if isinstance(error, BaseExceptionGroup):
@@ -707,24 +470,6 @@ def _first_cause(group: BaseExceptionGroup) -> BaseException:
         if not isinstance(error, asyncio.CancelledError):
             return error
     return group.exceptions[0]
-
-
-def _layer_exists(conn: sqlite3.Connection, chain_id: str) -> bool:
-    return conn.execute("SELECT 1 FROM layers WHERE chain_id = ?", (chain_id,)).fetchone() is not None
-
-
-def _unreferenced_layers(conn: sqlite3.Connection) -> list[str]:
-    return [r[0] for r in conn.execute(
-        "SELECT chain_id FROM layers WHERE chain_id NOT IN (SELECT chain_id FROM image_layers)")]
-
-
-def _has_names(conn: sqlite3.Connection, image_id: str) -> bool:
-    return conn.execute("SELECT 1 FROM image_names WHERE image_id = ? LIMIT 1", (image_id,)).fetchone() is not None
-
-
-def _unnamed_images(conn: sqlite3.Connection) -> list[str]:
-    return [r[0] for r in conn.execute(
-        "SELECT id FROM images WHERE id NOT IN (SELECT image_id FROM image_names)")]
 
 
 def _hex(digest: str) -> str:
