@@ -372,6 +372,7 @@ def test_every_fault_point_of_a_lifecycle_call(walk: Walk, scenario: Scenario) -
             walk.reset()
     assert not failures, f"{scenario.name}: {len(failures)} of {len(points)} fault points failed:\n" + \
         "\n".join(failures)
+    print(f"{scenario.name}: {len(points)} fault points walked")
 
 
 def test_every_fault_point_of_a_pull(walk: Walk, plain_registry) -> None:
@@ -415,3 +416,4 @@ def test_every_fault_point_of_a_pull(walk: Walk, plain_registry) -> None:
         except (AssertionError, grpc.RpcError) as e:
             failures.append(f"{point}: {e}")
     assert not failures, "pull: fault points failed:\n" + "\n".join(failures)
+    print(f"pull: {len(points)} fault points walked")
