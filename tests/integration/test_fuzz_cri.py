@@ -33,7 +33,9 @@ pytestmark = pytest.mark.integration
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "25"))
 CALL_TIMEOUT = 30.0
-RSS_GROWTH_LIMIT = 96 * 1024 * 1024
+# Measured: +10 MiB over the 698 cases (49 -> 59 MiB) with the malloc arenas capped, +18 before; the hostile run
+# that filed issue 10 saw +41 MiB that stayed.
+RSS_GROWTH_LIMIT = 32 * 1024 * 1024
 FORBIDDEN = (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN)
 # Slow by nature when a mutated value happens to be valid: bounded separately.
 SLOW_CALLS = {"RunPodSandbox": 12, "PullImage": 10, "CreateContainer": 20}
