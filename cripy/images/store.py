@@ -23,9 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable, Iterable, Sequence, TypeVar
 
 from cripy.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound
-from cripy.images import progress
+from cripy.images import imagerows, progress
 from cripy.images.chunkpipe import ChunkPipe, ConsumerGone, start_reader_thread
-from cripy.images import imagerows
 from cripy.images.progress import LayerProgress
 from cripy.images.reference import Reference, parse_normalized
 from cripy.storage.db import Database
