@@ -27,32 +27,17 @@ def cmd_stats(ctx: Context) -> int:
     stats_filter = api_pb2.ContainerStatsFilter(id=args.id or args.container or "", pod_sandbox_id=args.pod or "",
                                                 label_selector=parse_labels(args.label))
 
-    def sample() -> list[api_pb2.ContainerStats]:
-        return sorted(ctx.client.list_container_stats(stats_filter), key=lambda stat: stat.attributes.id)
+    def row(stat: api_pb2.ContainerStats, old: api_pb2.ContainerStats) -> list[str] | None:
+        cpu, memory = stat.cpu.usage_core_nano_seconds.value, stat.memory.working_set_bytes.value
+        if not args.all and cpu == 0 and memory == 0:
+            return None  # not running
+        return [truncated(ctx, stat.attributes.id), stat.attributes.metadata.name, cpu_percent(stat.cpu, old.cpu),
+                output.human_size(memory, 4), output.human_size(stat.writable_layer.used_bytes.value, 4),
+                str(stat.writable_layer.inodes_used.value), output.human_size(stat.swap.swap_usage_bytes.value, 4)]
 
-    def show() -> None:
-        first = sample()
-        if args.output in ("json", "yaml"):
-            ctx.write(documents.proto_text(api_pb2.ListContainerStatsResponse(stats=first), args.output))
-            return
-        before = {stat.attributes.id: stat for stat in first}
-        time.sleep(args.seconds)
-        rows = []
-        for stat in sample():
-            cpu, memory = stat.cpu.usage_core_nano_seconds.value, stat.memory.working_set_bytes.value
-            if not args.all and cpu == 0 and memory == 0:
-                continue  # not running
-            old = before.get(stat.attributes.id)
-            if old is None:
-                continue  # appeared between the samples
-            rows.append([truncated(ctx, stat.attributes.id), stat.attributes.metadata.name,
-                         cpu_percent(stat.cpu, old.cpu), output.human_size(memory, 4),
-                         output.human_size(stat.writable_layer.used_bytes.value, 4),
-                         str(stat.writable_layer.inodes_used.value),
-                         output.human_size(stat.swap.swap_usage_bytes.value, 4)])
-        show_table(ctx, ["CONTAINER", "NAME", "CPU %", "MEM", "DISK", "INODES", "SWAP"], rows)
-
-    return repeat(ctx, show)
+    return repeat(ctx, lambda: show_sampled(
+        ctx, lambda: ctx.client.list_container_stats(stats_filter), api_pb2.ListContainerStatsResponse,
+        ["CONTAINER", "NAME", "CPU %", "MEM", "DISK", "INODES", "SWAP"], row))
 
 
 def cmd_statsp(ctx: Context) -> int:
@@ -60,27 +45,35 @@ def cmd_statsp(ctx: Context) -> int:
     stats_filter = api_pb2.PodSandboxStatsFilter(id=args.id or args.pod_id or "",
                                                  label_selector=parse_labels(args.label))
 
-    def sample() -> list[api_pb2.PodSandboxStats]:
-        return sorted(ctx.client.list_pod_sandbox_stats(stats_filter), key=lambda stat: stat.attributes.id)
+    def row(stat: api_pb2.PodSandboxStats, old: api_pb2.PodSandboxStats) -> list[str] | None:
+        cpu, memory = stat.linux.cpu.usage_core_nano_seconds.value, stat.linux.memory.working_set_bytes.value
+        if cpu == 0 and memory == 0:
+            return None  # no data: not running
+        return [stat.attributes.metadata.name, truncated(ctx, stat.attributes.id),
+                cpu_percent(stat.linux.cpu, old.linux.cpu), output.human_size(memory, 4)]
 
-    def show() -> None:
-        first = sample()
-        if args.output in ("json", "yaml"):
-            ctx.write(documents.proto_text(api_pb2.ListPodSandboxStatsResponse(stats=first), args.output))
-            return
-        before = {stat.attributes.id: stat for stat in first}
-        time.sleep(args.seconds)
-        rows = []
-        for stat in sample():
-            cpu, memory = stat.linux.cpu.usage_core_nano_seconds.value, stat.linux.memory.working_set_bytes.value
-            old = before.get(stat.attributes.id)
-            if (cpu == 0 and memory == 0) or old is None:
-                continue  # no data (not running), or appeared between the samples
-            rows.append([stat.attributes.metadata.name, truncated(ctx, stat.attributes.id),
-                         cpu_percent(stat.linux.cpu, old.linux.cpu), output.human_size(memory, 4)])
-        show_table(ctx, ["POD", "POD ID", "CPU %", "MEM"], rows)
+    return repeat(ctx, lambda: show_sampled(
+        ctx, lambda: ctx.client.list_pod_sandbox_stats(stats_filter), api_pb2.ListPodSandboxStatsResponse,
+        ["POD", "POD ID", "CPU %", "MEM"], row))
 
-    return repeat(ctx, show)
+
+def show_sampled(ctx: Context, sample: Callable[[], list[Any]], response: type, headers: list[str],
+                 row: Callable[[Any, Any], list[str] | None]) -> None:
+    """Two samples `--seconds` apart (CPU use is a rate), one table row per object in both; JSON or YAML is the
+    first sample as the CRI returned it."""
+    first = sorted(sample(), key=lambda stat: stat.attributes.id)
+    if ctx.args.output in ("json", "yaml"):
+        ctx.write(documents.proto_text(response(stats=first), ctx.args.output))
+        return
+    before = {stat.attributes.id: stat for stat in first}
+    time.sleep(ctx.args.seconds)
+    rows = []
+    for stat in sorted(sample(), key=lambda stat: stat.attributes.id):
+        old = before.get(stat.attributes.id)
+        line = row(stat, old) if old is not None else None  # None: appeared between the samples
+        if line is not None:
+            rows.append(line)
+    show_table(ctx, headers, rows)
 
 
 def cpu_percent(now: api_pb2.CpuUsage, before: api_pb2.CpuUsage) -> str:
