@@ -81,6 +81,7 @@ class ProcInfo:
     cmdline: str
     rss_bytes: int
     pss_bytes: int
+    anon_bytes: int  # resident and anonymous (heaps, stacks): what the process itself made, shared with no one
     cpu_ticks: int  # utime + stime + cutime + cstime: reaped children (runc, CNI plugins) count too
 
 
@@ -90,12 +91,12 @@ def read_proc(pid: int) -> ProcInfo | None:
         stat = (base / "stat").read_text()
         cmdline = (base / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
         statm = (base / "statm").read_text().split()
-        pss = 0
+        rollup: dict[str, int] = {}
         try:
             for line in (base / "smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    pss = int(line.split()[1]) * 1024
-                    break
+                key, _, value = line.partition(":")
+                if key in ("Pss", "Anonymous"):
+                    rollup[key] = int(value.split()[0]) * 1024
         except OSError:
             pass
     except (OSError, IndexError):
@@ -104,7 +105,8 @@ def read_proc(pid: int) -> ProcInfo | None:
     name = stat[stat.index("(") + 1:stat.rindex(")")]
     fields = stat[stat.rindex(")") + 2:].split()
     ticks = sum(int(value) for value in fields[11:15])
-    return ProcInfo(pid, int(fields[1]), name, cmdline, int(statm[1]) * PAGE_SIZE, pss, ticks)
+    return ProcInfo(pid, int(fields[1]), name, cmdline, int(statm[1]) * PAGE_SIZE, rollup.get("Pss", 0),
+                    rollup.get("Anonymous", 0), ticks)
 
 
 def all_processes() -> list[ProcInfo]:

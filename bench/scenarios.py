@@ -369,7 +369,12 @@ def record_idle_memory(drivers: Sequence[Driver], results: Results, label: str) 
     for driver in drivers:
         procs = driver.peer.processes()
         rss = procs.daemon.rss_bytes if procs.daemon else 0
+        anon = procs.daemon.anon_bytes if procs.daemon else 0
         results.add("Memory and CPU", f"daemon RSS, {label}", "MiB", driver.name, rss / MIB)
+        # RSS counts the mapped program and libraries too (file-backed: shared with the page cache and any other
+        # process mapping them); the anonymous part is the daemon's own heaps and stacks.
+        results.add("Memory and CPU", f"daemon RSS, {label}: anonymous", "MiB", driver.name, anon / MIB)
+        results.add("Memory and CPU", f"daemon RSS, {label}: file-backed", "MiB", driver.name, (rss - anon) / MIB)
 
 
 def memory_and_cpu(drivers: Sequence[Driver], plan: Plan, results: Results) -> None:
