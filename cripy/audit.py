@@ -17,6 +17,7 @@ is orphaned.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -75,9 +76,13 @@ class Known:
     def runtime_id(self, ident: str) -> bool:
         return ident in self.containers or self.infra(ident)
 
+    @functools.cached_property
+    def _monitor_ids(self) -> frozenset[str]:
+        return frozenset(monitor_id(c) for c in self.containers)
+
     def monitor(self, name: str) -> bool:
         """An entry of conmon's socket directory: named by the cuuid conmon got, or by a whole id (older cripy)."""
-        return self.runtime_id(name) or name in {monitor_id(c) for c in self.containers}
+        return self.runtime_id(name) or name in self._monitor_ids
 
 
 class Audit:
