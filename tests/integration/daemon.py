@@ -17,6 +17,8 @@ from pathlib import Path
 import grpc
 from cri_api.v1 import api_pb2, api_pb2_grpc
 
+from cripy.linux import mount
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # Names this test session owns carry its tag, so that two sessions on one machine (CI and a developer's run)
 # neither collide nor take each other's resources for leaks.
@@ -34,10 +36,8 @@ def short_tempdir(tag: str) -> Path:
 def _remove_unless_mounted(path: Path) -> None:
     """Remove a daemon's run root once its object is gone, unless something is still mounted below it (the leak
     check reports that; removing files under a live mount would hide it)."""
-    with open("/proc/self/mountinfo") as mountinfo:
-        if any(line.split()[4].startswith(f"{path}/") for line in mountinfo):
-            return
-    shutil.rmtree(path, ignore_errors=True)
+    if not mount.mounts_under(path):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 class CripyDaemon:
