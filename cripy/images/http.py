@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlencode, urljoin, urlsplit
@@ -22,6 +23,9 @@ import h11
 CONNECT_TIMEOUT = 30.0
 READ_TIMEOUT = 120.0  # seconds without a byte from the server
 MAX_IDLE_PER_HOST = 4
+# An idle connection is closed after this long: registries drop them themselves, and a pull's TLS context (part of
+# the key) is its own, so a later pull would never take it.
+IDLE_SECONDS = 30.0
 _READ_SIZE = 1024 * 1024  # a layer arrives in chunks of up to this: fewer hash updates and hand-overs
 
 
@@ -218,30 +222,40 @@ class _Connection:
 
 
 class Pool:
-    """Idle connections by (scheme, host, port, TLS context)."""
+    """Idle connections by (scheme, host, port, TLS context), each kept at most IDLE_SECONDS."""
 
     def __init__(self) -> None:
-        self._idle: dict[tuple, list[_Connection]] = {}
+        self._idle: dict[tuple, list[tuple[float, _Connection]]] = {}
 
     def take(self, key: tuple) -> _Connection | None:
+        self._expire()
         idle = self._idle.get(key)
         while idle:
-            connection = idle.pop()
+            _, connection = idle.pop()
             if not connection.writer.is_closing() and not connection.reader.at_eof():
                 return connection
             connection.close()
         return None
 
     def put_back(self, connection: _Connection) -> None:
+        self._expire()
         idle = self._idle.setdefault(connection.key, [])
         if len(idle) >= MAX_IDLE_PER_HOST:
             connection.close()
         else:
-            idle.append(connection)
+            idle.append((time.monotonic(), connection))
+
+    def _expire(self) -> None:
+        horizon = time.monotonic() - IDLE_SECONDS
+        for key, idle in list(self._idle.items()):
+            while idle and idle[0][0] < horizon:
+                idle.pop(0)[1].close()
+            if not idle:
+                del self._idle[key]
 
     def close(self) -> None:
         for idle in self._idle.values():
-            for connection in idle:
+            for _, connection in idle:
                 connection.close()
         self._idle.clear()
 

@@ -193,3 +193,26 @@ def test_urls() -> None:
         http.URL("ftp://h/x")
     with pytest.raises(ValueError):
         http.URL("/relative")
+
+
+def test_idle_connections_expire_and_their_keys_go(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each pull has a TLS context (and so a pool key) of its own: its idle connections must not stay forever."""
+
+    class Closing:
+        def __init__(self, key: tuple) -> None:
+            self.key, self.closed = key, False
+
+        def close(self) -> None:
+            self.closed = True
+
+    now = [1000.0]
+    monkeypatch.setattr(http.time, "monotonic", lambda: now[0])
+    pool = http.Pool()
+    old = Closing(("https", "registry", 443, 1))
+    pool.put_back(old)  # type: ignore[arg-type]
+    now[0] += http.IDLE_SECONDS + 1
+    fresh = Closing(("https", "registry", 443, 2))
+    pool.put_back(fresh)  # type: ignore[arg-type]
+    assert old.closed and not fresh.closed
+    assert pool.take(old.key) is None
+    assert list(pool._idle) == [fresh.key]
