@@ -15,6 +15,7 @@ skipped.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -44,13 +45,18 @@ async def lookaside_signatures(locations: SignatureLocations, physical: Referenc
     directory = f"{base}/{physical.path}@{algorithm}={encoded}"
     where = f"lookaside {directory}/signature-1 (configured by {locations.lookaside_origin})"
     signatures: list[bytes] = []
+    context: ssl.SSLContext | None = None  # every signature of the list is on one server: one context for all
     try:
         for index in range(1, MAX_SIGNATURES + 1):
             location = http.URL(f"{directory}/signature-{index}")
             if location.scheme == "file":
                 data = await asyncio.to_thread(_read_file, Path(unquote(location.path)))
-            else:
-                data = await _http_get(session, location, certs_dir)
+                signatures.append(data)
+                continue
+            if location.scheme == "https" and context is None:
+                endpoint = f"{location.host}:{location.port}" if location.explicit_port else location.host
+                context = await asyncio.to_thread(build_ssl_context, endpoint, certs_dir, True)
+            data = await _http_get(session, location, context)
             signatures.append(data)
     except _Missing:
         pass
@@ -70,9 +76,7 @@ def _read_file(path: Path) -> bytes:
     return data
 
 
-async def _http_get(session: http.Client, url: http.URL, certs_dir: Path | None) -> bytes:
-    endpoint = f"{url.host}:{url.port}" if url.explicit_port else url.host
-    context = build_ssl_context(endpoint, certs_dir, verify=True) if url.scheme == "https" else None
+async def _http_get(session: http.Client, url: http.URL, context: ssl.SSLContext | None) -> bytes:
     async with asyncio.timeout(LOOKASIDE_TIMEOUT):
         resp = await http.get_following_redirects(session, url, ssl_context=context)
         try:
