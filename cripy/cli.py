@@ -123,8 +123,9 @@ def _audit_command(config: Config, repair: bool) -> int:
 
     from cripy.audit import Audit, report, summary
     from cripy.daemon import Daemon
+    from cripy.storage.layout import Layout
 
-    if not Path(config.cripy.root, "cripy.db").exists():
+    if not Layout(config.root, config.runroot).database.exists():
         print(f"cripy audit: no cripy database under {config.cripy.root}", file=sys.stderr)
         return 2
 
