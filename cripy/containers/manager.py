@@ -191,9 +191,9 @@ class ContainerManager:
         if image is None:
             raise NotFound(f"image {request.image!r} not found: pull it first")
         _require_handler_features(request, pod.runtime_handler, self._pods.runtime_for(pod).features)
-        nodefit.require_node_support(request.resources, f"container {request.name!r}")
-        # Stats host paths: a network mount may hang, so in the bounded pool with a deadline.
-        await blocking.HOST_PATHS.run(f"container {request.name!r}: checking host paths", context.check_host_paths, request)
+        # Stats host paths (a network mount may hang: the bounded pool with a deadline), and reads what the node
+        # offers (sysfs, the root cpuset) in the same trip off the event loop.
+        await blocking.HOST_PATHS.run(f"container {request.name!r}: checking host paths", _check_node_and_paths, request)
         name = reserved_name(request, pod.request.name, pod.request.namespace, pod.request.uid)
         return await self._names.create_once(
             name, self._name_holder, lambda: self._create(pod, image, request, name)
@@ -534,7 +534,7 @@ class ContainerManager:
 
     async def update_resources(self, ctr_id: str, resources: Resources) -> None:
         container = await self.get(ctr_id)
-        nodefit.require_node_support(resources, f"container {container.id}")
+        await asyncio.to_thread(nodefit.require_node_support, resources, f"container {container.id}")
         if container.state not in (STATE_CREATED, STATE_RUNNING):
             raise FailedPrecondition(f"container {container.id} is {container.state}: cannot update its resources")
         if container.state == STATE_CREATED:
@@ -649,6 +649,11 @@ def _require_handler_features(request: ContainerRequest, handler: str, offered: 
         if mount.recursive_read_only:
             features.require(offered, handler, features.RECURSIVE_READ_ONLY_MOUNTS,
                              f"container {request.name!r}: mounts[{i}] ({mount.container_path})")
+
+
+def _check_node_and_paths(request: ContainerRequest) -> None:
+    nodefit.require_node_support(request.resources, f"container {request.name!r}")
+    context.check_host_paths(request)
 
 
 def _volume_images(container: Container) -> set[str]:
