@@ -30,9 +30,6 @@ from cripy.images.archive import Importer
 from cripy.images.progress import ProgressBoard
 
 SERVICE = "cripy.v1.Admin"
-IMPORT_IMAGE = f"/{SERVICE}/ImportImage"
-INFLIGHT = f"/{SERVICE}/Inflight"
-WATCH_PROGRESS = f"/{SERVICE}/WatchProgress"
 WATCH_INTERVAL = 0.2  # how often a watcher looks for news
 DEFAULT_WAIT_SECONDS = 30.0
 MAX_WAIT_SECONDS = 600.0
