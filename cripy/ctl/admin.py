@@ -10,7 +10,7 @@ from typing import Any
 
 import grpc
 
-from cripy.ctl.client import CRIError, connect_error, normalize_endpoint
+from cripy.ctl.client import cri_error, normalize_endpoint
 
 SERVICE = "cripy.v1.Admin"
 
@@ -41,16 +41,11 @@ class AdminClient:
         return self._channel.unary_unary(f"/{SERVICE}/{method}", request_serializer=_encode,
                                          response_deserializer=_decode)
 
-    def _error(self, method: str, error: grpc.RpcError) -> CRIError:
-        code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
-        reason = connect_error(self.endpoint) if code == grpc.StatusCode.UNAVAILABLE else None
-        return CRIError(method, code, error.details() or "", self.endpoint, reason)
-
     def inflight(self, timeout: float | None = 10.0) -> list[dict[str, Any]]:
         try:
             return list(self._unary("Inflight")({}, timeout=timeout)["calls"])
         except grpc.RpcError as error:
-            raise self._error("Inflight", error) from None
+            raise cri_error("Inflight", error, self.endpoint) from None
 
     def import_image(self, path: str, name: str = "", progress_id: str = "",
                      timeout: float | None = 3600.0) -> list[dict[str, Any]]:
@@ -58,7 +53,7 @@ class AdminClient:
         try:
             return list(self._unary("ImportImage")(request, timeout=timeout)["images"])
         except grpc.RpcError as error:
-            raise self._error("ImportImage", error) from None
+            raise cri_error("ImportImage", error, self.endpoint) from None
 
     def watch_progress(self, kind: str, name: str, wait_seconds: float = 30.0) -> ProgressStream:
         """Snapshots of a pull ("pull", IMAGE) or import ("import", PROGRESS_ID) as the daemon sends them."""

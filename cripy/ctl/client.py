@@ -106,7 +106,7 @@ def _open_channel(target: str) -> grpc.Channel:
     ])
 
 
-def _cri_error(method: str, error: grpc.RpcError, endpoint: str) -> CRIError:
+def cri_error(method: str, error: grpc.RpcError, endpoint: str) -> CRIError:
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     details = error.details() if hasattr(error, "details") else str(error)
     reason = connect_error(endpoint) if code == grpc.StatusCode.UNAVAILABLE else None
@@ -157,7 +157,7 @@ class CRIClient:
         try:
             response = getattr(stub, method)(request, timeout=deadline)
         except grpc.RpcError as error:
-            raise _cri_error(method, error, endpoint) from None
+            raise cri_error(method, error, endpoint) from None
         if self._debug_log:
             self._debug_log(f"{method} response: {_compact_json(response)}")
         return response
@@ -188,7 +188,7 @@ class CRIClient:
         try:
             yield from self.runtime.GetContainerEvents(api_pb2.GetEventsRequest())
         except grpc.RpcError as error:
-            raise _cri_error("GetContainerEvents", error, self.runtime_endpoint) from None
+            raise cri_error("GetContainerEvents", error, self.runtime_endpoint) from None
 
     def run_pod_sandbox(self, config: api_pb2.PodSandboxConfig, runtime_handler: str = "") -> str:
         request = api_pb2.RunPodSandboxRequest(config=config, runtime_handler=runtime_handler)
