@@ -6,6 +6,8 @@ object and why; never raise gRPC types below cripy/cri/.
 
 import errno
 
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})  # what counts as a full disk
+
 
 class CripyError(Exception):
     """Base of every error the daemon reports to a CRI client."""
@@ -61,6 +63,6 @@ class DataLoss(CripyError):
 
 def os_failure(message: str, error: OSError) -> CripyError:
     """An OSError as the domain error it is: a full disk (ENOSPC, EDQUOT) is ResourceExhausted, the rest Internal."""
-    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+    if error.errno in DISK_FULL_ERRNOS:
         return ResourceExhausted(f"{message}: no space left ({error})")
     return Internal(f"{message}: {error}")

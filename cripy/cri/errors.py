@@ -10,7 +10,6 @@ a `timing.Call` (the in-flight table, metrics and spans: cripy/timing.py) and re
 from __future__ import annotations
 
 import asyncio
-import errno
 import functools
 import logging
 import sqlite3
@@ -41,7 +40,6 @@ STATUS_OF: dict[type[errors.CripyError], grpc.StatusCode] = {
     errors.DataLoss: grpc.StatusCode.DATA_LOSS,
     errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
-_DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 RUNTIME_SERVICE = api_pb2.DESCRIPTOR.services_by_name["RuntimeService"].full_name
@@ -118,7 +116,7 @@ def disk_full(error: BaseException) -> bool:
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, OSError) and current.errno in _DISK_FULL_ERRNOS:
+        if isinstance(current, OSError) and current.errno in errors.DISK_FULL_ERRNOS:
             return True
         if isinstance(current, sqlite3.Error) and getattr(current, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL:
             return True
