@@ -10,6 +10,7 @@ from cri_api.v1 import api_pb2
 from cripy.ctl import documents, output
 from cripy.ctl.admin import AdminClient
 from cripy.ctl.context import Context, VerbAdder, add_output_flag
+from cripy.ctl.progress import short_digest
 
 
 def cmd_version(ctx: Context) -> int:
@@ -83,7 +84,7 @@ def seconds_text(seconds: float) -> str:
 
 def short_detail(detail: str) -> str:
     """A layer digest as its first 12 hex digits; anything else as it is."""
-    return detail.split(":", 1)[1][:12] if detail.startswith("sha256:") else detail
+    return short_digest(detail) if detail.startswith("sha256:") else detail
 
 
 def register(verb: VerbAdder) -> None:
