@@ -16,7 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-RUNROOT_MAX = 60  # bytes: see validate()
+from cripy.oci.conmon import SOCKET_DIR_MAX
+
+RUNROOT_MAX = SOCKET_DIR_MAX - len("/attach")  # bytes: conmon's socket directory is <runroot>/attach
+
 DEFAULT_CONFIG_PATH = Path("/etc/cripy/cripy.toml")
 DEFAULT_DROPIN_DIR = Path("/etc/cripy/cripy.d")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -212,7 +215,7 @@ def validate(config: Config) -> None:
     for key in ("root", "runroot", "listen"):
         if not Path(getattr(config.cripy, key)).is_absolute():
             raise ConfigError(f"cripy.{key}: {getattr(config.cripy, key)!r} must be an absolute path")
-    # conmon's attach socket, <runroot>/attach/<32-hex cuuid>/attach, must fit a unix socket address (107 bytes).
+    # conmon's attach sockets, <runroot>/attach/<cuuid>/attach, must fit a unix socket address (107 bytes).
     if len(config.cripy.runroot.rstrip("/").encode()) > RUNROOT_MAX:
         raise ConfigError(f"cripy.runroot: {config.cripy.runroot!r} is longer than {RUNROOT_MAX} bytes: containers' "
                           "attach sockets below it would not fit a unix socket address")

@@ -13,7 +13,8 @@ Facts about conmon 2.1.6 this module encodes (checked against conmon's source an
   type 2 reopens the log files (height/width are still required, 0 0 is fine).
 * Without ``--full-attach`` conmon symlinks ``<socket-dir>/<cuuid>`` to the bundle and serves the attach socket
   as ``<socket-dir>/<cuuid>/attach``, a path that must fit ``sun_path`` (108 bytes). The cuuid cripy gives is the
-  first half of a container's id (128 random bits still), so that a run root of up to 60 characters fits; the
+  first half of a container's id (128 random bits still), so that a run root of up to 54 characters fits
+  (a pod's infra id, 38 characters, is the longest); the
   monitors of containers started by a cripy that gave the whole id keep theirs (`monitor_dir` finds either).
 """
 
@@ -33,6 +34,10 @@ START_PIPE_ENV = "_OCI_STARTPIPE"
 
 # Unix socket paths must fit struct sockaddr_un.sun_path (108 bytes with the terminating NUL).
 SUN_PATH_MAX = 107
+# The longest cuuid cripy gives conmon: a pod's infra id, "<32 hex>-infra" (containers' ids are halved to 32).
+LONGEST_MONITOR_ID = 32 + len("-infra")
+# The longest socket directory whose attach sockets, <dir>/<cuuid>/attach, all fit.
+SOCKET_DIR_MAX = SUN_PATH_MAX - len("/") - LONGEST_MONITOR_ID - len("/attach")
 
 
 @dataclass(frozen=True)

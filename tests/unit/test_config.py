@@ -352,5 +352,18 @@ def test_a_run_root_too_long_for_attach_sockets_is_refused(tmp_path):
 
     path = tmp_path / "cripy.toml"
     path.write_text(f'[cripy]\nrunroot = "/{"r" * RUNROOT_MAX}"\n')
-    with pytest.raises(ConfigError, match="cripy.runroot: .* longer than 60 bytes"):
+    with pytest.raises(ConfigError, match=f"cripy.runroot: .* longer than {RUNROOT_MAX} bytes"):
         load_config(path, tmp_path / "none.d")
+
+
+def test_the_longest_run_root_allowed_fits_every_attach_socket(tmp_path):
+    """A pod's infra id (<32 hex>-infra) is the longest cuuid: it decides the limit, not a container's."""
+    from cripy.config import RUNROOT_MAX, load_config
+    from cripy.oci.conmon import check_socket_path_fits
+
+    runroot = "/" + "r" * (RUNROOT_MAX - 1)
+    path = tmp_path / "cripy.toml"
+    path.write_text(f'[cripy]\nrunroot = "{runroot}"\n')
+    load_config(path, tmp_path / "none.d")
+    for ctr_id in ("c" * 64, "a" * 32 + "-infra"):
+        assert check_socket_path_fits(Path(runroot) / "attach", ctr_id) is None, ctr_id
