@@ -12,6 +12,7 @@ from pathlib import Path
 
 from prometheus_client import generate_latest
 
+from bench.steps import STEPS_OF
 from cripy import timing
 from cripy.containers.manager import ExitCounts
 from cripy.images.progress import ProgressBoard
@@ -20,7 +21,7 @@ from cripy.storage.effects import EffectCounts
 from cripy.timing import step
 
 CALLS = 20000
-STEPS = ("pod.files", "pod.namespaces", "pod.shm", "cni.add", "pod.infra")
+STEPS = STEPS_OF["RunPodSandbox"]
 
 
 class _Records:

@@ -16,7 +16,6 @@ import secrets
 import shlex
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import threading
@@ -31,7 +30,7 @@ from bench.images import ImageSizes, build_images, push_images
 from bench.peers import (BenchNetwork, ContainerdPeer, CripyPeer, Peer, containerd_package_version,
                          ensure_containerd, remove_cgroup_tree, tool_version, unmount_under)
 from bench.scale import kubelet_scale
-from bench.steps import steps_scenario
+from bench.steps import scrape, step_breakdown
 from bench.scenarios import SCENARIOS, Driver, Plan, Results, image_pulls, pull_warm_images, record_idle_memory
 from tests.support.registry import Registry
 
@@ -88,12 +87,7 @@ class Scraper:
     def _run(self) -> None:
         while not self._stop.wait(SCRAPE_INTERVAL):
             try:
-                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-                    sock.settimeout(10)
-                    sock.connect(str(self._path))
-                    sock.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
-                    while sock.recv(65536):
-                        pass
+                scrape(self._path)
                 self.scrapes += 1
             except OSError:
                 self.failures += 1
@@ -226,7 +220,8 @@ def run_steps(workdir: Path, network: BenchNetwork, registry_host: str, cgroup_p
         keep.add(peer.pid or 0)
         driver = Driver(peer, images, workdir / "logs")
         driver.pull(images.busybox)
-        steps_scenario([driver], plan, results, peer.metrics_socket)
+        assert peer.metrics_socket is not None  # started with metrics=True
+        step_breakdown(driver, peer.metrics_socket, plan, results)
     finally:
         peer.stop()
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import re
 import socket
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 from bench.scenarios import MS, Driver, Plan, Results
@@ -64,9 +63,3 @@ def step_breakdown(driver: Driver, metrics_socket: Path, plan: Plan, results: Re
             if count > 0:
                 results.add(SECTION, f"{call}: {step} (mean of {count:.0f})", MS, driver.name, seconds / count * 1000)
 
-
-def steps_scenario(drivers: Sequence[Driver], plan: Plan, results: Results, metrics_socket: Path | None) -> None:
-    cripy = next((d for d in drivers if d.name == "cripy"), None)
-    if cripy is None or metrics_socket is None:
-        raise RuntimeError("the steps scenario needs cripy with its metrics on")
-    step_breakdown(cripy, metrics_socket, plan, results)
