@@ -34,6 +34,7 @@ from cripy.linux import cgroups
 from cripy.linux import mount as mnt
 from cripy.oci.conmon import monitor_id
 from cripy.pods.model import STATE_READY
+from cripy.storage.effects import Effect
 
 if TYPE_CHECKING:
     from cripy.daemon import Daemon
@@ -70,8 +71,14 @@ class Known:
     containers: frozenset[str]
 
     def infra(self, ident: str) -> bool:
+        return self.infra_owner(ident) is not None
+
+    def infra_owner(self, ident: str) -> str | None:
+        """The known pod whose infra process `ident` (<first 32 hex of the pod id>-infra) is, if any."""
         match = _INFRA_ID.match(ident)
-        return match is not None and any(pod.startswith(match.group(1)) for pod in self.pods)
+        if match is None:
+            return None
+        return next((pod for pod in self.pods if pod.startswith(match.group(1))), None)
 
     def runtime_id(self, ident: str) -> bool:
         return ident in self.containers or self.infra(ident)
@@ -94,20 +101,19 @@ class Audit:
         self.root = daemon.layout.root
         self.runroot = daemon.layout.runroot
         self._repairs: dict[tuple[str, str], RepairFn] = {}  # one repair per object, shared by its findings
-        self._known_pods: frozenset[str] = frozenset()
 
     async def run(self) -> list[Finding]:
-        before = await self._known()
+        before = await self._known(await self.journal.all_effects())
         parents = {self.d.config.runtime.cgroup_parent} | {pod.cgroup_parent for pod in await self.d.pods.list()}
         node = await asyncio.to_thread(NodeState.read, self.root, self.runroot, self.d, parents)
-        known = _union(before, await self._known())
-        self._known_pods = known.pods
+        effects = await self.journal.all_effects()
+        known = _union(before, await self._known(effects))
         findings: list[Finding] = []
         for check in (self._mounts, self._monitors, self._runtime_state, self._cgroups, self._cni,
                       self._directories):
             findings += await check(node, known)
         findings += await self._layers()
-        findings += await self._missing(node)
+        findings += await self._missing(node, {(e.owner, e.kind): e for e in effects})  # the newest of each
         return sorted(findings, key=lambda f: (f.owner, f.problem, f.kind, f.where))
 
     async def repair(self, findings: list[Finding]) -> list[str]:
@@ -127,8 +133,7 @@ class Audit:
 
     # ---- what is known ----------------------------------------------------------------------------------------
 
-    async def _known(self) -> Known:
-        effects = await self.journal.all_effects()
+    async def _known(self, effects: list[Effect]) -> Known:
         pods = {pod.id for pod in await self.d.pods.list()}
         containers = {c.id for c in await self.d.containers.list()}
         pods |= {e.owner for e in effects if e.kind.startswith("pod-")}
@@ -165,21 +170,21 @@ class Audit:
         return found
 
     async def _monitors(self, node: "NodeState", known: Known) -> list[Finding]:
-        return [Finding(ORPHANED, "process", ident, f"conmon pid {pid}", self._runtime_repair(ident))
+        return [Finding(ORPHANED, "process", ident, f"conmon pid {pid}", self._runtime_repair(known, ident))
                 for pid, ident in node.monitors if not known.runtime_id(ident)]
 
     async def _runtime_state(self, node: "NodeState", known: Known) -> list[Finding]:
         return [Finding(ORPHANED, "runtime container", ident, f"{handler}: {ident} ({status})",
-                        self._runtime_repair(ident, handler))
+                        self._runtime_repair(known, ident, handler))
                 for handler, ident, status in node.runtime_containers if not known.runtime_id(ident)]
 
-    def _runtime_repair(self, ident: str, handler: str | None = None) -> RepairFn:
+    def _runtime_repair(self, known: Known, ident: str, handler: str | None = None) -> RepairFn:
         handler = handler or self.d.config.runtime.default_runtime
         key = ("runtime", ident)
         if key not in self._repairs:
             match = _INFRA_ID.match(ident)
             if match:
-                owner = next((p for p in self._known_pods if p.startswith(match.group(1))), match.group(1))
+                owner = known.infra_owner(ident) or match.group(1)
                 self._repairs[key] = self._undo(owner, "pod-infra", ctr_id=ident, handler=handler)
             else:
                 self._repairs[key] = self._undo(ident, "ctr-runtime", handler=handler)
@@ -255,7 +260,7 @@ class Audit:
 
     # ---- missing ----------------------------------------------------------------------------------------------
 
-    async def _missing(self, node: "NodeState") -> list[Finding]:
+    async def _missing(self, node: "NodeState", latest: dict[tuple[str, str], Effect]) -> list[Finding]:
         found = []
         mounted = {m.mount_point for m in node.mounts}
         for pod in await self.d.pods.list():
@@ -265,11 +270,11 @@ class Audit:
                 path = pod.ns_dir / kind
                 if str(path) not in mounted:
                     found.append(Finding(MISSING, "pinned namespace", pod.id, str(path)))
-            if not pod.host_ipc and await self.journal.find(pod.id, "pod-shm") and str(pod.shm_path) not in mounted:
+            if not pod.host_ipc and (pod.id, "pod-shm") in latest and str(pod.shm_path) not in mounted:
                 found.append(Finding(MISSING, "mount", pod.id, str(pod.shm_path)))
         monitored = {ident for _, ident in node.monitors}
         for container in await self.d.containers.list():
-            recorded = await self.journal.find(container.id, "ctr-rootfs")
+            recorded = latest.get((container.id, "ctr-rootfs"))
             if container.state in (STATE_CREATED, STATE_RUNNING) and recorded is not None:
                 rootfs = recorded.data["path"]
                 if rootfs not in mounted:
