@@ -24,7 +24,7 @@ from typing import Any, AsyncIterator
 import grpc
 
 from cripy import errors, timing
-from cripy.cri.errors import status_code_for
+from cripy.cri.errors import answered, status_code_for
 from cripy.images import progress
 from cripy.images.archive import Importer
 from cripy.images.progress import ProgressBoard
@@ -51,9 +51,7 @@ def decode(data: bytes) -> dict[str, Any]:
 
 def admin_handler(importer: Importer, board: ProgressBoard) -> grpc.GenericRpcHandler:
     async def import_image(request: dict[str, Any], context: grpc.aio.ServicerContext) -> dict[str, Any]:
-        call = timing.begin(SERVICE, "ImportImage", request, _import_subject, context)
-        code = "OK"
-        try:
+        async def handle() -> dict[str, Any]:
             path = request.get("path")
             progress_id = request.get("progressId") or ""
             if not isinstance(path, str) or not path:
@@ -61,13 +59,10 @@ def admin_handler(importer: Importer, board: ProgressBoard) -> grpc.GenericRpcHa
             if not isinstance(progress_id, str) or len(progress_id) > 128:
                 raise errors.InvalidArgument("ImportImage: \"progressId\" must be a string of at most 128 characters")
             images = await importer.import_path(Path(path), str(request.get("name") or ""), progress_id)
-        except errors.CripyError as e:
-            code = status_code_for(e).name
-            await context.abort(status_code_for(e), str(e))
-        finally:
-            timing.end(call, code)
-        return {"images": [{"id": image.id, "repoTags": image.repo_tags, "repoDigests": image.repo_digests}
-                           for image in images]}
+            return {"images": [{"id": image.id, "repoTags": image.repo_tags, "repoDigests": image.repo_digests}
+                               for image in images]}
+
+        return await answered(SERVICE, "ImportImage", _import_subject, handle, request, context)
 
     async def inflight(request: dict[str, Any], context: grpc.aio.ServicerContext) -> dict[str, Any]:
         return {"calls": [_call_document(call) for call in timing.inflight()]}

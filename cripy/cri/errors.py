@@ -64,43 +64,51 @@ def grpc_method(method: F) -> F:
 
     @functools.wraps(method)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        call = timing.begin(service, name, request, call_subject, context)
-        outcome = "OK"
-        large = isinstance(request, Message) and request.ByteSize() > LARGE_REQUEST
-        try:
-            if isinstance(request, Message):
-                validate.request_strings(request, "")
-            return await method(self, request, context)
-        except errors.CripyError as e:
-            code = grpc.StatusCode.RESOURCE_EXHAUSTED if disk_full(e) else status_code_for(e)
-            outcome = code.name
-            message = _short(str(e))
-            log.info("%s failed: %s: %s", name, code.name, message)
-            await context.abort(code, message)
-        except NotImplementedError as e:
-            outcome = "UNIMPLEMENTED"
-            await context.abort(grpc.StatusCode.UNIMPLEMENTED, str(e) or f"{name} is not implemented")
-        except grpc.aio.AbortError:
-            outcome = _aborted_code(context)
-            raise
-        except asyncio.CancelledError:
-            outcome = "CANCELLED"  # the client went away (or its deadline passed)
-            raise
-        except Exception as e:
-            if disk_full(e):
-                outcome = "RESOURCE_EXHAUSTED"
-                message = _short(f"{name}: the disk is full (no space left): {type(e).__name__}: {e}")
-                log.warning("%s failed: %s", name, message)
-                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
-            outcome = "INTERNAL"
-            log.exception("%s failed unexpectedly", name)
-            await context.abort(grpc.StatusCode.INTERNAL, _short(f"{name}: internal error: {type(e).__name__}: {e}"))
-        finally:
-            timing.end(call, outcome)
-            if large:
-                memory.release_soon()
+        return await answered(service, name, call_subject, lambda: method(self, request, context), request, context)
 
     return wrapper  # type: ignore[return-value]
+
+
+async def answered(service: str, name: str, describe: Callable[..., Any], handler: Callable[[], Awaitable[Any]],
+                   request: Any, context: grpc.aio.ServicerContext) -> Any:
+    """handler()'s answer to one call, tracked from its arrival to its answer (timing.begin/end, with `describe`
+    naming its subject); a domain error reaches the client as its status code and message, anything unexpected
+    as INTERNAL."""
+    call = timing.begin(service, name, request, describe, context)
+    outcome = "OK"
+    large = isinstance(request, Message) and request.ByteSize() > LARGE_REQUEST
+    try:
+        if isinstance(request, Message):
+            validate.request_strings(request, "")
+        return await handler()
+    except errors.CripyError as e:
+        code = grpc.StatusCode.RESOURCE_EXHAUSTED if disk_full(e) else status_code_for(e)
+        outcome = code.name
+        message = _short(str(e))
+        log.info("%s failed: %s: %s", name, code.name, message)
+        await context.abort(code, message)
+    except NotImplementedError as e:
+        outcome = "UNIMPLEMENTED"
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, str(e) or f"{name} is not implemented")
+    except grpc.aio.AbortError:
+        outcome = _aborted_code(context)
+        raise
+    except asyncio.CancelledError:
+        outcome = "CANCELLED"  # the client went away (or its deadline passed)
+        raise
+    except Exception as e:
+        if disk_full(e):
+            outcome = "RESOURCE_EXHAUSTED"
+            message = _short(f"{name}: the disk is full (no space left): {type(e).__name__}: {e}")
+            log.warning("%s failed: %s", name, message)
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+        outcome = "INTERNAL"
+        log.exception("%s failed unexpectedly", name)
+        await context.abort(grpc.StatusCode.INTERNAL, _short(f"{name}: internal error: {type(e).__name__}: {e}"))
+    finally:
+        timing.end(call, outcome)
+        if large:
+            memory.release_soon()
 
 
 def _aborted_code(context: grpc.aio.ServicerContext) -> str:
