@@ -154,10 +154,7 @@ class ContainerManager:
 
     def count_by_state(self) -> dict[str, int]:
         """How many containers are in each state (synchronous: the metrics read it from their own thread)."""
-        counts = dict.fromkeys((STATE_CREATING, STATE_CREATED, STATE_RUNNING, STATE_EXITED), 0)
-        for container in self._table.all():
-            counts[container.state] = counts.get(container.state, 0) + 1
-        return counts
+        return self._table.count_by_state((STATE_CREATING, STATE_CREATED, STATE_RUNNING, STATE_EXITED))
 
     def lock(self, ctr_id: str) -> asyncio.Lock:
         return self._locks.setdefault(ctr_id, asyncio.Lock())

@@ -109,10 +109,7 @@ class PodManager:
 
     def count_by_state(self) -> dict[str, int]:
         """How many pods are in each state (synchronous: the metrics read it from their own thread)."""
-        counts = dict.fromkeys((STATE_CREATING, STATE_READY, STATE_NOTREADY), 0)
-        for pod in self._table.all():
-            counts[pod.state] = counts.get(pod.state, 0) + 1
-        return counts
+        return self._table.count_by_state((STATE_CREATING, STATE_READY, STATE_NOTREADY))
 
     def runtime_for(self, pod: PodSandbox) -> OCIRuntime:
         return self._runtimes[pod.runtime_handler]

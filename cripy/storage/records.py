@@ -95,6 +95,15 @@ class RecordTable(Generic[R]):
     def all(self) -> list[R]:
         return sorted(self._records.values(), key=lambda r: r.created_at)  # type: ignore[attr-defined]
 
+    def count_by_state(self, states: Sequence[str]) -> dict[str, int]:
+        """How many records are in each state (`states` listed even at 0). Safe from another thread: the records
+        are copied in one step before they are counted."""
+        counts = dict.fromkeys(states, 0)
+        for record in list(self._records.values()):
+            state = record.state  # type: ignore[attr-defined]
+            counts[state] = counts.get(state, 0) + 1
+        return counts
+
     def holder_of(self, name: str) -> str | None:
         return next((key for key, r in self._records.items() if r.name == name), None)  # type: ignore[attr-defined]
 
