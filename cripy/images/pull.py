@@ -80,8 +80,8 @@ class Puller:
         self._store = store
         self._settings = settings
         self.board = board or ProgressBoard()
-        self._in_flight: dict[tuple[str, str, str], asyncio.Task[Image]] = {}
-        self._callers: dict[tuple[str, str, str], timing.Call | None] = {}
+        # Each pull in flight, with the call that started it (a joining call is timed under it).
+        self._in_flight: dict[tuple[str, str, str], tuple[asyncio.Task[Image], timing.Call | None]] = {}
         self._layer_slots = asyncio.Semaphore(settings.max_parallel_layers)
         self._session: HTTPClient | None = None
 
@@ -113,14 +113,13 @@ class Puller:
         gives up does not waste the work: its retry joins the same pull."""
         # Pulls for different namespaces may be judged by different policies: they never share a pull.
         key = (request.image, _credentials_key(request.credentials), request.namespace)
-        running = self._in_flight.get(key)
-        if running is not None:
+        if key in self._in_flight:
+            running, caller = self._in_flight[key]
             log.info("pull of %s already in progress: waiting for it", request.image)
-            timing.join(self._callers.get(key))
+            timing.join(caller)
         else:
             running = asyncio.get_running_loop().create_task(self._tracked_pull(request), name=f"pull {request.image}")
-            self._in_flight[key] = running
-            self._callers[key] = timing.current()
+            self._in_flight[key] = (running, timing.current())
             running.add_done_callback(lambda _: self._pull_done(key))
         return await asyncio.shield(running)
 
@@ -142,7 +141,6 @@ class Puller:
 
     def _pull_done(self, key: tuple[str, str, str]) -> None:
         self._in_flight.pop(key, None)
-        self._callers.pop(key, None)
         if not self._in_flight:
             # The last pull's buffers are free now; without this the daemon keeps its peak RSS.
             asyncio.get_running_loop().run_in_executor(None, release_free_heap)
