@@ -57,7 +57,8 @@ class LayerSource:
     fetch: LayerFetch | None
     label: str  # what to call it in logs and errors (usually the blob digest)
     stream: LayerStream | None = None
-    progress: LayerProgress | None = None  # what `cripy ctl pull` shows of it; the store sets its later states
+    # What `cripy ctl pull` shows of it; the store sets its later states (a detached one by default: shown nowhere).
+    progress: LayerProgress = field(default_factory=lambda: LayerProgress("", 0))
 
     def __post_init__(self) -> None:
         if self.fetch is None and self.stream is None:
@@ -230,7 +231,7 @@ class ImageStore:
         """Unpack a layer unless it is present; concurrent callers for one chain id share one fetch."""
         while True:
             if await self._db.run(lambda conn: imagerows.layer_exists(conn, chain_id)):
-                if layer.progress is not None and layer.progress.state == progress.WAITING:
+                if layer.progress.state == progress.WAITING:
                     layer.progress.set_state(progress.PRESENT)
                 return
             pending = self._layer_fetches.get(chain_id)
@@ -271,13 +272,11 @@ class ImageStore:
                 )
             )
         except BaseException:
-            if layer.progress is not None:
-                layer.progress.set_state(progress.FAILED)
+            layer.progress.set_state(progress.FAILED)
             if not await self._db.run(lambda conn: imagerows.layer_exists(conn, chain_id)):
                 await _in_thread(_clear_dir, layer_dir)
             raise
-        if layer.progress is not None:
-            layer.progress.set_state(progress.DONE)
+        layer.progress.set_state(progress.DONE)
 
     async def _download_then_unpack(self, chain_id: str, layer: LayerSource) -> UnpackedLayer:
         from cripy.images.unpack import unpack_layer  # the unpacker (tar, zstd) loads at the first pull
@@ -287,7 +286,7 @@ class ImageStore:
         try:
             with step("layer.copy", layer.label):
                 await layer.fetch(blob)
-            self._unpacking(layer)
+            layer.progress.set_state(progress.UNPACKING)
             with step("layer.unpack", layer.label):
                 return await _in_thread(
                     unpack_layer, blob, self._layout.layer_diff(chain_id), layer.media_type, layer.diff_id
@@ -323,7 +322,7 @@ class ImageStore:
         pipe.close()
         unpacking = pipe.consumer
         assert unpacking is not None
-        self._unpacking(layer)
+        layer.progress.set_state(progress.UNPACKING)
         try:
             with step("layer.unpack", layer.label):
                 return await asyncio.shield(unpacking)
@@ -332,11 +331,6 @@ class ImageStore:
                 pipe.abort(asyncio.CancelledError())
                 await asyncio.wait([unpacking])
             raise
-
-    @staticmethod
-    def _unpacking(layer: LayerSource) -> None:
-        if layer.progress is not None:
-            layer.progress.set_state(progress.UNPACKING)
 
     # ---- removal --------------------------------------------------------------------------------------
 
