@@ -142,25 +142,29 @@ class Response:
     async def read(self, limit: int = _READ_SIZE) -> bytes:
         """Up to `limit` bytes of the body; b"" once it has all been read."""
         while not self._buffer and not self._ended:
-            await self._fill()
+            data = await self._next_data()
+            if data and len(data) <= limit:
+                return bytes(data)  # a layer's bytes, handed on without a copy through the buffer
+            self._buffer += data
         chunk = bytes(self._buffer[:limit])
         del self._buffer[:limit]
         return chunk
 
-    async def _fill(self) -> None:
+    async def _next_data(self) -> bytes:
+        """The body's next bytes as h11 parsed them (b"" for none, and at the end of the body)."""
         connection = self._connection
         if connection is None:
             raise HTTPError("the response was closed")
         event = await connection.next_event()
         if isinstance(event, h11.Data):
-            self._buffer += event.data
-        elif isinstance(event, h11.EndOfMessage):
+            return event.data
+        if isinstance(event, h11.EndOfMessage):
             self._ended = True
             self._finish_message()
-        elif isinstance(event, h11.ConnectionClosed):
+            return b""
+        if isinstance(event, h11.ConnectionClosed):
             raise HTTPError("the connection closed in the middle of the response body")
-        else:
-            raise HTTPError(f"unexpected HTTP event {type(event).__name__} in a response body")
+        raise HTTPError(f"unexpected HTTP event {type(event).__name__} in a response body")
 
     def _finish_message(self) -> None:
         connection = self._connection
