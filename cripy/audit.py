@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 from cripy.containers.container import STATE_CREATED, STATE_RUNNING
 from cripy.linux import cgroups
 from cripy.linux import mount as mnt
-from cripy.oci.conmon import monitor_id
+from cripy.oci.conmon import monitor_argv, monitor_id
 from cripy.pods.model import STATE_READY
 from cripy.storage.effects import Effect
 
@@ -361,11 +361,8 @@ def _monitors(exits_dir: Path) -> list[tuple[int, str]]:
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if not argv or b"conmon" not in os.path.basename(argv[0]) or marker not in argv:
+        argv = monitor_argv(int(entry.name))
+        if argv is None or marker not in argv:
             continue
         if b"--cid" in argv and argv.index(b"--cid") + 1 < len(argv):
             found.append((int(entry.name), argv[argv.index(b"--cid") + 1].decode(errors="replace")))

@@ -52,7 +52,7 @@ from cripy.containers.usage import ContainerUsage, WritableLayerCache, read_usag
 from cripy.containers.users import resolve_user
 from cripy.errors import CripyError, FailedPrecondition, InvalidArgument, NotFound
 from cripy.images.store import Image, ImageStore
-from cripy.oci import features
+from cripy.oci import conmon, features
 from cripy.oci.exits import read_oom_file
 from cripy.oci.features import HandlerFeatures
 from cripy.oci.runtime import ExecResult, OCIRuntime
@@ -588,7 +588,7 @@ class ContainerManager:
             if container.state != STATE_RUNNING:
                 continue  # a created container has no process (it gets one at StartContainer)
             exit_file = (await self.runtime_of(container)).exit_file_path(container.id)
-            if await asyncio.to_thread(lambda: exit_file.exists() or _conmon_alive(container)):
+            if await asyncio.to_thread(lambda: exit_file.exists() or conmon.is_monitor_of(container.conmon_pid, container.id)):
                 continue
             container.state = STATE_EXITED
             container.exit_code = 255
@@ -655,15 +655,3 @@ def _check_node_and_paths(request: ContainerRequest) -> None:
 
 def _volume_images(container: Container) -> set[str]:
     return {m.image_id for m in container.request.mounts if m.image_id}
-
-
-def _conmon_alive(container: Container) -> bool:
-    if container.conmon_pid <= 0:
-        return False
-    try:
-        cmdline = Path(f"/proc/{container.conmon_pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    return b"conmon" in cmdline and container.id.encode() in cmdline
-
-

@@ -21,6 +21,7 @@ Facts about conmon 2.1.6 this module encodes (checked against conmon's source an
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -117,6 +118,21 @@ def attach_socket_path(socket_dir: Path, ctr_id: str) -> Path:
 
 def ctl_fifo_path(socket_dir: Path, ctr_id: str) -> Path:
     return monitor_dir(socket_dir, ctr_id) / "ctl"
+
+
+def monitor_argv(pid: int) -> list[bytes] | None:
+    """The command line of process `pid` if it is a conmon (its arguments name what it monitors), else None."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    return argv if argv and b"conmon" in os.path.basename(argv[0]) else None
+
+
+def is_monitor_of(pid: int, ctr_id: str) -> bool:
+    """Whether `pid` is a conmon monitoring this container (a guard against pid reuse)."""
+    argv = monitor_argv(pid) if pid > 0 else None
+    return argv is not None and ctr_id.encode() in argv
 
 
 def check_socket_path_fits(socket_dir: Path, ctr_id: str) -> str | None:

@@ -255,7 +255,7 @@ class OCIRuntime:
     def monitor_pid(self, ctr_id: str, bundle: Path) -> int | None:
         """The pid of the conmon that monitors the container, if it is still alive."""
         pid = _read_pidfile(bundle / CONMON_PIDFILE)
-        return pid if pid is not None and _is_our_conmon(pid, ctr_id) else None
+        return pid if pid is not None and conmon.is_monitor_of(pid, ctr_id) else None
 
     async def abandon(self, ctr_id: str, bundle: Path) -> None:
         """Take back a create: kill its conmon (SIGKILL, so it records no exit), delete runc's state with
@@ -468,15 +468,6 @@ def _read_pidfile(path: Path) -> int | None:
     except FileNotFoundError:
         return None
     return int(text) if text.isdigit() else None
-
-
-def _is_our_conmon(pid: int, ctr_id: str) -> bool:
-    """Guard against pid reuse: the process must be a conmon monitoring this container."""
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return bool(argv) and b"conmon" in os.path.basename(argv[0]) and ctr_id.encode() in argv
 
 
 def _kill_quietly(pid: int, sig: int) -> None:
