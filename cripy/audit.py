@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import subprocess
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cripy.containers.container import STATE_CREATED, STATE_RUNNING
+from cripy.images.layerentries import remove_tree
 from cripy.linux import cgroups
 from cripy.linux import mount as mnt
 from cripy.oci.conmon import monitor_argv, monitor_id
@@ -247,14 +247,16 @@ class Audit:
         recorded = {row.split(":", 1)[-1]: row for row in rows}
         layers = self.d.layout.layers
 
-        def on_disk() -> set[str]:
-            return set(os.listdir(layers)) if layers.is_dir() else set()
+        def on_disk() -> tuple[set[str], set[str]]:
+            """The layer directories, and those of them with their unpacked diff/: one trip to the disk."""
+            present = set(os.listdir(layers)) if layers.is_dir() else set()
+            return present, {name for name in present if (layers / name / "diff").is_dir()}
 
-        present = await asyncio.to_thread(on_disk)
+        present, unpacked = await asyncio.to_thread(on_disk)
         found = [Finding(ORPHANED, "layer directory", name, str(layers / name), _in_thread(_remove, layers / name))
                  for name in sorted(present - set(recorded))]
         for name, chain_id in sorted(recorded.items()):
-            if not await asyncio.to_thread((layers / name / "diff").is_dir):
+            if name not in unpacked:
                 found.append(Finding(MISSING, "layer directory", chain_id, str(layers / name / "diff")))
         return found
 
@@ -407,10 +409,9 @@ def _in_thread(fn: Callable[..., object], *args: object) -> RepairFn:
 
 
 def _remove(path: Path) -> None:
-    if path.is_symlink() or path.is_file():
-        path.unlink(missing_ok=True)
-    else:
-        shutil.rmtree(path, ignore_errors=True)
+    """A file, a link or a whole tree (a layer's may hold directories without permissions); a failure is raised,
+    so that the repair reports it."""
+    remove_tree(path)
 
 
 _ORDER = ("process", "runtime container", "CNI cache entry", "IP reservation", "host-port chain", "pinned namespace",
