@@ -16,6 +16,7 @@ import dataclasses
 import logging
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -380,9 +381,18 @@ def _yes_no(value: bool) -> str:
     return "yes" if value else "no"
 
 
+def watch_children_with_pidfds() -> None:
+    """Learn of conmon's and runc's exits through pidfds on the event loop. Python 3.11's default watcher starts
+    a thread per child to wait for it (Python 3.12 makes pidfds the default): a thread start for every runc call,
+    and dozens of threads while a node fills."""
+    if sys.version_info < (3, 12) and hasattr(os, "pidfd_open"):
+        asyncio.set_child_watcher(asyncio.PidfdChildWatcher())
+
+
 def run_daemon(config: Config, reload: Callable[[], Config] | None = None,
                config_files: Callable[[], list[Path]] = lambda: []) -> int:
     service.configure_logging(config.cripy.log_level, config.cripy.log_format)
+    watch_children_with_pidfds()
     asyncio.run(Daemon(config, reload=reload, config_files=config_files).run())
     return 0
 
