@@ -11,7 +11,8 @@ whose object is gone becomes). The daemon runs the check at start and logs a sum
 
 Races with a running daemon: an object's entry is journalled before its effect is made and forgotten only after
 it is undone, so the journal is read before and after the node is scanned and only what neither reading knows
-is orphaned.
+is orphaned. Layers are not journalled: their directories are compared with their rows under the layer lock
+(images/layerlock.py), or not at all while a pull holds it, which `notes` then says.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import TYPE_CHECKING
 
 from cripy.containers.container import STATE_CREATED, STATE_RUNNING
 from cripy.images.layerentries import remove_tree
+from cripy.images.layerlock import LayerLock
 from cripy.linux import cgroups
 from cripy.linux import mount as mnt
 from cripy.oci.conmon import monitor_argv, monitor_id
@@ -101,6 +103,8 @@ class Audit:
         self.root = daemon.layout.root
         self.runroot = daemon.layout.runroot
         self._repairs: dict[tuple[str, str], RepairFn] = {}  # one repair per object, shared by its findings
+        self._layer_lock = LayerLock(daemon.layout.layers_lock)
+        self.notes: list[str] = []  # what this audit could not check, and why
 
     async def run(self) -> list[Finding]:
         before = await self._known(await self.journal.all_effects())
@@ -243,22 +247,38 @@ class Audit:
         return found
 
     async def _layers(self) -> list[Finding]:
-        rows = await self.d.db.run(lambda conn: [r[0] for r in conn.execute("SELECT chain_id FROM layers")])
-        recorded = {row.split(":", 1)[-1]: row for row in rows}
+        """Layer directories against the layers' rows, under the layer lock (layerlock.py): a layer being pulled
+        has its directory before its row."""
+        with self._layer_lock.auditing() as alone:
+            if not alone:
+                self.notes.append("layer directories were not compared with the records: a pull or an image "
+                                  "removal is changing layers now (run the audit again when it is done)")
+                return []
+            recorded = await self._recorded_layers()
+            present, unpacked = await asyncio.to_thread(_layer_dirs, self.d.layout.layers)
         layers = self.d.layout.layers
-
-        def on_disk() -> tuple[set[str], set[str]]:
-            """The layer directories, and those of them with their unpacked diff/: one trip to the disk."""
-            present = set(os.listdir(layers)) if layers.is_dir() else set()
-            return present, {name for name in present if (layers / name / "diff").is_dir()}
-
-        present, unpacked = await asyncio.to_thread(on_disk)
-        found = [Finding(ORPHANED, "layer directory", name, str(layers / name), _in_thread(_remove, layers / name))
+        found = [Finding(ORPHANED, "layer directory", name, str(layers / name), self._remove_layer_dir(name))
                  for name in sorted(present - set(recorded))]
         for name, chain_id in sorted(recorded.items()):
             if name not in unpacked:
                 found.append(Finding(MISSING, "layer directory", chain_id, str(layers / name / "diff")))
         return found
+
+    async def _recorded_layers(self) -> dict[str, str]:
+        """Directory name -> chain id of every recorded layer."""
+        rows = await self.d.db.run(lambda conn: [r[0] for r in conn.execute("SELECT chain_id FROM layers")])
+        return {row.split(":", 1)[-1]: row for row in rows}
+
+    def _remove_layer_dir(self, name: str) -> RepairFn:
+        """Removes the directory if, under the layer lock, it is still nobody's: a pull may have made it since."""
+        async def repair() -> None:
+            with self._layer_lock.auditing() as alone:
+                if not alone:
+                    raise RuntimeError("a pull or an image removal is changing layers now: left for the next audit")
+                if name not in await self._recorded_layers():
+                    await asyncio.to_thread(_remove, self.d.layout.layers / name)
+
+        return repair
 
     # ---- missing ----------------------------------------------------------------------------------------------
 
@@ -399,6 +419,12 @@ def _cripy_cgroups(parents: set[str]) -> list[str]:
         for path in paths:
             found.update(f"{clean}/{name}" for name in _listdir(path) if _CGROUP_NAME.match(name))
     return sorted(found)
+
+
+def _layer_dirs(layers: Path) -> tuple[set[str], set[str]]:
+    """The layer directories, and those of them with their unpacked diff/: one trip to the disk."""
+    present = set(os.listdir(layers)) if layers.is_dir() else set()
+    return present, {name for name in present if (layers / name / "diff").is_dir()}
 
 
 def _in_thread(fn: Callable[..., object], *args: object) -> RepairFn:

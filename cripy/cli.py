@@ -133,24 +133,33 @@ def _audit_command(config: Config, repair: bool) -> int:
         daemon = Daemon(config)
         await daemon.open_for_audit()
         try:
-            findings = await Audit(daemon).run()
+            audit = Audit(daemon)
+            findings = await audit.run()
             if findings:
                 print(report(findings))
             print(f"cripy audit: {summary(findings)}")
             if not repair or not any(f.repair for f in findings):
+                _print_notes(audit.notes)
                 return 1 if findings else 0
             problems = await Audit(daemon).repair(findings)
             for problem in problems:
                 print(f"cripy audit: {problem}", file=sys.stderr)
-            left = await Audit(daemon).run()
+            audit = Audit(daemon)
+            left = await audit.run()
             if left:
                 print(report(left))
             print(f"cripy audit: after repair, {summary(left)}")
+            _print_notes(audit.notes)
             return 1 if left else 0
         finally:
             await daemon.close_audit()
 
     return asyncio.run(run())
+
+
+def _print_notes(notes: list[str]) -> None:
+    for note in notes:
+        print(f"cripy audit: {note}")
 
 
 def _image_command(args: argparse.Namespace) -> int:

@@ -138,11 +138,14 @@ class Daemon:
         """The same check as `cripy audit`, once recovery is done, in the background: its summary is logged."""
         from cripy.audit import Audit, report, summary
 
+        audit = Audit(self)
         try:
-            findings = await Audit(self).run()
+            findings = await audit.run()
         except Exception:
             log.exception("the audit at start failed")
             return
+        for note in audit.notes:
+            log.info("audit at start: %s", note)
         if findings:
             log.warning("audit at start: %s (`cripy audit --repair` undoes orphans):\n%s", summary(findings),
                         report(findings))

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable, Iterable, 
 from cripy.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound
 from cripy.images import imagerows, progress
 from cripy.images.chunkpipe import ChunkPipe, ConsumerGone, start_reader_thread
+from cripy.images.layerlock import LayerLock
 from cripy.images.progress import LayerProgress
 from cripy.images.reference import Reference, parse_normalized
 from cripy.storage.db import Database
@@ -129,6 +130,7 @@ class ImageStore:
         self._db = db
         self._layout = layout
         self._layer_fetches: dict[str, asyncio.Future[None]] = {}
+        self._layer_lock = LayerLock(layout.layers_lock)
         self._in_use = _LayerUse()
         self._lock = asyncio.Lock()
         self._pinned_names: set[str] = set()
@@ -256,6 +258,10 @@ class ImageStore:
             del self._layer_fetches[chain_id]
 
     async def _fetch_and_unpack(self, chain_id: str, parent: str | None, layer: LayerSource) -> None:
+        async with self._layer_lock.writing():  # the directory exists before its row: no audit may judge it
+            await self._write_layer(chain_id, parent, layer)
+
+    async def _write_layer(self, chain_id: str, parent: str | None, layer: LayerSource) -> None:
         layer_dir = self._layout.layer_dir(chain_id)
         try:
             await _in_thread(_clear_dir, layer_dir)
@@ -370,11 +376,12 @@ class ImageStore:
         doomed = [chain_id for chain_id in unused if chain_id not in held]
         if not doomed:
             return
-        await self._db.transaction(
-            lambda conn: conn.executemany("DELETE FROM layers WHERE chain_id = ?", [(c,) for c in doomed])
-        )
-        for chain_id in doomed:
-            await asyncio.to_thread(_clear_dir, self._layout.layer_dir(chain_id))
+        async with self._layer_lock.writing():  # rows go first, directories after
+            await self._db.transaction(
+                lambda conn: conn.executemany("DELETE FROM layers WHERE chain_id = ?", [(c,) for c in doomed])
+            )
+            for chain_id in doomed:
+                await asyncio.to_thread(_clear_dir, self._layout.layer_dir(chain_id))
         log.info("removed %d unused layer(s)", len(doomed))
 
     async def release(self, image_id: str) -> None:

@@ -29,6 +29,11 @@ class Layout:
         return self.layer_dir(chain_id) / "diff"
 
     @property
+    def layers_lock(self) -> Path:
+        """Held shared while a layer is written or removed, exclusive while the audit compares (layerlock.py)."""
+        return self.root / "layers.lock"
+
+    @property
     def downloads(self) -> Path:
         """Blobs being downloaded; anything here at start-up is a leftover and is removed."""
         return self.root / "tmp"

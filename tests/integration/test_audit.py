@@ -10,6 +10,7 @@ from __future__ import annotations
 import secrets
 import sqlite3
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,9 @@ from cri_api.v1 import api_pb2
 from cripy.linux import mount as mnt
 from tests.integration.daemon import CripyDaemon
 from tests.integration.podlib import PodEnv, mounts_under, run_audit
+from tests.integration.test_images_common import (assert_store_consistent, image_chain_ids, insecure_conf, layer_diff,
+                                                  unique, wait_for)
+from tests.support.images import busybox_image
 
 pytestmark = pytest.mark.integration
 
@@ -133,3 +137,34 @@ def test_the_daemon_logs_the_audit_at_start(pod_env_factory: Callable[..., PodEn
     finally:
         if (stray / "merged").exists() and mnt.is_mountpoint(stray / "merged"):
             mnt.umount(stray / "merged", detach=True)
+
+
+def test_a_layer_being_pulled_is_not_taken_for_an_orphan(cripy_factory, plain_registry, fault_proxy) -> None:
+    """A pulled layer's directory exists before its row: `cripy audit --repair` run meanwhile leaves it (and every
+    unrecorded layer directory) alone and says so; once the pull is done the next audit removes a real orphan."""
+    proxy = fault_proxy(plain_registry)
+    daemon = cripy_factory(registries_conf=insecure_conf(proxy.host))
+    repo = unique("audit-pull")
+    image = busybox_image()
+    plain_registry.push_image(repo, "v1", image)
+    proxy.trickle(f"/blobs/{image.layers[0].digest}", rate=300_000)  # about three seconds for busybox
+    stray = daemon.root / "layers" / ("0" * 64)
+    pulled: list[str] = []
+    with ThreadPoolExecutor(1) as pool:
+        pull = pool.submit(lambda: pulled.append(daemon.pull(proxy.ref(repo, "v1"))))
+        wait_for(lambda: layer_diff(daemon, image_chain_ids(image)[0]).parent.is_dir(), "the layer's directory")
+        stray.mkdir()
+        during = run_audit(daemon, "--repair")
+        assert not pull.done(), "the pull ended before the audit: the test proves nothing"
+        pull.result(timeout=120)
+    assert "layer directories were not compared with the records" in during.stdout, during.stdout
+    assert "orphaned layer directory" not in during.stdout, during.stdout
+    assert pulled == [image.config_digest]
+    assert stray.is_dir()
+    proxy.clear_faults()
+
+    after = run_audit(daemon, "--repair")
+    assert f"orphaned layer directory: {stray}" in after.stdout, after.stdout
+    assert "after repair, nothing orphaned or missing" in after.stdout, after.stdout
+    assert not stray.exists()
+    assert_store_consistent(daemon)
