@@ -39,7 +39,7 @@ from cripy.images.archive import Importer
 from cripy.images.progress import ProgressBoard
 from cripy.images.pull import Puller
 from cripy.images.store import ImageStore
-from cripy.linux import cgroups
+from cripy.linux import cgroups, memory
 from cripy.network.cni import CNIManager
 from cripy.observe.watchdog import Watchdog
 from cripy.oci.exits import ExitWatcher
@@ -135,7 +135,8 @@ class Daemon:
             await asyncio.to_thread(self.db.close)
 
     async def _audit_at_start(self) -> None:
-        """The same check as `cripy audit`, once recovery is done, in the background: its summary is logged."""
+        """The same check as `cripy audit`, once recovery is done, in the background: its summary is logged.
+        Start-up is over then: what the imports, recovery and the audit freed goes back to the kernel (~1 MiB)."""
         from cripy.audit import Audit, report, summary
 
         audit = Audit(self)
@@ -144,6 +145,8 @@ class Daemon:
         except Exception:
             log.exception("the audit at start failed")
             return
+        finally:
+            memory.release_soon()
         for note in audit.notes:
             log.info("audit at start: %s", note)
         if findings:
