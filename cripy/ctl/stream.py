@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 from urllib.parse import urlsplit
 
-from cripy.streaming import channels, spdy
+from cripy.streaming import channels, spdy, spdyevents
 
 UPGRADE_TIMEOUT = 30.0
 READ_CHUNK = 32 * 1024
@@ -161,14 +161,14 @@ class SpdyClientConnection:
                 state.ended.set()
 
     def _dispatch(self, event: object) -> None:
-        if isinstance(event, spdy.DataReceived):
+        if isinstance(event, spdyevents.DataReceived):
             state = self.streams.get(event.stream_id)
             if state is not None:
                 if state.sink is not None:
                     state.sink(event.data)
                 else:
                     state.data += event.data
-        elif isinstance(event, (spdy.StreamEnded, spdy.StreamReset)):
+        elif isinstance(event, (spdyevents.StreamEnded, spdyevents.StreamReset)):
             state = self.streams.get(event.stream_id)
             if state is not None:
                 state.ended.set()

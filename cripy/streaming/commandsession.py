@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from cripy.errors import CripyError
-from cripy.streaming import channels, spdy
+from cripy.streaming import channels, spdy, spdyevents
 from cripy.streaming.channels import ResizeDecoder, TerminalSize
 from cripy.streaming.pumps import (CLOSED, ChannelClosed, ChannelMessage, ClientGone, InputPipe, Pump, SpdyPump,
                                    WebSocketPump)
@@ -153,7 +153,7 @@ class SpdyCommandSession(_Session):
                     event = await self.pump.next_event()
                     if event is CLOSED:
                         raise ClientGone("the client left before creating its streams")
-                    if isinstance(event, spdy.StreamOpened):
+                    if isinstance(event, spdyevents.StreamOpened):
                         await self._accept_stream(event)
                     else:
                         self._early.append(event)
@@ -164,7 +164,7 @@ class SpdyCommandSession(_Session):
         return CommandIO(stdin=self._stdin, stdout=self.want[STDOUT], stderr=self.want[STDERR], write=self._write,
                          resizable=RESIZE in required)
 
-    async def _accept_stream(self, event: spdy.StreamOpened) -> None:
+    async def _accept_stream(self, event: spdyevents.StreamOpened) -> None:
         kind = event.headers.get(channels.STREAM_TYPE_HEADER, "")  # the codec lower-cases header names
         channel = STREAM_TYPES.get(kind)
         await self.pump.reply(event.stream_id)
@@ -196,9 +196,9 @@ class SpdyCommandSession(_Session):
             await self._handle(event, io)
 
     async def _handle(self, event: object, io: CommandIO) -> None:
-        if isinstance(event, spdy.StreamOpened):
+        if isinstance(event, spdyevents.StreamOpened):
             await self._accept_stream(event)
-        elif isinstance(event, spdy.DataReceived):
+        elif isinstance(event, spdyevents.DataReceived):
             channel = self.roles.get(event.stream_id)
             if channel == STDIN and io.stdin is not None:
                 io.stdin.feed(event.data)
@@ -207,7 +207,7 @@ class SpdyCommandSession(_Session):
             if channel == RESIZE:
                 for size in decode_resizes(self.resize_decoder, event.data):
                     io.resizes.put_nowait(size)
-        elif isinstance(event, (spdy.StreamEnded, spdy.StreamReset)):
+        elif isinstance(event, (spdyevents.StreamEnded, spdyevents.StreamReset)):
             if self.roles.get(event.stream_id) == STDIN and io.stdin is not None:
                 io.stdin.feed_eof()
 

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 from cripy.errors import FailedPrecondition, InvalidArgument
 from cripy.linux.namespaces import in_netns
 from cripy.pods.model import STATE_READY
-from cripy.streaming import channels, spdy
+from cripy.streaming import channels, spdy, spdyevents
 from cripy.streaming.pumps import (CLOSED, ChannelMessage, ClientGone, InputPipe, Pump, SpdyPump, WebSocketPump)
 
 if TYPE_CHECKING:
@@ -180,24 +180,24 @@ class SpdyPortForwardSession:
             await asyncio.gather(*self.tasks, return_exceptions=True)
 
     async def _handle(self, event: object) -> None:
-        if isinstance(event, spdy.StreamOpened):
+        if isinstance(event, spdyevents.StreamOpened):
             await self._open(event)
-        elif isinstance(event, spdy.DataReceived):
+        elif isinstance(event, spdyevents.DataReceived):
             pair = self.by_stream.get(event.stream_id)
             if pair is not None and event.stream_id == pair.data_id and pair.inbound is not None:
                 pair.inbound.feed(event.data)
             else:
                 await self.pump.acknowledge(event.stream_id, len(event.data))
-        elif isinstance(event, spdy.StreamEnded):
+        elif isinstance(event, spdyevents.StreamEnded):
             pair = self.by_stream.get(event.stream_id)
             if pair is not None and event.stream_id == pair.data_id and pair.inbound is not None:
                 pair.inbound.feed_eof()
-        elif isinstance(event, spdy.StreamReset):
+        elif isinstance(event, spdyevents.StreamReset):
             pair = self.by_stream.get(event.stream_id)
             if pair is not None:
                 await self._abandon(pair)
 
-    async def _open(self, event: spdy.StreamOpened) -> None:
+    async def _open(self, event: spdyevents.StreamOpened) -> None:
         headers = event.headers  # names lower-cased by the codec
         kind = headers.get(channels.STREAM_TYPE_HEADER, "")
         await self.pump.reply(event.stream_id)

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from cripy.streaming import channels, spdy, websocket
+from cripy.streaming import channels, spdy, spdyevents, websocket
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +173,7 @@ class _Connection:
 class SpdyPump(_Connection):
     """One SPDY/3.1 connection: a reader task feeding the codec, and flow-controlled senders.
 
-    Events (spdy.StreamOpened, DataReceived, StreamReset, ...) are queued for the session; ``next_event`` returns
+    Events (spdyevents.StreamOpened, DataReceived, StreamReset, ...) are queued for the session; ``next_event`` returns
     CLOSED after the connection ended. Incoming data is acknowledged (WINDOW_UPDATE) only once the session has
     consumed it, so a peer that honours windows never has more than a window outstanding; for peers that do not
     (moby/spdystream), a session pauses reading (``pause_reading``) while its input buffers are full.
@@ -205,7 +205,7 @@ class SpdyPump(_Connection):
 
     def _queue_events(self, events: list[Any]) -> None:
         for event in events:
-            if isinstance(event, spdy.GoAwayReceived):
+            if isinstance(event, spdyevents.GoAwayReceived):
                 self.closed.set()
             self._events.put_nowait(event)
 

@@ -2,8 +2,8 @@
 
 Owns the session side of the transport that kubectl/crictl/kubelet (Go, moby/spdystream over the SPDY/3 framer
 of golang.org/x/net) use after ``Upgrade: SPDY/3.1``: streams and their half-closes, flow-control windows, the
-events a peer's frames amount to; no sockets, no asyncio here. The frames and header blocks themselves are in
-spdyframing.py.
+events a peer's frames amount to (their types are in spdyevents.py); no sockets, no asyncio here. The frames
+and header blocks themselves are in spdyframing.py.
 
 Flow control (SPDY/3.1): a 64 KiB window per stream and one for the session (stream id 0 in WINDOW_UPDATE);
 SETTINGS_INITIAL_WINDOW_SIZE (id 7) changes stream windows (existing ones by the delta).
@@ -53,6 +53,19 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from cripy.streaming.spdyevents import (
+    DataReceived,
+    Event,
+    GoAwayReceived,
+    HeadersReceived,
+    PingAcknowledged,
+    PingReceived,
+    SettingsReceived,
+    StreamEnded,
+    StreamOpened,
+    StreamReplied,
+    StreamReset,
+)
 from cripy.streaming.spdyframing import (
     FLAG_FIN,
     FLAG_UNIDIRECTIONAL,
@@ -79,84 +92,6 @@ from cripy.streaming.spdyframing import (
 DEFAULT_INITIAL_WINDOW = 64 * 1024
 # Frame payload size we cut outgoing data into: small enough to interleave streams, large enough for speed.
 MAX_DATA_CHUNK = 32 * 1024
-
-
-# ---------------------------------------------------------------------------------------------- events
-
-
-@dataclass(frozen=True)
-class StreamOpened:
-    stream_id: int
-    headers: dict[str, str]
-    fin: bool
-    unidirectional: bool
-    associated_id: int
-    priority: int
-
-
-@dataclass(frozen=True)
-class StreamReplied:
-    stream_id: int
-    headers: dict[str, str]
-    fin: bool
-
-
-@dataclass(frozen=True)
-class DataReceived:
-    stream_id: int
-    data: bytes
-    fin: bool
-
-
-@dataclass(frozen=True)
-class StreamReset:
-    stream_id: int
-    status: int
-
-
-@dataclass(frozen=True)
-class PingReceived:
-    """The peer pinged us; the answer is already queued."""
-
-    ping_id: int
-
-
-@dataclass(frozen=True)
-class PingAcknowledged:
-    """The peer answered a ping we sent with ``ping()``."""
-
-    ping_id: int
-
-
-@dataclass(frozen=True)
-class GoAwayReceived:
-    last_stream_id: int
-    status: int
-
-
-@dataclass(frozen=True)
-class SettingsReceived:
-    settings: dict[int, int]
-
-
-@dataclass(frozen=True)
-class HeadersReceived:
-    stream_id: int
-    headers: dict[str, str]
-    fin: bool
-
-
-@dataclass(frozen=True)
-class StreamEnded:
-    """The peer half-closed the stream (FIN seen); emitted once, right after the event carrying fin=True."""
-
-    stream_id: int
-
-
-Event = (
-    StreamOpened | StreamReplied | DataReceived | StreamReset | PingReceived | PingAcknowledged
-    | GoAwayReceived | SettingsReceived | HeadersReceived | StreamEnded
-)
 
 
 # ------------------------------------------------------------------------------------------ connection

@@ -109,7 +109,7 @@ assert len(HEADER_DICTIONARY) == 1423 and zlib.adler32(HEADER_DICTIONARY) == HEA
 class SpdyError(Exception):
     """The peer broke the SPDY protocol, or the caller misused the connection.
 
-    ``events`` holds the events (spdy.Event) decoded from the same ``receive_data`` call before the fault; the
+    ``events`` holds the events (spdyevents.Event) decoded from the same ``receive_data`` call before the fault; the
     framing knows no events, hence Any.
     """
 

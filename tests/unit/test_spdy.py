@@ -8,16 +8,15 @@ import zlib
 
 import pytest
 
-from cripy.streaming import spdy, spdyframing
-from cripy.streaming.spdy import (
+from cripy.streaming import spdy, spdyevents, spdyframing
+from cripy.streaming.spdy import SpdyConnection, SpdyError
+from cripy.streaming.spdyevents import (
     DataReceived,
     GoAwayReceived,
     HeadersReceived,
     PingAcknowledged,
     PingReceived,
     SettingsReceived,
-    SpdyConnection,
-    SpdyError,
     StreamEnded,
     StreamOpened,
     StreamReplied,
@@ -39,7 +38,7 @@ def pair(**server_kwargs: object) -> tuple[SpdyConnection, SpdyConnection]:
     return SpdyConnection(is_server=False), SpdyConnection(is_server=True, **server_kwargs)  # type: ignore[arg-type]
 
 
-def pump(src: SpdyConnection, dst: SpdyConnection) -> list[spdy.Event]:
+def pump(src: SpdyConnection, dst: SpdyConnection) -> list[spdyevents.Event]:
     return dst.receive_data(src.data_to_send())
 
 
