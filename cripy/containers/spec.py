@@ -2,7 +2,7 @@
 
 build_spec() turns a ContainerRequest, the image's runtime config, the resolved process user and the pod's
 context into the OCI spec dict that runc 1.1 consumes (runtime-spec 1.0.2), following what kubelet expects of
-CRI-O / containerd: args/env/cwd precedence, default mounts, devices, namespaces joined from the pod,
+CRI-O / containerd: args/env/cwd precedence, default mounts, devices (devices.py), namespaces joined from the pod,
 capabilities with ALL semantics, masked and read-only /proc paths, seccomp, resources, cgroups path.
 
 It performs only read-only I/O: stat of device nodes, realpath of host mount sources, reading Localhost seccomp
@@ -16,16 +16,15 @@ import hashlib
 import os
 import resource
 import posixpath
-import stat
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from cripy.containers import seccomp
+from cripy.containers.devices import build_devices
 from cripy.containers.model import (
     ContainerRequest,
     ContainerSecurity,
-    Device,
     ImageRuntimeConfig,
     Mount,
     NamespaceMode,
@@ -49,11 +48,7 @@ DEFAULT_PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin
 
 # Sysctl prefixes that live in the IPC namespace (the rest of the namespaced ones are net.*).
 _IPC_SYSCTLS = ("kernel.shm", "kernel.msg", "kernel.sem", "fs.mqueue.")
-# Host /dev entries a privileged container does not get as device nodes (pseudo filesystems, the console).
-_HOST_DEV_SKIP_DIRS = {"pts", "shm", "fd", "mqueue", ".lxc", ".lxd-mounts", ".udev"}
-_HOST_DEV_SKIP_FILES = {"console"}
 _NAMESPACE_ALIASES = {"net": "network", "mnt": "mount"}
-MAX_DEVICES_PER_DIRECTORY = 4096
 
 
 @dataclass
@@ -434,96 +429,6 @@ def _existing_host_path(path: str, where: str) -> str:
 
 def _depth(dest: str) -> int:
     return len([p for p in dest.split("/") if p])
-
-
-# --- devices -------------------------------------------------------------------------------------------------
-
-
-def build_devices(
-    requested: list[Device], *, privileged: bool, dev_root: str = "/dev"
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """linux.devices and the device cgroup rules: deny all, then allow each requested device (privileged: all)."""
-    entries: dict[str, dict[str, Any]] = {}
-    rules: list[dict[str, Any]] = []
-    if privileged:
-        for path, st in host_devices(dev_root):
-            entries[path] = _device_entry(path, st)
-        rules.append({"allow": True, "access": "rwm"})
-    else:
-        rules.append({"allow": False, "access": "rwm"})
-    for i, dev in enumerate(requested):
-        for container_path, st in _requested_device_nodes(dev, f"devices[{i}]", dev_root):
-            entry = _device_entry(container_path, st)
-            entries[container_path] = entry
-            if not privileged:
-                rules.append({"allow": True, "type": entry["type"], "major": entry["major"],
-                              "minor": entry["minor"], "access": dev.permissions or "rwm"})
-    return list(entries.values()), rules
-
-
-def host_devices(dev_root: str = "/dev") -> list[tuple[str, os.stat_result]]:
-    """Every character/block device under dev_root (as /dev/... paths), skipping pseudo-fs directories."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(dev_root):
-        if dirpath == dev_root:
-            dirnames[:] = [d for d in dirnames if d not in _HOST_DEV_SKIP_DIRS]
-        for name in filenames:
-            if dirpath == dev_root and name in _HOST_DEV_SKIP_FILES:
-                continue
-            host_path = os.path.join(dirpath, name)
-            try:
-                st = os.lstat(host_path)
-            except FileNotFoundError:
-                continue
-            if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
-                found.append(("/dev/" + os.path.relpath(host_path, dev_root), st))
-    return sorted(found, key=lambda item: item[0])
-
-
-def _requested_device_nodes(dev: Device, where: str, dev_root: str) -> list[tuple[str, os.stat_result]]:
-    try:
-        st = os.stat(dev.host_path)
-    except (FileNotFoundError, NotADirectoryError):
-        raise InvalidArgument(f"{where}: host device {dev.host_path} does not exist") from None
-    if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
-        return [(dev.container_path, st)]
-    if not stat.S_ISDIR(st.st_mode):
-        raise InvalidArgument(f"{where}: {dev.host_path} is neither a device nor a directory of devices")
-    # A directory of devices is one of /dev's (what device plugins hand over: /dev/snd, /dev/dri): walking any
-    # other directory ("/", /proc) would be a walk of the host, and find no devices that belong to a container.
-    real, root = os.path.realpath(dev.host_path), os.path.realpath(dev_root)
-    if real != root and not real.startswith(root + "/"):
-        raise InvalidArgument(f"{where}: {dev.host_path} is a directory outside {dev_root}: only a device or a "
-                              f"directory of devices under {dev_root} can be given")
-    nodes = []
-    for dirpath, _dirnames, filenames in os.walk(real):
-        for name in sorted(filenames):
-            host_path = os.path.join(dirpath, name)
-            try:
-                node = os.lstat(host_path)
-            except FileNotFoundError:
-                continue
-            if stat.S_ISCHR(node.st_mode) or stat.S_ISBLK(node.st_mode):
-                rel = os.path.relpath(host_path, real)
-                nodes.append((posixpath.join(dev.container_path, rel), node))
-                if len(nodes) > MAX_DEVICES_PER_DIRECTORY:
-                    raise InvalidArgument(f"{where}: {dev.host_path} holds more than {MAX_DEVICES_PER_DIRECTORY} "
-                                          "devices")
-    if not nodes:
-        raise InvalidArgument(f"{where}: directory {dev.host_path} contains no devices")
-    return nodes
-
-
-def _device_entry(path: str, st: os.stat_result) -> dict[str, Any]:
-    return {
-        "path": path,
-        "type": "c" if stat.S_ISCHR(st.st_mode) else "b",
-        "major": os.major(st.st_rdev),
-        "minor": os.minor(st.st_rdev),
-        "fileMode": stat.S_IMODE(st.st_mode),
-        "uid": st.st_uid,
-        "gid": st.st_gid,
-    }
 
 
 # --- namespaces, cgroups, sysctls, resources ---------------------------------------------------------------

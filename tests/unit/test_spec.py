@@ -29,9 +29,9 @@ from cripy.containers.spec import (
     SpecSettings,
     achievable_nofile_limit,
     build_spec,
-    host_devices,
     spec_resources,
 )
+from cripy.containers.devices import host_devices
 from cripy.containers.users import ProcessUser
 from cripy.errors import FailedPrecondition, InvalidArgument
 from cripy.linux import capabilities
