@@ -5,24 +5,14 @@ exit watcher (no polling). Every side effect (directories, id-mapped mounts, the
 mounts, the runtime container) is journalled before it is made; a failed create undoes them all, and remove undoes
 what is left. A container holds its image and the images it mounts as volumes: it finds them and is recorded in one
 step, with image removals held off, so that no RemoveImage can take an image from under a container being created.
-
-In a pod with its own user namespace the rootfs is an overlay of id-mapped views of the shared image layers (the
-image's root-owned files are the pod root's, nothing is copied or chowned) over an upper directory owned by the
-pod's root, mounted at <run root>/rootfs/<id>: runc reaches the rootfs as the pod's root, so every directory on
-the way must let others search it, which the root directory (0700: the database, the layers) must not. A mount
-that asks for uid/gid mappings is bound from an id-mapped view of its host path. These views live under
-<run root>/idmap/<id>, away from the container's directories, whose removal must never reach through a mount
-into a host path.
+What a container is made of on the node (directories, rootfs, image volumes, spec, bundle) is setup.py's.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import functools
 import logging
 import secrets
-import shutil
 import signal
 import time
 from dataclasses import dataclass, field
@@ -31,7 +21,7 @@ from pathlib import Path
 from typing import Awaitable, Callable
 
 from cripy import blocking
-from cripy.containers import context, imagevolumes, nodefit
+from cripy.containers import context, nodefit
 from cripy.containers import rootfs as fs
 from cripy.containers.container import (
     REASON_COMPLETED,
@@ -47,9 +37,9 @@ from cripy.containers.container import (
 )
 from cripy.containers.events import ContainerEvent, EventBus, EventType
 from cripy.containers.model import ContainerRequest, NamespaceMode, Resources
-from cripy.containers.spec import SpecSettings, build_spec, spec_resources
+from cripy.containers.setup import ContainerPaths, ContainerSetUp
+from cripy.containers.spec import SpecSettings, spec_resources
 from cripy.containers.usage import ContainerUsage, WritableLayerCache, read_usage
-from cripy.containers.users import resolve_user
 from cripy.errors import CripyError, FailedPrecondition, InvalidArgument, NotFound
 from cripy.images.store import Image, ImageStore
 from cripy.oci import conmon, features
@@ -108,24 +98,16 @@ class ContainerManager:
         self._pods = pods
         self._images = images
         self._runtimes = runtimes
-        self._dirs = root / "containers"
-        self._run_dirs = runroot / "containers"
-        self._idmap_dirs = runroot / "idmap"
-        self._userns_rootfs_dirs = runroot / "rootfs"
-        self._settings = settings
+        self.paths = ContainerPaths(root, runroot)
+        self._setup = ContainerSetUp(journal, images, self.paths, settings)
         self._names = NameReservations("container")
         self._table = records.RecordTable(db, "containers", Container, _INSERTED, _UPDATED)
         self._locks: dict[str, asyncio.Lock] = {}
         self._exited: dict[str, asyncio.Event] = {}
         self._cleanups: dict[str, asyncio.Task[None]] = {}
-        self._warned: set[str] = set()
         self._writable_layers = WritableLayerCache()
         self.events = EventBus()
         self.exits = ExitCounts()
-        journal.register("ctr-dirs", self._undo_dirs)
-        journal.register("ctr-idmap", self._undo_idmap)
-        journal.register("ctr-rootfs", self._undo_rootfs)
-        journal.register("ctr-image-volumes", self._undo_image_volumes)
         journal.register("ctr-runtime", self._undo_runtime)
         images.image_in_use = self._image_in_use
         images.image_mounted_by = self._image_mounted_by
@@ -160,17 +142,7 @@ class ContainerManager:
         return self._locks.setdefault(ctr_id, asyncio.Lock())
 
     def bundle_dir(self, ctr_id: str) -> Path:
-        return self._run_dirs / ctr_id
-
-    def rootfs_dir(self, ctr_id: str, pod: PodSandbox) -> Path:
-        """Where the container's overlay is mounted; in a pod with its own user namespace, on a path the pod's
-        root can search."""
-        if pod.userns is not None:
-            return self._userns_rootfs_dirs / ctr_id
-        return self._dirs / ctr_id / "merged"
-
-    def upper_dir(self, ctr_id: str) -> Path:
-        return self._dirs / ctr_id / "upper"
+        return self.paths.bundle(ctr_id)
 
     async def runtime_of(self, container: Container) -> OCIRuntime:
         """The OCI runtime of the container's pod (containers are removed before their pod, so it exists)."""
@@ -219,7 +191,8 @@ class ContainerManager:
             await self._find_held_images(container)
             await self._table.insert(container)  # from here on, the container holds its images
         try:
-            await self._set_up(container, pod, image)
+            target_pid_ns = await self._target_pid_namespace(request, pod)
+            await self._setup.set_up(container, pod, image, target_pid_ns)
         except BaseException as e:
             log.warning("container %s (%s): create failed, undoing it: %s", container.id, name, e)
             await asyncio.shield(self._discard(container))
@@ -244,89 +217,6 @@ class ContainerManager:
                 raise NotFound(f"container {container.request.name!r}: mounts[{i}]: image {mount.image!r} of the image"
                                f" volume at {mount.container_path} is not present: pull it first")
             mount.image_id = image.id
-
-    async def _set_up(self, container: Container, pod: PodSandbox, image: Image) -> None:
-        ctr_dir = self._dirs / container.id
-        bundle = self.bundle_dir(container.id)
-        rootfs = self.rootfs_dir(container.id, pod)
-        request = container.request
-        idmap_dir = self._idmap_dirs / container.id
-        with step("ctr.rootfs"):
-            await self._journal.record(container.id, "ctr-dirs", paths=[str(ctr_dir), str(bundle), str(rootfs)])
-            layers = await self._images.layer_dirs(image.id)
-            userns = pod.namespace_path("user")
-            if userns is not None or any(m.idmapped for m in request.mounts):
-                await self._journal.record(container.id, "ctr-idmap", path=str(idmap_dir))
-            await self._journal.record(container.id, "ctr-rootfs", path=str(rootfs))
-            await asyncio.to_thread(fs.mount_rootfs, ctr_dir, layers, rootfs,
-                                    fs.RootfsMapping(userns, pod.host_ids(), idmap_dir) if userns is not None else None)
-        image_config = context.image_runtime_config(image)
-        with step("ctr.volumes"):
-            request = await self._mount_image_volumes(container, ctr_dir, idmap_dir)
-            mounts = await asyncio.to_thread(fs.idmapped_mount_sources, request, idmap_dir / "mounts")
-        sec = request.security
-        with step("ctr.user"):
-            user = await asyncio.to_thread(
-                resolve_user,
-                rootfs,
-                run_as_user=sec.run_as_user,
-                run_as_group=sec.run_as_group,
-                run_as_username=sec.run_as_username,
-                image_user=image_config.user,
-                supplemental_groups=sec.supplemental_groups,
-                supplemental_groups_policy=sec.supplemental_groups_policy,
-            )
-        container.process_user = user
-        target_pid_ns = await self._target_pid_namespace(request, pod)
-        with step("ctr.spec"):
-            built = await blocking.HOST_PATHS.run(
-                f"container {container.name}: building the spec (host paths, devices, seccomp profile)",
-                functools.partial(
-                    build_spec,
-                    dataclasses.replace(request, mounts=mounts),
-                    image_config,
-                    ctr_id=container.id,
-                    rootfs=rootfs,
-                    user=user,
-                    pod=context.pod_context(pod),
-                    settings=self._settings,
-                    volumes_dir=ctr_dir / "volumes",
-                    target_pid_ns=target_pid_ns,
-                ),
-            )
-        for warning in built.warnings:
-            # A node-wide limit (e.g. no CAP_SYS_RESOURCE) would repeat for every container: said once, then quiet.
-            level = logging.DEBUG if warning in self._warned else logging.WARNING
-            self._warned.add(warning)
-            log.log(level, "container %s (%s): %s", container.id, container.name, warning)
-        container.stop_signal = request.stop_signal or image_config.stop_signal
-        container.cgroup_path = built.spec["linux"]["cgroupsPath"]
-        with step("ctr.bundle"):
-            await asyncio.to_thread(fs.write_bundle, bundle, built.spec, built.volume_dirs, Path(container.log_path),
-                                    pod.host_ids())
-
-    async def _mount_image_volumes(self, container: Container, ctr_dir: Path, idmap_dir: Path) -> ContainerRequest:
-        """Mount the container's image volumes; the request as the spec sees it, each image volume a read-only
-        bind of its mount (or of the sub-path in it). The recorded request keeps what was asked.
-
-        An image volume with uid/gid mappings (a pod in a user namespace) is an overlay of id-mapped views of the
-        image's layers, as the rootfs is: an overlay mount cannot be id-mapped itself, so its bind takes none."""
-        request = container.request
-        if not any(m.image for m in request.mounts):
-            return request
-        directory = imagevolumes.volumes_dir(ctr_dir)
-        await self._journal.record(container.id, "ctr-image-volumes", path=str(directory))
-        mounts = list(request.mounts)
-        for i, mount in enumerate(mounts):
-            if not mount.image:
-                continue
-            layers = await self._images.layer_dirs(mount.image_id)
-            where = f"container {request.name!r}: mounts[{i}] (image volume {mount.image} at {mount.container_path})"
-            source = await asyncio.to_thread(
-                fs.mount_image_volume, directory, i, layers, mount, idmap_dir / "image-volumes" / str(i), where
-            )
-            mounts[i] = dataclasses.replace(mount, host_path=str(source), uid_mappings=[], gid_mappings=[])
-        return dataclasses.replace(request, mounts=mounts)
 
     async def _target_pid_namespace(self, request: ContainerRequest, pod: PodSandbox) -> str | None:
         options = request.security.namespace_options
@@ -549,7 +439,7 @@ class ContainerManager:
         """What the containers use: for the stats calls, or (full) for the metrics calls (containers/usage.py).
         Read in one worker-thread trip for all of them: a trip per container cost more than its reading."""
         def read_all() -> list[ContainerUsage]:
-            return [read_usage(c.id, cgroup_path=c.cgroup_path, pid=c.pid, upper_dir=self.upper_dir(c.id),
+            return [read_usage(c.id, cgroup_path=c.cgroup_path, pid=c.pid, upper_dir=self.paths.upper(c.id),
                                layers=self._writable_layers, running=c.running, full=full) for c in containers]
 
         return await asyncio.to_thread(read_all) if containers else []
@@ -614,21 +504,7 @@ class ContainerManager:
         log.warning("container %s: its start was interrupted (runtime state %s): taking it back, it can be "
                     "started again", container.id, state.get("status") if state else "none")
         await self._journal.undo(container.id, ("ctr-runtime",))
-
-    # ---- undo functions -----------------------------------------------------------------------------------
-
-    async def _undo_dirs(self, effect: Effect) -> None:
-        for path in effect.data["paths"]:
-            await asyncio.to_thread(shutil.rmtree, path, True)
-
-    async def _undo_rootfs(self, effect: Effect) -> None:
-        await asyncio.to_thread(fs.unmount_all, Path(effect.data["path"]))
-
-    async def _undo_image_volumes(self, effect: Effect) -> None:
-        await asyncio.to_thread(imagevolumes.unmount_image_volumes, Path(effect.data["path"]))
-
-    async def _undo_idmap(self, effect: Effect) -> None:
-        await asyncio.to_thread(fs.remove_idmap_dir, Path(effect.data["path"]))
+    # ---- undo functions (what set-up makes is undone by setup.py's) ---------------------------------------
 
     async def _undo_runtime(self, effect: Effect) -> None:
         runtime = self._runtimes.get(effect.data["handler"])

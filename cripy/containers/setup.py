@@ -1,0 +1,187 @@
+"""What a container is made of on the node, made for CreateContainer and taken back through the journal.
+
+Its directories, the id-mapped views of a pod in a user namespace, the overlay rootfs, its image volumes' mounts,
+the process user resolved in the rootfs, the OCI spec and the bundle. Each effect is journalled before it is made
+(ctr-dirs, ctr-idmap, ctr-rootfs, ctr-image-volumes); the undo functions registered here take them back, for a
+failed create, a removal, or recovery after a crash. Where each piece lives is ContainerPaths.
+
+In a pod with its own user namespace the rootfs is an overlay of id-mapped views of the shared image layers (the
+image's root-owned files are the pod root's, nothing is copied or chowned) over an upper directory owned by the
+pod's root, mounted at <run root>/rootfs/<id>: runc reaches the rootfs as the pod's root, so every directory on
+the way must let others search it, which the root directory (0700: the database, the layers) must not. A mount
+that asks for uid/gid mappings is bound from an id-mapped view of its host path. These views live under
+<run root>/idmap/<id>, away from the container's directories, whose removal must never reach through a mount
+into a host path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from cripy import blocking
+from cripy.containers import context, imagevolumes
+from cripy.containers import rootfs as fs
+from cripy.containers.container import Container
+from cripy.containers.model import ContainerRequest
+from cripy.containers.spec import SpecSettings, build_spec
+from cripy.containers.users import resolve_user
+from cripy.images.store import Image, ImageStore
+from cripy.pods.model import PodSandbox
+from cripy.storage.effects import Effect, EffectJournal
+from cripy.timing import step
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ContainerPaths:
+    """Where a container's pieces live, under the root and the run root."""
+
+    root: Path
+    runroot: Path
+
+    def dir(self, ctr_id: str) -> Path:
+        """upper/, work/, merged/, volumes/, image-volumes/: what outlives a reboot."""
+        return self.root / "containers" / ctr_id
+
+    def bundle(self, ctr_id: str) -> Path:
+        return self.runroot / "containers" / ctr_id
+
+    def rootfs(self, ctr_id: str, pod: PodSandbox) -> Path:
+        """Where the container's overlay is mounted; in a pod with its own user namespace, on a path the pod's
+        root can search (the root directory is 0700)."""
+        if pod.userns is not None:
+            return self.runroot / "rootfs" / ctr_id
+        return self.dir(ctr_id) / "merged"
+
+    def upper(self, ctr_id: str) -> Path:
+        return self.dir(ctr_id) / "upper"
+
+    def idmap(self, ctr_id: str) -> Path:
+        """The id-mapped views, away from the container's directories: their removal must never reach through a
+        mount into a host path."""
+        return self.runroot / "idmap" / ctr_id
+
+
+class ContainerSetUp:
+    """Makes a container's pieces (set_up) and registers the journal's undo functions for them."""
+
+    def __init__(self, journal: EffectJournal, images: ImageStore, paths: ContainerPaths,
+                 settings: SpecSettings) -> None:
+        self._journal = journal
+        self._images = images
+        self._paths = paths
+        self._settings = settings
+        self._warned: set[str] = set()
+        journal.register("ctr-dirs", self._undo_dirs)
+        journal.register("ctr-idmap", self._undo_idmap)
+        journal.register("ctr-rootfs", self._undo_rootfs)
+        journal.register("ctr-image-volumes", self._undo_image_volumes)
+
+    async def set_up(self, container: Container, pod: PodSandbox, image: Image, target_pid_ns: str | None) -> None:
+        """Everything up to the bundle; sets the container's process user, stop signal and cgroup path."""
+        ctr_dir = self._paths.dir(container.id)
+        rootfs = self._paths.rootfs(container.id, pod)
+        idmap_dir = self._paths.idmap(container.id)
+        await self._mount_rootfs(container, pod, image, rootfs)
+        image_config = context.image_runtime_config(image)
+        with step("ctr.volumes"):
+            request = await self._mount_image_volumes(container, ctr_dir, idmap_dir)
+            mounts = await asyncio.to_thread(fs.idmapped_mount_sources, request, idmap_dir / "mounts")
+        sec = request.security
+        with step("ctr.user"):
+            user = await asyncio.to_thread(
+                resolve_user,
+                rootfs,
+                run_as_user=sec.run_as_user,
+                run_as_group=sec.run_as_group,
+                run_as_username=sec.run_as_username,
+                image_user=image_config.user,
+                supplemental_groups=sec.supplemental_groups,
+                supplemental_groups_policy=sec.supplemental_groups_policy,
+            )
+        container.process_user = user
+        with step("ctr.spec"):
+            built = await blocking.HOST_PATHS.run(
+                f"container {container.name}: building the spec (host paths, devices, seccomp profile)",
+                functools.partial(
+                    build_spec,
+                    dataclasses.replace(request, mounts=mounts),
+                    image_config,
+                    ctr_id=container.id,
+                    rootfs=rootfs,
+                    user=user,
+                    pod=context.pod_context(pod),
+                    settings=self._settings,
+                    volumes_dir=ctr_dir / "volumes",
+                    target_pid_ns=target_pid_ns,
+                ),
+            )
+        for warning in built.warnings:
+            # A node-wide limit (e.g. no CAP_SYS_RESOURCE) would repeat for every container: said once, then quiet.
+            level = logging.DEBUG if warning in self._warned else logging.WARNING
+            self._warned.add(warning)
+            log.log(level, "container %s (%s): %s", container.id, container.name, warning)
+        container.stop_signal = request.stop_signal or image_config.stop_signal
+        container.cgroup_path = built.spec["linux"]["cgroupsPath"]
+        with step("ctr.bundle"):
+            await asyncio.to_thread(fs.write_bundle, self._paths.bundle(container.id), built.spec, built.volume_dirs,
+                                    Path(container.log_path), pod.host_ids())
+
+    async def _mount_rootfs(self, container: Container, pod: PodSandbox, image: Image, rootfs: Path) -> None:
+        ctr_dir = self._paths.dir(container.id)
+        idmap_dir = self._paths.idmap(container.id)
+        bundle = self._paths.bundle(container.id)
+        with step("ctr.rootfs"):
+            await self._journal.record(container.id, "ctr-dirs", paths=[str(ctr_dir), str(bundle), str(rootfs)])
+            layers = await self._images.layer_dirs(image.id)
+            userns = pod.namespace_path("user")
+            if userns is not None or any(m.idmapped for m in container.request.mounts):
+                await self._journal.record(container.id, "ctr-idmap", path=str(idmap_dir))
+            await self._journal.record(container.id, "ctr-rootfs", path=str(rootfs))
+            await asyncio.to_thread(fs.mount_rootfs, ctr_dir, layers, rootfs,
+                                    fs.RootfsMapping(userns, pod.host_ids(), idmap_dir) if userns is not None else None)
+
+    async def _mount_image_volumes(self, container: Container, ctr_dir: Path, idmap_dir: Path) -> ContainerRequest:
+        """Mount the container's image volumes; the request as the spec sees it, each image volume a read-only
+        bind of its mount (or of the sub-path in it). The recorded request keeps what was asked.
+
+        An image volume with uid/gid mappings (a pod in a user namespace) is an overlay of id-mapped views of the
+        image's layers, as the rootfs is: an overlay mount cannot be id-mapped itself, so its bind takes none."""
+        request = container.request
+        if not any(m.image for m in request.mounts):
+            return request
+        directory = imagevolumes.volumes_dir(ctr_dir)
+        await self._journal.record(container.id, "ctr-image-volumes", path=str(directory))
+        mounts = list(request.mounts)
+        for i, mount in enumerate(mounts):
+            if not mount.image:
+                continue
+            layers = await self._images.layer_dirs(mount.image_id)
+            where = f"container {request.name!r}: mounts[{i}] (image volume {mount.image} at {mount.container_path})"
+            source = await asyncio.to_thread(
+                fs.mount_image_volume, directory, i, layers, mount, idmap_dir / "image-volumes" / str(i), where
+            )
+            mounts[i] = dataclasses.replace(mount, host_path=str(source), uid_mappings=[], gid_mappings=[])
+        return dataclasses.replace(request, mounts=mounts)
+
+    # ---- undo functions -----------------------------------------------------------------------------------
+
+    async def _undo_dirs(self, effect: Effect) -> None:
+        for path in effect.data["paths"]:
+            await asyncio.to_thread(shutil.rmtree, path, True)
+
+    async def _undo_rootfs(self, effect: Effect) -> None:
+        await asyncio.to_thread(fs.unmount_all, Path(effect.data["path"]))
+
+    async def _undo_image_volumes(self, effect: Effect) -> None:
+        await asyncio.to_thread(imagevolumes.unmount_image_volumes, Path(effect.data["path"]))
+
+    async def _undo_idmap(self, effect: Effect) -> None:
+        await asyncio.to_thread(fs.remove_idmap_dir, Path(effect.data["path"]))
