@@ -3,7 +3,7 @@
 Owns what can be decided from bytes and headers alone: registry names (endpoint, repository, manifest reference),
 WWW-Authenticate challenges and the credentials that answer them, registry error bodies, the response headers a
 pull reads (Content-Type, Retry-After, Content-Range), the throughput floor (fed with bytes and times, no clock of
-its own) and the TLS context built from a certs.d directory.
+its own), the TLS context built from a certs.d directory, and which failures are worth a retry (Transient).
 """
 
 from __future__ import annotations
@@ -28,6 +28,23 @@ _REPOSITORY_RE = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]
 _TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _ENDPOINT_RE = re.compile(r"^[A-Za-z0-9.\-]+(?::[0-9]{1,5})?$|^\[[0-9A-Fa-f:.]+\](?::[0-9]{1,5})?$")
 _CONTENT_RANGE_RE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+
+MAX_ERROR_BODY = 64 * 1024  # an error body is read for its message; more is not a message
+
+
+class Transient(Exception):
+    """A failure worth retrying (connection trouble, 429, 5xx); becomes Unavailable when retries run out."""
+
+    def __init__(self, description: str, retry_after: float | None = None) -> None:
+        super().__init__(description)
+        self.description = description
+        self.retry_after = retry_after
+
+
+def describe(e: BaseException) -> str:
+    """An exception as an error message's cause: its type named once."""
+    text = str(e) or type(e).__name__
+    return f"{type(e).__name__}: {text}" if type(e).__name__ not in text else text
 
 
 # --- names -----------------------------------------------------------------------------------------------------

@@ -20,6 +20,8 @@ from urllib.parse import urlencode, urljoin, urlsplit
 
 import h11
 
+from cripy.errors import DataLoss
+
 CONNECT_TIMEOUT = 30.0
 READ_TIMEOUT = 120.0  # seconds without a byte from the server
 MAX_IDLE_PER_HOST = 4
@@ -385,3 +387,25 @@ async def get_following_redirects(client: Client, url: URL, headers: Mapping[str
         if url.scheme not in ("http", "https"):
             raise HTTPError(f"redirected to an unsupported URL scheme {url.scheme!r}")
     raise HTTPError(f"GET {url.without_query()}: more than {max_redirects} redirects")
+
+
+async def read_limited(resp: Response, limit: int, what: str, *, truncate: bool) -> bytes:
+    """The body, at most `limit` bytes: longer bodies are cut (truncate) or refused with DataLoss. With truncate,
+    a connection failing mid-body gives what had arrived (an error body is read for its message only)."""
+    parts: list[bytes] = []
+    total = 0
+    try:
+        while True:
+            chunk = await resp.read(65536)
+            if not chunk:
+                break
+            parts.append(chunk)
+            total += len(chunk)
+            if total > limit:
+                if truncate:
+                    break
+                raise DataLoss(f"{what}: the response is larger than the {limit} byte limit")
+    except (HTTPError, TimeoutError):
+        if not truncate:
+            raise
+    return b"".join(parts)[:limit]

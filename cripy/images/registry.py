@@ -1,7 +1,7 @@
 """OCI distribution registry client: manifests and blobs over HTTP(S), with auth, retries, resume and a throughput floor.
 
 Owns the I/O side of a pull for one registry endpoint: scheme selection (https, or https-then-http for insecure
-registries), the token/basic auth dance driven by WWW-Authenticate challenges and its token cache, manual redirect
+registries), answering WWW-Authenticate challenges (with registryauth.py's Authorization), manual redirect
 handling (credentials never leave the registry's origin), retries with exponential backoff, resumable blob
 downloads verified against their descriptor, and stall detection. What can be decided without a socket (challenge
 parsing, error bodies, headers, names, the throughput monitor, TLS from certs.d) is in distribution.py.
@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Awaitable, Callable, Mapping, Sequence, TypeVar
 
@@ -29,51 +28,34 @@ from cripy.errors import (
 from cripy.images import http
 from cripy.images.auth import Credentials
 from cripy.images.distribution import (
+    MAX_ERROR_BODY,
     MAX_RETRY_AFTER,
-    Challenge,
     ThroughputMonitor,
-    basic_auth_header,
+    Transient,
     build_ssl_context,
     check_endpoint,
     check_manifest_reference,
     check_repository,
     clean_media_type,
     content_range_start,
-    json_or_none,
+    describe,
     parse_www_authenticate,
     pick_challenge,
-    pull_scope,
     registry_error_text,
     retry_after_seconds,
 )
 from cripy.images.manifest import ALL_MANIFEST_TYPES, Descriptor, digest_of, hasher_for, is_digest
+from cripy.images.registryauth import Authorizer
 
 T = TypeVar("T")
 
 MAX_MANIFEST_SIZE = 4 * 1024 * 1024  # same limit as containerd: a manifest larger than this is abuse, not an image
-MAX_ERROR_BODY = 64 * 1024
 MAX_REDIRECTS = 10
 CHUNK_SIZE = 1024 * 1024
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
 
 # --- the client ------------------------------------------------------------------------------------------------
-
-
-class _Transient(Exception):
-    """A failure worth retrying (connection trouble, 429, 5xx); becomes Unavailable when retries run out."""
-
-    def __init__(self, description: str, retry_after: float | None = None) -> None:
-        super().__init__(description)
-        self.description = description
-        self.retry_after = retry_after
-
-
-@dataclass
-class _Authorization:
-    header: str | None
-    # Static credentials (basic, a registry token) cannot get better by asking again after a 401.
-    static: bool = False
 
 
 # Receives one verified-as-it-goes blob chunk; awaiting it is how a slow consumer holds the download back.
@@ -136,11 +118,6 @@ class _PartialFile:
 
 
 
-def _describe(e: BaseException) -> str:
-    text = str(e) or type(e).__name__
-    return f"{type(e).__name__}: {text}" if type(e).__name__ not in text else text
-
-
 class RegistryClient:
     """Talks to one registry endpoint ("host[:port]") on behalf of pulls; holds its scheme and token cache."""
 
@@ -167,7 +144,6 @@ class RegistryClient:
             )
         self.endpoint = endpoint
         self.insecure = insecure
-        self._credentials = credentials
         self._session = session
         self._retries = retries
         self._backoff = backoff
@@ -179,9 +155,7 @@ class RegistryClient:
         self._scheme: str | None = None if insecure else "https"
         self._https_error = ""  # why an insecure registry fell back to http, for error messages
         self._scheme_lock = asyncio.Lock()
-        self._token_lock = asyncio.Lock()
-        self._challenge: Challenge | None = None
-        self._tokens: dict[tuple[str, str, str], tuple[str, float]] = {}
+        self._auth = Authorizer(endpoint, credentials, user_agent, self._send)
 
     @property
     def scheme(self) -> str | None:
@@ -203,9 +177,9 @@ class RegistryClient:
         async def attempt() -> tuple[str, str, bytes]:
             resp = await self._registry_request("GET", repository, f"manifests/{reference}", headers, what)
             try:
-                body = await _read_limited(resp, MAX_MANIFEST_SIZE, what, truncate=False)
+                body = await http.read_limited(resp, MAX_MANIFEST_SIZE, what, truncate=False)
             except (http.HTTPError, TimeoutError) as e:
-                raise _Transient(f"reading {what}: {_describe(e)}") from None
+                raise Transient(f"reading {what}: {describe(e)}") from None
             finally:
                 resp.release()
             return resp.headers.get("Content-Type", ""), resp.headers.get("Docker-Content-Digest", ""), body
@@ -321,8 +295,8 @@ class RegistryClient:
                 await self._download_attempt(repository, desc, blob, monitor, progress, what)
                 if blob.received == desc.size:
                     return
-                raise _Transient(f"connection closed after {blob.received} of {desc.size} bytes")
-            except _Transient as e:
+                raise Transient(f"connection closed after {blob.received} of {desc.size} bytes")
+            except Transient as e:
                 last, retry_after = e.description, e.retry_after
             # A resume that made progress is not a failure: long layers on flaky links must still finish.
             failures = 0 if blob.received > before else failures + 1
@@ -375,14 +349,14 @@ class RegistryClient:
         if resp.status == 416:
             why = f"{what}: the server refused the range request from byte {offset}"
             blob.restart(why)
-            raise _Transient(why)
+            raise Transient(why)
         if resp.status == 206:
             start = content_range_start(resp.headers.get("Content-Range", ""))
             if start is None or start > offset:
                 why = (f"{what}: asked for bytes from {offset}, got Content-Range "
                        f"{resp.headers.get('Content-Range')!r}")
                 blob.restart(why)
-                raise _Transient(f"{why}; restarting from 0")
+                raise Transient(f"{why}; restarting from 0")
             return offset - start
         length = resp.content_length
         if length is not None and length != desc.size:
@@ -401,9 +375,9 @@ class RegistryClient:
                 now = time.monotonic()
                 monitor.feed(0, now)
                 raise monitor.stalled(now) from None
-            raise _Transient(f"{what}: {_describe(e)}") from None
+            raise Transient(f"{what}: {describe(e)}") from None
         except http.HTTPError as e:
-            raise _Transient(f"{what}: {_describe(e)}") from None
+            raise Transient(f"{what}: {describe(e)}") from None
 
     async def _open_blob(
         self, repository: str, desc: Descriptor, headers: dict[str, str], what: str
@@ -438,7 +412,7 @@ class RegistryClient:
         for n in range(self._retries + 1):
             try:
                 return await attempt()
-            except _Transient as e:
+            except Transient as e:
                 last, retry_after = e.description, e.retry_after
             if n < self._retries:
                 await asyncio.sleep(self._delay(n, retry_after))
@@ -466,10 +440,10 @@ class RegistryClient:
         try:
             resp = await self._exchange("GET", url, {"User-Agent": self._user_agent})
         except (http.HTTPError, TimeoutError) as e:
-            self._https_error = _describe(e)
+            self._https_error = describe(e)
             return "http"
         if resp.status == 401:
-            self._challenge = pick_challenge(parse_www_authenticate(resp.headers.getall("WWW-Authenticate")))
+            self._auth.challenge = pick_challenge(parse_www_authenticate(resp.headers.getall("WWW-Authenticate")))
         resp.release()
         return "https"
 
@@ -487,14 +461,14 @@ class RegistryClient:
         resp = await self._authorized_exchange(method, repository, url, dict(headers), what)
         if 200 <= resp.status < 300 or resp.status in passthrough:
             return resp
-        body = await _read_limited(resp, MAX_ERROR_BODY, what, truncate=True)
+        body = await http.read_limited(resp, MAX_ERROR_BODY, what, truncate=True)
         resp.release()
         raise self._status_error(resp.status, body, what)
 
     def _status_error(self, status: int, body: bytes, what: str) -> Exception:
         details = registry_error_text(body)
         if status == 401:
-            return Unauthenticated(f"registry {self.endpoint} refused {self._credential_kind()} for {what}: {details}")
+            return Unauthenticated(f"registry {self.endpoint} refused {self._auth.credential_kind()} for {what}: {details}")
         if status == 403:
             return PermissionDenied(f"registry {self.endpoint} denied access to {what}: {details}")
         if status == 404:
@@ -503,144 +477,40 @@ class RegistryClient:
             return InvalidArgument(f"registry {self.endpoint} rejected the request for {what}: {details}")
         return Internal(f"registry {self.endpoint} answered HTTP {status} for {what}: {details}")
 
-    def _has_credentials(self) -> bool:
-        c = self._credentials
-        return c is not None and bool(c.username or c.password or c.identity_token or c.registry_token)
-
-    def _credential_kind(self) -> str:
-        c = self._credentials
-        if c is None or not self._has_credentials():
-            return "anonymous access (no credentials configured)"
-        if c.registry_token:
-            return "the configured registry token"
-        if c.identity_token:
-            return "the configured identity token"
-        return f"the credentials of user {c.username!r}"
-
     async def _authorized_exchange(
         self, method: str, repository: str, url: http.URL, headers: dict[str, str], what: str
     ) -> http.Response:
         """Anonymous (or cached token) first; on 401 answer the challenge once; a second 401 is final."""
         headers = {"User-Agent": self._user_agent, **headers}
         for round_ in (1, 2):
-            auth = await self._authorization(repository, what)
+            auth = await self._auth.authorization(repository, what)
             sent = dict(headers)
             if auth.header:
                 sent["Authorization"] = auth.header
             resp = await self._send(method, url, sent)
             if resp.status != 401:
                 return resp
-            body = await _read_limited(resp, MAX_ERROR_BODY, what, truncate=True)
+            body = await http.read_limited(resp, MAX_ERROR_BODY, what, truncate=True)
             challenge = pick_challenge(parse_www_authenticate(resp.headers.getall("WWW-Authenticate")))
             resp.release()
             if challenge is not None:
-                self._challenge = challenge
-            self._forget_token(repository)
+                self._auth.challenge = challenge
+            self._auth.forget(repository)
             if round_ == 2 or auth.static or challenge is None:
                 if challenge is not None and challenge.params.get("error") == "insufficient_scope" \
-                        and self._has_credentials():
+                        and self._auth.has_credentials():
                     # The credentials were accepted; they just do not reach this repository.
                     raise PermissionDenied(
-                        f"registry {self.endpoint} denied {self._credential_kind()} access to {what} "
+                        f"registry {self.endpoint} denied {self._auth.credential_kind()} access to {what} "
                         f"(insufficient_scope): {registry_error_text(body)}"
                     )
                 raise self._status_error(401, body, what)
         raise AssertionError("unreachable")
 
-    async def _authorization(self, repository: str, what: str) -> _Authorization:
-        creds = self._credentials
-        if creds is not None and creds.registry_token:
-            return _Authorization(f"Bearer {creds.registry_token}", static=True)
-        challenge = self._challenge
-        if challenge is None:
-            return _Authorization(None)
-        if challenge.scheme == "basic":
-            basic = basic_auth_header(creds)
-            if basic is None:
-                raise Unauthenticated(
-                    f"registry {self.endpoint} requires credentials (Basic auth) for {what}, and none are configured"
-                )
-            return _Authorization(basic, static=True)
-        token = await self._bearer_token(challenge, repository, what)
-        return _Authorization(f"Bearer {token}")
-
-    def _forget_token(self, repository: str) -> None:
-        scope = pull_scope(repository)
-        for key in [k for k in self._tokens if k[2] == scope]:
-            del self._tokens[key]
-
-    async def _bearer_token(self, challenge: Challenge, repository: str, what: str) -> str:
-        realm = challenge.params.get("realm", "")
-        if not realm:
-            raise Unauthenticated(f"registry {self.endpoint} sent a Bearer challenge without a realm for {what}")
-        service = challenge.params.get("service", "")
-        key = (realm, service, pull_scope(repository))
-        async with self._token_lock:  # parallel layer downloads should share one token request
-            cached = self._tokens.get(key)
-            if cached is not None and cached[1] > time.monotonic():
-                return cached[0]
-            token, expires_in = await self._fetch_token(realm, service, key[2], what)
-            margin = min(10.0, expires_in / 2)
-            self._tokens[key] = (token, time.monotonic() + expires_in - margin)
-            return token
-
-    async def _fetch_token(self, realm: str, service: str, scope: str, what: str) -> tuple[str, float]:
-        try:
-            realm_url = http.URL(realm)
-        except ValueError:
-            realm_url = None
-        if realm_url is None or realm_url.scheme not in ("http", "https"):
-            raise Unauthenticated(f"registry {self.endpoint} names an unusable token realm {realm!r} for {what}")
-        creds = self._credentials
-        headers = {"User-Agent": self._user_agent}
-        if creds is not None and creds.identity_token:
-            form = {
-                "grant_type": "refresh_token",
-                "refresh_token": creds.identity_token,
-                "scope": scope,
-                "client_id": "cripy",
-            }
-            if service:
-                form["service"] = service
-            body, form_headers = http.form_body(form)
-            resp = await self._send("POST", realm_url, {**headers, **form_headers}, body)
-            if resp.status not in (404, 405):
-                return await self._token_from_response(resp, realm, what)
-            resp.release()  # token server without OAuth2 support: fall back to the GET flow
-        query = {"scope": scope, **({"service": service} if service else {})}
-        basic = basic_auth_header(creds)
-        if basic is not None:
-            headers["Authorization"] = basic
-        resp = await self._send("GET", realm_url.with_query(query), headers)
-        return await self._token_from_response(resp, realm, what)
-
-    async def _token_from_response(self, resp: http.Response, realm: str, what: str) -> tuple[str, float]:
-        try:
-            body = await _read_limited(resp, MAX_ERROR_BODY * 4, f"token from {realm}", truncate=False)
-        except (http.HTTPError, TimeoutError) as e:
-            raise _Transient(f"reading the token from {realm}: {_describe(e)}") from None
-        finally:
-            resp.release()
-        if resp.status != 200:
-            raise Unauthenticated(
-                f"token server {realm} refused {self._credential_kind()} for {what} on {self.endpoint} "
-                f"(HTTP {resp.status}): {registry_error_text(body)}"
-            )
-        doc = json_or_none(body)
-        token = ""
-        if isinstance(doc, dict):
-            token = doc.get("token") or doc.get("access_token") or ""
-        if not isinstance(token, str) or not token:
-            raise Unauthenticated(f"token server {realm} answered without a token for {what} on {self.endpoint}")
-        expires_in = doc.get("expires_in") if isinstance(doc, dict) else None
-        if isinstance(expires_in, bool) or not isinstance(expires_in, (int, float)) or expires_in <= 0:
-            expires_in = 60
-        return token, float(expires_in)
-
     async def _send(
         self, method: str, url: http.URL, headers: Mapping[str, str], body: bytes | None = None
     ) -> http.Response:
-        """One exchange with transport failures, 429 and 5xx turned into _Transient."""
+        """One exchange with transport failures, 429 and 5xx turned into Transient."""
         try:
             resp = await self._exchange(method, url, headers, body)
         except http.TLSError as e:
@@ -650,15 +520,15 @@ class RegistryClient:
                     f"add its CA as a *.crt file under the certs.d directory for {self.endpoint}, "
                     f"or configure the registry as insecure"
                 ) from None
-            raise Unavailable(f"TLS handshake with {url.host}:{url.port} failed: {_describe(e)}") from None
+            raise Unavailable(f"TLS handshake with {url.host}:{url.port} failed: {describe(e)}") from None
         except (http.HTTPError, TimeoutError) as e:
-            raise _Transient(f"{method} {url.without_query()}: {_describe(e)}") from None
+            raise Transient(f"{method} {url.without_query()}: {describe(e)}") from None
         status = resp.status
         if status == 429 or (500 <= status < 600 and status not in (501, 505)):
-            body = await _read_limited(resp, MAX_ERROR_BODY, str(url), truncate=True)
+            body = await http.read_limited(resp, MAX_ERROR_BODY, str(url), truncate=True)
             retry_after = retry_after_seconds(resp.headers)
             resp.release()
-            raise _Transient(f"HTTP {status} from {url.without_query()}: {registry_error_text(body)}", retry_after)
+            raise Transient(f"HTTP {status} from {url.without_query()}: {registry_error_text(body)}", retry_after)
         return resp
 
     async def _exchange(
@@ -688,23 +558,3 @@ class RegistryClient:
             url = target
         raise Unavailable(f"{method} {url.without_query()}: more than {MAX_REDIRECTS} redirects")
 
-
-async def _read_limited(resp: http.Response, limit: int, what: str, *, truncate: bool) -> bytes:
-    """The body, at most `limit` bytes: longer bodies are cut (truncate) or refused with DataLoss."""
-    parts: list[bytes] = []
-    total = 0
-    try:
-        while True:
-            chunk = await resp.read(65536)
-            if not chunk:
-                break
-            parts.append(chunk)
-            total += len(chunk)
-            if total > limit:
-                if truncate:
-                    break
-                raise DataLoss(f"{what}: the response is larger than the {limit} byte limit")
-    except (http.HTTPError, TimeoutError):
-        if not truncate:
-            raise
-    return b"".join(parts)[:limit]
