@@ -37,6 +37,7 @@ from cripy.linux import mount as mnt
 from cripy.oci.conmon import monitor_argv, monitor_id
 from cripy.pods.model import STATE_READY
 from cripy.storage.effects import Effect
+from cripy.storage.layout import Layout
 
 if TYPE_CHECKING:
     from cripy.daemon import Daemon
@@ -100,8 +101,7 @@ class Audit:
     def __init__(self, daemon: "Daemon") -> None:
         self.d = daemon
         self.journal = daemon.journal
-        self.root = daemon.layout.root
-        self.runroot = daemon.layout.runroot
+        self.layout = daemon.layout
         self._repairs: dict[tuple[str, str], RepairFn] = {}  # one repair per object, shared by its findings
         self._layer_lock = LayerLock(daemon.layout.layers_lock)
         self.notes: list[str] = []  # what this audit could not check, and why
@@ -109,7 +109,7 @@ class Audit:
     async def run(self) -> list[Finding]:
         before = await self._known(await self.journal.all_effects())
         parents = {self.d.config.runtime.cgroup_parent} | {pod.cgroup_parent for pod in await self.d.pods.list()}
-        node = await asyncio.to_thread(NodeState.read, self.root, self.runroot, self.d, parents)
+        node = await asyncio.to_thread(NodeState.read, self.layout, self.d, parents)
         effects = await self.journal.all_effects()
         known = _union(before, await self._known(effects))
         findings: list[Finding] = []
@@ -148,7 +148,7 @@ class Audit:
 
     async def _mounts(self, node: "NodeState", known: Known) -> list[Finding]:
         found = []
-        pods_dir, ctrs_dir = self.runroot / "pods", self.root / "containers"
+        pods_dir, layout = self.layout.pods, self.layout
         repairs = self._repairs
         for info in node.mounts:
             point = Path(info.mount_point)
@@ -164,8 +164,8 @@ class Audit:
                 continue
             # A container's overlay and image volumes (under its directory, or under rootfs/ in a pod with a user
             # namespace) and its id-mapped layer views (under idmap/).
-            for base, kind in ((ctrs_dir, "ctr-rootfs"), (self.runroot / "rootfs", "ctr-rootfs"),
-                               (self.runroot / "idmap", "ctr-idmap")):
+            for base, kind in ((layout.containers, "ctr-rootfs"), (layout.userns_rootfs, "ctr-rootfs"),
+                               (layout.idmap, "ctr-idmap")):
                 owner = _child_of(base, point)
                 if owner is not None and owner not in known.containers:
                     key = (kind, str(base / owner))
@@ -222,7 +222,7 @@ class Audit:
         key = ("network", pod_id)
         if key not in self._repairs:
             if pod_id in node.cni_cache:
-                netns = str(self.runroot / "pods" / pod_id / "ns" / "net")
+                netns = str(self.layout.pods / pod_id / "ns" / "net")
                 self._repairs[key] = self._undo(pod_id, "pod-network", netns=netns)
             else:
                 self._repairs[key] = lambda: self.d.network.release_unknown(pod_id)
@@ -236,10 +236,10 @@ class Audit:
                 found += [Finding(ORPHANED, "directory", ident, str(p), repair) for p in paths]
         for ident in node.pod_dirs:
             if ident not in known.pods:
-                path = self.runroot / "pods" / ident
+                path = self.layout.pods / ident
                 found.append(Finding(ORPHANED, "directory", ident, str(path), self._undo(ident, "pod-dir", path=str(path))))
         for path in node.runtime_files:
-            if path.parent.name == "attach":
+            if path.parent == self.layout.attach:
                 if not known.monitor(path.name):
                     found.append(Finding(ORPHANED, "file", _attach_owner(path), str(path), _in_thread(_remove, path)))
             elif not known.runtime_id(path.name):
@@ -255,8 +255,8 @@ class Audit:
                                   "removal is changing layers now (run the audit again when it is done)")
                 return []
             recorded = await self._recorded_layers()
-            present, unpacked = await asyncio.to_thread(_layer_dirs, self.d.layout.layers)
-        layers = self.d.layout.layers
+            present, unpacked = await asyncio.to_thread(_layer_dirs, self.layout.layers)
+        layers = self.layout.layers
         found = [Finding(ORPHANED, "layer directory", name, str(layers / name), self._remove_layer_dir(name))
                  for name in sorted(present - set(recorded))]
         for name, chain_id in sorted(recorded.items()):
@@ -276,7 +276,7 @@ class Audit:
                 if not alone:
                     raise RuntimeError("a pull or an image removal is changing layers now: left for the next audit")
                 if name not in await self._recorded_layers():
-                    await asyncio.to_thread(_remove, self.d.layout.layers / name)
+                    await asyncio.to_thread(_remove, self.layout.layers / name)
 
         return repair
 
@@ -325,24 +325,24 @@ class NodeState:
     runtime_files: list[Path]  # exit files and attach links
 
     @classmethod
-    def read(cls, root: Path, runroot: Path, daemon: "Daemon", cgroup_parents: set[str]) -> "NodeState":
-        bases = (runroot / "pods", root / "containers", runroot / "rootfs", runroot / "idmap")
+    def read(cls, layout: Layout, daemon: "Daemon", cgroup_parents: set[str]) -> "NodeState":
+        bases = (layout.pods, layout.containers, layout.userns_rootfs, layout.idmap)
         mounts = [m for m in mnt.read_mountinfo() if any(_child_of(base, Path(m.mount_point)) for base in bases)]
         container_dirs: dict[str, list[Path]] = {}
-        for base in (root / "containers", runroot / "containers", runroot / "rootfs", runroot / "idmap"):
+        for base in layout.container_bases:
             for name in _listdir(base):
                 container_dirs.setdefault(name, []).append(base / name)
         return cls(
             mounts=mounts,
-            monitors=_monitors(runroot / "exits"),
+            monitors=_monitors(layout.exits),
             runtime_containers=_runtime_containers(daemon),
             cgroups=_cripy_cgroups(cgroup_parents),
             cni_cache=daemon.network.cached_pod_ids(),
             ip_reservations=daemon.network.ip_reservations(),
             port_chains=daemon.network.port_chains(),
             container_dirs=container_dirs,
-            pod_dirs=_listdir(runroot / "pods"),
-            runtime_files=[runroot / sub / name for sub in ("exits", "attach") for name in _listdir(runroot / sub)],
+            pod_dirs=_listdir(layout.pods),
+            runtime_files=[base / name for base in (layout.exits, layout.attach) for name in _listdir(base)],
         )
 
 

@@ -91,7 +91,7 @@ class Daemon:
         await self._build_services(self.db, journal)
         self._start_observing()  # before recovery: its undos are counted too
         await self._recover(journal)
-        self.exits = ExitWatcher(self.layout.runroot / "exits", self.containers.handle_exit)
+        self.exits = ExitWatcher(self.layout.exits, self.containers.handle_exit)
         await self.exits.start()
         await self._serve_grpc()
         log.info("cripy serving CRI on %s (root %s, run root %s)", self.config.cripy.listen, self.layout.root, self.layout.runroot)
@@ -162,7 +162,7 @@ class Daemon:
         self.network = CNIManager(
             Path(self.config.network.conf_dir),
             [Path(p) for p in self.config.network.plugin_dirs],
-            self.layout.root / "cni-cache",
+            self.layout.cni_cache,
             self.config.network.default_network,
         )
         self.runtimes = self._runtimes()
@@ -170,7 +170,7 @@ class Daemon:
         self.pods = PodManager(
             db,
             journal,
-            runroot=self.layout.runroot,
+            pods_dir=self.layout.pods,
             network=self.network,
             runtimes=self.runtimes,
             default_runtime=self.config.runtime.default_runtime,
@@ -183,8 +183,7 @@ class Daemon:
             pods=self.pods,
             images=self.store,
             runtimes=self.runtimes,
-            root=self.layout.root,
-            runroot=self.layout.runroot,
+            layout=self.layout,
             settings=await asyncio.to_thread(self._spec_settings),
             log_size_max=self.config.runtime.container_log_size_max,
         )
@@ -218,7 +217,7 @@ class Daemon:
                     kind=handler.kind,
                     global_args=handler_global_args(handler),
                 ),
-                exits_dir=self.layout.runroot / "exits",
+                exits_dir=self.layout.exits,
                 log_level=self.config.cripy.log_level,
                 run_dir=self.layout.runroot,
             )
@@ -229,7 +228,7 @@ class Daemon:
         """Ask each handler's runtime what it supports (Status reports it, RunPodSandbox and CreateContainer check
         against it), and the node whether cripy can id-map its image layers (user namespaces need it)."""
         idmap_problem = await asyncio.to_thread(features.probe_node_idmap, self.layout.layers,
-                                                self.layout.runroot / "rootfs")
+                                                self.layout.userns_rootfs)
         if idmap_problem is not None:
             log.warning("no user namespaces on this node: %s", idmap_problem)
         probed = await asyncio.gather(*(runtime.probe_features(node_idmap_problem=idmap_problem)

@@ -51,6 +51,7 @@ from cripy.pods.model import STATE_READY, PodSandbox
 from cripy.storage import records
 from cripy.storage.db import Database
 from cripy.storage.effects import Effect, EffectJournal
+from cripy.storage.layout import Layout
 from cripy.storage.names import NameReservations
 from cripy.timing import step
 
@@ -88,8 +89,7 @@ class ContainerManager:
         pods: PodManager,
         images: ImageStore,
         runtimes: dict[str, OCIRuntime],
-        root: Path,
-        runroot: Path,
+        layout: Layout,
         settings: SpecSettings,
         log_size_max: int = 0,
     ) -> None:
@@ -98,7 +98,7 @@ class ContainerManager:
         self._pods = pods
         self._images = images
         self._runtimes = runtimes
-        self.paths = ContainerPaths(root, runroot)
+        self.paths = ContainerPaths(layout)
         self._setup = ContainerSetUp(journal, images, self.paths, settings)
         self._names = NameReservations("container")
         self._table = records.RecordTable(db, "containers", Container, _INSERTED, _UPDATED)

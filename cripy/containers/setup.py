@@ -34,6 +34,7 @@ from cripy.containers.users import resolve_user
 from cripy.images.store import Image, ImageStore
 from cripy.pods.model import PodSandbox
 from cripy.storage.effects import Effect, EffectJournal
+from cripy.storage.layout import Layout
 from cripy.timing import step
 
 log = logging.getLogger(__name__)
@@ -41,23 +42,22 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ContainerPaths:
-    """Where a container's pieces live, under the root and the run root."""
+    """Where one container's pieces live (the directories that hold them are the Layout's)."""
 
-    root: Path
-    runroot: Path
+    layout: Layout
 
     def dir(self, ctr_id: str) -> Path:
         """upper/, work/, merged/, volumes/, image-volumes/: what outlives a reboot."""
-        return self.root / "containers" / ctr_id
+        return self.layout.containers / ctr_id
 
     def bundle(self, ctr_id: str) -> Path:
-        return self.runroot / "containers" / ctr_id
+        return self.layout.bundles / ctr_id
 
     def rootfs(self, ctr_id: str, pod: PodSandbox) -> Path:
         """Where the container's overlay is mounted; in a pod with its own user namespace, on a path the pod's
         root can search (the root directory is 0700)."""
         if pod.userns is not None:
-            return self.runroot / "rootfs" / ctr_id
+            return self.layout.userns_rootfs / ctr_id
         return self.dir(ctr_id) / "merged"
 
     def upper(self, ctr_id: str) -> Path:
@@ -66,7 +66,7 @@ class ContainerPaths:
     def idmap(self, ctr_id: str) -> Path:
         """The id-mapped views, away from the container's directories: their removal must never reach through a
         mount into a host path."""
-        return self.runroot / "idmap" / ctr_id
+        return self.layout.idmap / ctr_id
 
 
 class ContainerSetUp:

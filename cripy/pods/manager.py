@@ -61,7 +61,7 @@ class PodManager:
         db: Database,
         journal: EffectJournal,
         *,
-        runroot: Path,
+        pods_dir: Path,
         network: CNIManager,
         runtimes: dict[str, OCIRuntime],
         default_runtime: str,
@@ -69,7 +69,7 @@ class PodManager:
         pause_command: str,
     ) -> None:
         self._journal = journal
-        self._pods_dir = runroot / "pods"
+        self._pods_dir = pods_dir
         self._network = network
         self._runtimes = runtimes
         self._default_runtime = default_runtime

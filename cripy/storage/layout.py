@@ -40,7 +40,49 @@ class Layout:
 
     @property
     def containers(self) -> Path:
+        """<id>/: a container's upper/, work/, merged/ (its overlay), volumes/, image-volumes/."""
         return self.root / "containers"
+
+    @property
+    def cni_cache(self) -> Path:
+        return self.root / "cni-cache"
+
+    # ---- under the run root (gone at reboot) ----
+
+    @property
+    def pods(self) -> Path:
+        """<id>/: a pod's files, pinned namespaces, shm and infra bundle."""
+        return self.runroot / "pods"
+
+    @property
+    def bundles(self) -> Path:
+        """<id>/: a container's OCI bundle, pid files and conmon's persist/ directory."""
+        return self.runroot / "containers"
+
+    @property
+    def userns_rootfs(self) -> Path:
+        """<id>: the overlay rootfs of a container in a user namespace (its root must be able to reach it)."""
+        return self.runroot / "rootfs"
+
+    @property
+    def idmap(self) -> Path:
+        """<id>/: a container's id-mapped views of layers and volumes."""
+        return self.runroot / "idmap"
+
+    @property
+    def exits(self) -> Path:
+        """<id>: the exit files conmon writes."""
+        return self.runroot / "exits"
+
+    @property
+    def attach(self) -> Path:
+        """conmon's links to bundles, named short enough for a unix socket path."""
+        return self.runroot / "attach"
+
+    @property
+    def container_bases(self) -> tuple[Path, ...]:
+        """Every directory that holds one entry per container."""
+        return (self.containers, self.bundles, self.userns_rootfs, self.idmap)
 
     def ensure(self) -> None:
         for path in (self.root, self.layers, self.downloads, self.containers, self.runroot):
