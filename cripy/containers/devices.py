@@ -50,13 +50,24 @@ def host_devices(dev_root: str = "/dev") -> list[tuple[str, os.stat_result]]:
             if dirpath == dev_root and name in _HOST_DEV_SKIP_FILES:
                 continue
             host_path = os.path.join(dirpath, name)
-            try:
-                st = os.lstat(host_path)
-            except FileNotFoundError:
-                continue
-            if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+            st = _device_node(host_path)
+            if st is not None:
                 found.append(("/dev/" + os.path.relpath(host_path, dev_root), st))
     return sorted(found, key=lambda item: item[0])
+
+
+def _device_node(path: str) -> os.stat_result | None:
+    """The path's stat if it is a character or block device itself (links are not followed); None otherwise,
+    also when it went away while /dev was walked."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    return st if _is_device(st) else None
+
+
+def _is_device(st: os.stat_result) -> bool:
+    return stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)
 
 
 def _requested_device_nodes(dev: Device, where: str, dev_root: str) -> list[tuple[str, os.stat_result]]:
@@ -64,7 +75,7 @@ def _requested_device_nodes(dev: Device, where: str, dev_root: str) -> list[tupl
         st = os.stat(dev.host_path)
     except (FileNotFoundError, NotADirectoryError):
         raise InvalidArgument(f"{where}: host device {dev.host_path} does not exist") from None
-    if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+    if _is_device(st):
         return [(dev.container_path, st)]
     if not stat.S_ISDIR(st.st_mode):
         raise InvalidArgument(f"{where}: {dev.host_path} is neither a device nor a directory of devices")
@@ -78,11 +89,8 @@ def _requested_device_nodes(dev: Device, where: str, dev_root: str) -> list[tupl
     for dirpath, _dirnames, filenames in os.walk(real):
         for name in sorted(filenames):
             host_path = os.path.join(dirpath, name)
-            try:
-                node = os.lstat(host_path)
-            except FileNotFoundError:
-                continue
-            if stat.S_ISCHR(node.st_mode) or stat.S_ISBLK(node.st_mode):
+            node = _device_node(host_path)
+            if node is not None:
                 rel = os.path.relpath(host_path, real)
                 nodes.append((posixpath.join(dev.container_path, rel), node))
                 if len(nodes) > MAX_DEVICES_PER_DIRECTORY:
