@@ -237,7 +237,8 @@ READING_NOTES = (
     "snapshot GC; cripy: its effect journal). \"pod ready\" is the sum kubelet waits for.",
     "Pods and containers are configured as kubelet configures an ordinary pod: a PID namespace per container, "
     "network and IPC per pod, seccomp Unconfined (what kubelet sends when the pod names no profile and the "
-    "SeccompDefault feature is off), so that neither runtime's default for an absent field decides.",
+    "SeccompDefault feature is off), and kubelet's default masked and read-only /proc paths, so that neither "
+    "runtime's default for an absent field decides (containerd masks nothing it is not sent).",
     "The 20k-file pulls are bound by the disk's metadata writes and vary several-fold between iterations on both "
     "runtimes (see min and max); with 3 iterations their medians are not stable.",
 )

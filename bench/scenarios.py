@@ -32,6 +32,12 @@ SLEEPER = ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"]
 # What kubelet sends for a pod that names no profile (without the SeccompDefault feature): both runtimes get the
 # same explicit request instead of each one's own default for an absent field.
 KUBELET_DEFAULT_SECCOMP = api_pb2.SecurityProfile(profile_type=api_pb2.SecurityProfile.Unconfined)
+# What kubelet sends for every container whose procMount is Default (securitycontext.ConvertToRuntimeMaskedPaths and
+# ...ReadonlyPaths): containerd applies exactly what it is sent, so without them its containers had no masked /proc.
+KUBELET_MASKED_PATHS = ("/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+                        "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware",
+                        "/sys/devices/virtual/powercap")
+KUBELET_READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
 LIFECYCLE_CALLS = ("RunPodSandbox", "CreateContainer", "StartContainer", "StopContainer", "RemoveContainer",
                    "StopPodSandbox", "RemovePodSandbox")
 
@@ -142,7 +148,8 @@ class Driver:
             linux=api_pb2.LinuxContainerConfig(security_context=api_pb2.LinuxContainerSecurityContext(
                 namespace_options=api_pb2.NamespaceOption(network=api_pb2.POD, pid=api_pb2.CONTAINER,
                                                           ipc=api_pb2.POD),
-                seccomp=KUBELET_DEFAULT_SECCOMP)),
+                seccomp=KUBELET_DEFAULT_SECCOMP, masked_paths=KUBELET_MASKED_PATHS,
+                readonly_paths=KUBELET_READONLY_PATHS)),
         )
 
     def run_pod(self, config: api_pb2.PodSandboxConfig) -> str:
