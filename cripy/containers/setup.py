@@ -93,7 +93,9 @@ class ContainerSetUp:
         image_config = context.image_runtime_config(image)
         with step("ctr.volumes"):
             request = await self._mount_image_volumes(container, ctr_dir, idmap_dir)
-            mounts = await asyncio.to_thread(fs.idmapped_mount_sources, request, idmap_dir / "mounts")
+            mounts = request.mounts
+            if any(m.idmapped for m in mounts):
+                mounts = await asyncio.to_thread(fs.idmapped_mount_sources, request, idmap_dir / "mounts")
         sec = request.security
         with step("ctr.user"):
             user = await asyncio.to_thread(
@@ -138,14 +140,14 @@ class ContainerSetUp:
         ctr_dir = self._paths.dir(container.id)
         idmap_dir = self._paths.idmap(container.id)
         bundle = self._paths.bundle(container.id)
+        userns = pod.namespace_path("user")
+        effects: list[tuple[str, dict]] = [("ctr-dirs", {"paths": [str(ctr_dir), str(bundle), str(rootfs)]})]
+        if userns is not None or any(m.idmapped for m in container.request.mounts):
+            effects.append(("ctr-idmap", {"path": str(idmap_dir)}))
+        effects.append(("ctr-rootfs", {"path": str(rootfs)}))
         with step("ctr.rootfs"):
-            await self._journal.record(container.id, "ctr-dirs", paths=[str(ctr_dir), str(bundle), str(rootfs)])
-            layers = await self._images.layer_dirs(image.id)
-            userns = pod.namespace_path("user")
-            if userns is not None or any(m.idmapped for m in container.request.mounts):
-                await self._journal.record(container.id, "ctr-idmap", path=str(idmap_dir))
-            await self._journal.record(container.id, "ctr-rootfs", path=str(rootfs))
-            await asyncio.to_thread(fs.mount_rootfs, ctr_dir, layers, rootfs,
+            await self._journal.record_all(container.id, effects)  # all made by the mount below
+            await asyncio.to_thread(fs.mount_rootfs, ctr_dir, self._images.layer_dirs_of(image), rootfs,
                                     fs.RootfsMapping(userns, pod.host_ids(), idmap_dir) if userns is not None else None)
 
     async def _mount_image_volumes(self, container: Container, ctr_dir: Path, idmap_dir: Path) -> ContainerRequest:

@@ -182,6 +182,10 @@ class ImageStore:
         image = await self.get(image_id)
         if image is None:
             raise NotFound(f"image {image_id} not found")
+        return self.layer_dirs_of(image)
+
+    def layer_dirs_of(self, image: Image) -> list[Path]:
+        """layer_dirs of an image already looked up (and held: its layers stay while a container holds it)."""
         return [self._layout.layer_diff(chain_id) for chain_id in image.chain_ids]
 
     # ---- adding ---------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ def write_config(bundle: Path, spec: dict[str, Any]) -> None:
     tmp = path.with_name(f".{CONFIG}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     with os.fdopen(fd, "w") as handle:
-        json.dump(spec, handle)
+        handle.write(json.dumps(spec))  # one write: json.dump writes every token on its own
     os.chmod(tmp, 0o600)  # an earlier leftover may have had another mode
     tmp.replace(path)
 

@@ -61,18 +61,28 @@ class EffectJournal:
         self._undo[kind] = undo
 
     async def record(self, owner: str, kind: str, **data: Any) -> Effect:
-        if kind not in self._undo:
-            raise ValueError(f"effect kind {kind!r} has no undo function")
-        text = json.dumps(data, sort_keys=True)
-        seq = await self._db.run(
-            lambda conn: conn.execute(
-                "INSERT INTO effects (owner, kind, data) VALUES (?, ?, ?)", (owner, kind, text)
-            ).lastrowid
-        )
-        self.counts.pending += 1
-        _bump(self.counts.recorded, kind)
-        faults.point(f"effect.{kind}")  # recorded, not yet made
-        return Effect(int(seq), owner, kind, data)
+        (effect,) = await self.record_all(owner, [(kind, data)])
+        return effect
+
+    async def record_all(self, owner: str, entries: list[tuple[str, dict[str, Any]]]) -> list[Effect]:
+        """Several effects of one owner in one commit, in order: for effects made together, after all of them
+        are recorded (one trip to the database instead of one each)."""
+        for kind, _ in entries:
+            if kind not in self._undo:
+                raise ValueError(f"effect kind {kind!r} has no undo function")
+        rows = [(owner, kind, json.dumps(data, sort_keys=True)) for kind, data in entries]
+
+        def insert(conn: sqlite3.Connection) -> list[int]:
+            return [conn.execute("INSERT INTO effects (owner, kind, data) VALUES (?, ?, ?)", row).lastrowid
+                    for row in rows]
+
+        seqs = await self._db.transaction(insert) if len(rows) > 1 else await self._db.run(insert)
+        effects = [Effect(int(seq), owner, kind, data) for seq, (kind, data) in zip(seqs, entries)]
+        for effect in effects:
+            self.counts.pending += 1
+            _bump(self.counts.recorded, effect.kind)
+            faults.point(f"effect.{effect.kind}")  # recorded, not yet made
+        return effects
 
     async def effects_of(self, owner: str) -> list[Effect]:
         rows = await self._db.run(

@@ -57,6 +57,21 @@ async def test_record_returns_the_effect_and_keeps_it(journal: EffectJournal) ->
     assert await journal.effects_of("other") == []
 
 
+async def test_effects_recorded_together_are_kept_in_order_and_undone_newest_first(
+        journal: EffectJournal, recorder: Recorder) -> None:
+    effects = await journal.record_all("ctr1", [("dir", {"paths": ["/a", "/b"]}), ("mount", {"path": "/a/m"})])
+    assert [e.kind for e in effects] == ["dir", "mount"] and effects[0].seq < effects[1].seq
+    assert await journal.effects_of("ctr1") == effects
+    await journal.undo("ctr1")
+    assert recorder.undone == [("ctr1", "mount", {"path": "/a/m"}), ("ctr1", "dir", {"paths": ["/a", "/b"]})]
+
+
+async def test_effects_recorded_together_are_all_refused_for_one_unknown_kind(journal: EffectJournal) -> None:
+    with pytest.raises(ValueError, match="bogus"):
+        await journal.record_all("ctr1", [("dir", {"path": "/a"}), ("bogus", {})])
+    assert await journal.effects_of("ctr1") == []
+
+
 async def test_record_refuses_a_kind_without_undo(journal: EffectJournal) -> None:
     with pytest.raises(ValueError, match="'teleport'"):
         await journal.record("pod1", "teleport", where="mars")
