@@ -196,6 +196,14 @@ class Daemon:
         await self.store.recover()
         await self.pods.recover()
         await self.containers.recover()
+        await self._clear_exec_leftovers()
+
+    async def _clear_exec_leftovers(self) -> None:
+        by_dir = {runtime.exec_dir: runtime for runtime in self.runtimes.values()}  # handlers share the run root
+        for exec_dir, runtime in by_dir.items():
+            left = await asyncio.to_thread(runtime.clear_exec_leftovers)
+            if left:
+                log.info("removed %d leftovers of exec calls cut short by the last stop from %s", len(left), exec_dir)
 
     async def _undo_orphaned_effects(self, journal: EffectJournal) -> None:
         """Effects whose pod or container record is gone were being cleaned up when the daemon stopped."""

@@ -28,6 +28,7 @@ import logging
 import os
 import re
 import secrets
+import shutil
 import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -150,6 +151,21 @@ class OCIRuntime:
 
     def exit_file_path(self, ctr_id: str) -> Path:
         return self.exits_dir / ctr_id
+
+    def clear_exec_leftovers(self) -> list[str]:
+        """Empty the exec directory: pid files, runc logs and stream scratch directories of exec calls that a
+        stopped daemon cut short (at start, nothing is being exec'd). The names removed. Blocking: use a thread."""
+        try:
+            names = sorted(os.listdir(self.exec_dir))
+        except FileNotFoundError:
+            return []
+        for name in names:
+            path = self.exec_dir / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        return names
 
     # ---- create ----------------------------------------------------------------------------------------------
 

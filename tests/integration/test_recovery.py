@@ -13,8 +13,10 @@ import sqlite3
 import subprocess
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import grpc
 import pytest
 from cri_api.v1 import api_pb2
 
@@ -165,3 +167,27 @@ def test_half_made_pod_and_container_are_undone_at_start(pod_env_factory: Callab
     finally:
         if os.path.ismount(shm):
             subprocess.run(["umount", "-l", str(shm)])
+
+
+def test_an_exec_cut_short_by_a_kill_leaves_nothing_after_the_restart(pod_env_factory: Callable[..., PodEnv]) -> None:
+    """ExecSync keeps runc's pid file and log in the run root's exec directory while the command runs; a daemon
+    killed meanwhile never removes them, so the next start does."""
+    env = pod_env_factory()
+    pod_id, config = env.run_pod("exec-cut-short")
+    ctr = env.run(pod_id, config, "main", ["sleep", "3600"])
+    exec_dir = env.daemon.runroot / "exec"
+    with ThreadPoolExecutor(1) as pool:
+        call = pool.submit(env.exec, ctr, ["sleep", "2"])
+        deadline = time.monotonic() + 30
+        while not (exec_dir.is_dir() and any(name.endswith(".pid") for name in os.listdir(exec_dir))):
+            assert time.monotonic() < deadline and not call.done(), "the exec never started"
+            time.sleep(0.02)
+        env.daemon.kill()
+        with pytest.raises(grpc.RpcError):
+            call.result(timeout=60)
+    assert os.listdir(exec_dir), "the killed daemon left nothing: the test proves nothing"
+    env.daemon.start()
+    assert os.listdir(exec_dir) == []
+    assert env.exec(ctr, ["echo", "again"]).stdout == b"again\n"
+    env.stop_pod(pod_id)
+    env.remove_pod(pod_id)
