@@ -468,7 +468,8 @@ class RegistryClient:
     def _status_error(self, status: int, body: bytes, what: str) -> Exception:
         details = registry_error_text(body)
         if status == 401:
-            return Unauthenticated(f"registry {self.endpoint} refused {self._auth.credential_kind()} for {what}: {details}")
+            return Unauthenticated(
+                f"registry {self.endpoint} refused {self._auth.credential_kind()} for {what}: {details}")
         if status == 403:
             return PermissionDenied(f"registry {self.endpoint} denied access to {what}: {details}")
         if status == 404:

@@ -21,6 +21,7 @@ cgroups: conmon stays in the daemon's cgroup (CRI-O's ``conmon_cgroup`` set to t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import errno
 import json
@@ -151,6 +152,13 @@ class OCIRuntime:
 
     def exit_file_path(self, ctr_id: str) -> Path:
         return self.exits_dir / ctr_id
+
+    def ensure_exec_dir(self) -> Path:
+        """The directory of exec calls' pid files and runc logs: root's only (runc's logs name commands and
+        paths)."""
+        self.exec_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.exec_dir.chmod(0o700)  # made by an older cripy with the default mode
+        return self.exec_dir
 
     def clear_exec_leftovers(self) -> list[str]:
         """Empty the exec directory: pid files, runc logs and stream scratch directories of exec calls that a
@@ -356,15 +364,17 @@ class OCIRuntime:
         """
         if not cmd:
             raise InvalidArgument(f"exec in container {ctr_id}: the command is empty")
-        self.exec_dir.mkdir(parents=True, exist_ok=True)
+        exec_dir = self.ensure_exec_dir()
         # Two files of the call's own (no directory: making and removing one cost more than the rest of the call)
         name = f"exec-{secrets.token_hex(8)}"
-        pidfile, runc_log = self.exec_dir / f"{name}.pid", self.exec_dir / f"{name}.log"
+        pidfile, runc_log = exec_dir / f"{name}.pid", exec_dir / f"{name}.log"
         try:
             return await self._exec_in(ctr_id, list(cmd), timeout or None, pidfile, runc_log)
         finally:
-            pidfile.unlink(missing_ok=True)
-            runc_log.unlink(missing_ok=True)
+            # runc writes the pid file as .<name> first and renames it: a runc killed in between leaves that one
+            for leftover in (pidfile, exec_dir / f".{pidfile.name}", runc_log):
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
 
     async def _exec_in(self, ctr_id: str, cmd: list[str], timeout: float | None, pidfile: Path,
                        runc_log: Path) -> ExecResult:

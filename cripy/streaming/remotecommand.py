@@ -133,8 +133,7 @@ def write_terminal_process(bundle: Path, cmd: tuple[str, ...], size: TerminalSiz
 async def run_exec(runtime: "OCIRuntime", ctr_id: str, cmd: tuple[str, ...], tty: bool, io: CommandIO,
                    bundle: Path) -> Outcome:
     """Run ``cmd`` in the container with the session's streams; its exit code, or an error."""
-    runtime.exec_dir.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix="stream-", dir=runtime.exec_dir))
+    scratch = Path(tempfile.mkdtemp(prefix="stream-", dir=runtime.ensure_exec_dir()))
     try:
         if not tty:
             return await _exec_with_pipes(runc_exec_argv(runtime, ctr_id, cmd, False, scratch / "pid"),

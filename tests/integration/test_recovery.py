@@ -170,8 +170,8 @@ def test_half_made_pod_and_container_are_undone_at_start(pod_env_factory: Callab
 
 
 def test_an_exec_cut_short_by_a_kill_leaves_nothing_after_the_restart(pod_env_factory: Callable[..., PodEnv]) -> None:
-    """ExecSync keeps runc's pid file and log in the run root's exec directory while the command runs; a daemon
-    killed meanwhile never removes them, so the next start does."""
+    """ExecSync keeps runc's pid file and log in the run root's exec directory (root's only) while the command
+    runs; a daemon killed meanwhile never removes them, so the next start does."""
     env = pod_env_factory()
     pod_id, config = env.run_pod("exec-cut-short")
     ctr = env.run(pod_id, config, "main", ["sleep", "3600"])
@@ -186,6 +186,7 @@ def test_an_exec_cut_short_by_a_kill_leaves_nothing_after_the_restart(pod_env_fa
         with pytest.raises(grpc.RpcError):
             call.result(timeout=60)
     assert os.listdir(exec_dir), "the killed daemon left nothing: the test proves nothing"
+    assert exec_dir.stat().st_mode & 0o777 == 0o700  # runc's logs name commands and paths: root's only
     env.daemon.start()
     assert os.listdir(exec_dir) == []
     assert env.exec(ctr, ["echo", "again"]).stdout == b"again\n"

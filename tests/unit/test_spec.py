@@ -21,6 +21,7 @@ from cripy.containers.model import (
     Resources,
     SecurityProfile,
 )
+from cripy.containers.devices import host_devices
 from cripy.containers.spec import (
     DEFAULT_MASKED_PATHS,
     DEFAULT_READONLY_PATHS,
@@ -31,7 +32,6 @@ from cripy.containers.spec import (
     build_spec,
     spec_resources,
 )
-from cripy.containers.devices import host_devices
 from cripy.containers.users import ProcessUser
 from cripy.errors import FailedPrecondition, InvalidArgument
 from cripy.linux import capabilities
