@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import subprocess
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -270,13 +271,20 @@ class Audit:
         return {row.split(":", 1)[-1]: row for row in rows}
 
     def _remove_layer_dir(self, name: str) -> RepairFn:
-        """Removes the directory if, under the layer lock, it is still nobody's: a pull may have made it since."""
+        """Removes the directory if, under the layer lock, it is still nobody's: a pull may have made it since.
+        Under the lock it is only moved out of layers/ (into the downloads directory, emptied at start); deleting
+        a big layer would hold every pull up for seconds."""
         async def repair() -> None:
             with self._layer_lock.auditing() as alone:
                 if not alone:
                     raise RuntimeError("a pull or an image removal is changing layers now: left for the next audit")
-                if name not in await self._recorded_layers():
-                    await asyncio.to_thread(_remove, self.layout.layers / name)
+                if name in await self._recorded_layers():
+                    return
+                self.layout.downloads.mkdir(exist_ok=True)
+                moved = self.layout.downloads / f"orphaned-layer-{name}-{secrets.token_hex(4)}"
+                # On the loop: one rename, and a cancelled thread could still be renaming once the lock is gone.
+                os.rename(self.layout.layers / name, moved)
+            await asyncio.to_thread(_remove, moved)
 
         return repair
 

@@ -118,7 +118,7 @@ def _effective_config(args: argparse.Namespace) -> Config:
 
 def _audit_command(config: Config, repair: bool) -> int:
     """Print what is orphaned or missing, by object; with repair, undo the orphans and check again. Exit status 1
-    when something is (still) found."""
+    when something is (still) found, 3 when nothing is but a check was left out."""
     import asyncio
 
     from cripy.audit import Audit, report, summary
@@ -139,8 +139,7 @@ def _audit_command(config: Config, repair: bool) -> int:
                 print(report(findings))
             print(f"cripy audit: {summary(findings)}")
             if not repair or not any(f.repair for f in findings):
-                _print_notes(audit.notes)
-                return 1 if findings else 0
+                return _audit_status(findings, audit.notes)
             problems = await Audit(daemon).repair(findings)
             for problem in problems:
                 print(f"cripy audit: {problem}", file=sys.stderr)
@@ -149,17 +148,21 @@ def _audit_command(config: Config, repair: bool) -> int:
             if left:
                 print(report(left))
             print(f"cripy audit: after repair, {summary(left)}")
-            _print_notes(audit.notes)
-            return 1 if left else 0
+            return _audit_status(left, audit.notes)
         finally:
             await daemon.close_audit()
 
     return asyncio.run(run())
 
 
-def _print_notes(notes: list[str]) -> None:
+def _audit_status(findings: list, notes: list[str]) -> int:
+    """1 when something is found; 3 when nothing is, but part of the node could not be checked (the notes say
+    which), so that a script does not read an incomplete audit as a clean node; else 0."""
     for note in notes:
         print(f"cripy audit: {note}")
+    if findings:
+        return 1
+    return 3 if notes else 0
 
 
 def _image_command(args: argparse.Namespace) -> int:

@@ -398,8 +398,14 @@ def watch_children_with_pidfds() -> None:
     """Learn of conmon's and runc's exits through pidfds on the event loop. Python 3.11's default watcher starts
     a thread per child to wait for it (Python 3.12 makes pidfds the default): a thread start for every runc call,
     and dozens of threads while a node fills."""
-    if sys.version_info < (3, 12) and hasattr(os, "pidfd_open"):
-        asyncio.set_child_watcher(asyncio.PidfdChildWatcher())
+    if sys.version_info >= (3, 12) or not hasattr(os, "pidfd_open"):
+        return
+    try:
+        os.close(os.pidfd_open(os.getpid()))  # the kernel (5.3+) and any seccomp filter must allow it
+    except OSError as e:
+        log.info("children are watched with a thread each: pidfd_open is refused (%s)", e)
+        return
+    asyncio.set_child_watcher(asyncio.PidfdChildWatcher())
 
 
 def run_daemon(config: Config, reload: Callable[[], Config] | None = None,

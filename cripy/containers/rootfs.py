@@ -117,17 +117,25 @@ def remove_idmap_dir(path: Path) -> None:
     if not path.exists():
         return
     mnt.unmount_all_under(path)
-    for sub in ("layers", "mounts"):
+    # layers/<n> and mounts/<n> are views; image-volumes/<volume>/<n> are the views of each image volume's layers.
+    for sub, depth in (("layers", 1), ("mounts", 1), ("image-volumes", 2)):
         directory = path / sub
-        if not directory.is_dir():
-            continue
-        for entry in directory.iterdir():
-            if entry.is_dir() and not entry.is_symlink():
-                entry.rmdir()
-            else:
-                entry.unlink()  # the empty file a single-file view was mounted on
-        directory.rmdir()
+        if directory.is_dir():
+            _remove_view_places(directory, depth)
     path.rmdir()
+
+
+def _remove_view_places(directory: Path, depth: int) -> None:
+    """The places views were mounted on, `depth` levels down, then the directory. Never looks inside a place."""
+    for entry in directory.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            if depth > 1:
+                _remove_view_places(entry, depth - 1)
+            else:
+                entry.rmdir()
+        else:
+            entry.unlink()  # the empty file a single-file view was mounted on
+    directory.rmdir()
 
 
 def unmount_all(path: Path) -> None:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, AsyncIterator, Awaitable, Callable, Iterable, 
 from cripy.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound
 from cripy.images import imagerows, progress
 from cripy.images.chunkpipe import ChunkPipe, ConsumerGone, start_reader_thread
-from cripy.images.layerlock import LayerLock
+from cripy.images.layerlock import LayerLock, LayerLockTimeout
 from cripy.images.progress import LayerProgress
 from cripy.images.reference import Reference, parse_normalized
 from cripy.storage.db import Database
@@ -374,18 +374,24 @@ class ImageStore:
             await self._collect_layers()
 
     async def _collect_layers(self) -> None:
-        """Delete layers no image references and no pull in flight holds."""
-        held = self._in_use.counts  # includes every layer being fetched: add_image holds them first
-        unused = await self._db.run(imagerows.unreferenced_layers)
-        doomed = [chain_id for chain_id in unused if chain_id not in held]
-        if not doomed:
+        """Delete layers no image references and no pull in flight holds (decided under the layer lock: a pull
+        may start to hold one while the lock is awaited). An audit holding the lock too long leaves them to the
+        next collection."""
+        try:
+            async with self._layer_lock.writing():  # rows go first, directories after
+                held = self._in_use.counts  # includes every layer being fetched: add_image holds them first
+                unused = await self._db.run(imagerows.unreferenced_layers)
+                doomed = [chain_id for chain_id in unused if chain_id not in held]
+                if not doomed:
+                    return
+                await self._db.transaction(
+                    lambda conn: conn.executemany("DELETE FROM layers WHERE chain_id = ?", [(c,) for c in doomed])
+                )
+                for chain_id in doomed:
+                    await _in_thread(_clear_dir, self._layout.layer_dir(chain_id))
+        except LayerLockTimeout as e:
+            log.warning("unused layers are left for the next image removal: %s", e)
             return
-        async with self._layer_lock.writing():  # rows go first, directories after
-            await self._db.transaction(
-                lambda conn: conn.executemany("DELETE FROM layers WHERE chain_id = ?", [(c,) for c in doomed])
-            )
-            for chain_id in doomed:
-                await asyncio.to_thread(_clear_dir, self._layout.layer_dir(chain_id))
         log.info("removed %d unused layer(s)", len(doomed))
 
     async def release(self, image_id: str) -> None:

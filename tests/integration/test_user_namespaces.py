@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -202,3 +204,16 @@ def test_image_volume_in_a_user_namespace(env: PodEnv, mapped: bool) -> None:
     assert env.exec(ctr, ["touch", "/imgvol/x"]).exit_code != 0
     owner = env.sh(ctr, "stat -c %u /imgvol/bin/busybox").strip()
     assert owner == ("0" if mapped else "65534"), owner
+    # Removed, it leaves neither its id-mapped views (the image volume's among them) nor a journal entry.
+    env.stop(ctr)
+    env.remove(ctr)
+    views = env.daemon.runroot / "idmap" / ctr
+    deadline = time.monotonic() + 30
+    while views.exists() or _effects_of(env, ctr):
+        assert time.monotonic() < deadline, f"left behind: {views.exists() and os.listdir(views)}, {_effects_of(env, ctr)}"
+        time.sleep(0.05)
+
+
+def _effects_of(env: PodEnv, owner: str) -> list[str]:
+    with sqlite3.connect(env.daemon.root / "cripy.db") as conn:
+        return [row[0] for row in conn.execute("SELECT kind FROM effects WHERE owner = ?", (owner,))]

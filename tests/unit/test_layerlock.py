@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from cripy.images.layerlock import RETRY_SECONDS, LayerLock
+import pytest
+
+from cripy.images.layerlock import RETRY_SECONDS, LayerLock, LayerLockTimeout
 
 
 def test_the_audit_does_not_get_the_lock_while_a_layer_is_written(tmp_path: Path) -> None:
@@ -56,3 +58,16 @@ def test_a_writer_waits_for_the_audit_without_blocking_the_loop(tmp_path: Path) 
 async def _write(lock: LayerLock) -> None:
     async with lock.writing():
         pass
+
+
+def test_a_writer_gives_up_on_an_audit_that_holds_the_lock_too_long(tmp_path: Path) -> None:
+    lock = LayerLock(tmp_path / "layers.lock")
+
+    async def scenario() -> None:
+        async with lock.writing(wait=RETRY_SECONDS * 3):
+            pass
+
+    with lock.auditing() as alone:
+        assert alone
+        with pytest.raises(LayerLockTimeout, match="held by an audit"):
+            asyncio.run(scenario())
