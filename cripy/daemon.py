@@ -199,11 +199,11 @@ class Daemon:
         await self._clear_exec_leftovers()
 
     async def _clear_exec_leftovers(self) -> None:
-        by_dir = {runtime.exec_dir: runtime for runtime in self.runtimes.values()}  # handlers share the run root
-        for exec_dir, runtime in by_dir.items():
-            left = await asyncio.to_thread(runtime.clear_exec_leftovers)
-            if left:
-                log.info("removed %d leftovers of exec calls cut short by the last stop from %s", len(left), exec_dir)
+        runtime = next(iter(self.runtimes.values()))  # the handlers share the run root's exec directory
+        left = await asyncio.to_thread(runtime.clear_exec_leftovers)
+        if left:
+            log.info("removed %d leftovers of exec calls cut short by the last stop from %s", len(left),
+                     self.layout.exec_calls)
 
     async def _undo_orphaned_effects(self, journal: EffectJournal) -> None:
         """Effects whose pod or container record is gone were being cleaned up when the daemon stopped."""
@@ -225,9 +225,8 @@ class Daemon:
                     kind=handler.kind,
                     global_args=handler_global_args(handler),
                 ),
-                exits_dir=self.layout.exits,
+                layout=self.layout,
                 log_level=self.config.cripy.log_level,
-                run_dir=self.layout.runroot,
             )
             for name, handler in runtime.handlers.items()
         }

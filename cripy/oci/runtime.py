@@ -6,11 +6,11 @@ update) plus conmon's control fifo (reopen log, resize). The runtime keeps no pe
 it needs is derived from the container id and the paths the caller passes, so it works unchanged after a daemon
 restart.
 
-Layout it uses (``run_dir`` defaults to the parent of ``exits_dir``, i.e. /run/cripy):
+What it uses under the run root (storage.layout.Layout names the directories):
 
-* ``<exits_dir>/<id>``: exit code written by conmon (see cripy.oci.exits)
-* ``<run_dir>/attach/<id>``: conmon's symlink to the bundle; attach socket ``.../<id>/attach``, ctl fifo
-  ``.../<id>/ctl``
+* ``exits/<id>``: exit code written by conmon (see cripy.oci.exits)
+* ``attach/<id>``: conmon's symlink to the bundle; attach socket ``.../<id>/attach``, ctl fifo ``.../<id>/ctl``
+* ``exec/``: the pid files and runc logs of exec calls in flight
 * ``<bundle>/pidfile``, ``<bundle>/conmon-pidfile``: container and conmon pids
 * ``<persist_dir>/exit``, ``<persist_dir>/oom``: written by conmon when the container exits / is OOM killed
 
@@ -41,6 +41,7 @@ from cripy.errors import (CripyError, DeadlineExceeded, FailedPrecondition, Inte
 from cripy.oci import conmon, features
 from cripy.oci.features import HandlerFeatures
 from cripy.oci.inotify import wait_for_path
+from cripy.storage.layout import Layout
 
 __all__ = ["RuntimeHandler", "CreateResult", "ExecResult", "OCIRuntime"]
 
@@ -110,17 +111,15 @@ def validate_container_id(ctr_id: str) -> None:
 class OCIRuntime:
     """One runtime handler (runc by default) driven through conmon."""
 
-    def __init__(self, handler: RuntimeHandler, *, exits_dir: Path, log_level: str = "info",
-                 run_dir: Path | None = None) -> None:
+    def __init__(self, handler: RuntimeHandler, *, layout: Layout, log_level: str = "info") -> None:
         if handler.runtime_type != "oci":
             raise Unimplemented(f"runtime handler {handler.name}: runtime type {handler.runtime_type!r} is not "
                                 f"supported (only 'oci')")
         self.handler = handler
-        self.exits_dir = exits_dir
+        self.exits_dir = layout.exits
+        self.socket_dir = layout.attach
+        self.exec_dir = layout.exec_calls
         self.log_level = log_level
-        self.run_dir = run_dir if run_dir is not None else exits_dir.parent
-        self.socket_dir = self.run_dir / "attach"
-        self.exec_dir = self.run_dir / "exec"
         # Nothing is offered until the runtime has been asked (probe_features, at start and at reload).
         self.features = HandlerFeatures()
 

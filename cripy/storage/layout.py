@@ -80,6 +80,11 @@ class Layout:
         return self.runroot / "attach"
 
     @property
+    def exec_calls(self) -> Path:
+        """runc's pid files and logs of exec calls in flight (emptied at start)."""
+        return self.runroot / "exec"
+
+    @property
     def container_bases(self) -> tuple[Path, ...]:
         """Every directory that holds one entry per container."""
         return (self.containers, self.bundles, self.userns_rootfs, self.idmap)

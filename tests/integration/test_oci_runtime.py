@@ -26,6 +26,7 @@ from cripy.errors import DeadlineExceeded, FailedPrecondition, Internal, Invalid
 from cripy.oci.exits import ExitWatcher, read_exit_file, read_oom_file
 from cripy.oci.inotify import wait_for_path
 from cripy.oci.runtime import CreateResult, OCIRuntime, RuntimeHandler
+from cripy.storage.layout import Layout
 
 pytestmark = [
     pytest.mark.integration,
@@ -111,7 +112,7 @@ class Env:
         self.run_dir = self.base / "run"
         self.exits_dir = self.run_dir / "exits"
         self.handler = RuntimeHandler(runtime_root=self.base / "runc")
-        self.runtime = OCIRuntime(self.handler, exits_dir=self.exits_dir, run_dir=self.run_dir)
+        self.runtime = OCIRuntime(self.handler, layout=Layout(self.base / "root", self.run_dir))
         self.cgroup_parent = f"/cripy-test-{uuid.uuid4().hex[:12]}"
         self.ids: list[str] = []
         self.conmon_pids: list[int] = []

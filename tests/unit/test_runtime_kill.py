@@ -11,6 +11,7 @@ import pytest
 
 from cripy.errors import Internal
 from cripy.oci.runtime import OCIRuntime, RuntimeHandler
+from cripy.storage.layout import Layout
 
 FREEZER_ERROR = "openat2 /sys/fs/cgroup/freezer/cripy/x/freezer.state: no such file or directory"
 
@@ -28,7 +29,7 @@ exit 2
 """)
     script.chmod(0o755)
     handler = RuntimeHandler(runtime_path=str(script), runtime_root=tmp_path / "root")
-    return OCIRuntime(handler, exits_dir=tmp_path / "exits", run_dir=tmp_path / "run")
+    return OCIRuntime(handler, layout=Layout(tmp_path / "root", tmp_path / "run"))
 
 
 def test_kill_of_a_container_that_stopped_meanwhile_succeeds(tmp_path: Path) -> None:
