@@ -149,7 +149,8 @@ class Audit:
 
     async def _mounts(self, node: "NodeState", known: Known) -> list[Finding]:
         found = []
-        pods_dir, layout = self.layout.pods, self.layout
+        layout = self.layout
+        pods_dir = layout.pods
         repairs = self._repairs
         for info in node.mounts:
             point = Path(info.mount_point)
@@ -334,7 +335,7 @@ class NodeState:
 
     @classmethod
     def read(cls, layout: Layout, daemon: "Daemon", cgroup_parents: set[str]) -> "NodeState":
-        bases = (layout.pods, layout.containers, layout.userns_rootfs, layout.idmap)
+        bases = (layout.pods, *layout.container_bases)
         mounts = [m for m in mnt.read_mountinfo() if any(_child_of(base, Path(m.mount_point)) for base in bases)]
         container_dirs: dict[str, list[Path]] = {}
         for base in layout.container_bases:

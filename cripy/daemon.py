@@ -196,13 +196,13 @@ class Daemon:
         await self.store.recover()
         await self.pods.recover()
         await self.containers.recover()
-        await self._clear_exec_leftovers()
+        await self._reset_exec_dir()
 
-    async def _clear_exec_leftovers(self) -> None:
+    async def _reset_exec_dir(self) -> None:
         runtime = next(iter(self.runtimes.values()))  # the handlers share the run root's exec directory
-        left = await asyncio.to_thread(runtime.clear_exec_leftovers)
+        left = await asyncio.to_thread(runtime.reset_exec_dir)
         if left:
-            log.info("removed %d leftovers of exec calls cut short by the last stop from %s", len(left),
+            log.info("removed %d leftovers of exec calls cut short by the last stop from %s", left,
                      self.layout.exec_calls)
 
     async def _undo_orphaned_effects(self, journal: EffectJournal) -> None:

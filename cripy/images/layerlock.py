@@ -70,9 +70,9 @@ class LayerLock:
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                got = True
             except BlockingIOError:
-                yield False
-            else:
-                yield True
+                got = False
+            yield got  # outside the except: the body's own exceptions are not chained to BlockingIOError
         finally:
             os.close(fd)

@@ -154,25 +154,19 @@ class OCIRuntime:
 
     def ensure_exec_dir(self) -> Path:
         """The directory of exec calls' pid files and runc logs: root's only (runc's logs name commands and
-        paths)."""
+        paths). Made afresh at start (reset_exec_dir); made again here only if it went missing since."""
         self.exec_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.exec_dir.chmod(0o700)  # made by an older cripy with the default mode
         return self.exec_dir
 
-    def clear_exec_leftovers(self) -> list[str]:
-        """Empty the exec directory: pid files, runc logs and stream scratch directories of exec calls that a
-        stopped daemon cut short (at start, nothing is being exec'd). The names removed. Blocking: use a thread."""
-        try:
-            names = sorted(os.listdir(self.exec_dir))
-        except FileNotFoundError:
-            return []
-        for name in names:
-            path = self.exec_dir / name
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
-        return names
+    def reset_exec_dir(self) -> int:
+        """At start (nothing is being exec'd): remove what exec calls cut short by a stopped daemon left (pid files,
+        runc logs, stream scratch directories) and make the directory afresh, root's only whatever mode an older
+        cripy gave it. How many entries were left. Blocking: use a thread."""
+        left = len(os.listdir(self.exec_dir)) if self.exec_dir.is_dir() else 0
+        shutil.rmtree(self.exec_dir, ignore_errors=True)
+        self.exec_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # exists still if something could not go
+        self.exec_dir.chmod(0o700)
+        return left
 
     # ---- create ----------------------------------------------------------------------------------------------
 
