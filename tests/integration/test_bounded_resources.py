@@ -29,8 +29,10 @@ def test_a_gigabyte_of_logs_stays_within_the_log_size_limit(pod_env_factory: Cal
     env = pod_env_factory(extra_toml=f"container_log_size_max = {LOG_SIZE_MAX}\n")
     pod_id, config = env.run_pod("loud")
     rss_before = _rss(env.daemon.pid)  # type: ignore[arg-type]
+    # The gigabyte ends mid-line; the `echo` ends that line, so that "last-line" is a line of its own however
+    # conmon's reads happen to split the output (one read could otherwise join the two).
     script = f"yes 0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz | head -c {GIGABYTE}; " \
-             "echo last-line"
+             "echo; echo last-line"
     ctr_id = env.run(pod_id, config, "loud", ["sh", "-c", script])
     log_path = Path(env.status(ctr_id).log_path)
     largest = 0
