@@ -21,17 +21,15 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio
+from grpc_health.v1 import health_pb2
 
 from cripy import service, timing
 from cripy.config import Config, ConfigError, handler_global_args, handler_runtime_root
 from cripy.containers.manager import ContainerManager
 from cripy.containers.spec import SpecSettings
-from cripy.cri.admin import admin_handler
+from cripy.cri.admin import admin_methods
 from cripy.cri.errors import IMAGE_SERVICE, RUNTIME_SERVICE
-from cripy.cri.handlers import service_handler
+from cripy.cri.handlers import service_methods
 from cripy.cri.images import ImageService
 from cripy.cri.info import status_info
 from cripy.cri.runtime import RuntimeService
@@ -47,6 +45,8 @@ from cripy.oci import features
 from cripy.oci.features import HandlerFeatures
 from cripy.oci.runtime import OCIRuntime, RuntimeHandler
 from cripy.pods.manager import PodManager
+from cripy.rpc.health import Health
+from cripy.rpc.server import Server
 from cripy.storage.db import Database
 from cripy.storage.effects import EffectJournal
 from cripy.storage.layout import Layout
@@ -70,7 +70,7 @@ class Daemon:
         self.config_files = config_files()  # the files `config` was read from, for Status's verbose info
         self.layout = Layout(config.root, config.runroot)
         self._stopping = asyncio.Event()
-        self._server: grpc.aio.Server | None = None
+        self._server: Server | None = None
         self.streaming: StreamingServer | None = None
         self._streaming_lock = asyncio.Lock()
         self.db: Database | None = None
@@ -80,7 +80,7 @@ class Daemon:
         self.metrics: Metrics | None = None
         self.tracing: Tracing | None = None
         self.watchdog: Watchdog | None = None
-        self._health: health_aio.HealthServicer | None = None
+        self._health: Health | None = None
         self._audit_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -280,10 +280,6 @@ class Daemon:
             return self.streaming
 
     async def _serve_grpc(self) -> None:
-        limit = self.config.cripy.grpc_max_message_bytes
-        server = grpc.aio.server(
-            options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
-        )
         runtime_service = RuntimeService(
             pods=self.pods,
             containers=self.containers,
@@ -292,20 +288,19 @@ class Daemon:
             config_info=lambda: status_info(self.config, self.config_files, self.network, self.handler_features()),
             streaming_server=self.streaming_server,
         )
-        self._health = health_aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        server.add_generic_rpc_handlers([
-            service_handler("ImageService", ImageService(self.store, self.puller)),
-            service_handler("RuntimeService", runtime_service),
-            admin_handler(self.importer, self.board),
-        ])
+        self._health = Health()
+        server = Server({
+            **self._health.methods(),
+            **service_methods("ImageService", ImageService(self.store, self.puller)),
+            **service_methods("RuntimeService", runtime_service),
+            **admin_methods(self.importer, self.board),
+        }, max_message_bytes=self.config.cripy.grpc_max_message_bytes)
         socket_path = Path(self.config.cripy.listen)
         socket_path.parent.mkdir(parents=True, exist_ok=True)
         socket_path.unlink(missing_ok=True)
         old_umask = os.umask(0o177)  # the socket is born 0600: root only, never briefly world-connectable
         try:
-            server.add_insecure_port(f"unix://{socket_path}")
-            await server.start()
+            await server.start(socket_path)
         finally:
             os.umask(old_umask)
         socket_path.chmod(0o600)

@@ -112,7 +112,7 @@ def configure_logging(level: str, log_format: str = "auto") -> str:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
-    logging.getLogger("grpc").setLevel(logging.INFO)  # its debug output is per-call noise
+    logging.getLogger("hpack").setLevel(logging.INFO)  # its debug output is per-header noise
     return chosen
 
 

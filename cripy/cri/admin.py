@@ -21,13 +21,13 @@ import time
 from pathlib import Path
 from typing import Any, AsyncIterator
 
-import grpc
 
 from cripy import errors, timing
 from cripy.cri.errors import answered, status_code_for
 from cripy.images import progress
 from cripy.images.archive import Importer
 from cripy.images.progress import ProgressBoard
+from cripy.rpc.server import Context, Method
 
 SERVICE = "cripy.v1.Admin"
 WATCH_INTERVAL = 0.2  # how often a watcher looks for news
@@ -49,8 +49,8 @@ def decode(data: bytes) -> dict[str, Any]:
     return message
 
 
-def admin_handler(importer: Importer, board: ProgressBoard) -> grpc.GenericRpcHandler:
-    async def import_image(request: dict[str, Any], context: grpc.aio.ServicerContext) -> dict[str, Any]:
+def admin_methods(importer: Importer, board: ProgressBoard) -> dict[str, Method]:
+    async def import_image(request: dict[str, Any], context: Context) -> dict[str, Any]:
         async def handle() -> dict[str, Any]:
             path = request.get("path")
             progress_id = request.get("progressId") or ""
@@ -64,10 +64,10 @@ def admin_handler(importer: Importer, board: ProgressBoard) -> grpc.GenericRpcHa
 
         return await answered(SERVICE, "ImportImage", _import_subject, handle, request, context)
 
-    async def inflight(request: dict[str, Any], context: grpc.aio.ServicerContext) -> dict[str, Any]:
+    async def inflight(request: dict[str, Any], context: Context) -> dict[str, Any]:
         return {"calls": [_call_document(call) for call in timing.inflight()]}
 
-    async def watch_progress(request: dict[str, Any], context: grpc.aio.ServicerContext) -> AsyncIterator[dict[str, Any]]:
+    async def watch_progress(request: dict[str, Any], context: Context) -> AsyncIterator[dict[str, Any]]:
         try:
             kind, name, wait = _watch_target(request)
         except errors.CripyError as e:
@@ -75,17 +75,11 @@ def admin_handler(importer: Importer, board: ProgressBoard) -> grpc.GenericRpcHa
         async for snapshot in watch(board, kind, name, wait):
             yield snapshot
 
-    return grpc.method_handlers_generic_handler(
-        SERVICE,
-        {
-            "ImportImage": grpc.unary_unary_rpc_method_handler(import_image, request_deserializer=decode,
-                                                               response_serializer=encode),
-            "Inflight": grpc.unary_unary_rpc_method_handler(inflight, request_deserializer=decode,
-                                                            response_serializer=encode),
-            "WatchProgress": grpc.unary_stream_rpc_method_handler(watch_progress, request_deserializer=decode,
-                                                                  response_serializer=encode),
-        },
-    )
+    return {
+        f"/{SERVICE}/ImportImage": Method(import_image, decode, encode),
+        f"/{SERVICE}/Inflight": Method(inflight, decode, encode),
+        f"/{SERVICE}/WatchProgress": Method(watch_progress, decode, encode, streaming=True),
+    }
 
 
 async def watch(board: ProgressBoard, kind: str, name: str, wait: float) -> AsyncIterator[dict[str, Any]]:

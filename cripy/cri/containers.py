@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from typing import AsyncIterator
 
-import grpc
 from cri_api.v1 import api_pb2
 
 from cripy.containers.container import STATE_CREATED, STATE_CREATING, STATE_EXITED, STATE_RUNNING, Container
@@ -21,6 +20,7 @@ from cripy.cri.filters import labels_match
 from cripy.cri.pods import pod_status_to_pb
 from cripy.errors import InvalidArgument
 from cripy.pods.manager import PodManager
+from cripy.rpc.server import Context
 
 _STATE = {
     STATE_CREATING: api_pb2.CONTAINER_UNKNOWN,
@@ -50,7 +50,7 @@ class ContainersServicer:
     listed_containers: "ListedContainers"
 
     @grpc_method
-    async def CreateContainer(self, request: api_pb2.CreateContainerRequest, context: grpc.aio.ServicerContext) -> api_pb2.CreateContainerResponse:
+    async def CreateContainer(self, request: api_pb2.CreateContainerRequest, context: Context) -> api_pb2.CreateContainerResponse:
         if not request.pod_sandbox_id:
             raise InvalidArgument("CreateContainer needs a pod_sandbox_id")
         domain = container_request_from_pb(request.config, request.sandbox_config)
@@ -58,22 +58,22 @@ class ContainersServicer:
         return api_pb2.CreateContainerResponse(container_id=ctr_id)
 
     @grpc_method
-    async def StartContainer(self, request: api_pb2.StartContainerRequest, context: grpc.aio.ServicerContext) -> api_pb2.StartContainerResponse:
+    async def StartContainer(self, request: api_pb2.StartContainerRequest, context: Context) -> api_pb2.StartContainerResponse:
         await self.containers.start(request.container_id)
         return api_pb2.StartContainerResponse()
 
     @grpc_method
-    async def StopContainer(self, request: api_pb2.StopContainerRequest, context: grpc.aio.ServicerContext) -> api_pb2.StopContainerResponse:
+    async def StopContainer(self, request: api_pb2.StopContainerRequest, context: Context) -> api_pb2.StopContainerResponse:
         await self.containers.stop(request.container_id, int(request.timeout))
         return api_pb2.StopContainerResponse()
 
     @grpc_method
-    async def RemoveContainer(self, request: api_pb2.RemoveContainerRequest, context: grpc.aio.ServicerContext) -> api_pb2.RemoveContainerResponse:
+    async def RemoveContainer(self, request: api_pb2.RemoveContainerRequest, context: Context) -> api_pb2.RemoveContainerResponse:
         await self.containers.remove(request.container_id)
         return api_pb2.RemoveContainerResponse()
 
     @grpc_method
-    async def ListContainers(self, request: api_pb2.ListContainersRequest, context: grpc.aio.ServicerContext) -> api_pb2.ListContainersResponse:
+    async def ListContainers(self, request: api_pb2.ListContainersRequest, context: Context) -> api_pb2.ListContainersResponse:
         wanted = request.filter if request.HasField("filter") else None
         if wanted is None and self.listed_containers.serialized_version == self.containers.version:
             return self.listed_containers.serialized  # kubelet's relist, nothing changed since the last one
@@ -89,30 +89,30 @@ class ContainersServicer:
         return response
 
     @grpc_method
-    async def ContainerStatus(self, request: api_pb2.ContainerStatusRequest, context: grpc.aio.ServicerContext) -> api_pb2.ContainerStatusResponse:
+    async def ContainerStatus(self, request: api_pb2.ContainerStatusRequest, context: Context) -> api_pb2.ContainerStatusResponse:
         container = await self.containers.get(request.container_id)
         info = {"info": json.dumps(_verbose(container))} if request.verbose else {}
         return api_pb2.ContainerStatusResponse(status=container_status_to_pb(container), info=info)
 
     @grpc_method
-    async def UpdateContainerResources(self, request: api_pb2.UpdateContainerResourcesRequest, context: grpc.aio.ServicerContext) -> api_pb2.UpdateContainerResourcesResponse:
+    async def UpdateContainerResources(self, request: api_pb2.UpdateContainerResourcesRequest, context: Context) -> api_pb2.UpdateContainerResourcesResponse:
         if not request.HasField("linux"):
             raise InvalidArgument("UpdateContainerResources needs linux resources")
         await self.containers.update_resources(request.container_id, resources_from_pb(request.linux))
         return api_pb2.UpdateContainerResourcesResponse()
 
     @grpc_method
-    async def ReopenContainerLog(self, request: api_pb2.ReopenContainerLogRequest, context: grpc.aio.ServicerContext) -> api_pb2.ReopenContainerLogResponse:
+    async def ReopenContainerLog(self, request: api_pb2.ReopenContainerLogRequest, context: Context) -> api_pb2.ReopenContainerLogResponse:
         await self.containers.reopen_log(request.container_id)
         return api_pb2.ReopenContainerLogResponse()
 
     @grpc_method
-    async def ExecSync(self, request: api_pb2.ExecSyncRequest, context: grpc.aio.ServicerContext) -> api_pb2.ExecSyncResponse:
+    async def ExecSync(self, request: api_pb2.ExecSyncRequest, context: Context) -> api_pb2.ExecSyncResponse:
         validate.exec_command(request.cmd, f"ExecSync in container {request.container_id}")
         result = await self.containers.exec_sync(request.container_id, list(request.cmd), int(request.timeout))
         return api_pb2.ExecSyncResponse(stdout=result.stdout, stderr=result.stderr, exit_code=result.exit_code)
 
-    async def GetContainerEvents(self, request: api_pb2.GetEventsRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[api_pb2.ContainerEventResponse]:
+    async def GetContainerEvents(self, request: api_pb2.GetEventsRequest, context: Context) -> AsyncIterator[api_pb2.ContainerEventResponse]:
         queue = self.containers.events.subscribe()
         try:
             while True:

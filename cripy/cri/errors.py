@@ -15,7 +15,6 @@ import logging
 import sqlite3
 from typing import Any, Awaitable, Callable, TypeVar
 
-import grpc
 from cri_api.v1 import api_pb2
 from google.protobuf.message import Message
 
@@ -23,22 +22,24 @@ from cripy import errors, timing
 from cripy.cri import validate
 from cripy.cri.convert import call_subject
 from cripy.linux import memory
+from cripy.rpc.server import AbortError, Context
+from cripy.rpc.wire import StatusCode
 
 log = logging.getLogger(__name__)
 
-STATUS_OF: dict[type[errors.CripyError], grpc.StatusCode] = {
-    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
-    errors.NotFound: grpc.StatusCode.NOT_FOUND,
-    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
-    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
-    errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
-    errors.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
-    errors.Unavailable: grpc.StatusCode.UNAVAILABLE,
-    errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
-    errors.Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
-    errors.Internal: grpc.StatusCode.INTERNAL,
-    errors.DataLoss: grpc.StatusCode.DATA_LOSS,
-    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+STATUS_OF: dict[type[errors.CripyError], StatusCode] = {
+    errors.InvalidArgument: StatusCode.INVALID_ARGUMENT,
+    errors.NotFound: StatusCode.NOT_FOUND,
+    errors.AlreadyExists: StatusCode.ALREADY_EXISTS,
+    errors.FailedPrecondition: StatusCode.FAILED_PRECONDITION,
+    errors.Unauthenticated: StatusCode.UNAUTHENTICATED,
+    errors.PermissionDenied: StatusCode.PERMISSION_DENIED,
+    errors.Unavailable: StatusCode.UNAVAILABLE,
+    errors.DeadlineExceeded: StatusCode.DEADLINE_EXCEEDED,
+    errors.Unimplemented: StatusCode.UNIMPLEMENTED,
+    errors.Internal: StatusCode.INTERNAL,
+    errors.DataLoss: StatusCode.DATA_LOSS,
+    errors.ResourceExhausted: StatusCode.RESOURCE_EXHAUSTED,
 }
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
@@ -49,11 +50,11 @@ MESSAGE_MAX = 1000
 LARGE_REQUEST = 256 * 1024  # bytes: a call this large gives its memory back to the kernel when it is done
 
 
-def status_code_for(error: errors.CripyError) -> grpc.StatusCode:
+def status_code_for(error: errors.CripyError) -> StatusCode:
     for kind in type(error).__mro__:
         if kind in STATUS_OF:
             return STATUS_OF[kind]
-    return grpc.StatusCode.UNKNOWN
+    return StatusCode.UNKNOWN
 
 
 def grpc_method(method: F) -> F:
@@ -63,14 +64,14 @@ def grpc_method(method: F) -> F:
     service = IMAGE_SERVICE if name in _IMAGE_METHODS else RUNTIME_SERVICE
 
     @functools.wraps(method)
-    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+    async def wrapper(self: Any, request: Any, context: Context) -> Any:
         return await answered(service, name, call_subject, lambda: method(self, request, context), request, context)
 
     return wrapper  # type: ignore[return-value]
 
 
 async def answered(service: str, name: str, describe: Callable[..., Any], handler: Callable[[], Awaitable[Any]],
-                   request: Any, context: grpc.aio.ServicerContext) -> Any:
+                   request: Any, context: Context) -> Any:
     """handler()'s answer to one call, tracked from its arrival to its answer (timing.begin/end, with `describe`
     naming its subject); a domain error reaches the client as its status code and message, anything unexpected
     as INTERNAL."""
@@ -82,15 +83,15 @@ async def answered(service: str, name: str, describe: Callable[..., Any], handle
             validate.request_strings(request, "")
         return await handler()
     except errors.CripyError as e:
-        code = grpc.StatusCode.RESOURCE_EXHAUSTED if disk_full(e) else status_code_for(e)
+        code = StatusCode.RESOURCE_EXHAUSTED if disk_full(e) else status_code_for(e)
         outcome = code.name
         message = _short(str(e))
         log.info("%s failed: %s: %s", name, code.name, message)
         await context.abort(code, message)
     except NotImplementedError as e:
         outcome = "UNIMPLEMENTED"
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, str(e) or f"{name} is not implemented")
-    except grpc.aio.AbortError:
+        await context.abort(StatusCode.UNIMPLEMENTED, str(e) or f"{name} is not implemented")
+    except AbortError:
         outcome = _aborted_code(context)
         raise
     except asyncio.CancelledError:
@@ -101,20 +102,20 @@ async def answered(service: str, name: str, describe: Callable[..., Any], handle
             outcome = "RESOURCE_EXHAUSTED"
             message = _short(f"{name}: the disk is full (no space left): {type(e).__name__}: {e}")
             log.warning("%s failed: %s", name, message)
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+            await context.abort(StatusCode.RESOURCE_EXHAUSTED, message)
         outcome = "INTERNAL"
         log.exception("%s failed unexpectedly", name)
-        await context.abort(grpc.StatusCode.INTERNAL, _short(f"{name}: internal error: {type(e).__name__}: {e}"))
+        await context.abort(StatusCode.INTERNAL, _short(f"{name}: internal error: {type(e).__name__}: {e}"))
     finally:
         timing.end(call, outcome)
         if large:
             memory.release_soon()
 
 
-def _aborted_code(context: grpc.aio.ServicerContext) -> str:
+def _aborted_code(context: Context) -> str:
     """The code a method gave context.abort() itself."""
     code = context.code()
-    return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+    return code.name if isinstance(code, StatusCode) else "UNKNOWN"
 
 
 def disk_full(error: BaseException) -> bool:
@@ -145,8 +146,8 @@ def unimplemented(name: str, reason: str = "") -> Callable[..., Awaitable[Any]]:
     never a crash."""
     message = f"cripy does not implement {name}" + (f": {reason}" if reason else "")
 
-    async def method(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, message)
+    async def method(self: Any, request: Any, context: Context) -> Any:
+        await context.abort(StatusCode.UNIMPLEMENTED, message)
 
     method.__name__ = name
     return method

@@ -1,30 +1,31 @@
-"""Registering the CRI servicers with grpc, from the service descriptors.
+"""The CRI services' methods for the gRPC server (cripy/rpc), from the service descriptors.
 
-The same as the generated add_*_to_server functions, with one difference: a method may answer with bytes that
-are already a serialized response. List calls use it to hand kubelet's frequent, unchanged lists back without
-building and serializing every entry again.
+A servicer method may answer with bytes that are already a serialized response: List calls use it to hand
+kubelet's frequent, unchanged lists back without building and serializing every entry again. A CRI method the
+servicer does not define answers Unimplemented, naming it.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import grpc
 from cri_api.v1 import api_pb2
 
+from cripy.cri.errors import unimplemented
+from cripy.rpc.server import Method
 
-def service_handler(service_name: str, servicer: Any) -> grpc.GenericRpcHandler:
+
+def service_methods(service_name: str, servicer: Any) -> dict[str, Method]:
     service = api_pb2.DESCRIPTOR.services_by_name[service_name]
-    handlers = {}
+    methods = {}
     for method in service.methods:
         request_type = getattr(api_pb2, method.input_type.name)
-        make = grpc.unary_stream_rpc_method_handler if method.server_streaming else grpc.unary_unary_rpc_method_handler
-        handlers[method.name] = make(
-            getattr(servicer, method.name),
-            request_deserializer=request_type.FromString,
-            response_serializer=serialize,
-        )
-    return grpc.method_handlers_generic_handler(service.full_name, handlers)
+        handler = getattr(servicer, method.name, None)
+        if handler is None:
+            handler = unimplemented(method.name).__get__(servicer)
+        methods[f"/{service.full_name}/{method.name}"] = Method(
+            handler, request_type.FromString, serialize, streaming=method.server_streaming)
+    return methods
 
 
 def serialize(response: Any) -> bytes:

@@ -6,8 +6,7 @@ import asyncio
 import json
 import logging
 
-import grpc
-from cri_api.v1 import api_pb2, api_pb2_grpc
+from cri_api.v1 import api_pb2
 
 from cripy.cri.convert import pull_namespace_from_pb
 from cripy.cri.errors import grpc_method
@@ -16,17 +15,18 @@ from cripy.images.auth import parse_cri_auth
 from cripy.images.pull import Puller, PullRequest
 from cripy.images.reference import Reference, is_short_name
 from cripy.images.store import Image, ImageStore
+from cripy.rpc.server import Context
 
 log = logging.getLogger(__name__)
 
 
-class ImageService(api_pb2_grpc.ImageServiceServicer):
+class ImageService:
     def __init__(self, store: ImageStore, puller: Puller) -> None:
         self._store = store
         self._puller = puller
 
     @grpc_method
-    async def ListImages(self, request: api_pb2.ListImagesRequest, context: grpc.aio.ServicerContext) -> api_pb2.ListImagesResponse:
+    async def ListImages(self, request: api_pb2.ListImagesRequest, context: Context) -> api_pb2.ListImagesResponse:
         wanted = request.filter.image.image if request.HasField("filter") else ""
         if wanted:
             image = await self._find(wanted)
@@ -36,7 +36,7 @@ class ImageService(api_pb2_grpc.ImageServiceServicer):
         return api_pb2.ListImagesResponse(images=[image_to_pb(image) for image in images])
 
     @grpc_method
-    async def ImageStatus(self, request: api_pb2.ImageStatusRequest, context: grpc.aio.ServicerContext) -> api_pb2.ImageStatusResponse:
+    async def ImageStatus(self, request: api_pb2.ImageStatusRequest, context: Context) -> api_pb2.ImageStatusResponse:
         image = await self._find(_image_name(request.image))
         if image is None:
             # CRI: an absent image is an empty answer, which is how kubelet learns it must pull.
@@ -45,7 +45,7 @@ class ImageService(api_pb2_grpc.ImageServiceServicer):
         return api_pb2.ImageStatusResponse(image=image_to_pb(image), info=info)
 
     @grpc_method
-    async def PullImage(self, request: api_pb2.PullImageRequest, context: grpc.aio.ServicerContext) -> api_pb2.PullImageResponse:
+    async def PullImage(self, request: api_pb2.PullImageRequest, context: Context) -> api_pb2.PullImageResponse:
         name = _image_name(request.image)
         auth = request.auth
         credentials = parse_cri_auth(
@@ -56,13 +56,13 @@ class ImageService(api_pb2_grpc.ImageServiceServicer):
         return api_pb2.PullImageResponse(image_ref=image.id)
 
     @grpc_method
-    async def RemoveImage(self, request: api_pb2.RemoveImageRequest, context: grpc.aio.ServicerContext) -> api_pb2.RemoveImageResponse:
+    async def RemoveImage(self, request: api_pb2.RemoveImageRequest, context: Context) -> api_pb2.RemoveImageResponse:
         name = _image_name(request.image)
         await self._store.remove(name, await self._candidates(name))
         return api_pb2.RemoveImageResponse()
 
     @grpc_method
-    async def ImageFsInfo(self, request: api_pb2.ImageFsInfoRequest, context: grpc.aio.ServicerContext) -> api_pb2.ImageFsInfoResponse:
+    async def ImageFsInfo(self, request: api_pb2.ImageFsInfoRequest, context: Context) -> api_pb2.ImageFsInfoResponse:
         usage = await self._store.fs_usage()
         fs = api_pb2.FilesystemUsage(
             timestamp=usage.timestamp_ns,

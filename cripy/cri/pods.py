@@ -7,7 +7,6 @@ import asyncio
 import dataclasses
 import json
 
-import grpc
 from cri_api.v1 import api_pb2
 
 from cripy.cri.convert import NAMESPACE_MODE, pod_request_from_pb, resources_from_pb
@@ -17,6 +16,7 @@ from cripy.errors import CripyError
 from cripy.linux import cgroups, cgroupstats
 from cripy.pods.manager import PodManager
 from cripy.pods.model import STATE_NOTREADY, STATE_READY, PodSandbox
+from cripy.rpc.server import Context
 
 _NAMESPACE_MODE = {mode: number for number, mode in NAMESPACE_MODE.items()}  # back to the CRI enum
 
@@ -29,28 +29,28 @@ class PodsServicer:
     listed_pods: tuple[int, bytes]
 
     @grpc_method
-    async def RunPodSandbox(self, request: api_pb2.RunPodSandboxRequest, context: grpc.aio.ServicerContext) -> api_pb2.RunPodSandboxResponse:
+    async def RunPodSandbox(self, request: api_pb2.RunPodSandboxRequest, context: Context) -> api_pb2.RunPodSandboxResponse:
         pod_id = await self.pods.run(pod_request_from_pb(request.config, request.runtime_handler))
         return api_pb2.RunPodSandboxResponse(pod_sandbox_id=pod_id)
 
     @grpc_method
-    async def StopPodSandbox(self, request: api_pb2.StopPodSandboxRequest, context: grpc.aio.ServicerContext) -> api_pb2.StopPodSandboxResponse:
+    async def StopPodSandbox(self, request: api_pb2.StopPodSandboxRequest, context: Context) -> api_pb2.StopPodSandboxResponse:
         await self.pods.stop(request.pod_sandbox_id)
         return api_pb2.StopPodSandboxResponse()
 
     @grpc_method
-    async def RemovePodSandbox(self, request: api_pb2.RemovePodSandboxRequest, context: grpc.aio.ServicerContext) -> api_pb2.RemovePodSandboxResponse:
+    async def RemovePodSandbox(self, request: api_pb2.RemovePodSandboxRequest, context: Context) -> api_pb2.RemovePodSandboxResponse:
         await self.pods.remove(request.pod_sandbox_id)
         return api_pb2.RemovePodSandboxResponse()
 
     @grpc_method
-    async def PodSandboxStatus(self, request: api_pb2.PodSandboxStatusRequest, context: grpc.aio.ServicerContext) -> api_pb2.PodSandboxStatusResponse:
+    async def PodSandboxStatus(self, request: api_pb2.PodSandboxStatusRequest, context: Context) -> api_pb2.PodSandboxStatusResponse:
         pod = await self.pods.get(request.pod_sandbox_id)
         info = {"info": json.dumps(await asyncio.to_thread(_verbose, pod))} if request.verbose else {}
         return api_pb2.PodSandboxStatusResponse(status=pod_status_to_pb(pod), info=info)
 
     @grpc_method
-    async def UpdatePodSandboxResources(self, request: api_pb2.UpdatePodSandboxResourcesRequest, context: grpc.aio.ServicerContext) -> api_pb2.UpdatePodSandboxResourcesResponse:
+    async def UpdatePodSandboxResources(self, request: api_pb2.UpdatePodSandboxResourcesRequest, context: Context) -> api_pb2.UpdatePodSandboxResourcesResponse:
         where = f"pod sandbox {request.pod_sandbox_id}"
         overhead = (resources_from_pb(request.overhead, f"{where}: overhead")
                     if request.HasField("overhead") else None)
@@ -60,7 +60,7 @@ class PodsServicer:
         return api_pb2.UpdatePodSandboxResourcesResponse()
 
     @grpc_method
-    async def ListPodSandbox(self, request: api_pb2.ListPodSandboxRequest, context: grpc.aio.ServicerContext) -> api_pb2.ListPodSandboxResponse | bytes:
+    async def ListPodSandbox(self, request: api_pb2.ListPodSandboxRequest, context: Context) -> api_pb2.ListPodSandboxResponse | bytes:
         wanted = request.filter if request.HasField("filter") else None
         if wanted is None and self.listed_pods[0] == self.pods.version:
             return self.listed_pods[1]  # kubelet's relist, nothing changed since the last one

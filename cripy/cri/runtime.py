@@ -1,6 +1,6 @@
 """CRI RuntimeService: the daemon's own calls (Version, Status, RuntimeConfig), composed with the pod, container,
 stats and streaming calls (cri/pods.py, cri/containers.py, cri/stats.py, cri/streaming.py). Calls cripy does not
-serve answer Unimplemented.
+serve answer Unimplemented (cri/handlers.py).
 """
 
 from __future__ import annotations
@@ -9,19 +9,19 @@ import asyncio
 import json
 from typing import TYPE_CHECKING, Awaitable, Callable
 
-import grpc
-from cri_api.v1 import api_pb2, api_pb2_grpc
+from cri_api.v1 import api_pb2
 
 from cripy import CRI_API_VERSION, RUNTIME_NAME, __version__
 from cripy.containers.manager import ContainerManager
 from cripy.cri.containers import ContainersServicer, ListedContainers
-from cripy.cri.errors import grpc_method, unimplemented
+from cripy.cri.errors import grpc_method
 from cripy.cri.pods import PodsServicer
 from cripy.cri.stats import StatsServicer
 from cripy.cri.streaming import StreamingServicer
 from cripy.errors import Unimplemented
 from cripy.oci.features import HandlerFeatures
 from cripy.pods.manager import PodManager
+from cripy.rpc.server import Context
 
 if TYPE_CHECKING:
     from cripy.streaming.server import StreamingServer
@@ -30,8 +30,7 @@ if TYPE_CHECKING:
 NetworkStatusFn = Callable[[], tuple[bool, str, str]]
 
 
-class RuntimeService(PodsServicer, ContainersServicer, StatsServicer, StreamingServicer,
-                     api_pb2_grpc.RuntimeServiceServicer):
+class RuntimeService(PodsServicer, ContainersServicer, StatsServicer, StreamingServicer):
     def __init__(
         self,
         *,
@@ -52,7 +51,7 @@ class RuntimeService(PodsServicer, ContainersServicer, StatsServicer, StreamingS
         self._config_info = config_info
 
     @grpc_method
-    async def Version(self, request: api_pb2.VersionRequest, context: grpc.aio.ServicerContext) -> api_pb2.VersionResponse:
+    async def Version(self, request: api_pb2.VersionRequest, context: Context) -> api_pb2.VersionResponse:
         return api_pb2.VersionResponse(
             version="0.1.0",
             runtime_name=RUNTIME_NAME,
@@ -61,7 +60,7 @@ class RuntimeService(PodsServicer, ContainersServicer, StatsServicer, StreamingS
         )
 
     @grpc_method
-    async def Status(self, request: api_pb2.StatusRequest, context: grpc.aio.ServicerContext) -> api_pb2.StatusResponse:
+    async def Status(self, request: api_pb2.StatusRequest, context: Context) -> api_pb2.StatusResponse:
         # kubelet polls Status every few seconds; the CNI check stats the conf dir and plugin dirs.
         network_ready, reason, message = await asyncio.to_thread(self._network_status)
         conditions = [
@@ -84,22 +83,17 @@ class RuntimeService(PodsServicer, ContainersServicer, StatsServicer, StreamingS
         )
 
     @grpc_method
-    async def RuntimeConfig(self, request: api_pb2.RuntimeConfigRequest, context: grpc.aio.ServicerContext) -> api_pb2.RuntimeConfigResponse:
+    async def RuntimeConfig(self, request: api_pb2.RuntimeConfigRequest, context: Context) -> api_pb2.RuntimeConfigResponse:
         return api_pb2.RuntimeConfigResponse(
             linux=api_pb2.LinuxRuntimeConfiguration(cgroup_driver=api_pb2.CGROUPFS)
         )
 
     @grpc_method
-    async def CheckpointContainer(self, request: api_pb2.CheckpointContainerRequest, context: grpc.aio.ServicerContext) -> api_pb2.CheckpointContainerResponse:
+    async def CheckpointContainer(self, request: api_pb2.CheckpointContainerRequest, context: Context) -> api_pb2.CheckpointContainerResponse:
         raise Unimplemented("CheckpointContainer: cripy does not checkpoint containers: it would need CRIU, and "
                             "Debian's CRIU 3.17 fails on this kernel (`criu check`: vdso symtable)")
 
     @grpc_method
-    async def UpdateRuntimeConfig(self, request: api_pb2.UpdateRuntimeConfigRequest, context: grpc.aio.ServicerContext) -> api_pb2.UpdateRuntimeConfigResponse:
+    async def UpdateRuntimeConfig(self, request: api_pb2.UpdateRuntimeConfigRequest, context: Context) -> api_pb2.UpdateRuntimeConfigResponse:
         # kubelet sends the pod CIDR here; cripy's CNI config owns addressing, so there is nothing to change.
         return api_pb2.UpdateRuntimeConfigResponse()
-
-
-for _name in api_pb2.DESCRIPTOR.services_by_name["RuntimeService"].methods_by_name:
-    if not any(_name in vars(cls) for cls in RuntimeService.__mro__[:-2]):
-        setattr(RuntimeService, _name, unimplemented(_name))

@@ -10,7 +10,6 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import grpc
 from cri_api.v1 import api_pb2
 
 from cripy.containers.container import STATE_CREATING, STATE_RUNNING, Container
@@ -23,6 +22,7 @@ from cripy.linux import procfs
 from cripy.linux.cgroupstats import Pressure
 from cripy.pods.manager import PodManager
 from cripy.pods.model import STATE_READY, PodSandbox
+from cripy.rpc.server import Context
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +38,13 @@ class StatsServicer:
     containers: ContainerManager
 
     @grpc_method
-    async def ContainerStats(self, request: api_pb2.ContainerStatsRequest, context: grpc.aio.ServicerContext) -> api_pb2.ContainerStatsResponse:
+    async def ContainerStats(self, request: api_pb2.ContainerStatsRequest, context: Context) -> api_pb2.ContainerStatsResponse:
         container = await self.containers.get(request.container_id)
         (usage,) = await self.containers.usage([container])
         return api_pb2.ContainerStatsResponse(stats=_container_stats_pb(container, usage))
 
     @grpc_method
-    async def ListContainerStats(self, request: api_pb2.ListContainerStatsRequest, context: grpc.aio.ServicerContext) -> api_pb2.ListContainerStatsResponse:
+    async def ListContainerStats(self, request: api_pb2.ListContainerStatsRequest, context: Context) -> api_pb2.ListContainerStatsResponse:
         wanted = request.filter
         selected = [
             c for c in await self.containers.list()
@@ -59,13 +59,13 @@ class StatsServicer:
         )
 
     @grpc_method
-    async def PodSandboxStats(self, request: api_pb2.PodSandboxStatsRequest, context: grpc.aio.ServicerContext) -> api_pb2.PodSandboxStatsResponse:
+    async def PodSandboxStats(self, request: api_pb2.PodSandboxStatsRequest, context: Context) -> api_pb2.PodSandboxStatsResponse:
         pod = await self.pods.get(request.pod_sandbox_id)
         (stats,) = await self._pods_stats([pod], {pod.id: await self.containers.list(pod.id)})
         return api_pb2.PodSandboxStatsResponse(stats=stats)
 
     @grpc_method
-    async def ListPodSandboxStats(self, request: api_pb2.ListPodSandboxStatsRequest, context: grpc.aio.ServicerContext) -> api_pb2.ListPodSandboxStatsResponse:
+    async def ListPodSandboxStats(self, request: api_pb2.ListPodSandboxStatsRequest, context: Context) -> api_pb2.ListPodSandboxStatsResponse:
         wanted = request.filter
         pods = [
             p for p in await self.pods.list()
@@ -77,13 +77,13 @@ class StatsServicer:
         return api_pb2.ListPodSandboxStatsResponse(stats=await self._pods_stats(pods, by_pod))
 
     @grpc_method
-    async def ListMetricDescriptors(self, request: api_pb2.ListMetricDescriptorsRequest, context: grpc.aio.ServicerContext) -> api_pb2.ListMetricDescriptorsResponse:
+    async def ListMetricDescriptors(self, request: api_pb2.ListMetricDescriptorsRequest, context: Context) -> api_pb2.ListMetricDescriptorsResponse:
         return api_pb2.ListMetricDescriptorsResponse(descriptors=[
             api_pb2.MetricDescriptor(name=d.name, help=d.help, label_keys=d.label_keys) for d in metrics.descriptors()
         ])
 
     @grpc_method
-    async def ListPodSandboxMetrics(self, request: api_pb2.ListPodSandboxMetricsRequest, context: grpc.aio.ServicerContext) -> api_pb2.ListPodSandboxMetricsResponse:
+    async def ListPodSandboxMetrics(self, request: api_pb2.ListPodSandboxMetricsRequest, context: Context) -> api_pb2.ListPodSandboxMetricsResponse:
         pods = [p for p in await self.pods.list() if p.state == STATE_READY]
         by_pod = await self._containers_by_pod(pods)
         results = await asyncio.gather(*(self._pod_metrics(p, by_pod[p.id]) for p in pods))

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Awaitable, Callable
 
-import grpc
 from cri_api.v1 import api_pb2
 
 from cripy.cri import validate
 from cripy.cri.errors import grpc_method
+from cripy.rpc.server import Context
 
 if TYPE_CHECKING:
     from cripy.streaming.server import StreamingServer
@@ -26,7 +26,7 @@ class StreamingServicer:
     streaming_server: Callable[[], Awaitable["StreamingServer"]]
 
     @grpc_method
-    async def Exec(self, request: api_pb2.ExecRequest, context: grpc.aio.ServicerContext) -> api_pb2.ExecResponse:
+    async def Exec(self, request: api_pb2.ExecRequest, context: Context) -> api_pb2.ExecResponse:
         validate.exec_command(request.cmd, f"Exec in container {request.container_id}")
         from cripy.streaming.remotecommand import ExecRequest
         from cripy.streaming.server import KIND_EXEC
@@ -36,7 +36,7 @@ class StreamingServicer:
         return api_pb2.ExecResponse(url=await (await self.streaming_server()).url_for(KIND_EXEC, domain))
 
     @grpc_method
-    async def Attach(self, request: api_pb2.AttachRequest, context: grpc.aio.ServicerContext) -> api_pb2.AttachResponse:
+    async def Attach(self, request: api_pb2.AttachRequest, context: Context) -> api_pb2.AttachResponse:
         from cripy.streaming.remotecommand import AttachRequest
         from cripy.streaming.server import KIND_ATTACH
 
@@ -45,7 +45,7 @@ class StreamingServicer:
         return api_pb2.AttachResponse(url=await (await self.streaming_server()).url_for(KIND_ATTACH, domain))
 
     @grpc_method
-    async def PortForward(self, request: api_pb2.PortForwardRequest, context: grpc.aio.ServicerContext) -> api_pb2.PortForwardResponse:
+    async def PortForward(self, request: api_pb2.PortForwardRequest, context: Context) -> api_pb2.PortForwardResponse:
         from cripy.streaming.portforward import PortForwardRequest
         from cripy.streaming.server import KIND_PORTFORWARD
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import grpc
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
@@ -25,6 +24,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from cripy import __version__, timing
+from cripy.rpc.wire import StatusCode as GrpcStatus
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +103,6 @@ def _metadata(context: Any) -> dict[str, str]:
 
 def _code_number(code: str) -> int:
     try:
-        return int(grpc.StatusCode[code].value[0])
+        return int(GrpcStatus[code])
     except KeyError:
-        return int(grpc.StatusCode.UNKNOWN.value[0])
+        return int(GrpcStatus.UNKNOWN)

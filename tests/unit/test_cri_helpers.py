@@ -7,7 +7,6 @@ import signal
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 from cri_api.v1 import api_pb2
 from google.protobuf import unknown_fields
@@ -23,6 +22,8 @@ from cripy.cri.images import _user_of
 from cripy.images.layerentries import LayerError
 from cripy.images.store import Image
 from cripy.pods.model import PodSandbox
+from cripy.rpc.server import AbortError, Context
+from cripy.rpc.wire import StatusCode
 
 # ---- cri/errors.py -------------------------------------------------------------------------------------------------
 
@@ -30,20 +31,20 @@ from cripy.pods.model import PodSandbox
 @pytest.mark.parametrize(
     ("kind", "code"),
     [
-        (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
-        (errors.NotFound, grpc.StatusCode.NOT_FOUND),
-        (errors.AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
-        (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
-        (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
-        (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
-        (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
-        (errors.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
-        (errors.Unimplemented, grpc.StatusCode.UNIMPLEMENTED),
-        (errors.Internal, grpc.StatusCode.INTERNAL),
-        (errors.DataLoss, grpc.StatusCode.DATA_LOSS),
+        (errors.InvalidArgument, StatusCode.INVALID_ARGUMENT),
+        (errors.NotFound, StatusCode.NOT_FOUND),
+        (errors.AlreadyExists, StatusCode.ALREADY_EXISTS),
+        (errors.FailedPrecondition, StatusCode.FAILED_PRECONDITION),
+        (errors.Unauthenticated, StatusCode.UNAUTHENTICATED),
+        (errors.PermissionDenied, StatusCode.PERMISSION_DENIED),
+        (errors.Unavailable, StatusCode.UNAVAILABLE),
+        (errors.DeadlineExceeded, StatusCode.DEADLINE_EXCEEDED),
+        (errors.Unimplemented, StatusCode.UNIMPLEMENTED),
+        (errors.Internal, StatusCode.INTERNAL),
+        (errors.DataLoss, StatusCode.DATA_LOSS),
     ],
 )
-def test_status_code_for_each_error_kind(kind: type[errors.CripyError], code: grpc.StatusCode) -> None:
+def test_status_code_for_each_error_kind(kind: type[errors.CripyError], code: StatusCode) -> None:
     assert status_code_for(kind("x")) == code
 
 
@@ -54,26 +55,25 @@ def test_every_error_kind_has_a_status_code() -> None:
 
 
 def test_subclasses_map_like_their_kind() -> None:
-    assert status_code_for(LayerError("bad tar")) == grpc.StatusCode.INVALID_ARGUMENT
+    assert status_code_for(LayerError("bad tar")) == StatusCode.INVALID_ARGUMENT
 
     class Gone(errors.NotFound):
         pass
 
-    assert status_code_for(Gone("x")) == grpc.StatusCode.NOT_FOUND
-    assert status_code_for(errors.CripyError("bare")) == grpc.StatusCode.UNKNOWN
+    assert status_code_for(Gone("x")) == StatusCode.NOT_FOUND
+    assert status_code_for(errors.CripyError("bare")) == StatusCode.UNKNOWN
 
 
-class Aborted(Exception):
-    """What grpc.aio's context.abort raises."""
+class FakeContext(Context):
+    """The server's context, remembering how the call was aborted."""
 
-
-class FakeContext:
     def __init__(self) -> None:
-        self.aborted: tuple[grpc.StatusCode, str] | None = None
+        super().__init__((), None)
 
-    async def abort(self, code: grpc.StatusCode, details: str) -> None:
-        self.aborted = (code, details)
-        raise Aborted()
+    @property
+    def aborted(self) -> tuple[StatusCode, str] | None:
+        code = self.code()
+        return None if code is None else (code, self.details())
 
 
 class Servicer:
@@ -96,25 +96,25 @@ async def test_grpc_method_passes_replies_through() -> None:
 
 async def test_grpc_method_turns_domain_errors_into_status_codes() -> None:
     context = FakeContext()
-    with pytest.raises(Aborted):
+    with pytest.raises(AbortError):
         await Servicer(errors.NotFound("container abc not found")).Call("r", context)
-    assert context.aborted == (grpc.StatusCode.NOT_FOUND, "container abc not found")
+    assert context.aborted == (StatusCode.NOT_FOUND, "container abc not found")
 
 
 async def test_grpc_method_turns_not_implemented_into_unimplemented() -> None:
     context = FakeContext()
-    with pytest.raises(Aborted):
+    with pytest.raises(AbortError):
         await Servicer(NotImplementedError()).Call("r", context)
     assert context.aborted is not None
-    assert context.aborted[0] == grpc.StatusCode.UNIMPLEMENTED
+    assert context.aborted[0] == StatusCode.UNIMPLEMENTED
     assert "Call" in context.aborted[1]
 
 
 async def test_grpc_method_answers_a_bug_as_internal() -> None:
     context = FakeContext()
-    with pytest.raises(Aborted):
+    with pytest.raises(AbortError):
         await Servicer(KeyError("oops")).Call("r", context)
-    assert context.aborted is not None and context.aborted[0] == grpc.StatusCode.INTERNAL
+    assert context.aborted is not None and context.aborted[0] == StatusCode.INTERNAL
 
 
 # ---- cri/filters.py ------------------------------------------------------------------------------------------------
