@@ -40,6 +40,17 @@ def test_socket_is_root_only_and_basic_calls_answer(cripy_factory) -> None:
     assert str(daemon.cni_dir) in conditions["NetworkReady"].message
 
 
+
+def test_the_serving_daemon_has_not_loaded_grpcio(cripy_factory) -> None:
+    """cripy serves gRPC itself (cripy/rpc); grpcio, which only the CLI and the tests use as a client, would add
+    10 MiB to the daemon at rest. An import of it anywhere on the daemon's path (cri_api's package __init__ is one)
+    shows as its compiled core among the daemon's mappings."""
+    daemon: CripyDaemon = cripy_factory()
+    daemon.runtime.Version(api_pb2.VersionRequest(), timeout=10)
+    maps = Path(f"/proc/{daemon.pid}/maps").read_text()
+    assert "/google/_upb/" in maps  # compiled modules do show there: protobuf's, which the daemon loads
+    assert "/grpc/_cython/" not in maps
+
 def test_an_unknown_key_stops_start_up_naming_the_key_and_the_file(tmp_path: Path) -> None:
     daemon = CripyDaemon(tmp_path / "d")
     dropin_dir = daemon.workdir / "cripy.d"
