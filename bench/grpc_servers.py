@@ -63,6 +63,13 @@ def pods_response(api: types.ModuleType, count: int = 20):
 # ---------------------------------------------------------------------------------------------------- servers
 
 
+def answering(answer):
+    """An asyncio handler that answers every call with `answer`."""
+    async def method(request, context):
+        return answer
+    return method
+
+
 def serve(kind: str, socket: str) -> None:
     api = load_api()
     version = api.VersionResponse(version="0.1.0", runtime_name="bench", runtime_version="1",
@@ -99,11 +106,6 @@ def _serve_grpcio(kind: str, api, socket: str, version, pods) -> None:
         server.wait_for_termination()
         return
 
-    def answering(answer):
-        async def method(request, context):
-            return answer
-        return method
-
     async def run() -> None:
         server = grpc.aio.server()
         server.add_generic_rpc_handlers((handlers(answering),))
@@ -117,11 +119,6 @@ def _serve_grpcio(kind: str, api, socket: str, version, pods) -> None:
 
 async def _serve_cripy(api, socket: str, version, pods) -> None:
     from cripy.rpc.server import Method, Server
-
-    def answering(answer):
-        async def method(request, context):
-            return answer
-        return method
 
     server = Server({
         f"/{SERVICE}/Version": Method(answering(version), api.VersionRequest.FromString,

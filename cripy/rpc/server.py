@@ -52,6 +52,11 @@ class Context:
     def invocation_metadata(self) -> tuple[tuple[str, str | bytes], ...]:
         return self._metadata
 
+    @property
+    def deadline(self) -> float | None:
+        """When the caller stops waiting, on time.monotonic(), which is also the event loop's clock."""
+        return self._deadline
+
     def time_remaining(self) -> float | None:
         return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
 
@@ -114,7 +119,6 @@ class _Call:
     method: Method
     context: Context
     reader: wire.MessageReader
-    deadline: float | None
     request: bytes | None = None
     task: asyncio.Task[None] | None = None
     answered: bool = False  # the response's headers are sent
@@ -229,8 +233,7 @@ class _Connection(asyncio.Protocol):
             self._trailers_only(event.stream_id, StatusCode.UNIMPLEMENTED, f"unknown method {request.path[:200]!r}")
             return
         deadline = None if request.timeout is None else time.monotonic() + request.timeout
-        call = _Call(method, Context(request.metadata, deadline), wire.MessageReader(self._server._max_message),
-                     deadline)
+        call = _Call(method, Context(request.metadata, deadline), wire.MessageReader(self._server._max_message))
         self._calls[event.stream_id] = call
         if event.end_stream:
             self._begin(event.stream_id, call)
@@ -279,7 +282,7 @@ class _Connection(asyncio.Protocol):
 
     async def _run(self, stream_id: int, call: _Call) -> None:
         code, details = StatusCode.OK, ""
-        deadline = asyncio.timeout_at(None if call.deadline is None else _loop_time(call.deadline))
+        deadline = asyncio.timeout_at(call.context.deadline)
         try:
             try:
                 request = call.method.deserialize(call.request or b"")
@@ -354,8 +357,3 @@ class _Connection(asyncio.Protocol):
 
     def _trailers_only(self, stream_id: int, code: StatusCode, details: str, http_status: int = 200) -> None:
         self._h2.send_headers(stream_id, wire.trailers_only(code, details, http_status), True)
-
-
-def _loop_time(deadline: float) -> float:
-    """A time.monotonic() deadline on the event loop's clock (the same clock, kept apart for clarity)."""
-    return asyncio.get_running_loop().time() + (deadline - time.monotonic())

@@ -126,13 +126,17 @@ def message(payload: bytes) -> bytes:
     return b"\0" + len(payload).to_bytes(4, "big") + payload
 
 
-RESPONSE_HEADERS = [(":status", "200"), ("content-type", CONTENT_TYPE)]
+def response_headers(http_status: int = 200) -> list[tuple[str, str]]:
+    return [(":status", str(http_status)), ("content-type", CONTENT_TYPE)]
+
+
+RESPONSE_HEADERS = response_headers()
 OK_TRAILERS = [("grpc-status", "0")]
 
 
 def trailers_only(code: StatusCode, details: str, http_status: int = 200) -> list[tuple[str, str]]:
     """A response of one header block that is both its headers and its trailers: a call ended before an answer."""
-    return [(":status", str(http_status)), ("content-type", CONTENT_TYPE)] + status_trailers(code, details)
+    return response_headers(http_status) + status_trailers(code, details)
 
 
 def status_trailers(code: StatusCode, details: str) -> list[tuple[str, str]]:
