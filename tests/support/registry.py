@@ -40,6 +40,10 @@ from tests.support.images import BuiltImage, BuiltIndex
 from tests.support.tokenserver import TokenServer
 
 REGISTRY_BINARY = "docker-registry"
+# The registry dies with the process that started it (util-linux's setpriv sets the parent-death signal), so a
+# test or benchmark killed before it could stop its registry leaves none behind on the node. (The kernel sends it
+# when the thread that started the registry ends: start one from a thread that outlives it, as tests and bench do.)
+DIES_WITH_PARENT = ["setpriv", "--pdeathsig", "TERM"]
 START_TIMEOUT = 10.0
 AuthMode = Literal["htpasswd", "token"] | None
 
@@ -290,8 +294,8 @@ class Registry:
             self.port = unused_port()
             self.config_path.write_text(yaml.safe_dump(self.build_config(), sort_keys=False))
             with open(self.log_path, "ab") as log:
-                self._proc = subprocess.Popen([REGISTRY_BINARY, "serve", str(self.config_path)], stdout=log,
-                                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                self._proc = subprocess.Popen([*DIES_WITH_PARENT, REGISTRY_BINARY, "serve", str(self.config_path)],
+                                              stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                               start_new_session=True)
             try:
                 self._wait_until_up()
