@@ -15,6 +15,7 @@ import pytest
 from cri_api.v1 import api_pb2
 
 from cripy.linux import mount
+from tests.integration.conftest_leaks import session_cgroup_parent
 from tests.integration.daemon import CripyDaemon
 from tests.integration.podlib import short_tempdir
 from tests.integration.test_images_common import (assert_store_consistent, insecure_conf, layer_dir_names, rpc_error,
@@ -47,7 +48,9 @@ def small_root(workdir: Path) -> Iterator[Path]:
 
 @pytest.fixture
 def daemon(workdir: Path, small_root: Path, plain_registry) -> Iterator[CripyDaemon]:
-    d = CripyDaemon(workdir / "d", registries_conf=insecure_conf(plain_registry.host))
+    # The session's cgroup parent, not cripy's default: its pods' cgroups are then the leak check's to see and remove.
+    d = CripyDaemon(workdir / "d", registries_conf=insecure_conf(plain_registry.host),
+                    extra_toml=f'[runtime]\ncgroup_parent = "{session_cgroup_parent()}"\n')
     d.root = small_root
     d.write_config()
     d.start()
