@@ -19,7 +19,7 @@ STEPS_OF = {
     "RunPodSandbox": ("pod.files", "pod.namespaces", "pod.shm", "cni.add", "pod.infra"),
     "CreateContainer": ("ctr.rootfs", "ctr.user", "ctr.spec", "ctr.bundle"),
     "StartContainer": ("runtime.create", "runtime.start"),
-    "StopPodSandbox": ("runtime.kill", "ctr.wait_exit", "cni.del"),
+    "StopPodSandbox": ("runtime.kill", "ctr.wait_exit", "ctr.release", "cni.del"),
 }
 _SAMPLE = re.compile(r'^cripy_step_duration_seconds_(sum|count)\{[^}]*step="([^"]+)"[^}]*\} ([0-9.e+-]+)$')
 

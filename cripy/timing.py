@@ -43,6 +43,7 @@ STEPS: dict[str, str] = {
     "runtime.start": "`runc start`",
     "runtime.kill": "`runc kill` with the stop signal or SIGKILL",
     "ctr.wait_exit": "waiting for the container to exit after a signal",
+    "ctr.release": "a stopped container's runtime state deleted (`runc delete`) and its rootfs unmounted",
     "runtime.exec": "`runc exec` of an ExecSync command, until it exits",
     "image.pull": "a whole image pull, resolution to the last layer (one per pull, shared by joined retries)",
     "image.resolve": "registries.conf, the trust policy and the auth files read",

@@ -58,6 +58,8 @@ from cripy.timing import step
 log = logging.getLogger(__name__)
 
 KILL_WAIT_SECONDS = 10.0
+# How long StopContainer waits for a stopped container's clean-up before it answers anyway (the clean-up goes on).
+RELEASE_WAIT_SECONDS = 10.0
 _INSERTED = ("id", "pod_id", "name", "state", "created_at", "image_id", "image_name", "request", "log_path")
 _UPDATED = ("state", "started_at", "finished_at", "exit_code", "reason", "message", "pid", "conmon_pid",
             "stop_signal", "cgroup_path", "process_user")
@@ -304,21 +306,27 @@ class ContainerManager:
         if timeout > 0:
             with step("runtime.kill"):
                 await runtime.kill(container.id, context.signal_number(container.stop_signal))
-            try:
-                with step("ctr.wait_exit"):
-                    await asyncio.wait_for(exited.wait(), timeout)
+            if await _exit_within(exited, timeout):
+                await self._released(container.id)
                 return
-            except TimeoutError:
-                log.info("container %s did not stop within %ds: killing it", container.id, timeout)
+            log.info("container %s did not stop within %ds: killing it", container.id, timeout)
         with step("runtime.kill"):
             await runtime.kill(container.id, signal.SIGKILL, all_processes=True)
-        try:
-            with step("ctr.wait_exit"):
-                await asyncio.wait_for(exited.wait(), KILL_WAIT_SECONDS)
-        except TimeoutError:
-            state = await runtime.state(container.id)
-            if state is not None and state.get("status") == "running":
-                raise FailedPrecondition(f"container {container.id} is still running after SIGKILL") from None
+        if await _exit_within(exited, KILL_WAIT_SECONDS):
+            await self._released(container.id)
+            return
+        state = await runtime.state(container.id)
+        if state is not None and state.get("status") == "running":
+            raise FailedPrecondition(f"container {container.id} is still running after SIGKILL")
+
+    async def _released(self, ctr_id: str) -> None:
+        """Wait for the exit's clean-up (`runc delete`, the rootfs unmounted), as containerd's StopContainer waits
+        for its task's deletion: a stopped container then holds nothing of the runtime's, and a RemoveContainer
+        that follows does not compete with that clean-up for the CPU and the event loop."""
+        with step("ctr.release"):
+            if not await self.wait_for_clean_up([ctr_id], timeout=RELEASE_WAIT_SECONDS):
+                log.warning("container %s stopped, but its clean-up (runc delete, unmounts) is still going after "
+                            "%ds: StopContainer answers, the clean-up goes on", ctr_id, RELEASE_WAIT_SECONDS)
 
     async def handle_exit(self, ctr_id: str, code: int, exit_time: datetime) -> None:
         """An exit file appeared: record how the container ended."""
@@ -345,8 +353,9 @@ class ContainerManager:
         self._exited.setdefault(ctr_id, asyncio.Event()).set()
         self.events.publish(ContainerEvent(ctr_id, container.pod_id, EventType.STOPPED))
         log.info("container %s (%s) exited with %d (%s)", ctr_id, container.name, code, container.reason)
-        # A container never runs again (kubelet creates a new one): its runc state and mounts go now, in
-        # the background, off the Stop and Remove paths. Its directories (upper layer, logs) stay until removal.
+        # A container never runs again (kubelet creates a new one): its runc state and mounts go now, in a task
+        # (a StopContainer waits for it; an exit of the container's own has nobody waiting). Its directories
+        # (upper layer, logs) stay until removal.
         self._clean_up_later(ctr_id, ("ctr-runtime", "ctr-idmap", "ctr-image-volumes", "ctr-rootfs"))
 
     async def remove(self, ctr_id: str) -> None:
@@ -404,10 +413,13 @@ class ContainerManager:
         self._cleanups[ctr_id] = task
         task.add_done_callback(lambda done: self._cleanups.pop(ctr_id, None) if self._cleanups.get(ctr_id) is done else None)
 
-    async def wait_for_clean_up(self, ctr_ids: list[str] | None = None) -> None:
+    async def wait_for_clean_up(self, ctr_ids: list[str] | None = None, timeout: float | None = None) -> bool:
+        """Wait for the clean-ups of these containers (all, when None); False when `timeout` passed first."""
         tasks = [task for key, task in self._cleanups.items() if ctr_ids is None or key in ctr_ids]
-        if tasks:
-            await asyncio.wait(tasks)
+        if not tasks:
+            return True
+        _, pending = await asyncio.wait(tasks, timeout=timeout)
+        return not pending
 
     # ---- exec, update, logs, stats ------------------------------------------------------------------------
 
@@ -527,6 +539,16 @@ def _require_handler_features(request: ContainerRequest, handler: str, offered: 
 def _check_node_and_paths(request: ContainerRequest) -> None:
     nodefit.require_node_support(request.resources, f"container {request.name!r}")
     context.check_host_paths(request)
+
+
+async def _exit_within(exited: asyncio.Event, seconds: float) -> bool:
+    """Whether the container's exit is recorded within `seconds`."""
+    try:
+        with step("ctr.wait_exit"):
+            await asyncio.wait_for(exited.wait(), seconds)
+    except TimeoutError:
+        return False
+    return True
 
 
 def _volume_images(container: Container) -> set[str]:

@@ -15,7 +15,7 @@ import grpc
 import pytest
 from cri_api.v1 import api_pb2
 
-from tests.integration.podlib import STOPSIGNAL_IMAGE, PodEnv, log_messages, read_cri_log, rpc_error
+from tests.integration.podlib import STOPSIGNAL_IMAGE, PodEnv, log_messages, mounts_under, read_cri_log, rpc_error
 
 pytestmark = pytest.mark.integration
 
@@ -134,6 +134,21 @@ def test_stop_kills_after_the_timeout_when_the_signal_is_ignored(pod_env: PodEnv
     assert status.exit_code == 137, status  # SIGKILL
     assert "ignoring-term" in log_messages(read_cri_log(log_path), "stdout"), "SIGTERM was not sent first"
     pod_env.stop(ctr, timeout=1)  # stopping a stopped container is fine
+
+
+def test_stop_answers_once_the_runtime_has_let_go_of_the_container(pod_env: PodEnv, pod: tuple) -> None:
+    """As containerd's, StopContainer answers after the runtime's state is deleted and the rootfs unmounted, so a
+    RemoveContainer right after it does not compete with that clean-up (and nothing of runc's outlives the stop)."""
+    pod_id, config = pod
+    ctr = pod_env.run(pod_id, config, "released", SLEEP)
+    runc_root = pod_env.daemon.runroot / "runtimes" / "runc"
+    assert (runc_root / ctr).is_dir()
+    assert any(ctr in point for point in mounts_under(pod_env.daemon.root))
+    pod_env.stop(ctr, timeout=10)
+    assert not (runc_root / ctr).exists(), "runc's state of the stopped container is still there"
+    assert not any(ctr in point for point in mounts_under(pod_env.daemon.root)), "its rootfs is still mounted"
+    assert pod_env.status(ctr).state == api_pb2.CONTAINER_EXITED
+    pod_env.remove(ctr)
 
 
 # ---- exec, update, stats ---------------------------------------------------------------------------------------

@@ -1,0 +1,68 @@
+"""StopContainer waits for the stopped container's clean-up (`runc delete`, its rootfs unmounted), but not forever:
+a `runc delete` that hangs holds the answer for RELEASE_WAIT_SECONDS, then the call succeeds, says so in the log,
+and the clean-up finishes in the background once runc returns. The runtime is this machine's runc behind a wrapper
+whose `delete` waits while a file exists."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cri_api.v1 import api_pb2
+
+from cripy.containers.manager import RELEASE_WAIT_SECONDS
+from tests.integration.conftest_leaks import session_cgroup_parent
+from tests.integration.podlib import PodEnv, short_tempdir
+
+pytestmark = pytest.mark.integration
+
+RUNC = shutil.which("runc") or "/usr/bin/runc"
+HANDLER = "slow-delete"
+_WRAPPER = """#!/bin/sh
+case " $* " in
+    *" delete "*) while [ -e "{hold}" ]; do sleep 0.05; done ;;
+esac
+exec {runc} "$@"
+"""
+
+
+@pytest.fixture(scope="module")
+def hold(pod_image_dir: Path) -> Iterator[tuple[PodEnv, Path]]:
+    directory = short_tempdir("sd")
+    hold_file = directory / "hold-delete"
+    wrapper = directory / "runc-slow-delete"
+    wrapper.write_text(_WRAPPER.format(hold=hold_file, runc=RUNC))
+    wrapper.chmod(0o755)
+    env = PodEnv(short_tempdir("s"), pod_image_dir, cgroup_parent=session_cgroup_parent(),
+                 extra_toml=f'\n[runtime.handlers.{HANDLER}]\nruntime_path = "{wrapper}"\n')
+    try:
+        yield env, hold_file
+    finally:
+        hold_file.unlink(missing_ok=True)
+        env.close()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_a_hung_runc_delete_holds_stop_for_a_bounded_time(hold: tuple[PodEnv, Path]) -> None:
+    env, hold_file = hold
+    config = env.pod_config("slow-delete")
+    pod_id = env.rt.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=config, runtime_handler=HANDLER),
+                                  timeout=60).pod_sandbox_id
+    ctr = env.run(pod_id, config, "held", ["sleep", "3600"])
+    runc_root = env.daemon.runroot / "runtimes" / HANDLER
+    hold_file.touch()
+    begin = time.monotonic()
+    env.stop(ctr, timeout=10)
+    took = time.monotonic() - begin
+    assert took >= RELEASE_WAIT_SECONDS * 0.9, "StopContainer did not wait for the clean-up"
+    assert env.status(ctr).state == api_pb2.CONTAINER_EXITED
+    assert (runc_root / ctr).is_dir(), "runc delete was held: its state should still be there"
+    assert f"container {ctr} stopped, but its clean-up" in env.daemon.log_text()
+    hold_file.unlink()
+    env.wait_for("runc's state deleted once runc delete returns", lambda: not (runc_root / ctr).exists())
+    env.remove(ctr)
+    env.stop_pod(pod_id)
+    env.remove_pod(pod_id)
