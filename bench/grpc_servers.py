@@ -1,4 +1,5 @@
-"""The gRPC server under the daemon, measured: cripy's own (cripy/rpc, what the daemon uses), grpcio's asyncio
+"""The gRPC server under the daemon, measured: cripy's own (cripy/rpc, what the daemon uses; also on the daemon's
+busy-polling event loop, cripy/busypoll.py), grpcio's asyncio
 server, grpcio's thread-pool server with a small pool, and grpclib (pure Python HTTP/2 on asyncio), each serving the same two CRI calls
 (Version, and ListPodSandbox answering 20 pods) from a process of its own, driven by a grpcio client as the
 kubelet's Go client would drive them.
@@ -27,7 +28,8 @@ import types
 from pathlib import Path
 
 SERVICE = "runtime.v1.RuntimeService"
-KINDS = ("cripy-rpc", "grpcio-aio", "grpcio-sync", "grpclib")
+KINDS = ("cripy-rpc", "cripy-rpc+busypoll", "grpcio-aio", "grpcio-sync", "grpclib")
+BUSY_POLL_SECONDS = 500e-6  # cripy's default [cripy] busy_poll_us
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 QUIET_CALLS = 100
 QUIET_SECONDS = 0.02
@@ -79,6 +81,11 @@ def serve(kind: str, socket: str) -> None:
         asyncio.run(_serve_grpclib(api, socket, version, pods))
     elif kind == "cripy-rpc":
         asyncio.run(_serve_cripy(api, socket, version, pods))
+    elif kind == "cripy-rpc+busypoll":
+        from cripy.busypoll import BusyPollingLoop
+
+        with asyncio.Runner(loop_factory=lambda: BusyPollingLoop(BUSY_POLL_SECONDS)) as runner:
+            runner.run(_serve_cripy(api, socket, version, pods))
     else:
         _serve_grpcio(kind, api, socket, version, pods)
 
@@ -118,6 +125,7 @@ def _serve_grpcio(kind: str, api, socket: str, version, pods) -> None:
 
 
 async def _serve_cripy(api, socket: str, version, pods) -> None:
+    from cripy import busypoll
     from cripy.rpc.server import Method, Server
 
     server = Server({
@@ -125,7 +133,7 @@ async def _serve_cripy(api, socket: str, version, pods) -> None:
                                       api.VersionResponse.SerializeToString),
         f"/{SERVICE}/ListPodSandbox": Method(answering(pods), api.ListPodSandboxRequest.FromString,
                                              api.ListPodSandboxResponse.SerializeToString),
-    }, max_message_bytes=16 * 1024 * 1024)
+    }, max_message_bytes=16 * 1024 * 1024, on_idle=busypoll.arm)  # a no-op unless the loop busy-polls
     await server.start(Path(socket))
     print("ready", flush=True)
     await asyncio.Event().wait()

@@ -22,6 +22,7 @@ RUNROOT_MAX = SOCKET_DIR_MAX - len("/attach")  # bytes: conmon's socket director
 
 DEFAULT_CONFIG_PATH = Path("/etc/cripy/cripy.toml")
 DEFAULT_DROPIN_DIR = Path("/etc/cripy/cripy.d")
+BUSY_POLL_MAX_US = 10_000  # past a few ms, polling costs CPU and catches hardly any more calls
 LOG_LEVELS = ("debug", "info", "warning", "error")
 # auto: the journal's format when systemd's journal is our stderr (JOURNAL_STREAM), text otherwise.
 LOG_FORMATS = ("auto", "text", "json", "journal")
@@ -43,6 +44,9 @@ class DaemonConfig:
     grpc_max_message_bytes: int = 16 * 1024 * 1024
     # A call that stays this long in one step is logged once, naming the step (0: never).
     stuck_step_seconds: float = 30.0
+    # After answering its last call in flight, the event loop polls this long for the next request before it
+    # sleeps (cripy/busypoll.py says why); 0 turns it off.
+    busy_poll_us: int = 500
 
 
 @dataclass
@@ -228,6 +232,9 @@ def _validate_observability(config: Config) -> None:
         raise ConfigError(f"cripy.log_format: {config.cripy.log_format!r} is not one of {', '.join(LOG_FORMATS)}")
     if config.cripy.stuck_step_seconds < 0:
         raise ConfigError("cripy.stuck_step_seconds: must not be negative (0 turns the stuck-step log off)")
+    if not 0 <= config.cripy.busy_poll_us <= BUSY_POLL_MAX_US:
+        raise ConfigError(f"cripy.busy_poll_us: {config.cripy.busy_poll_us} is outside 0..{BUSY_POLL_MAX_US} "
+                          "(microseconds of polling after an answer; 0 turns it off)")
     if config.metrics.address:
         try:
             metrics_listener(config.metrics.address)

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Callable
 
 from grpc_health.v1 import health_pb2
 
-from cripy import service, timing
+from cripy import busypoll, service, timing
+from cripy.busypoll import BusyPollingLoop
 from cripy.config import Config, ConfigError, handler_global_args, handler_runtime_root
 from cripy.containers.manager import ContainerManager
 from cripy.containers.spec import SpecSettings
@@ -294,7 +295,7 @@ class Daemon:
             **service_methods("ImageService", ImageService(self.store, self.puller)),
             **service_methods("RuntimeService", runtime_service),
             **admin_methods(self.importer, self.board),
-        }, max_message_bytes=self.config.cripy.grpc_max_message_bytes)
+        }, max_message_bytes=self.config.cripy.grpc_max_message_bytes, on_idle=busypoll.arm)
         socket_path = Path(self.config.cripy.listen)
         socket_path.parent.mkdir(parents=True, exist_ok=True)
         socket_path.unlink(missing_ok=True)
@@ -344,6 +345,8 @@ class Daemon:
         if self.watchdog is not None:
             self.watchdog.stuck_after = new.cripy.stuck_step_seconds
         self.config.cripy.stuck_step_seconds = new.cripy.stuck_step_seconds
+        busypoll.set_window(new.cripy.busy_poll_us / 1e6)
+        self.config.cripy.busy_poll_us = new.cripy.busy_poll_us
         log.info("configuration reloaded")
         service.notify("READY=1")
 
@@ -406,6 +409,8 @@ def run_daemon(config: Config, reload: Callable[[], Config] | None = None,
                config_files: Callable[[], list[Path]] = lambda: []) -> int:
     service.configure_logging(config.cripy.log_level, config.cripy.log_format)
     watch_children_with_pidfds()
-    asyncio.run(Daemon(config, reload=reload, config_files=config_files).run())
+    with asyncio.Runner(loop_factory=lambda: BusyPollingLoop(config.cripy.busy_poll_us / 1e6)) as runner:
+        asyncio.set_event_loop(runner.get_loop())  # what asyncio.run does, and the child watcher attaches to
+        runner.run(Daemon(config, reload=reload, config_files=config_files).run())
     return 0
 

@@ -74,12 +74,16 @@ class Context:
 
 
 class Server:
-    """Serves `methods` (by path, "/package.Service/Method") on a unix socket."""
+    """Serves `methods` (by path, "/package.Service/Method") on a unix socket. `on_idle`, when given, is called
+    each time the last call in flight (on any connection) has ended."""
 
-    def __init__(self, methods: dict[str, Method], max_message_bytes: int, max_concurrent_streams: int = 1000) -> None:
+    def __init__(self, methods: dict[str, Method], max_message_bytes: int, max_concurrent_streams: int = 1000,
+                 on_idle: Callable[[], None] | None = None) -> None:
         self._methods = methods
         self._max_message = max_message_bytes
         self._max_streams = max_concurrent_streams
+        self._on_idle = on_idle
+        self._in_flight = 0
         self._listener: asyncio.base_events.Server | None = None
         self._connections: set[_Connection] = set()
 
@@ -112,6 +116,14 @@ class Server:
 
     def _disconnected(self, connection: _Connection) -> None:
         self._connections.discard(connection)
+
+    def _call_began(self) -> None:
+        self._in_flight += 1
+
+    def _call_ended(self) -> None:
+        self._in_flight -= 1
+        if not self._in_flight and self._on_idle is not None:
+            self._on_idle()
 
 
 @dataclass(slots=True)
@@ -264,6 +276,7 @@ class _Connection(asyncio.Protocol):
             return
         call.task = task = asyncio.get_running_loop().create_task(self._run(stream_id, call))
         self._running.add(task)
+        self._server._call_began()
         task.add_done_callback(self._ended)
         if len(self._running) >= self._server._max_streams:
             self._pause_reading("handlers")
@@ -272,6 +285,7 @@ class _Connection(asyncio.Protocol):
         self._running.discard(task)
         if len(self._running) < self._server._max_streams:
             self._resume_reading("handlers")
+        self._server._call_ended()
 
     def _cancel(self, stream_id: int) -> None:
         call = self._calls.pop(stream_id, None)

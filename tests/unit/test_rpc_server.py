@@ -79,15 +79,20 @@ def socket_path() -> Iterator[Path]:
 
 
 @contextlib.asynccontextmanager
-async def serving(socket_path: Path, methods: dict[str, Method],
-                  max_message_bytes: int = 16 * MiB) -> AsyncIterator[Server]:
-    server = Server(methods, max_message_bytes=max_message_bytes)
+async def serving(socket_path: Path, methods: dict[str, Method], max_message_bytes: int = 16 * MiB,
+                  on_idle: Callable[[], None] | None = None) -> AsyncIterator[Server]:
+    server = Server(methods, max_message_bytes=max_message_bytes, on_idle=on_idle)
     await server.start(socket_path)
     try:
         yield server
     finally:
         await server.stop(grace=0)
         collect_dead_tasks()
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    while not condition():
+        await asyncio.sleep(0.001)
 
 
 def collect_dead_tasks() -> None:
@@ -120,6 +125,32 @@ async def test_a_unary_call_is_answered(socket_path: Path) -> None:
     async with serving(socket_path, {"/t.S/Echo": raw(echo)}):
         assert await call(socket_path, "/t.S/Echo", b"hello") == b"echo:hello"
         assert await call(socket_path, "/t.S/Echo", b"") == b"echo:"
+
+
+async def test_on_idle_is_called_when_the_last_call_in_flight_has_ended(socket_path: Path) -> None:
+    idle: list[int] = []
+    release = asyncio.Event()
+    first_started = asyncio.Event()
+
+    async def held(request: bytes, context: Context) -> bytes:
+        first_started.set()
+        await release.wait()
+        return b"held"
+
+    async with serving(socket_path, {"/t.S/Echo": raw(echo), "/t.S/Held": raw(held)},
+                       on_idle=lambda: idle.append(1)):
+        assert await call(socket_path, "/t.S/Echo", b"a") == b"echo:a"
+        await asyncio.wait_for(until(lambda: len(idle) == 1), WAIT)
+        async with channel(socket_path) as ch:
+            waiting = asyncio.ensure_future(ch.unary_unary("/t.S/Held")(b""))
+            await asyncio.wait_for(first_started.wait(), WAIT)
+            assert await ch.unary_unary("/t.S/Echo")(b"b") == b"echo:b"
+            assert len(idle) == 1, "a call was still in flight"
+            release.set()
+            assert await asyncio.wait_for(waiting, WAIT) == b"held"
+        await asyncio.wait_for(until(lambda: len(idle) == 2), WAIT)
+        assert await status_of(socket_path, "/t.S/Missing")
+        assert len(idle) == 2, "a call refused before it ran never began"
 
 
 async def test_an_abort_reaches_the_client_with_its_code_and_message_intact(socket_path: Path) -> None:
