@@ -86,3 +86,37 @@ def test_sighup_applies_pinned_images_and_keeps_the_config_when_a_reload_is_bad(
     wait_for(lambda: "configuration reload failed" in daemon.log_text(), "the failed reload to be logged")
     assert daemon.image_status(name).image.pinned  # the running configuration stayed
     assert daemon.runtime.Version(api_pb2.VersionRequest(), timeout=10).runtime_name == "cripy"
+
+
+def loop_thread_cpu_seconds(pid: int) -> float:
+    """CPU time of the daemon's main thread (its event loop), in ns precision (schedstat's first field)."""
+    return int(Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()[0]) / 1e9
+
+
+def test_sighup_applies_busy_polling(cripy_factory) -> None:
+    """After each answer, the loop polls for busy_poll_us: with 10 ms it spends most of every 10 ms after a call on
+    the CPU, with 0 it sleeps; a reload changes it."""
+    daemon: CripyDaemon = cripy_factory()
+    dropin_dir = daemon.workdir / "cripy.d"
+    dropin_dir.mkdir(exist_ok=True)
+    assert daemon.pid is not None
+
+    def reload_with(microseconds: int) -> None:
+        (dropin_dir / "20-poll.toml").write_text(f"[cripy]\nbusy_poll_us = {microseconds}\n")
+        reloads = daemon.log_text().count("configuration reloaded")
+        os.kill(daemon.pid, signal.SIGHUP)
+        wait_for(lambda: daemon.log_text().count("configuration reloaded") > reloads, "the reload")
+
+    def cpu_over_calls(calls: int = 20) -> float:
+        before = loop_thread_cpu_seconds(daemon.pid)
+        for _ in range(calls):
+            daemon.runtime.Version(api_pb2.VersionRequest(), timeout=10)
+            time.sleep(0.03)
+        return loop_thread_cpu_seconds(daemon.pid) - before
+
+    reload_with(10_000)
+    polling = cpu_over_calls()
+    reload_with(0)
+    sleeping = cpu_over_calls()
+    assert polling > 0.1, f"20 calls with 10 ms of polling after each took only {polling:.3f} s of CPU"
+    assert sleeping < polling / 2, f"without polling: {sleeping:.3f} s of CPU, with: {polling:.3f} s"
