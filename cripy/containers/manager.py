@@ -290,9 +290,10 @@ class ContainerManager:
         container.state, container.started_at = STATE_RUNNING, started_at
         await self._table.update(container, ("state", "started_at", "pid", "conmon_pid"))
 
-    async def stop(self, ctr_id: str, timeout: int) -> None:
+    async def stop(self, ctr_id: str, timeout: int, wait_for_release: bool = True) -> None:
         """StopContainer: the stop signal, then SIGKILL after `timeout` seconds. Idempotent, as the CRI says:
-        stopping a stopped container, or one that does not exist (any more), succeeds."""
+        stopping a stopped container, or one that does not exist (any more), succeeds. Returns once the exit's
+        clean-up is done too, unless `wait_for_release` is False (a pod's stop, which waits for it later)."""
         container = await self.find(ctr_id)
         if container is None:
             log.debug("StopContainer of %r: no such container, nothing to stop", ctr_id)
@@ -307,26 +308,29 @@ class ContainerManager:
             with step("runtime.kill"):
                 await runtime.kill(container.id, context.signal_number(container.stop_signal))
             if await _exit_within(exited, timeout):
-                await self._released(container.id)
+                if wait_for_release:
+                    await self.released([container.id])
                 return
             log.info("container %s did not stop within %ds: killing it", container.id, timeout)
         with step("runtime.kill"):
             await runtime.kill(container.id, signal.SIGKILL, all_processes=True)
         if await _exit_within(exited, KILL_WAIT_SECONDS):
-            await self._released(container.id)
+            if wait_for_release:
+                await self.released([container.id])
             return
         state = await runtime.state(container.id)
         if state is not None and state.get("status") == "running":
             raise FailedPrecondition(f"container {container.id} is still running after SIGKILL")
 
-    async def _released(self, ctr_id: str) -> None:
-        """Wait for the exit's clean-up (`runc delete`, the rootfs unmounted), as containerd's StopContainer waits
+    async def released(self, ctr_ids: list[str]) -> None:
+        """Wait for the exits' clean-ups (`runc delete`, the rootfs unmounted), as containerd's StopContainer waits
         for its task's deletion: a stopped container then holds nothing of the runtime's, and a RemoveContainer
-        that follows does not compete with that clean-up for the CPU and the event loop."""
+        that follows does not compete with that clean-up for the CPU and the event loop. At most
+        RELEASE_WAIT_SECONDS: a clean-up that hangs goes on in the background."""
         with step("ctr.release"):
-            if not await self.wait_for_clean_up([ctr_id], timeout=RELEASE_WAIT_SECONDS):
-                log.warning("container %s stopped, but its clean-up (runc delete, unmounts) is still going after "
-                            "%ds: StopContainer answers, the clean-up goes on", ctr_id, RELEASE_WAIT_SECONDS)
+            if not await self.wait_for_clean_up(ctr_ids, timeout=RELEASE_WAIT_SECONDS):
+                log.warning("container(s) %s stopped, but their clean-up (runc delete, unmounts) is still going after "
+                            "%ds: the stop answers, the clean-up goes on", ", ".join(ctr_ids), RELEASE_WAIT_SECONDS)
 
     async def handle_exit(self, ctr_id: str, code: int, exit_time: datetime) -> None:
         """An exit file appeared: record how the container ended."""
@@ -384,8 +388,13 @@ class ContainerManager:
         log.info("container %s (%s) removed", container.id, container.name)
 
     async def stop_all_in_pod(self, pod_id: str) -> None:
+        """Stop the pod's running containers; their clean-ups go on while the pod's own stop runs (CNI DEL beside
+        `runc delete`), and released_in_pod waits for them."""
         containers = [c for c in await self.list(pod_id) if c.state == STATE_RUNNING]
-        await asyncio.gather(*(self.stop(c.id, 0) for c in containers))
+        await asyncio.gather(*(self.stop(c.id, 0, wait_for_release=False) for c in containers))
+
+    async def released_in_pod(self, pod_id: str) -> None:
+        await self.released([c.id for c in await self.list(pod_id)])
 
     async def remove_all_in_pod(self, pod_id: str) -> None:
         """Remove the pod's containers and wait until what they left is cleaned up: the pod's own clean-up

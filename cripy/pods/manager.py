@@ -52,6 +52,8 @@ class PodMembers(Protocol):
 
     async def stop_all_in_pod(self, pod_id: str) -> None: ...
 
+    async def released_in_pod(self, pod_id: str) -> None: ...
+
     async def remove_all_in_pod(self, pod_id: str) -> None: ...
 
 
@@ -297,7 +299,9 @@ class PodManager:
         async with self.lock(pod.id):
             if self._members is not None:
                 await self._members.stop_all_in_pod(pod.id)
-            await self._journal.undo(pod.id, STOP_EFFECTS)
+            await self._journal.undo(pod.id, STOP_EFFECTS)  # beside the containers' own clean-ups
+            if self._members is not None:
+                await self._members.released_in_pod(pod.id)
             if pod.state != STATE_NOTREADY:
                 pod.state = STATE_NOTREADY
                 await self._save(pod)

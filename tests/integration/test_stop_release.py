@@ -1,11 +1,13 @@
 """StopContainer waits for the stopped container's clean-up (`runc delete`, its rootfs unmounted), but not forever:
 a `runc delete` that hangs holds the answer for RELEASE_WAIT_SECONDS, then the call succeeds, says so in the log,
-and the clean-up finishes in the background once runc returns. The runtime is this machine's runc behind a wrapper
-whose `delete` waits while a file exists."""
+and the clean-up finishes in the background once runc returns. StopPodSandbox waits for its containers' clean-ups
+too (after its own steps, which run beside them). The runtime is this machine's runc behind a wrapper whose
+`delete` waits while a file exists."""
 
 from __future__ import annotations
 
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,11 +48,33 @@ def hold(pod_image_dir: Path) -> Iterator[tuple[PodEnv, Path]]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+def run_pod(env: PodEnv, name: str) -> tuple[str, api_pb2.PodSandboxConfig]:
+    config = env.pod_config(name)
+    return env.rt.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=config, runtime_handler=HANDLER),
+                                timeout=60).pod_sandbox_id, config
+
+
+def test_stop_pod_answers_once_its_containers_are_released(hold: tuple[PodEnv, Path]) -> None:
+    env, hold_file = hold
+    pod_id, config = run_pod(env, "released-pod")
+    ctrs = [env.run(pod_id, config, f"released-{i}", ["sleep", "3600"]) for i in range(2)]
+    runc_root = env.daemon.runroot / "runtimes" / HANDLER
+    hold_file.touch()
+    letting_go = threading.Timer(2.0, hold_file.unlink)
+    letting_go.start()
+    try:
+        env.stop_pod(pod_id)
+    finally:
+        letting_go.join()
+    for ctr in ctrs:
+        assert not (runc_root / ctr).exists(), "StopPodSandbox answered before runc deleted a container's state"
+        assert env.status(ctr).state == api_pb2.CONTAINER_EXITED
+    env.remove_pod(pod_id)
+
+
 def test_a_hung_runc_delete_holds_stop_for_a_bounded_time(hold: tuple[PodEnv, Path]) -> None:
     env, hold_file = hold
-    config = env.pod_config("slow-delete")
-    pod_id = env.rt.RunPodSandbox(api_pb2.RunPodSandboxRequest(config=config, runtime_handler=HANDLER),
-                                  timeout=60).pod_sandbox_id
+    pod_id, config = run_pod(env, "slow-delete")
     ctr = env.run(pod_id, config, "held", ["sleep", "3600"])
     runc_root = env.daemon.runroot / "runtimes" / HANDLER
     hold_file.touch()
@@ -60,7 +84,7 @@ def test_a_hung_runc_delete_holds_stop_for_a_bounded_time(hold: tuple[PodEnv, Pa
     assert took >= RELEASE_WAIT_SECONDS * 0.9, "StopContainer did not wait for the clean-up"
     assert env.status(ctr).state == api_pb2.CONTAINER_EXITED
     assert (runc_root / ctr).is_dir(), "runc delete was held: its state should still be there"
-    assert f"container {ctr} stopped, but its clean-up" in env.daemon.log_text()
+    assert f"container(s) {ctr} stopped, but their clean-up" in env.daemon.log_text()
     hold_file.unlink()
     env.wait_for("runc's state deleted once runc delete returns", lambda: not (runc_root / ctr).exists())
     env.remove(ctr)
