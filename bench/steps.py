@@ -17,7 +17,7 @@ SECTION = "Where the lifecycle's time goes (cripy's steps)"
 # The steps of the calls the issue asks about, in the order they run.
 STEPS_OF = {
     "RunPodSandbox": ("pod.files", "pod.namespaces", "pod.shm", "cni.add", "pod.infra"),
-    "CreateContainer": ("ctr.rootfs", "ctr.user", "ctr.spec", "ctr.bundle"),
+    "CreateContainer": ("ctr.rootfs", "ctr.spec", "ctr.bundle"),
     "StartContainer": ("runtime.create", "runtime.start"),
     "StopPodSandbox": ("runtime.kill", "ctr.wait_exit", "ctr.release", "cni.del"),
 }

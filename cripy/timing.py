@@ -36,8 +36,8 @@ STEPS: dict[str, str] = {
     "pod.infra": "the infra process (pause) started through conmon and runc",
     "ctr.rootfs": "the image's layers looked up and the container's overlay rootfs mounted",
     "ctr.volumes": "the container's image volumes mounted",
-    "ctr.user": "the process user resolved from the rootfs's passwd and group files",
-    "ctr.spec": "the OCI runtime spec generated",
+    "ctr.spec": "the process user resolved from the rootfs's passwd and group files, and the OCI runtime spec "
+                "generated (one trip off the event loop)",
     "ctr.bundle": "the OCI bundle written",
     "runtime.create": "conmon started and `runc create` done (the container's process exists, stopped)",
     "runtime.start": "`runc start`",

@@ -21,6 +21,7 @@ import dataclasses
 import functools
 import logging
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,8 +30,8 @@ from cripy.containers import context, imagevolumes
 from cripy.containers import rootfs as fs
 from cripy.containers.container import Container
 from cripy.containers.model import ContainerRequest
-from cripy.containers.spec import SpecSettings, build_spec
-from cripy.containers.users import resolve_user
+from cripy.containers.spec import BuiltSpec, SpecSettings, build_spec
+from cripy.containers.users import ProcessUser, resolve_user
 from cripy.images.store import Image, ImageStore
 from cripy.pods.model import PodSandbox
 from cripy.storage.effects import Effect, EffectJournal
@@ -97,34 +98,38 @@ class ContainerSetUp:
             if any(m.idmapped for m in mounts):
                 mounts = await asyncio.to_thread(fs.idmapped_mount_sources, request, idmap_dir / "mounts")
         sec = request.security
-        with step("ctr.user"):
-            user = await asyncio.to_thread(
-                resolve_user,
-                rootfs,
-                run_as_user=sec.run_as_user,
-                run_as_group=sec.run_as_group,
-                run_as_username=sec.run_as_username,
-                image_user=image_config.user,
-                supplemental_groups=sec.supplemental_groups,
-                supplemental_groups_policy=sec.supplemental_groups_policy,
-            )
-        container.process_user = user
         with step("ctr.spec"):
-            built = await blocking.HOST_PATHS.run(
-                f"container {container.name}: building the spec (host paths, devices, seccomp profile)",
+            # One trip off the event loop for both (a trip costs two thread wake-ups, more than the work here): the
+            # spec needs the user. Neither writes anything, so a late end after the pool's deadline is harmless.
+            user, built = await blocking.HOST_PATHS.run(
+                f"container {container.name}: resolving the user and building the spec (host paths, devices, "
+                "seccomp profile)",
                 functools.partial(
-                    build_spec,
-                    dataclasses.replace(request, mounts=mounts),
-                    image_config,
-                    ctr_id=container.id,
-                    rootfs=rootfs,
-                    user=user,
-                    pod=context.pod_context(pod),
-                    settings=self._settings,
-                    volumes_dir=ctr_dir / "volumes",
-                    target_pid_ns=target_pid_ns,
+                    _user_and_spec,
+                    functools.partial(
+                        resolve_user,
+                        rootfs,
+                        run_as_user=sec.run_as_user,
+                        run_as_group=sec.run_as_group,
+                        run_as_username=sec.run_as_username,
+                        image_user=image_config.user,
+                        supplemental_groups=sec.supplemental_groups,
+                        supplemental_groups_policy=sec.supplemental_groups_policy,
+                    ),
+                    functools.partial(
+                        build_spec,
+                        dataclasses.replace(request, mounts=mounts),
+                        image_config,
+                        ctr_id=container.id,
+                        rootfs=rootfs,
+                        pod=context.pod_context(pod),
+                        settings=self._settings,
+                        volumes_dir=ctr_dir / "volumes",
+                        target_pid_ns=target_pid_ns,
+                    ),
                 ),
             )
+        container.process_user = user
         for warning in built.warnings:
             # A node-wide limit (e.g. no CAP_SYS_RESOURCE) would repeat for every container: said once, then quiet.
             level = logging.DEBUG if warning in self._warned else logging.WARNING
@@ -187,3 +192,9 @@ class ContainerSetUp:
 
     async def _undo_idmap(self, effect: Effect) -> None:
         await asyncio.to_thread(fs.remove_idmap_dir, Path(effect.data["path"]))
+
+
+def _user_and_spec(resolve: Callable[[], ProcessUser], build: Callable[..., BuiltSpec]) -> tuple[ProcessUser, BuiltSpec]:
+    """The process user, then the spec for it."""
+    user = resolve()
+    return user, build(user=user)
