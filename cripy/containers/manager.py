@@ -158,6 +158,7 @@ class ContainerManager:
         pod = await self._pods.get(pod_id)
         if pod.state != STATE_READY:
             raise FailedPrecondition(f"pod sandbox {pod.id} is not ready (state {pod.state}): cannot create a container in it")
+        removals_seen = self._images.removals
         image = await self._images.find(request.image)
         if image is None:
             raise NotFound(f"image {request.image!r} not found: pull it first")
@@ -167,13 +168,14 @@ class ContainerManager:
         await blocking.HOST_PATHS.run(f"container {request.name!r}: checking host paths", _check_node_and_paths, request)
         name = reserved_name(request, pod.request.name, pod.request.namespace, pod.request.uid)
         return await self._names.create_once(
-            name, self._name_holder, lambda: self._create(pod, image, request, name)
+            name, self._name_holder, lambda: self._create(pod, image, request, name, removals_seen)
         )
 
     async def _name_holder(self, name: str) -> str | None:
         return self._table.holder_of(name)
 
-    async def _create(self, pod: PodSandbox, image: Image, request: ContainerRequest, name: str) -> str:
+    async def _create(self, pod: PodSandbox, image: Image, request: ContainerRequest, name: str,
+                      removals_seen: int) -> str:
         started = time.monotonic()
         container = Container(
             id=secrets.token_hex(32),
@@ -190,7 +192,7 @@ class ContainerManager:
             current = await self._pods.get(pod.id)
             if current.state != STATE_READY:
                 raise FailedPrecondition(f"pod sandbox {pod.id} stopped while the container was being created")
-            await self._find_held_images(container)
+            await self._find_held_images(container, removals_seen)
             await self._table.insert(container)  # from here on, the container holds its images
         try:
             target_pid_ns = await self._target_pid_namespace(request, pod)
@@ -205,10 +207,10 @@ class ContainerManager:
         log.info("container %s (%s) created in %.3fs", container.id, name, time.monotonic() - started)
         return container.id
 
-    async def _find_held_images(self, container: Container) -> None:
-        """The images the container will hold, looked up again with removals held off: its own (found before,
-        maybe removed since) and those of its image volumes, whose ids it records."""
-        if await self._images.get(container.image_id) is None:
+    async def _find_held_images(self, container: Container, removals_seen: int) -> None:
+        """The images the container will hold, looked up with removals held off: its own (found before; looked
+        up again if any image was removed since) and those of its image volumes, whose ids it records."""
+        if self._images.removals != removals_seen and await self._images.get(container.image_id) is None:
             raise NotFound(f"image {container.image_name!r} ({container.image_id}) was removed while container"
                            f" {container.name} was being created")
         for i, mount in enumerate(container.request.mounts):

@@ -133,6 +133,9 @@ class ImageStore:
         self._layer_lock = LayerLock(layout.layers_lock)
         self._in_use = _LayerUse()
         self._lock = asyncio.Lock()
+        # Images removed since start: a caller that found an image, then holds removals off, looks it up again
+        # only when this moved in between.
+        self.removals = 0
         self._pinned_names: set[str] = set()
         self.set_pinned(pinned)
         # Containers (a later layer) tell the store which images they hold, and which of those they mount as
@@ -369,9 +372,14 @@ class ImageStore:
                 await self._db.run(lambda conn: conn.execute("DELETE FROM image_names WHERE image_id = ?", (image_id,)))
                 log.info("image %s is used by a container: its names are removed, its content stays", image_id)
                 return
-            await self._db.transaction(lambda conn: conn.execute("DELETE FROM images WHERE id = ?", (image_id,)))
+            await self._delete_image(image_id)
             log.info("removed image %s", image_id)
             await self._collect_layers()
+
+    async def _delete_image(self, image_id: str) -> None:
+        """The image's record goes (its layers with the next collection); under self._lock, as every removal."""
+        await self._db.transaction(lambda conn: conn.execute("DELETE FROM images WHERE id = ?", (image_id,)))
+        self.removals += 1
 
     async def _collect_layers(self) -> None:
         """Delete layers no image references and no pull in flight holds (decided under the layer lock: a pull
@@ -402,7 +410,7 @@ class ImageStore:
         async with self._lock:  # again, held: a container created meanwhile may hold the image now
             named = await self._db.run(lambda conn: imagerows.has_names(conn, image_id))
             if not named and not await self.image_in_use(image_id):
-                await self._db.transaction(lambda conn: conn.execute("DELETE FROM images WHERE id = ?", (image_id,)))
+                await self._delete_image(image_id)
                 log.info("removed image %s: its last user is gone and it has no name", image_id)
                 await self._collect_layers()
 
@@ -411,7 +419,7 @@ class ImageStore:
         async with self._lock:
             for image_id in await self._db.run(imagerows.unnamed_images):
                 if not await self.image_in_use(image_id):
-                    await self._db.transaction(lambda conn: conn.execute("DELETE FROM images WHERE id = ?", (image_id,)))
+                    await self._delete_image(image_id)
             await self._collect_layers()
 
     # ---- usage and recovery ---------------------------------------------------------------------------

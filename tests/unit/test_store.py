@@ -448,6 +448,7 @@ async def test_remove_one_of_two_tags_keeps_the_image(
     kept = await store.get(a.id)
     assert kept is not None
     assert kept.repo_tags == ["example.com/a:2"]
+    assert store.removals == 0, "a name went, not an image: a container being created need not look again"
     assert all(layout.layer_diff(c).is_dir() for c in a.chain_ids)
 
 
@@ -457,7 +458,9 @@ async def test_removing_the_last_tag_removes_image_and_unused_layers(
     a = await add(store, fetcher, IMAGE_A, "example.com/a:1", "example.com/a:2")
     b = await add(store, fetcher, IMAGE_B, "example.com/b:1")
     await store.remove("example.com/a:1")
+    assert store.removals == 0
     await store.remove("example.com/a:2")
+    assert store.removals == 1
     assert await store.get(a.id) is None
     assert await store.find(f"example.com/a@{IMAGE_A.manifest_digest}") is None
     # APP_A's layer went; the base layer stays because image B uses it.
@@ -513,9 +516,11 @@ async def test_image_in_use_keeps_its_content_when_its_names_go(
 
     await store.remove_unnamed_unused()  # still in use: stays
     assert await store.get(a.id) is not None
+    assert store.removals == 0
     in_use.clear()
     await store.remove_unnamed_unused()
     assert await store.get(a.id) is None
+    assert store.removals == 1
     assert layer_dirs_on_disk(layout) == set()
 
 
