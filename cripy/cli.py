@@ -46,10 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"cripy: {e}", file=sys.stderr)
         return 2
-    from cripy.linux.memory import fix_mmap_threshold, limit_arenas
+    from cripy.linux.memory import limit_arenas
 
     limit_arenas()  # first: before the daemon's threads (memory.py says why)
-    fix_mmap_threshold()
     from cripy.daemon import run_daemon
 
     return run_daemon(config, reload=lambda: _effective_config(args),

@@ -9,13 +9,6 @@ malloc_trim cannot return what is spread over many arenas, though: glibc gives e
 heap an arena of its own (up to eight per core), and a pull's worker threads each left a fragmented one behind:
 the daemon's RSS grew by about 8 MiB with every pull of the benchmark's images. Two arenas keep it flat
 (`limit_arenas`); the daemon's threads mostly wait on I/O or hold the GIL, so they hardly contend for more.
-
-Nor can it return what is pinned in the middle of the heap. glibc serves a large block (a pull's 1 MB chunks)
-with mmap, but raises that threshold each time it frees such a block, up to 32 MiB: after the first pull the
-chunks came from the heap, between small objects that outlive them, and the daemon kept 3-4 MiB more after every
-round of pulls (30.5, 33.2, 35.9 MiB anonymous after five rounds of the benchmark's images, against 26.4, 29.3,
-32.0 with the threshold fixed). `fix_mmap_threshold` keeps it at 256 KiB: a large block is mapped, and unmapped
-when freed, for a few microseconds each.
 """
 
 from __future__ import annotations
@@ -28,9 +21,7 @@ import os
 
 RELEASE_DELAY = 0.5  # seconds after the last large call
 ARENA_MAX = 2
-MMAP_THRESHOLD = 256 * 1024  # bytes: larger blocks are mapped on their own
-_M_ARENA_MAX = -8  # mallopt's parameter numbers (malloc.h)
-_M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8  # mallopt's parameter number (malloc.h)
 _pending: asyncio.TimerHandle | None = None
 
 
@@ -51,14 +42,6 @@ def limit_arenas(count: int = ARENA_MAX) -> None:
     libc = _libc()
     if libc is not None and "MALLOC_ARENA_MAX" not in os.environ:
         libc.mallopt(_M_ARENA_MAX, count)
-
-
-def fix_mmap_threshold(threshold: int = MMAP_THRESHOLD) -> None:
-    """Map every block over `threshold` bytes on its own, always (setting it turns glibc's sliding threshold off).
-    An operator's MALLOC_MMAP_THRESHOLD_, which glibc reads itself, stands."""
-    libc = _libc()
-    if libc is not None and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
-        libc.mallopt(_M_MMAP_THRESHOLD, threshold)
 
 
 def release_free_heap() -> None:

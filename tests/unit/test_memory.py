@@ -1,6 +1,5 @@
-"""glibc's malloc as cripy.linux.memory sets it, each in a fresh interpreter: the arenas, capped by limit_arenas
-(counted with glibc's own malloc_stats while threads contend for the heap: ctypes calls run without the GIL), and
-the mmap threshold that fix_mmap_threshold keeps from sliding (read from a large block's chunk header)."""
+"""glibc's arenas, capped by cripy.linux.memory.limit_arenas: counted in a fresh interpreter whose threads contend
+for the heap (ctypes calls run without the GIL), with glibc's own malloc_stats."""
 
 from __future__ import annotations
 
@@ -52,35 +51,3 @@ def test_threads_that_contend_get_arenas_of_their_own_unless_capped() -> None:
 
 def test_an_operators_malloc_arena_max_stands() -> None:
     assert arenas("limit", {"MALLOC_ARENA_MAX": "4"}) > memory.ARENA_MAX
-
-
-
-LARGE_BLOCK_AFTER_A_FREE = textwrap.dedent("""
-    import ctypes, sys
-    from cripy.linux import memory
-    if sys.argv[1] == "fix":
-        memory.fix_mmap_threshold()
-    libc = ctypes.CDLL("libc.so.6")
-    libc.malloc.restype = ctypes.c_void_p
-    libc.free.argtypes = [ctypes.c_void_p]
-    libc.free(libc.malloc(1 << 20))  # freeing a mapped block is what slides glibc's threshold up
-    block = libc.malloc(1 << 20)
-    IS_MMAPPED = 2  # the flag in the size word of a chunk's header (glibc's malloc.c)
-    print(bool(ctypes.c_size_t.from_address(block - ctypes.sizeof(ctypes.c_size_t)).value & IS_MMAPPED))
-""")
-
-
-def next_large_block_is_mapped(mode: str, env: dict[str, str] | None = None) -> bool:
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
-    result = subprocess.run([sys.executable, "-c", LARGE_BLOCK_AFTER_A_FREE, mode], capture_output=True, text=True,
-                            timeout=60, env=dict(environment, **(env or {})), check=True)
-    return result.stdout.strip() == "True"
-
-
-def test_large_blocks_stay_mapped_once_the_threshold_is_fixed() -> None:
-    assert not next_large_block_is_mapped("free")  # glibc's sliding threshold: the heap serves it, amid small ones
-    assert next_large_block_is_mapped("fix")
-
-
-def test_an_operators_mmap_threshold_stands() -> None:
-    assert not next_large_block_is_mapped("fix", {"MALLOC_MMAP_THRESHOLD_": str(32 << 20)})
