@@ -65,22 +65,3 @@ def test_malformed_configuration_names_file_and_key(tmp_path: Path, files: dict[
     with pytest.raises(InvalidArgument, match=reason) as info:
         load_registries_d(tmp_path)
     assert str(tmp_path) in str(info.value)
-
-
-def test_pyyaml_loads_only_once_a_registries_d_file_exists(tmp_path: Path) -> None:
-    """PyYAML costs the daemon 1.2 MiB it keeps; most nodes have no registries.d file, and their pulls never load
-    it."""
-    import subprocess
-    import sys
-
-    (tmp_path / "empty").mkdir()
-    (tmp_path / "one").mkdir()
-    (tmp_path / "one" / "a.yaml").write_text("default-docker:\n  use-sigstore-attachments: true\n")
-    script = ("import sys\nfrom pathlib import Path\n"
-              "import cripy.daemon, cripy.images.pull, cripy.images.trust.gate\n"
-              "from cripy.images.trust.registries_d import load_registries_d\n"
-              f"load_registries_d(Path({str(tmp_path / 'empty')!r}))\n"
-              "print('yaml' in sys.modules)\n"
-              f"print(load_registries_d(Path({str(tmp_path / 'one')!r})).default_docker is not None, 'yaml' in sys.modules)\n")
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=True)
-    assert result.stdout.split() == ["False", "True", "True"]

@@ -13,11 +13,12 @@ and malformed values make the whole configuration invalid, naming the file and t
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+import yaml
 
 from cripy.errors import InvalidArgument
 from cripy.images.reference import Reference, parse_location
@@ -95,10 +96,8 @@ def load_registries_d(directory: Path) -> RegistriesD:
 
 def parse_registries_d_file(text: str, path: Path) -> tuple[dict[str, Section], Section | None]:
     where = f"registries.d file {path}"
-    import yaml  # only once a registries.d file exists: PyYAML costs the daemon 1.2 MiB that it keeps
-
     try:
-        data = yaml.load(text, Loader=_strict_loader())  # noqa: S506 (a SafeLoader subclass)
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as exc:
         raise InvalidArgument(f"{where}: invalid YAML: {exc}") from exc
     if data is None:
@@ -164,20 +163,15 @@ def _scopes(ref: Reference) -> list[str]:
     return scopes
 
 
-@functools.cache
-def _strict_loader() -> type:
+class _StrictLoader(yaml.SafeLoader):
     """SafeLoader that refuses a key given twice in one mapping instead of keeping the last."""
-    import yaml
 
-    class StrictLoader(yaml.SafeLoader):
-        def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-            seen: set[Any] = set()
-            for key_node, _ in node.value:
-                key = self.construct_object(key_node, deep=deep)
-                if key in seen:
-                    raise yaml.constructor.ConstructorError(None, None, f"key {key!r} appears twice",
-                                                            key_node.start_mark)
-                seen.add(key)
-            return super().construct_mapping(node, deep=deep)
-
-    return StrictLoader
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} appears twice",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
