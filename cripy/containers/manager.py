@@ -300,9 +300,11 @@ class ContainerManager:
         if container is None:
             log.debug("StopContainer of %r: no such container, nothing to stop", ctr_id)
             return
-        if container.state in (STATE_EXITED, STATE_CREATING):
+        if container.state == STATE_EXITED:
+            if wait_for_release:
+                await self.released([container.id])  # an exit of its own may still be being cleaned up
             return
-        if container.state == STATE_CREATED:
+        if container.state in (STATE_CREATING, STATE_CREATED):
             return  # nothing runs before StartContainer; the container stays created, as in containerd
         runtime = await self.runtime_of(container)
         exited = self._exited.setdefault(container.id, asyncio.Event())

@@ -1,8 +1,8 @@
 """StopContainer waits for the stopped container's clean-up (`runc delete`, its rootfs unmounted), but not forever:
 a `runc delete` that hangs holds the answer for RELEASE_WAIT_SECONDS, then the call succeeds, says so in the log,
-and the clean-up finishes in the background once runc returns. StopPodSandbox waits for its containers' clean-ups
-too (after its own steps, which run beside them). The runtime is this machine's runc behind a wrapper whose
-`delete` waits while a file exists."""
+and the clean-up finishes in the background once runc returns. Stopping a container that exited by itself waits
+for that exit's clean-up too, and StopPodSandbox for its containers' (after its own steps, which run beside
+them). The runtime is this machine's runc behind a wrapper whose `delete` waits while a file exists."""
 
 from __future__ import annotations
 
@@ -69,6 +69,27 @@ def test_stop_pod_answers_once_its_containers_are_released(hold: tuple[PodEnv, P
     for ctr in ctrs:
         assert not (runc_root / ctr).exists(), "StopPodSandbox answered before runc deleted a container's state"
         assert env.status(ctr).state == api_pb2.CONTAINER_EXITED
+    env.remove_pod(pod_id)
+
+
+def test_stopping_a_container_that_exited_by_itself_waits_for_its_clean_up(hold: tuple[PodEnv, Path]) -> None:
+    env, hold_file = hold
+    pod_id, config = run_pod(env, "exited-by-itself")
+    runc_root = env.daemon.runroot / "runtimes" / HANDLER
+    hold_file.touch()
+    letting_go = threading.Timer(2.0, hold_file.unlink)
+    try:
+        ctr = env.run(pod_id, config, "short", ["true"])
+        env.wait_state(ctr)
+        assert (runc_root / ctr).is_dir(), "runc delete was held: its state should still be there"
+        letting_go.start()
+        env.stop(ctr, timeout=10)
+    finally:
+        if letting_go.is_alive():
+            letting_go.join()
+        hold_file.unlink(missing_ok=True)
+    assert not (runc_root / ctr).exists(), "StopContainer answered before the exit's clean-up was done"
+    env.stop_pod(pod_id)
     env.remove_pod(pod_id)
 
 
