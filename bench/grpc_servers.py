@@ -29,7 +29,6 @@ from pathlib import Path
 
 SERVICE = "runtime.v1.RuntimeService"
 KINDS = ("cripy-rpc", "cripy-rpc+busypoll", "grpcio-aio", "grpcio-sync", "grpclib")
-BUSY_POLL_SECONDS = 500e-6  # cripy's default [cripy] busy_poll_us
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 QUIET_CALLS = 100
 QUIET_SECONDS = 0.02
@@ -83,8 +82,10 @@ def serve(kind: str, socket: str) -> None:
         asyncio.run(_serve_cripy(api, socket, version, pods))
     elif kind == "cripy-rpc+busypoll":
         from cripy.busypoll import BusyPollingLoop
+        from cripy.config import DaemonConfig
 
-        with asyncio.Runner(loop_factory=lambda: BusyPollingLoop(BUSY_POLL_SECONDS)) as runner:
+        window = DaemonConfig().busy_poll_us / 1e6  # the daemon's default
+        with asyncio.Runner(loop_factory=lambda: BusyPollingLoop(window)) as runner:
             runner.run(_serve_cripy(api, socket, version, pods))
     else:
         _serve_grpcio(kind, api, socket, version, pods)
