@@ -300,31 +300,32 @@ class ContainerManager:
         if container is None:
             log.debug("StopContainer of %r: no such container, nothing to stop", ctr_id)
             return
+        if await self._end_process(container, timeout) and wait_for_release:
+            await self.released([container.id])  # also an exit of its own, which may still be being cleaned up
+
+    async def _end_process(self, container: Container, timeout: int) -> bool:
+        """The stop signal, then SIGKILL after `timeout` seconds; whether the container's exit is recorded (False
+        when its process never ran, or when no exit came after SIGKILL though runc no longer reports it running)."""
         if container.state == STATE_EXITED:
-            if wait_for_release:
-                await self.released([container.id])  # an exit of its own may still be being cleaned up
-            return
+            return True
         if container.state in (STATE_CREATING, STATE_CREATED):
-            return  # nothing runs before StartContainer; the container stays created, as in containerd
+            return False  # nothing runs before StartContainer; the container stays created, as in containerd
         runtime = await self.runtime_of(container)
         exited = self._exited.setdefault(container.id, asyncio.Event())
         if timeout > 0:
             with step("runtime.kill"):
                 await runtime.kill(container.id, context.signal_number(container.stop_signal))
             if await _exit_within(exited, timeout):
-                if wait_for_release:
-                    await self.released([container.id])
-                return
+                return True
             log.info("container %s did not stop within %ds: killing it", container.id, timeout)
         with step("runtime.kill"):
             await runtime.kill(container.id, signal.SIGKILL, all_processes=True)
         if await _exit_within(exited, KILL_WAIT_SECONDS):
-            if wait_for_release:
-                await self.released([container.id])
-            return
+            return True
         state = await runtime.state(container.id)
         if state is not None and state.get("status") == "running":
             raise FailedPrecondition(f"container {container.id} is still running after SIGKILL")
+        return False
 
     async def released(self, ctr_ids: list[str]) -> None:
         """Wait for the exits' clean-ups (`runc delete`, the rootfs unmounted), as containerd's StopContainer waits
