@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import functools
 import logging
 import shutil
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,37 +96,23 @@ class ContainerSetUp:
             if any(m.idmapped for m in mounts):
                 mounts = await asyncio.to_thread(fs.idmapped_mount_sources, request, idmap_dir / "mounts")
         sec = request.security
+        spec_request, pod_context = dataclasses.replace(request, mounts=mounts), context.pod_context(pod)
+
+        def user_and_spec() -> tuple[ProcessUser, BuiltSpec]:
+            user = resolve_user(rootfs, run_as_user=sec.run_as_user, run_as_group=sec.run_as_group,
+                                run_as_username=sec.run_as_username, image_user=image_config.user,
+                                supplemental_groups=sec.supplemental_groups,
+                                supplemental_groups_policy=sec.supplemental_groups_policy)
+            return user, build_spec(spec_request, image_config, ctr_id=container.id, rootfs=rootfs, user=user,
+                                    pod=pod_context, settings=self._settings,
+                                    volumes_dir=ctr_dir / "volumes", target_pid_ns=target_pid_ns)
+
         with step("ctr.spec"):
             # One trip off the event loop for both (a trip costs two thread wake-ups, more than the work here): the
             # spec needs the user. Neither writes anything, so a late end after the pool's deadline is harmless.
             user, built = await blocking.HOST_PATHS.run(
                 f"container {container.name}: resolving the user and building the spec (host paths, devices, "
-                "seccomp profile)",
-                functools.partial(
-                    _user_and_spec,
-                    functools.partial(
-                        resolve_user,
-                        rootfs,
-                        run_as_user=sec.run_as_user,
-                        run_as_group=sec.run_as_group,
-                        run_as_username=sec.run_as_username,
-                        image_user=image_config.user,
-                        supplemental_groups=sec.supplemental_groups,
-                        supplemental_groups_policy=sec.supplemental_groups_policy,
-                    ),
-                    functools.partial(
-                        build_spec,
-                        dataclasses.replace(request, mounts=mounts),
-                        image_config,
-                        ctr_id=container.id,
-                        rootfs=rootfs,
-                        pod=context.pod_context(pod),
-                        settings=self._settings,
-                        volumes_dir=ctr_dir / "volumes",
-                        target_pid_ns=target_pid_ns,
-                    ),
-                ),
-            )
+                "seccomp profile)", user_and_spec)
         container.process_user = user
         for warning in built.warnings:
             # A node-wide limit (e.g. no CAP_SYS_RESOURCE) would repeat for every container: said once, then quiet.
@@ -192,9 +176,3 @@ class ContainerSetUp:
 
     async def _undo_idmap(self, effect: Effect) -> None:
         await asyncio.to_thread(fs.remove_idmap_dir, Path(effect.data["path"]))
-
-
-def _user_and_spec(resolve: Callable[[], ProcessUser], build: Callable[..., BuiltSpec]) -> tuple[ProcessUser, BuiltSpec]:
-    """The process user, then the spec for it."""
-    user = resolve()
-    return user, build(user=user)
