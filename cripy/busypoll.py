@@ -83,13 +83,16 @@ class BusyPollingLoop(asyncio.SelectorEventLoop):
 
 def arm() -> None:
     """Keep the running loop polling for its window, when it is a BusyPollingLoop (a no-op on any other)."""
-    loop = asyncio.get_running_loop()
-    if isinstance(loop, BusyPollingLoop):
+    if (loop := _running_busy_loop()) is not None:
         loop.arm()
 
 
 def set_window(seconds: float) -> None:
     """The running loop's window from now on (a configuration reload), when it is a BusyPollingLoop."""
-    loop = asyncio.get_running_loop()
-    if isinstance(loop, BusyPollingLoop):
+    if (loop := _running_busy_loop()) is not None:
         loop.window = seconds
+
+
+def _running_busy_loop() -> BusyPollingLoop | None:
+    loop = asyncio.get_running_loop()
+    return loop if isinstance(loop, BusyPollingLoop) else None

@@ -83,7 +83,6 @@ class Server:
         self._max_message = max_message_bytes
         self._max_streams = max_concurrent_streams
         self._on_idle = on_idle
-        self._in_flight = 0
         self._listener: asyncio.base_events.Server | None = None
         self._connections: set[_Connection] = set()
 
@@ -117,12 +116,8 @@ class Server:
     def _disconnected(self, connection: _Connection) -> None:
         self._connections.discard(connection)
 
-    def _call_began(self) -> None:
-        self._in_flight += 1
-
     def _call_ended(self) -> None:
-        self._in_flight -= 1
-        if not self._in_flight and self._on_idle is not None:
+        if self._on_idle is not None and not any(connection.calls() for connection in self._connections):
             self._on_idle()
 
 
@@ -276,7 +271,6 @@ class _Connection(asyncio.Protocol):
             return
         call.task = task = asyncio.get_running_loop().create_task(self._run(stream_id, call))
         self._running.add(task)
-        self._server._call_began()
         task.add_done_callback(self._ended)
         if len(self._running) >= self._server._max_streams:
             self._pause_reading("handlers")
