@@ -1,8 +1,8 @@
 """The server side of an HTTP/2 connection (RFC 9113), sans I/O: bytes in, events and bytes out.
 
 Only what a gRPC server needs: streams opened by the client, headers (with CONTINUATION), data with flow control
-both ways, resets, pings, settings and GOAWAY. No server push, no priorities, no upgrade from HTTP/1.1. HPACK is
-the `hpack` library's for what the client sends. What we send is a handful of short headers, written here as
+both ways, resets, pings, settings and GOAWAY. No server push, no priorities, no upgrade from HTTP/1.1. What the
+client sends is decoded by `hpackdecode`. What we send is a handful of short headers, written here as
 never-indexed literals (RFC 7541 section 6.2.3): no dynamic table to keep in step, and no encoder's state per call.
 
 The connection credits back every DATA frame at once, so a client is never held up by our receive windows; what
@@ -19,7 +19,7 @@ import enum
 from collections import deque
 from dataclasses import dataclass, field
 
-import hpack
+from cripy.rpc import hpackdecode
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DEFAULT_WINDOW = 65_535
@@ -182,8 +182,7 @@ class ServerConnection:
 
     def __init__(self, max_concurrent_streams: int = 1000, max_header_list_size: int = 1024 * 1024) -> None:
         self._max_concurrent = max_concurrent_streams
-        self._decoder = hpack.Decoder()
-        self._decoder.max_header_list_size = max_header_list_size
+        self._decoder = hpackdecode.HeaderDecoder(DEFAULT_HEADER_TABLE, max_header_list_size)
         self._table_size_update: int | None = None  # a smaller table the client asked for, announced in our next block
         self._inbox = bytearray()
         self._outbox = bytearray()
@@ -330,11 +329,10 @@ class ServerConnection:
         assert block is not None
         try:
             # Every block is decoded, even one for a stream we refuse: the decoder's table must follow the client's.
-            headers = [(bytes(name).decode("latin-1"), bytes(value).decode("latin-1"))
-                       for name, value in self._decoder.decode(bytes(block.fragments), raw=True)]
-        except hpack.OversizedHeaderListError:
+            headers = self._decoder.decode(bytes(block.fragments))
+        except hpackdecode.OversizedHeaderList:
             self._fail(ErrorCode.ENHANCE_YOUR_CALM, "a header list over the size we announced")
-        except hpack.HPACKError as e:
+        except hpackdecode.DecodeError as e:
             self._fail(ErrorCode.COMPRESSION_ERROR, f"the header block does not decode: {e}")
         stream_id = block.stream_id
         if stream_id in self._recently_reset:
