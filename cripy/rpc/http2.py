@@ -5,9 +5,11 @@ both ways, resets, pings, settings and GOAWAY. No server push, no priorities, no
 client sends is decoded by `hpackdecode`. What we send is a handful of short headers, written here as
 never-indexed literals (RFC 7541 section 6.2.3): no dynamic table to keep in step, and no encoder's state per call.
 
-The connection credits back every DATA frame at once, so a client is never held up by our receive windows; what
-bounds memory is the caller, which resets a stream whose message grows past its limit. What we send waits for
-the client's windows: `send_data` queues, and the queue drains as WINDOW_UPDATE and SETTINGS frames open them.
+Receiving, a stream's window is credited as its DATA arrives (the caller resets a stream whose message grows past
+its limit), but the connection's window only as each request ends or its stream is reset: what a client can have
+sent of requests it has not finished is one connection window, whatever the number of its streams, and a client
+that sends past the window ends the connection (FLOW_CONTROL_ERROR). What we send waits for the client's
+windows: `send_data` queues, and the queue drains as WINDOW_UPDATE and SETTINGS frames open them.
 
 A malformed frame from the client ends the connection: `receive` raises ConnectionError after queueing a GOAWAY
 that names the error; the caller sends what `data_to_send` holds and closes.
@@ -26,7 +28,7 @@ DEFAULT_WINDOW = 65_535
 MAX_WINDOW = 2**31 - 1
 MAX_FRAME_SIZE = 16_384  # what we accept: the protocol's default, never raised by our SETTINGS
 LARGEST_FRAME_SIZE = 2**24 - 1
-RECEIVE_WINDOW = 16 * 1024 * 1024  # the connection window we grant at once, so large requests are not held up
+RECEIVE_WINDOW = 16 * 1024 * 1024  # the windows we grant at once, so large requests are not held up
 MAX_HEADER_BLOCK = 256 * 1024  # bytes of HEADERS and CONTINUATION payload for one header block
 DEFAULT_HEADER_TABLE = 4096
 RECENT_RESETS = 1024  # streams we reset whose late frames are still ignored rather than taken for errors
@@ -168,6 +170,7 @@ class _Stream:
     trailers: bytes | None = None  # the closing header block, sent once `queued` is empty
     remote_closed: bool = False
     local_closed: bool = False
+    held: int = 0  # the request's DATA bytes not yet given back to the connection's receive window
 
 
 @dataclass(slots=True)
@@ -180,7 +183,12 @@ class _HeaderBlock:
 class ServerConnection:
     """One HTTP/2 connection, server side. Feed `receive` what the socket reads; send `data_to_send()`."""
 
-    def __init__(self, max_concurrent_streams: int = 1000, max_header_list_size: int = 1024 * 1024) -> None:
+    def __init__(self, max_concurrent_streams: int = 1000, max_header_list_size: int = 1024 * 1024,
+                 receive_window: int = RECEIVE_WINDOW) -> None:
+        """`receive_window`: the connection's, at least the largest request the caller takes, or that request could
+        never be sent whole; no less than the protocol's initial window, which a WINDOW_UPDATE cannot shrink."""
+        if not DEFAULT_WINDOW <= receive_window <= MAX_WINDOW:
+            raise ValueError(f"a receive window of {receive_window} bytes, not within {DEFAULT_WINDOW}..{MAX_WINDOW}")
         self._max_concurrent = max_concurrent_streams
         self._decoder = hpackdecode.HeaderDecoder(DEFAULT_HEADER_TABLE, max_header_list_size)
         self._table_size_update: int | None = None  # a smaller table the client asked for, announced in our next block
@@ -192,6 +200,8 @@ class ServerConnection:
         self._streams: dict[int, _Stream] = {}
         self._highest_stream_id = 0
         self._send_window = DEFAULT_WINDOW
+        self._receive_window = receive_window  # what the client may still send before we give some back
+        self._credit = 0  # given back to the receive window, not announced yet
         self._peer_initial_window = DEFAULT_WINDOW
         self._peer_max_frame = MAX_FRAME_SIZE
         self._block: _HeaderBlock | None = None
@@ -203,7 +213,8 @@ class ServerConnection:
             (Setting.ENABLE_PUSH, 0),
         ))
         self._outbox += frame(FrameType.SETTINGS, 0, 0, settings)
-        self._outbox += frame(FrameType.WINDOW_UPDATE, 0, 0, (RECEIVE_WINDOW - DEFAULT_WINDOW).to_bytes(4, "big"))
+        if receive_window > DEFAULT_WINDOW:
+            self._outbox += frame(FrameType.WINDOW_UPDATE, 0, 0, (receive_window - DEFAULT_WINDOW).to_bytes(4, "big"))
 
     # ------------------------------------------------------------------------------------------------ receiving
 
@@ -221,7 +232,6 @@ class ServerConnection:
             self._preface_seen = True
         inbox = self._inbox
         offset = 0
-        credit = 0
         try:
             while len(inbox) - offset >= 9:
                 length = int.from_bytes(inbox[offset:offset + 3], "big")
@@ -233,8 +243,6 @@ class ServerConnection:
                 stream_id = _u32(inbox, offset + 5)
                 payload = bytes(inbox[offset + 9:offset + 9 + length])
                 offset += 9 + length
-                if kind == FrameType.DATA:
-                    credit += length
                 if not self._settings_seen:
                     if kind != FrameType.SETTINGS:
                         self._fail(ErrorCode.PROTOCOL_ERROR, "the client's preface did not go on with SETTINGS")
@@ -242,8 +250,7 @@ class ServerConnection:
                 self._frame(kind, flags, stream_id, payload, events)
         finally:
             del inbox[:offset]
-            if credit:
-                self._outbox += frame(FrameType.WINDOW_UPDATE, 0, 0, credit.to_bytes(4, "big"))
+            self._announce_credit()
         return events
 
     def _frame(self, kind: int, flags: int, stream_id: int, payload: bytes, events: list[Event]) -> None:
@@ -278,13 +285,20 @@ class ServerConnection:
         if not stream_id:
             self._fail(ErrorCode.PROTOCOL_ERROR, "DATA on stream 0")
         data = self._unpad(payload, flags, FrameType.DATA)
+        # Flow control counts the whole payload, padding and its length byte included (RFC 9113 6.1).
+        if len(payload) > self._receive_window:
+            self._fail(ErrorCode.FLOW_CONTROL_ERROR, f"DATA of {len(payload)} bytes on stream {stream_id}, past the "
+                       f"connection's receive window of {self._receive_window}")
+        self._receive_window -= len(payload)
         stream = self._streams.get(stream_id)
         if stream is None:
             if stream_id > self._highest_stream_id:
                 self._fail(ErrorCode.PROTOCOL_ERROR, f"DATA on stream {stream_id}, which was never opened")
-            return  # the rest of a request whose stream we reset or answered early: its window is credited
+            self._credit += len(payload)  # the rest of a request whose stream we reset or answered early
+            return
+        stream.held += len(payload)
         if stream.remote_closed:
-            del self._streams[stream_id]
+            self._drop(stream_id)
             self._reset(stream_id, ErrorCode.STREAM_CLOSED)
             events.append(StreamReset(stream_id, ErrorCode.STREAM_CLOSED))
             return
@@ -361,7 +375,7 @@ class ServerConnection:
             self._fail(ErrorCode.FRAME_SIZE_ERROR, "RST_STREAM is not 4 bytes")
         if not stream_id or stream_id > self._highest_stream_id:
             self._fail(ErrorCode.PROTOCOL_ERROR, f"RST_STREAM on stream {stream_id}, which was never opened")
-        if self._streams.pop(stream_id, None) is not None:
+        if self._drop(stream_id) is not None:
             events.append(StreamReset(stream_id, int.from_bytes(payload, "big")))
 
     def _settings(self, flags: int, stream_id: int, payload: bytes, events: list[Event]) -> None:
@@ -422,7 +436,7 @@ class ServerConnection:
         if stream is None:
             return  # a stream that just ended: its window no longer matters
         if not increment or stream.send_window + increment > MAX_WINDOW:
-            del self._streams[stream_id]
+            self._drop(stream_id)
             code = ErrorCode.PROTOCOL_ERROR if not increment else ErrorCode.FLOW_CONTROL_ERROR
             self._reset(stream_id, code)
             events.append(StreamReset(stream_id, code))
@@ -433,8 +447,17 @@ class ServerConnection:
 
     def _remote_closed(self, stream_id: int, stream: _Stream) -> None:
         stream.remote_closed = True
+        self._credit += stream.held
+        stream.held = 0
         if stream.local_closed:
             del self._streams[stream_id]
+
+    def _drop(self, stream_id: int) -> _Stream | None:
+        """Forget the stream, giving back to the connection's window what its unfinished request held."""
+        stream = self._streams.pop(stream_id, None)
+        if stream is not None:
+            self._credit += stream.held
+        return stream
 
     def _fail(self, code: ErrorCode, reason: str) -> None:
         self._block = None
@@ -471,8 +494,9 @@ class ServerConnection:
         self._flush(stream_id, stream)
 
     def reset(self, stream_id: int, code: ErrorCode = ErrorCode.CANCEL) -> None:
-        if self._streams.pop(stream_id, None) is not None:
+        if self._drop(stream_id) is not None:
             self._reset(stream_id, code)
+            self._announce_credit()
 
     def go_away(self, code: ErrorCode = ErrorCode.NO_ERROR) -> None:
         """Refuse new streams; those open are served to their end."""
@@ -546,6 +570,14 @@ class ServerConnection:
         else:
             # The answer is complete before the request: the rest of the request is not wanted (RFC 9113 8.1).
             self.reset(stream_id, ErrorCode.NO_ERROR)
+
+    def _announce_credit(self) -> None:
+        """The connection WINDOW_UPDATE for what requests gave back: at the end of each `receive`, and at once for a
+        stream the caller resets."""
+        if self._credit:
+            self._outbox += frame(FrameType.WINDOW_UPDATE, 0, 0, self._credit.to_bytes(4, "big"))
+            self._receive_window += self._credit
+            self._credit = 0
 
     def _reset(self, stream_id: int, code: ErrorCode) -> None:
         self._outbox += frame(FrameType.RST_STREAM, 0, stream_id, int(code).to_bytes(4, "big"))

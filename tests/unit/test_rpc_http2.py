@@ -281,9 +281,52 @@ def test_padded_data_is_delivered_without_its_padding_and_credited_whole() -> No
     payload = bytes([10]) + b"hello" + b"\0" * 10
     events = client.send(frame(FrameType.DATA, PADDED, 1, payload))
     assert events == [http2.DataReceived(1, b"hello", False)]
-    updates = {f.stream_id: int.from_bytes(f.payload, "big") for f in client.out() if f.kind == FrameType.WINDOW_UPDATE}
     # Flow control counts the whole payload, padding and its length byte included (RFC 9113 6.1).
-    assert updates == {0: len(payload), 1: len(payload)}
+    assert window_updates(client.out()) == [(1, len(payload))]
+    client.send(frame(FrameType.DATA, END_STREAM, 1, b""))
+    assert window_updates(client.out()) == [(0, len(payload))]
+
+
+def window_updates(frames: list[Frame]) -> list[tuple[int, int]]:
+    return [(f.stream_id, int.from_bytes(f.payload, "big")) for f in frames if f.kind == FrameType.WINDOW_UPDATE]
+
+
+def test_unfinished_requests_hold_the_connection_window_and_a_client_past_it_is_refused() -> None:
+    """Whatever the number of streams, what a client has sent of requests it has not finished is one window."""
+    client = opened(receive_window=http2.DEFAULT_WINDOW)
+    client.request(1)
+    client.request(3)
+    for _ in range(4):
+        client.send(frame(FrameType.DATA, 0, 1, b"x" * 16_000))
+    assert window_updates(client.out()) == [(1, 16_000)] * 4  # the stream's, never the connection's
+    client.send(frame(FrameType.DATA, 0, 3, b"y" * 1535))  # exactly what is left of the window
+    expect_connection_error(client, ErrorCode.FLOW_CONTROL_ERROR, frame(FrameType.DATA, 0, 3, b"y"))
+
+
+def test_a_request_gives_the_connection_window_back_when_it_ends_or_its_stream_is_reset() -> None:
+    client = opened(receive_window=http2.DEFAULT_WINDOW)
+    client.request(1)
+    client.request(3)
+    client.request(5)
+    client.send(frame(FrameType.DATA, 0, 1, b"x" * 10_000), *[frame(FrameType.DATA, 0, 3, b"y" * 10_000)] * 2,
+                *[frame(FrameType.DATA, 0, 5, b"z" * 15_000)] * 2)
+    client.out()
+    client.send(frame(FrameType.DATA, END_STREAM, 1, b"x" * 5))  # ended by the client
+    assert window_updates(client.out()) == [(0, 10_005)]
+    client.send(frame(FrameType.RST_STREAM, 0, 3, u32(ErrorCode.CANCEL)))  # reset by the client
+    assert window_updates(client.out()) == [(0, 20_000)]
+    client.server.reset(5)  # reset by the server: announced at once, not at the client's next frame
+    assert window_updates(client.out()) == [(0, 30_000)]
+    client.send(frame(FrameType.DATA, 0, 5, b"z" * 100))  # late data for the reset stream is given back at once
+    assert window_updates(client.out()) == [(0, 100)]
+    for stream_id in (7, 9, 11, 13):  # the whole window is open again
+        client.request(stream_id)
+        client.send(frame(FrameType.DATA, 0, stream_id, b"w" * 16_000))
+
+
+def test_a_receive_window_below_the_protocols_initial_one_is_refused() -> None:
+    with pytest.raises(ValueError):
+        http2.ServerConnection(receive_window=http2.DEFAULT_WINDOW - 1)
 
 
 def test_the_last_data_of_a_request_is_credited_to_the_connection_only() -> None:

@@ -366,6 +366,17 @@ async def test_ten_mebibytes_each_way_arrive_whole(socket_path: Path) -> None:
         assert await call(socket_path, "/t.S/Mirror", payload) == payload[::-1]
 
 
+async def test_a_request_larger_than_the_default_window_arrives_when_the_limit_allows_it(socket_path: Path) -> None:
+    """The connection's window is given back only as requests end, so it must hold the largest request taken."""
+    payload = os.urandom(20 * MiB)
+
+    async def size(request: bytes, context: Context) -> bytes:
+        return str(len(request)).encode()
+
+    async with serving(socket_path, {"/t.S/Size": raw(size)}, max_message_bytes=24 * MiB):
+        assert await asyncio.wait_for(call(socket_path, "/t.S/Size", payload), 30) == str(20 * MiB).encode()
+
+
 async def test_a_request_over_the_limit_is_resource_exhausted(socket_path: Path) -> None:
     handled = []
 
