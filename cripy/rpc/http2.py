@@ -8,7 +8,9 @@ never-indexed literals (RFC 7541 section 6.2.3): no dynamic table to keep in ste
 Receiving, a stream's window is credited as its DATA arrives (the caller resets a stream whose message grows past
 its limit), but the connection's window only as each request ends or its stream is reset: what a client can have
 sent of requests it has not finished is one connection window, whatever the number of its streams, and a client
-that sends past the window ends the connection (FLOW_CONTROL_ERROR). What we send waits for the client's
+that sends past the window ends the connection (FLOW_CONTROL_ERROR). What requests give back is announced once it
+reaches a sixteenth of the window, not after every request: a WINDOW_UPDATE ahead of each answer cost a write of
+ours and a wake-up of the client's per call. What we send waits for the client's
 windows: `send_data` queues, and the queue drains as WINDOW_UPDATE and SETTINGS frames open them.
 
 A malformed frame from the client ends the connection: `receive` raises ConnectionError after queueing a GOAWAY
@@ -31,6 +33,7 @@ LARGEST_FRAME_SIZE = 2**24 - 1
 RECEIVE_WINDOW = 16 * 1024 * 1024  # the windows we grant at once, so large requests are not held up
 MAX_HEADER_BLOCK = 256 * 1024  # bytes of HEADERS and CONTINUATION payload for one header block
 DEFAULT_HEADER_TABLE = 4096
+CREDIT_BATCHES = 16  # what requests give back of the connection's window is announced a sixteenth at a time
 RECENT_RESETS = 1024  # streams we reset whose late frames are still ignored rather than taken for errors
 
 
@@ -135,6 +138,12 @@ def frame(kind: FrameType, flags: int, stream_id: int, payload: bytes | memoryvi
     return len(payload).to_bytes(3, "big") + bytes((kind, flags)) + stream_id.to_bytes(4, "big") + payload
 
 
+def window_for(largest_request: int) -> int:
+    """The connection receive window in which a request of `largest_request` bytes always arrives whole, with up to
+    a batch of what earlier requests gave back not announced yet."""
+    return min(max(RECEIVE_WINDOW, -(-largest_request * CREDIT_BATCHES // (CREDIT_BATCHES - 1))), MAX_WINDOW)
+
+
 def _u32(data: bytes | memoryview, at: int = 0) -> int:
     return int.from_bytes(data[at:at + 4], "big") & 0x7FFF_FFFF
 
@@ -185,8 +194,8 @@ class ServerConnection:
 
     def __init__(self, max_concurrent_streams: int = 1000, max_header_list_size: int = 1024 * 1024,
                  receive_window: int = RECEIVE_WINDOW) -> None:
-        """`receive_window`: the connection's, at least the largest request the caller takes, or that request could
-        never be sent whole; no less than the protocol's initial window, which a WINDOW_UPDATE cannot shrink."""
+        """`receive_window`: the connection's; `window_for` the largest request the caller takes, or that request
+        could never be sent whole. No less than the protocol's initial window, which a WINDOW_UPDATE cannot shrink."""
         if not DEFAULT_WINDOW <= receive_window <= MAX_WINDOW:
             raise ValueError(f"a receive window of {receive_window} bytes, not within {DEFAULT_WINDOW}..{MAX_WINDOW}")
         self._max_concurrent = max_concurrent_streams
@@ -201,6 +210,7 @@ class ServerConnection:
         self._highest_stream_id = 0
         self._send_window = DEFAULT_WINDOW
         self._receive_window = receive_window  # what the client may still send before we give some back
+        self._credit_batch = receive_window // CREDIT_BATCHES
         self._credit = 0  # given back to the receive window, not announced yet
         self._peer_initial_window = DEFAULT_WINDOW
         self._peer_max_frame = MAX_FRAME_SIZE
@@ -572,9 +582,9 @@ class ServerConnection:
             self.reset(stream_id, ErrorCode.NO_ERROR)
 
     def _announce_credit(self) -> None:
-        """The connection WINDOW_UPDATE for what requests gave back: at the end of each `receive`, and at once for a
-        stream the caller resets."""
-        if self._credit:
+        """The connection WINDOW_UPDATE for what requests gave back, once that is a batch: looked at after each
+        `receive`, and when the caller resets a stream."""
+        if self._credit >= self._credit_batch:
             self._outbox += frame(FrameType.WINDOW_UPDATE, 0, 0, self._credit.to_bytes(4, "big"))
             self._receive_window += self._credit
             self._credit = 0

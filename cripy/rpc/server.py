@@ -134,9 +134,8 @@ class _Call:
 class _Connection(asyncio.Protocol):
     def __init__(self, server: Server) -> None:
         self._server = server
-        # The connection's receive window holds at least one request of the largest size taken, or it could never
-        # arrive whole: what a client's unfinished requests can hold of our memory is that much per connection.
-        window = min(max(http2.RECEIVE_WINDOW, server._max_message + wire.PREFIX), http2.MAX_WINDOW)
+        # What a client's unfinished requests can hold of our memory is one window per connection.
+        window = http2.window_for(server._max_message + wire.PREFIX)
         self._h2 = http2.ServerConnection(max_concurrent_streams=server._max_streams, receive_window=window)
         self._transport: asyncio.Transport | None = None
         self._calls: dict[int, _Call] = {}

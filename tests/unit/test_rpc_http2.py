@@ -283,8 +283,6 @@ def test_padded_data_is_delivered_without_its_padding_and_credited_whole() -> No
     assert events == [http2.DataReceived(1, b"hello", False)]
     # Flow control counts the whole payload, padding and its length byte included (RFC 9113 6.1).
     assert window_updates(client.out()) == [(1, len(payload))]
-    client.send(frame(FrameType.DATA, END_STREAM, 1, b""))
-    assert window_updates(client.out()) == [(0, len(payload))]
 
 
 def window_updates(frames: list[Frame]) -> list[tuple[int, int]]:
@@ -312,13 +310,13 @@ def test_a_request_gives_the_connection_window_back_when_it_ends_or_its_stream_i
                 *[frame(FrameType.DATA, 0, 5, b"z" * 15_000)] * 2)
     client.out()
     client.send(frame(FrameType.DATA, END_STREAM, 1, b"x" * 5))  # ended by the client
-    assert window_updates(client.out()) == [(0, 10_005)]
+    assert window_updates(client.out()) == [(0, 10_005)]  # more than a batch (4095): announced
     client.send(frame(FrameType.RST_STREAM, 0, 3, u32(ErrorCode.CANCEL)))  # reset by the client
     assert window_updates(client.out()) == [(0, 20_000)]
     client.server.reset(5)  # reset by the server: announced at once, not at the client's next frame
     assert window_updates(client.out()) == [(0, 30_000)]
-    client.send(frame(FrameType.DATA, 0, 5, b"z" * 100))  # late data for the reset stream is given back at once
-    assert window_updates(client.out()) == [(0, 100)]
+    client.send(frame(FrameType.DATA, 0, 5, b"z" * 5000))  # late data for the reset stream is given back at once
+    assert window_updates(client.out()) == [(0, 5000)]
     for stream_id in (7, 9, 11, 13):  # the whole window is open again
         client.request(stream_id)
         client.send(frame(FrameType.DATA, 0, stream_id, b"w" * 16_000))
@@ -329,13 +327,29 @@ def test_a_receive_window_below_the_protocols_initial_one_is_refused() -> None:
         http2.ServerConnection(receive_window=http2.DEFAULT_WINDOW - 1)
 
 
-def test_the_last_data_of_a_request_is_credited_to_the_connection_only() -> None:
-    client = opened()
+def test_what_requests_give_back_is_announced_a_sixteenth_of_the_window_at_a_time() -> None:
+    """Not after each request: that was a WINDOW_UPDATE ahead of every answer. The last DATA of a request credits
+    no stream: the stream is done."""
+    client = opened(receive_window=http2.DEFAULT_WINDOW)  # a batch of 4095 bytes
+    announced = []
+    for stream_id in range(1, 20, 2):
+        client.request(stream_id)
+        client.send(frame(FrameType.DATA, END_STREAM, stream_id, b"x" * 1000))
+        announced.append(window_updates(client.out()))
+    assert announced == [[]] * 4 + [[(0, 5000)]] + [[]] * 4 + [[(0, 5000)]]
+
+
+def test_a_window_for_the_largest_request_lets_it_arrive_whatever_is_not_announced_yet() -> None:
+    largest = 20 * 1024 * 1024
+    client = opened(receive_window=http2.window_for(largest))
     client.request(1)
-    client.out()
-    assert client.send(frame(FrameType.DATA, END_STREAM, 1, b"x" * 1000)) == [http2.DataReceived(1, b"x" * 1000, True)]
-    assert [(f.kind, f.stream_id, int.from_bytes(f.payload, "big")) for f in client.out()] == [
-        (FrameType.WINDOW_UPDATE, 0, 1000)]
+    client.send(frame(FrameType.DATA, END_STREAM, 1, b"x" * 1000))  # given back, not announced
+    assert window_updates(client.out()) == []
+    client.request(3)
+    chunk = frame(FrameType.DATA, 0, 3, b"y" * 16_384)
+    for _ in range(largest // 16_384):
+        client.send(chunk)
+    assert http2.window_for(100) == http2.RECEIVE_WINDOW
 
 
 def test_padding_as_long_as_the_frame_ends_the_connection() -> None:
