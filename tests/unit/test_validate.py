@@ -42,12 +42,15 @@ def test_strings_are_bounded_by_what_the_field_can_be():
 
 
 def test_exec_commands_must_fit_execve():
+    """The request's strings come first: a NUL or an argument over MAX_ARG_STRLEN is refused there."""
     validate.exec_command(["echo", "x" * 100_000], "exec")
-    for cmd, message in (([], "empty"), (["a\0"], "NUL"), (["x" * (1 << 20)], "one argument"),
-                         (["y" * 100_000] * 20, "together")):
+    for cmd, message in (([], "empty"), ([""], "empty"), (["y" * 100_000] * 20, "together")):
         with pytest.raises(InvalidArgument, match=message) as caught:
             validate.exec_command(cmd, "exec")
         assert len(str(caught.value)) < 300
+    for cmd, message in ((["a\0"], "NUL"), (["x" * (1 << 20)], "longer than")):
+        with pytest.raises(InvalidArgument, match=message):
+            validate.request_strings(pb.ExecSyncRequest(container_id="c", cmd=cmd), "")
 
 
 def test_cpu_lists():
