@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cripy.oci.conmon import SOCKET_DIR_MAX
+from cripy.storage.layout import Layout
 
 RUNROOT_MAX = SOCKET_DIR_MAX - len("/attach")  # bytes: conmon's socket directory is <runroot>/attach
 
@@ -301,7 +302,9 @@ def metrics_listener(address: str) -> Path | tuple[str, int]:
 def handler_runtime_root(config: Config, name: str) -> Path:
     """Where an OCI runtime keeps its state for a handler: configured, or under the run root."""
     handler = config.runtime.handlers[name]
-    return Path(handler.runtime_root) if handler.runtime_root else config.runroot / "runtimes" / name
+    if handler.runtime_root:
+        return Path(handler.runtime_root)
+    return Layout(config.root, config.runroot).runtime_state(name)
 
 
 def to_toml(config: Config) -> str:

@@ -74,6 +74,10 @@ class Layout:
         """<id>: the exit files conmon writes."""
         return self.runroot / "exits"
 
+    def runtime_state(self, handler: str) -> Path:
+        """The OCI runtime's own state directory (`runc --root`) for a handler that configures none."""
+        return self.runroot / "runtimes" / handler
+
     @property
     def attach(self) -> Path:
         """conmon's links to bundles, named short enough for a unix socket path."""
