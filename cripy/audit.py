@@ -36,7 +36,7 @@ from cripy.images.layerlock import LayerLock
 from cripy.linux import cgroups
 from cripy.linux import mount as mnt
 from cripy.oci.conmon import monitor_argv, monitor_id
-from cripy.pods.model import STATE_READY
+from cripy.pods.model import STATE_READY, namespaces_dir
 from cripy.storage.effects import Effect
 from cripy.storage.layout import Layout
 
@@ -156,9 +156,10 @@ class Audit:
             point = Path(info.mount_point)
             owner = _child_of(pods_dir, point)
             if owner is not None and owner not in known.pods:
-                if point.parent.name == "ns":
+                pinned = namespaces_dir(pods_dir / owner)
+                if point.parent == pinned:
                     key = ("ns", owner)
-                    repairs.setdefault(key, self._undo(owner, "pod-namespaces", path=str(pods_dir / owner / "ns")))
+                    repairs.setdefault(key, self._undo(owner, "pod-namespaces", path=str(pinned)))
                     found.append(Finding(ORPHANED, "pinned namespace", owner, str(point), repairs[key]))
                 else:
                     repair = self._undo(owner, "pod-shm", path=str(point))
@@ -224,7 +225,7 @@ class Audit:
         key = ("network", pod_id)
         if key not in self._repairs:
             if pod_id in node.cni_cache:
-                netns = str(self.layout.pods / pod_id / "ns" / "net")
+                netns = str(namespaces_dir(self.layout.pods / pod_id) / "net")
                 self._repairs[key] = self._undo(pod_id, "pod-network", netns=netns)
             else:
                 self._repairs[key] = lambda: self.d.network.release_unknown(pod_id)

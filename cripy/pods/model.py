@@ -13,6 +13,12 @@ STATE_READY = "ready"
 STATE_NOTREADY = "notready"
 
 
+def namespaces_dir(run_dir: Path) -> Path:
+    """Where a pod pins its namespaces, a file per kind ("net", "ipc", ...), under its run directory: also for the
+    audit, which looks at pods it has no record of."""
+    return run_dir / "ns"
+
+
 @dataclass
 class PodSandbox:
     id: str
@@ -64,7 +70,7 @@ class PodSandbox:
 
     @property
     def ns_dir(self) -> Path:
-        return self.run_dir / "ns"
+        return namespaces_dir(self.run_dir)
 
     @property
     def pinned_kinds(self) -> list[str]:
