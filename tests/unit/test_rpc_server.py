@@ -758,3 +758,38 @@ async def test_handlers_of_reset_calls_count_against_the_stream_limit(socket_pat
         release.set()
         await server.stop(grace=0)
         collect_dead_tasks()
+
+
+async def test_a_client_flooding_unfinished_requests_is_cut_off_at_one_window(socket_path: Path,
+                                                                            caplog: pytest.LogCaptureFixture) -> None:
+    """Many streams, each a request that never ends: the stream windows are credited as data arrives, so only the
+    connection's window bounds what the server holds. A client that ignores it is disconnected once it sends past
+    it (FLOW_CONTROL_ERROR), and the server goes on serving others."""
+    async with serving(socket_path, {"/t.S/Echo": raw(echo)}, max_message_bytes=MiB):
+        window = http2.window_for(MiB + 5)
+        frames_per_stream = 63  # of a message announced as MiB - 16 bytes: never whole, never over the limit
+        first = wire_message_head(MiB - 16) + b"\0" * (http2.MAX_FRAME_SIZE - 5)
+        rest = b"\0" * http2.MAX_FRAME_SIZE
+        streams = window // (frames_per_stream * http2.MAX_FRAME_SIZE) + 2
+        async with raw_client(socket_path) as client:
+            for stream_id in range(1, 2 * streams, 2):
+                block = client.encoder.encode([(":method", "POST"), (":scheme", "http"), (":path", "/t.S/Echo"),
+                                               (":authority", "localhost"), ("content-type", "application/grpc"),
+                                               ("te", "trailers")])
+                client.writer.write(http2.frame(FrameType.HEADERS, http2.END_HEADERS, stream_id, block))
+                client.writer.write(http2.frame(FrameType.DATA, 0, stream_id, first))
+                for _ in range(frames_per_stream - 1):
+                    client.writer.write(http2.frame(FrameType.DATA, 0, stream_id, rest))
+            assert streams * frames_per_stream * http2.MAX_FRAME_SIZE > window
+            with contextlib.suppress(ConnectionError):
+                await client.flush()
+                while await asyncio.wait_for(client.reader.read(65536), WAIT):
+                    pass  # to EOF, or to the broken pipe our last writes met: the server closed the connection
+        assert "FLOW_CONTROL_ERROR: DATA of 16384 bytes" in caplog.text
+        async with channel(socket_path) as ch:
+            assert await ch.unary_unary("/t.S/Echo")(b"after") == b"echo:after"
+
+
+def wire_message_head(length: int) -> bytes:
+    """A gRPC message's 5-byte head: not compressed, `length` bytes follow."""
+    return b"\0" + length.to_bytes(4, "big")
