@@ -10,8 +10,8 @@ its limit), but the connection's window only as each request ends or its stream 
 sent of requests it has not finished is one connection window, whatever the number of its streams, and a client
 that sends past the window ends the connection (FLOW_CONTROL_ERROR). What requests give back is announced once it
 reaches a sixteenth of the window, not after every request: a WINDOW_UPDATE ahead of each answer cost a write of
-ours and a wake-up of the client's per call. What we send waits for the client's
-windows: `send_data` queues, and the queue drains as WINDOW_UPDATE and SETTINGS frames open them.
+ours and a wake-up of the client's per call. What we send waits for the client's windows: `send_data` queues, and
+the queue drains as WINDOW_UPDATE and SETTINGS frames open them.
 
 A malformed frame from the client ends the connection: `receive` raises ConnectionError after queueing a GOAWAY
 that names the error; the caller sends what `data_to_send` holds and closes.
