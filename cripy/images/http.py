@@ -28,7 +28,10 @@ MAX_IDLE_PER_HOST = 4
 # An idle connection is closed after this long: registries drop them themselves, and a pull's TLS context (part of
 # the key) is its own, so a later pull would never take it.
 IDLE_SECONDS = 30.0
-_READ_SIZE = 1024 * 1024  # a layer arrives in chunks of up to this: fewer hash updates and hand-overs
+# A layer arrives in chunks of up to this, and a connection buffers at most twice as much. 1 MiB chunks left the
+# daemon 4 MiB more heap after the bench's pulls (RSS 46.9-47.3 MiB against 43.0-43.1 with 256 KiB, 43.7-44.0 with
+# 128 KiB): freed large buffers that later allocations kept apart. The pulls took as long with each.
+_READ_SIZE = 256 * 1024
 
 
 class HTTPError(Exception):
