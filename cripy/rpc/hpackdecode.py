@@ -2,8 +2,8 @@
 dynamic table kept in step with the client's encoder.
 
 The `hpack` library's Decoder did this before, and spent about 40 µs on a gRPC request's block of nine indexed
-fields (a logging call, two tuple wrappers and a size computation per field), a quarter of the server's CPU per
-call. This decoder makes one pass over the block and keeps its table in the form the server uses: latin-1
+fields (a logging call, two tuple wrappers and a size computation per field), the largest part of the server's
+CPU per call. This decoder makes one pass over the block and keeps its table in the form the server uses: latin-1
 strings, so an indexed field costs one look-up. The parts where the library is the safer source stay the
 library's: the static table (RFC 7541 appendix A) and the Huffman code (appendix B).
 
