@@ -117,7 +117,7 @@ class Server:
         self._connections.discard(connection)
 
     def _call_ended(self) -> None:
-        if self._on_idle is not None and not any(connection.calls() for connection in self._connections):
+        if self._on_idle is not None and not any(connection.handling() for connection in self._connections):
             self._on_idle()
 
 
@@ -219,6 +219,10 @@ class _Connection(asyncio.Protocol):
     def busy(self) -> bool:
         """Whether a call is in flight, or an answer still waits for the client's window."""
         return bool(self._calls) or self._h2.open_streams > 0
+
+    def handling(self) -> bool:
+        """Whether a handler still runs, a reset call's included (asked at the end of every call: no copy)."""
+        return bool(self._running)
 
     def calls(self) -> list[asyncio.Task[None]]:
         """The handlers still running, a reset call's among them."""
