@@ -73,7 +73,7 @@ class HeaderDecoder:
             else:  # literal without indexing, or never indexed (6.2.2, 6.2.3)
                 header, at = self._literal(block, at, 4)
             headers.append(header)
-            listed += len(header[0]) + len(header[1]) + ENTRY_OVERHEAD
+            listed += _entry_size(header)
             if listed > self._max_header_list_size:
                 raise OversizedHeaderList(f"a header list over {self._max_header_list_size} bytes")
         return headers
@@ -97,7 +97,7 @@ class HeaderDecoder:
 
     def _add(self, header: Header) -> None:
         self._entries.appendleft(header)
-        self._entries_size += len(header[0]) + len(header[1]) + ENTRY_OVERHEAD
+        self._entries_size += _entry_size(header)
         self._evict()  # an entry larger than the whole table leaves it empty, itself included (section 4.4)
 
     def _resize(self, size: int) -> None:
@@ -108,8 +108,12 @@ class HeaderDecoder:
 
     def _evict(self) -> None:
         while self._entries_size > self._table_size:
-            name, value = self._entries.pop()
-            self._entries_size -= len(name) + len(value) + ENTRY_OVERHEAD
+            self._entries_size -= _entry_size(self._entries.pop())
+
+
+def _entry_size(header: Header) -> int:
+    """What a header counts, in a table or a header list (section 4.1): latin-1, so a character is a byte."""
+    return len(header[0]) + len(header[1]) + ENTRY_OVERHEAD
 
 
 def _integer(block: bytes, at: int, prefix_bits: int) -> tuple[int, int]:
