@@ -457,8 +457,7 @@ class ServerConnection:
 
     def _remote_closed(self, stream_id: int, stream: _Stream) -> None:
         stream.remote_closed = True
-        self._credit += stream.held
-        stream.held = 0
+        self._give_back(stream)
         if stream.local_closed:
             del self._streams[stream_id]
 
@@ -466,8 +465,13 @@ class ServerConnection:
         """Forget the stream, giving back to the connection's window what its unfinished request held."""
         stream = self._streams.pop(stream_id, None)
         if stream is not None:
-            self._credit += stream.held
+            self._give_back(stream)
         return stream
+
+    def _give_back(self, stream: _Stream) -> None:
+        """What the stream's request held of the connection's window, credited (announced by `_announce_credit`)."""
+        self._credit += stream.held
+        stream.held = 0
 
     def _fail(self, code: ErrorCode, reason: str) -> None:
         self._block = None
