@@ -323,7 +323,8 @@ class CripyPeer(Peer):
     name = "cripy"
 
     def __init__(self, workdir: Path, network: BenchNetwork, registry_host: str, cgroup_parent: str,
-                 log_level: str = "info", profile_path: Path | None = None, metrics: bool = False) -> None:
+                 log_level: str = "info", profile_path: Path | None = None, metrics: bool = False,
+                 drop_in: str = "") -> None:
         super().__init__(workdir, network, registry_host, cgroup_parent)
         self.profile_path = profile_path
         self.root = workdir / "root"
@@ -333,6 +334,9 @@ class CripyPeer(Peer):
         # With metrics on, the daemon serves them here and the bench scrapes them as Prometheus would.
         self.metrics_socket = workdir / "metrics.sock" if metrics else None
         self._write_config()
+        if drop_in:  # settings a run measures, over the defaults above
+            (self.workdir / "cripy.d").mkdir(exist_ok=True)
+            (self.workdir / "cripy.d" / "50-bench.toml").write_text(drop_in)
 
     @property
     def socket(self) -> Path:

@@ -55,6 +55,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cripy-metrics", action="store_true",
                         help="turn cripy's Prometheus metrics on and scrape them every "
                              f"{SCRAPE_INTERVAL:g}s, as a Prometheus server would (to measure what they cost)")
+    parser.add_argument("--cripy-config", type=Path, default=None,
+                        help="a TOML file laid over cripy's bench configuration as a drop-in, to measure a setting")
     args = parser.parse_args(argv)
     if args.iterations is not None and args.iterations < 1:
         parser.error("--iterations must be at least 1")
@@ -163,7 +165,8 @@ def run(args: argparse.Namespace) -> int:
         network = BenchNetwork.create(workdir)
         cleanup.callback(network.delete)
         peers = [CripyPeer(workdir / "cripy", network, registry.host, f"{cgroup_parent}/cripy",
-                           log_level=args.log_level, profile_path=args.profile_cripy, metrics=args.cripy_metrics),
+                           log_level=args.log_level, profile_path=args.profile_cripy, metrics=args.cripy_metrics,
+                           drop_in=args.cripy_config.read_text() if args.cripy_config else ""),
                  ContainerdPeer(workdir / "containerd", network, registry.host, f"{cgroup_parent}/containerd",
                                 sandbox_image=images.pause.ref)]
         for peer in peers:
@@ -202,6 +205,9 @@ def run(args: argparse.Namespace) -> int:
         if args.cripy_metrics:
             info.notes.append(f"cripy ran with its Prometheus metrics on, scraped every {SCRAPE_INTERVAL:g}s "
                               f"({scraper.scrapes} scrapes, {scraper.failures} failed).")
+        if args.cripy_config:
+            info.notes.append(f"cripy ran with this drop-in over its bench configuration ({args.cripy_config.name}):"
+                              f" `{' '.join(args.cripy_config.read_text().split())}`")
         print(report.terminal_table(results))
         if args.output:
             args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -48,6 +48,9 @@ class DaemonConfig:
     # After answering its last call in flight, the event loop polls this long for the next request before it
     # sleeps (cripy/busypoll.py says why); 0 turns it off.
     busy_poll_us: int = 500
+    # Start the kernel's wait for a cgroup move as runc is launched, so it overlaps runc's start
+    # (cripy/linux/moveprimer.py says why).
+    prime_cgroup_moves: bool = True
 
 
 @dataclass

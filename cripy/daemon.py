@@ -39,6 +39,7 @@ from cripy.images.progress import ProgressBoard
 from cripy.images.pull import Puller
 from cripy.images.store import ImageStore
 from cripy.linux import cgroups, memory
+from cripy.linux.moveprimer import MovePrimer
 from cripy.network.cni import CNIManager
 from cripy.observe.watchdog import Watchdog
 from cripy.oci.exits import ExitWatcher
@@ -166,6 +167,7 @@ class Daemon:
             self.layout.cni_cache,
             self.config.network.default_network,
         )
+        self.move_primer = MovePrimer(enabled=self.config.cripy.prime_cgroup_moves)
         self.runtimes = self._runtimes()
         await self._probe_runtime_features()
         self.pods = PodManager(
@@ -228,6 +230,7 @@ class Daemon:
                 ),
                 layout=self.layout,
                 log_level=self.config.cripy.log_level,
+                move_primer=self.move_primer,
             )
             for name, handler in runtime.handlers.items()
         }
@@ -347,6 +350,7 @@ class Daemon:
         self.config.cripy.stuck_step_seconds = new.cripy.stuck_step_seconds
         busypoll.set_window(new.cripy.busy_poll_us / 1e6)
         self.config.cripy.busy_poll_us = new.cripy.busy_poll_us
+        self.move_primer.enabled = self.config.cripy.prime_cgroup_moves = new.cripy.prime_cgroup_moves
         log.info("configuration reloaded")
         service.notify("READY=1")
 

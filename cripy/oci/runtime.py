@@ -38,6 +38,7 @@ from pathlib import Path
 from cripy import faults
 from cripy.errors import (CripyError, DeadlineExceeded, FailedPrecondition, Internal, InvalidArgument, NotFound,
                           Unimplemented)
+from cripy.linux.moveprimer import MovePrimer
 from cripy.oci import conmon, features
 from cripy.oci.features import HandlerFeatures
 from cripy.oci.inotify import wait_for_path
@@ -111,7 +112,8 @@ def validate_container_id(ctr_id: str) -> None:
 class OCIRuntime:
     """One runtime handler (runc by default) driven through conmon."""
 
-    def __init__(self, handler: RuntimeHandler, *, layout: Layout, log_level: str = "info") -> None:
+    def __init__(self, handler: RuntimeHandler, *, layout: Layout, log_level: str = "info",
+                 move_primer: MovePrimer | None = None) -> None:
         if handler.runtime_type != "oci":
             raise Unimplemented(f"runtime handler {handler.name}: runtime type {handler.runtime_type!r} is not "
                                 f"supported (only 'oci')")
@@ -120,6 +122,7 @@ class OCIRuntime:
         self.socket_dir = layout.attach
         self.exec_dir = layout.exec_calls
         self.log_level = log_level
+        self.move_primer = move_primer
         # Nothing is offered until the runtime has been asked (probe_features, at start and at reload).
         self.features = HandlerFeatures()
 
@@ -151,6 +154,12 @@ class OCIRuntime:
 
     def exit_file_path(self, ctr_id: str) -> Path:
         return self.exits_dir / ctr_id
+
+    def prime_cgroup_move(self) -> None:
+        """Call as a runtime process that moves into the container's cgroups (create, exec) is launched: the
+        kernel's wait for that move then overlaps the runtime's start (linux/moveprimer.py)."""
+        if self.move_primer is not None:
+            self.move_primer.prime()
 
     def ensure_exec_dir(self) -> Path:
         """The directory of exec calls' pid files and runc logs: root's only (runc's logs name commands and
@@ -211,6 +220,7 @@ class OCIRuntime:
         start_r, start_w = os.pipe()
         try:
             env = _conmon_env(sync_w, start_r)
+            self.prime_cgroup_move()
             try:
                 proc = await asyncio.create_subprocess_exec(
                     *conmon.build_create_argv(a), stdin=asyncio.subprocess.DEVNULL,
@@ -373,6 +383,7 @@ class OCIRuntime:
                        runc_log: Path) -> ExecResult:
         argv = [*self.runc_command(), "--log", str(runc_log), "--log-format", "json",
                 "exec", "--pid-file", str(pidfile), ctr_id, *cmd]
+        self.prime_cgroup_move()
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE, start_new_session=True)

@@ -136,6 +136,7 @@ async def run_exec(runtime: "OCIRuntime", ctr_id: str, cmd: tuple[str, ...], tty
     scratch = Path(tempfile.mkdtemp(prefix="stream-", dir=runtime.ensure_exec_dir()))
     try:
         if not tty:
+            runtime.prime_cgroup_move()
             return await _exec_with_pipes(runc_exec_argv(runtime, ctr_id, cmd, False, scratch / "pid"),
                                           scratch / "pid", io)
         # The client sends its terminal's size as soon as the streams are up. Wait a moment for it: a command
@@ -147,6 +148,7 @@ async def run_exec(runtime: "OCIRuntime", ctr_id: str, cmd: tuple[str, ...], tty
             process_file = scratch / "process.json"
             await asyncio.to_thread(write_terminal_process, bundle, cmd, first, process_file)
         argv = runc_exec_argv(runtime, ctr_id, cmd, True, scratch / "pid", process_file)
+        runtime.prime_cgroup_move()
         return await _exec_with_terminal(argv, scratch / "pid", io, first)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -23,10 +23,14 @@ from pathlib import Path
 import pytest
 
 from cripy.errors import DeadlineExceeded, FailedPrecondition, Internal, InvalidArgument
+from cripy.linux import moveprimer
+from cripy.linux.moveprimer import MovePrimer
 from cripy.oci.exits import ExitWatcher, read_exit_file, read_oom_file
 from cripy.oci.inotify import wait_for_path
 from cripy.oci.runtime import CreateResult, OCIRuntime, RuntimeHandler
 from cripy.storage.layout import Layout
+from cripy.streaming.commandsession import CommandIO
+from cripy.streaming.remotecommand import run_exec
 
 pytestmark = [
     pytest.mark.integration,
@@ -284,6 +288,35 @@ async def test_conmon_stays_in_the_daemons_cgroup(env: Env, exits: ExitLog) -> N
     assert Path(f"/proc/{result.conmon_pid}/cgroup").read_text() == mine
     await env.runtime.start(ctr_id)
     assert (await exits.wait(ctr_id))[0] == 0
+
+
+@pytest.mark.skipif(not moveprimer.moves_wait(), reason="cgroup moves do not wait here (favordynmods)")
+async def test_create_exec_and_streamed_exec_prime_a_move_that_moves_nothing(env: Env) -> None:
+    """Each launch of a runc that moves into the container's cgroups asks the primer for a move, which writes
+    this process's pid to its own cgroup: the move waits in the primer's thread and moves nothing."""
+    mine = Path("/proc/self/cgroup").read_text()
+    primer = env.runtime.move_primer = MovePrimer()
+
+    async def moves_reach(count: int) -> None:
+        async with asyncio.timeout(WAIT):
+            while primer.moves < count:
+                await asyncio.sleep(0.01)
+
+    ctr_id, bundle = await env.run(["sleep", "1000"])
+    await moves_reach(1)
+    result = await env.runtime.exec_sync(ctr_id, ["echo", "hi"], timeout=None)
+    assert (result.exit_code, result.stdout) == (0, b"hi\n")
+    await moves_reach(2)
+    output: list[bytes] = []
+
+    async def collect(_channel: int, data: bytes) -> None:
+        output.append(data)
+
+    outcome = await run_exec(env.runtime, ctr_id, ("echo", "streamed"), False,
+                             CommandIO(stdin=None, stdout=True, stderr=True, write=collect), bundle)
+    assert outcome.exit_code == 0 and b"".join(output) == b"streamed\n"
+    await moves_reach(3)
+    assert Path("/proc/self/cgroup").read_text() == mine
 
 
 # ---- failures ------------------------------------------------------------------------------------------------
