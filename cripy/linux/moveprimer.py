@@ -75,7 +75,7 @@ class MovePrimer:
     def __init__(self, *, enabled: bool = True,
                  find_procs_file: Callable[[], Path | None] = _find_own_procs_file,
                  needed: Callable[[], bool] = moves_wait) -> None:
-        self.enabled = enabled
+        self._enabled = enabled
         self._find_procs_file = find_procs_file
         self._needed = needed
         self._wanted = threading.Event()
@@ -83,8 +83,19 @@ class MovePrimer:
         self._given_up = False
         self.moves = 0  # made so far (tests and the curious read it)
 
+    @property
+    def enabled(self) -> bool:
+        return self._enabled
+
+    @enabled.setter
+    def enabled(self, value: bool) -> None:
+        """Turned on or off by a configuration reload, which says so."""
+        if value != self._enabled:
+            log.info("cgroup moves are %s", "primed from now on" if value else "no longer primed")
+        self._enabled = value
+
     def prime(self) -> None:
-        if not self.enabled or self._given_up:
+        if not self._enabled or self._given_up:
             return
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="cgroup-move-primer", daemon=True)

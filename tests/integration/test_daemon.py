@@ -120,3 +120,19 @@ def test_sighup_applies_busy_polling(cripy_factory) -> None:
     sleeping = cpu_over_calls()
     assert polling > 0.1, f"20 calls with 10 ms of polling after each took only {polling:.3f} s of CPU"
     assert sleeping < polling / 2, f"without polling: {sleeping:.3f} s of CPU, with: {polling:.3f} s"
+
+
+def test_sighup_turns_cgroup_move_priming_off_and_on(cripy_factory) -> None:
+    """cripy.prime_cgroup_moves reaches the running primer at a reload, which says so."""
+    daemon: CripyDaemon = cripy_factory()
+    dropin_dir = daemon.workdir / "cripy.d"
+    dropin_dir.mkdir(exist_ok=True)
+    assert daemon.pid is not None
+
+    def reload_with(value: str, said: str) -> None:
+        (dropin_dir / "20-prime.toml").write_text(f"[cripy]\nprime_cgroup_moves = {value}\n")
+        os.kill(daemon.pid, signal.SIGHUP)
+        wait_for(lambda: said in daemon.log_text(), f"the reload to say {said!r}")
+
+    reload_with("false", "cgroup moves are no longer primed")
+    reload_with("true", "cgroup moves are primed from now on")

@@ -99,6 +99,17 @@ def test_a_disabled_primer_writes_nothing_and_starts_no_thread(tmp_path: Path) -
     _wait_for(lambda: primer.moves == 1, "the move")
 
 
+def test_turning_it_on_or_off_is_said_once_per_change(caplog: pytest.LogCaptureFixture) -> None:
+    primer = MovePrimer(find_procs_file=lambda: None, needed=lambda: True)
+    with caplog.at_level(logging.INFO, logger="cripy.linux.moveprimer"):
+        primer.enabled = True
+        primer.enabled = False
+        primer.enabled = False
+        primer.enabled = True
+    assert [r.getMessage() for r in caplog.records] == ["cgroup moves are no longer primed",
+                                                        "cgroup moves are primed from now on"]
+
+
 def test_a_refused_write_is_said_once_and_priming_stops(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     missing = tmp_path / "gone" / "cgroup.procs"
     primer = MovePrimer(find_procs_file=lambda: missing, needed=lambda: True)
