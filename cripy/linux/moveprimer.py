@@ -9,7 +9,7 @@ ExecSync after runc's own start (docs/benchmarks-analysis.md has the figures).
 
 The primer makes a move that moves nothing, the daemon's own pid written to the cgroup.procs of the cgroup it is
 already in, from a thread of its own, as the runtime is launched: the grace period then runs while conmon and runc
-start, not after. Moves cannot be made cheaper from user space; only when they wait can change.
+start, not after. A move cannot be made cheaper from user space; only when it waits can be changed.
 
 Nodes that do not make moves wait need no primer: cgroup hierarchies mounted with `favordynmods` (or booted with
 cgroup_favordynmods=y) keep the lock in its slow mode, which never waits for a grace period. There, and where the
