@@ -114,6 +114,11 @@ def cgroup_paths(relpath: str) -> list[Path]:
     return [mount_point / clean for mount_point in dict.fromkeys(_hierarchies().values())]
 
 
+def hierarchy_roots() -> dict[str, Path]:
+    """v1: each mounted controller (and named hierarchy) with the root of its hierarchy; v2: empty (one root)."""
+    return dict(_hierarchies())
+
+
 def hierarchy_root(controller: str) -> Path | None:
     """The root directory of the hierarchy that carries the controller (v2: the unified root), None if unmounted."""
     if mode() is CgroupMode.V2:

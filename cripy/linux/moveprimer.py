@@ -61,9 +61,7 @@ def moves_wait() -> bool:
 
 def _find_own_procs_file() -> Path | None:
     v2_root = cgroups.CGROUP_ROOT if cgroups.mode() is cgroups.CgroupMode.V2 else None
-    roots = {} if v2_root is not None else {c: p for c in cgroups.controllers()
-                                            if (p := cgroups.hierarchy_root(c)) is not None}
-    return own_cgroup_procs(Path("/proc/self/cgroup").read_text(), roots, v2_root)
+    return own_cgroup_procs(Path("/proc/self/cgroup").read_text(), cgroups.hierarchy_roots(), v2_root)
 
 
 class MovePrimer:
@@ -105,23 +103,21 @@ class MovePrimer:
     def _run(self) -> None:
         try:
             if not self._needed():
-                log.info("cgroup moves are not primed: a cgroup hierarchy is mounted with %s, so moves do not "
-                         "wait for an RCU grace period", FAVOR_DYNMODS)
-                self._given_up = True
-                return
+                return self._give_up(f"a cgroup hierarchy is mounted with {FAVOR_DYNMODS}, so moves do not wait "
+                                     "for an RCU grace period")
         except OSError as err:
-            log.info("cgroup moves are not primed: cannot read the mount table: %s", err)
-            self._given_up = True
-            return
+            return self._give_up(f"cannot read the mount table: {err}")
         while True:
             self._wanted.wait()
             self._wanted.clear()
             try:
                 self._move_nothing()
             except OSError as err:
-                log.info("cgroup moves are not primed: %s", err)
-                self._given_up = True
-                return
+                return self._give_up(str(err))
+
+    def _give_up(self, reason: str) -> None:
+        log.info("cgroup moves are not primed: %s", reason)
+        self._given_up = True
 
     def _move_nothing(self) -> None:
         # Looked up each time: were the daemon moved to another cgroup meanwhile, an old path would move it back.
