@@ -58,6 +58,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--cripy-config", type=Path, default=None,
                         help="a TOML file laid over cripy's bench configuration as a drop-in, to measure a setting")
     args = parser.parse_args(argv)
+    args.cripy_drop_in = args.cripy_config.read_text() if args.cripy_config else ""
     if args.iterations is not None and args.iterations < 1:
         parser.error("--iterations must be at least 1")
     unknown = set(filter(None, args.only.split(","))) - set(SCENARIO_NAMES)
@@ -166,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
         cleanup.callback(network.delete)
         peers = [CripyPeer(workdir / "cripy", network, registry.host, f"{cgroup_parent}/cripy",
                            log_level=args.log_level, profile_path=args.profile_cripy, metrics=args.cripy_metrics,
-                           drop_in=args.cripy_config.read_text() if args.cripy_config else ""),
+                           drop_in=args.cripy_drop_in),
                  ContainerdPeer(workdir / "containerd", network, registry.host, f"{cgroup_parent}/containerd",
                                 sandbox_image=images.pause.ref)]
         for peer in peers:
@@ -207,7 +208,7 @@ def run(args: argparse.Namespace) -> int:
                               f"({scraper.scrapes} scrapes, {scraper.failures} failed).")
         if args.cripy_config:
             info.notes.append(f"cripy ran with this drop-in over its bench configuration ({args.cripy_config.name}):"
-                              f" `{' '.join(args.cripy_config.read_text().split())}`")
+                              f" `{' '.join(args.cripy_drop_in.split())}`")
         print(report.terminal_table(results))
         if args.output:
             args.output.parent.mkdir(parents=True, exist_ok=True)
