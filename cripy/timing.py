@@ -37,7 +37,7 @@ STEPS: dict[str, str] = {
     "ctr.rootfs": "the image's layers looked up and the container's overlay rootfs mounted",
     "ctr.volumes": "the container's image volumes mounted",
     "ctr.spec": "the process user resolved from the rootfs's passwd and group files, and the OCI runtime spec "
-                "generated (one trip off the event loop)",
+                "generated",
     "ctr.bundle": "the OCI bundle written",
     "runtime.create": "conmon started and `runc create` done (the container's process exists, stopped)",
     "runtime.start": "`runc start`",

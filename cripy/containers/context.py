@@ -5,13 +5,11 @@ functions of the records, but for the host paths' checks (stat) which callers ru
 from __future__ import annotations
 
 import logging
-import os
 import signal
 from pathlib import Path
 
 from cripy.containers.model import ContainerRequest, ImageRuntimeConfig
 from cripy.containers.spec import PodContext
-from cripy.errors import InvalidArgument
 from cripy.images.store import Image
 from cripy.pods.model import PodSandbox
 
@@ -67,16 +65,6 @@ def log_path(pod: PodSandbox, request: ContainerRequest) -> str:
         return str(Path(pod.request.log_directory) / request.log_path)
     # kubelet always sets both; crictl may not. The log then lives with the pod's runtime files.
     return str(pod.run_dir / "logs" / f"{request.name}_{request.attempt}.log")
-
-
-def check_host_paths(request: ContainerRequest) -> None:
-    for mount in request.mounts:
-        if mount.image:
-            continue  # an image volume: its image is looked up when the container is recorded
-        if not os.path.isabs(mount.host_path):
-            raise InvalidArgument(f"mount {mount.container_path}: host path {mount.host_path!r} is not absolute")
-        if not os.path.exists(mount.host_path):
-            raise InvalidArgument(f"mount {mount.container_path}: host path {mount.host_path} does not exist")
 
 
 def signal_number(name: str) -> int:

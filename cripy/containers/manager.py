@@ -36,6 +36,7 @@ from cripy.containers.container import (
     reserved_name,
 )
 from cripy.containers.events import ContainerEvent, EventBus, EventType
+from cripy.containers.hostfacts import HostFacts, read_host_facts
 from cripy.containers.model import ContainerRequest, NamespaceMode, Resources
 from cripy.containers.setup import ContainerPaths, ContainerSetUp
 from cripy.containers.spec import SpecSettings, spec_resources
@@ -102,6 +103,7 @@ class ContainerManager:
         self._runtimes = runtimes
         self.paths = ContainerPaths(layout)
         self._setup = ContainerSetUp(journal, images, self.paths, settings)
+        self._dev_root = settings.host_dev_root
         self._names = NameReservations("container")
         self._table = records.RecordTable(db, "containers", Container, _INSERTED, _UPDATED)
         self._locks: dict[str, asyncio.Lock] = {}
@@ -163,19 +165,20 @@ class ContainerManager:
         if image is None:
             raise NotFound(f"image {request.image!r} not found: pull it first")
         _require_handler_features(request, pod.runtime_handler, self._pods.runtime_for(pod).features)
-        # Stats host paths (a network mount may hang: the bounded pool with a deadline), and reads what the node
-        # offers (sysfs, the root cpuset) in the same trip off the event loop.
-        await blocking.HOST_PATHS.run(f"container {request.name!r}: checking host paths", _check_node_and_paths, request)
+        # Reads what the request names on the node (a network mount may hang: the bounded pool with a deadline),
+        # and what the node offers (sysfs, the root cpuset), in one trip off the event loop.
+        host = await blocking.HOST_PATHS.run(f"container {request.name!r}: reading host paths, devices and the "
+                                             "seccomp profile", _read_node_and_host, request, self._dev_root)
         name = reserved_name(request, pod.request.name, pod.request.namespace, pod.request.uid)
         return await self._names.create_once(
-            name, self._name_holder, lambda: self._create(pod, image, request, name, removals_seen)
+            name, self._name_holder, lambda: self._create(pod, image, request, name, removals_seen, host)
         )
 
     async def _name_holder(self, name: str) -> str | None:
         return self._table.holder_of(name)
 
     async def _create(self, pod: PodSandbox, image: Image, request: ContainerRequest, name: str,
-                      removals_seen: int) -> str:
+                      removals_seen: int, host: HostFacts) -> str:
         started = time.monotonic()
         container = Container(
             id=secrets.token_hex(32),
@@ -196,7 +199,7 @@ class ContainerManager:
             await self._table.insert(container)  # from here on, the container holds its images
         try:
             target_pid_ns = await self._target_pid_namespace(request, pod)
-            await self._setup.set_up(container, pod, image, target_pid_ns)
+            await self._setup.set_up(container, pod, image, target_pid_ns, host)
         except BaseException as e:
             log.warning("container %s (%s): create failed, undoing it: %s", container.id, name, e)
             await asyncio.shield(self._discard(container))
@@ -550,9 +553,9 @@ def _require_handler_features(request: ContainerRequest, handler: str, offered: 
                              f"container {request.name!r}: mounts[{i}] ({mount.container_path})")
 
 
-def _check_node_and_paths(request: ContainerRequest) -> None:
+def _read_node_and_host(request: ContainerRequest, dev_root: str) -> HostFacts:
     nodefit.require_node_support(request.resources, f"container {request.name!r}")
-    context.check_host_paths(request)
+    return read_host_facts(request, dev_root)
 
 
 async def _exit_within(exited: asyncio.Event, seconds: float) -> bool:

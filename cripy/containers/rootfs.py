@@ -6,7 +6,6 @@ mount."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,15 +84,15 @@ def drop_views(views: list[Path]) -> None:
         view.rmdir()
 
 
-def idmapped_mount_sources(request: ContainerRequest, mounts_dir: Path) -> list[Mount]:
-    """The request's mounts, those with uid/gid mappings bound from an id-mapped view of their host path (made
-    under mounts_dir/<index> with a user namespace of their own mappings, which the mount keeps alive)."""
-    mounts = []
+def idmapped_mount_sources(request: ContainerRequest, sources: tuple[str, ...], mounts_dir: Path) -> dict[int, str]:
+    """Where each of the request's mounts with uid/gid mappings is bound from: an id-mapped view of its source
+    (sources[i], the host path resolved), made under mounts_dir/<index> with a user namespace of their own
+    mappings, which the mount keeps alive."""
+    views: dict[int, str] = {}
     for i, mount in enumerate(request.mounts):
-        if not mount.idmapped:
-            mounts.append(mount)
+        if not mount.idmapped or mount.image:  # an image volume's mappings apply to its layers (mount_image_volume)
             continue
-        source = Path(os.path.realpath(mount.host_path))
+        source = Path(sources[i])
         view = mounts_dir / str(i)
         view.parent.mkdir(parents=True, exist_ok=True)
         if source.is_dir():
@@ -107,8 +106,8 @@ def idmapped_mount_sources(request: ContainerRequest, mounts_dir: Path) -> list[
         except OSError as err:
             raise FailedPrecondition(f"container {request.name!r}: mounts[{i}] ({mount.container_path}): cannot make "
                                      f"an id-mapped mount of {source}: {err}") from err
-        mounts.append(dataclasses.replace(mount, host_path=str(view)))
-    return mounts
+        views[i] = str(view)
+    return views
 
 
 def remove_idmap_dir(path: Path) -> None:

@@ -17,16 +17,15 @@ into a host path.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from cripy import blocking
 from cripy.containers import context, imagevolumes
 from cripy.containers import rootfs as fs
 from cripy.containers.container import Container
+from cripy.containers.hostfacts import HostFacts
 from cripy.containers.model import ContainerRequest
 from cripy.containers.spec import BuiltSpec, SpecSettings, build_spec
 from cripy.containers.users import ProcessUser, resolve_user
@@ -83,84 +82,86 @@ class ContainerSetUp:
         journal.register("ctr-rootfs", self._undo_rootfs)
         journal.register("ctr-image-volumes", self._undo_image_volumes)
 
-    async def set_up(self, container: Container, pod: PodSandbox, image: Image, target_pid_ns: str | None) -> None:
-        """Everything up to the bundle; sets the container's process user, stop signal and cgroup path."""
-        ctr_dir = self._paths.dir(container.id)
-        rootfs = self._paths.rootfs(container.id, pod)
-        idmap_dir = self._paths.idmap(container.id)
-        await self._mount_rootfs(container, pod, image, rootfs)
-        image_config = context.image_runtime_config(image)
-        with step("ctr.volumes"):
-            request = await self._mount_image_volumes(container, ctr_dir, idmap_dir)
-            mounts = request.mounts
-            if any(m.idmapped for m in mounts):
-                mounts = await asyncio.to_thread(fs.idmapped_mount_sources, request, idmap_dir / "mounts")
-        sec = request.security
-        spec_request, pod_context = dataclasses.replace(request, mounts=mounts), context.pod_context(pod)
+    async def set_up(self, container: Container, pod: PodSandbox, image: Image, target_pid_ns: str | None,
+                     host: HostFacts) -> None:
+        """Everything up to the bundle; sets the container's process user, stop signal and cgroup path.
 
-        def user_and_spec() -> tuple[ProcessUser, BuiltSpec]:
-            user = resolve_user(rootfs, run_as_user=sec.run_as_user, run_as_group=sec.run_as_group,
-                                run_as_username=sec.run_as_username, image_user=image_config.user,
-                                supplemental_groups=sec.supplemental_groups,
-                                supplemental_groups_policy=sec.supplemental_groups_policy)
-            return user, build_spec(spec_request, image_config, ctr_id=container.id, rootfs=rootfs, user=user,
-                                    pod=pod_context, settings=self._settings,
-                                    volumes_dir=ctr_dir / "volumes", target_pid_ns=target_pid_ns)
-
-        with step("ctr.spec"):
-            # One trip off the event loop for both (a trip costs two thread wake-ups, more than the work here): the
-            # spec needs the user. Neither writes anything, so a late end after the pool's deadline is harmless.
-            user, built = await blocking.HOST_PATHS.run(
-                f"container {container.name}: resolving the user and building the spec (host paths, devices, "
-                "seccomp profile)", user_and_spec)
+        What it makes is journalled first, all in one commit, then made in one trip to a worker thread (each trip
+        costs two thread wake-ups, more than most of the work): everything here is in cripy's own directories,
+        and what it needs from paths the request names is in `host`, read ahead in the host-path pool."""
+        await self._journal.record_all(container.id, self._effects(container, pod))
+        volume_layers = {i: await self._images.layer_dirs(m.image_id)
+                         for i, m in enumerate(container.request.mounts) if m.image}
+        user, built = await asyncio.to_thread(self._make, container, pod, image, target_pid_ns, host, volume_layers)
         container.process_user = user
         for warning in built.warnings:
             # A node-wide limit (e.g. no CAP_SYS_RESOURCE) would repeat for every container: said once, then quiet.
             level = logging.DEBUG if warning in self._warned else logging.WARNING
             self._warned.add(warning)
             log.log(level, "container %s (%s): %s", container.id, container.name, warning)
-        container.stop_signal = request.stop_signal or image_config.stop_signal
+        container.stop_signal = container.request.stop_signal or context.image_runtime_config(image).stop_signal
         container.cgroup_path = built.spec["linux"]["cgroupsPath"]
-        with step("ctr.bundle"):
-            await asyncio.to_thread(fs.write_bundle, self._paths.bundle(container.id), built.spec, built.volume_dirs,
-                                    Path(container.log_path), pod.host_ids())
 
-    async def _mount_rootfs(self, container: Container, pod: PodSandbox, image: Image, rootfs: Path) -> None:
+    def _effects(self, container: Container, pod: PodSandbox) -> list[tuple[str, dict]]:
+        """What _make makes, in the order it makes it (undone newest first)."""
         ctr_dir = self._paths.dir(container.id)
-        idmap_dir = self._paths.idmap(container.id)
-        bundle = self._paths.bundle(container.id)
-        userns = pod.namespace_path("user")
-        effects: list[tuple[str, dict]] = [("ctr-dirs", {"paths": [str(ctr_dir), str(bundle), str(rootfs)]})]
-        if userns is not None or any(m.idmapped for m in container.request.mounts):
-            effects.append(("ctr-idmap", {"path": str(idmap_dir)}))
+        rootfs = self._paths.rootfs(container.id, pod)
+        effects: list[tuple[str, dict]] = [
+            ("ctr-dirs", {"paths": [str(ctr_dir), str(self._paths.bundle(container.id)), str(rootfs)]})]
+        if pod.userns is not None or any(m.idmapped for m in container.request.mounts):
+            effects.append(("ctr-idmap", {"path": str(self._paths.idmap(container.id))}))
         effects.append(("ctr-rootfs", {"path": str(rootfs)}))
-        with step("ctr.rootfs"):
-            await self._journal.record_all(container.id, effects)  # all made by the mount below
-            await asyncio.to_thread(fs.mount_rootfs, ctr_dir, self._images.layer_dirs_of(image), rootfs,
-                                    fs.RootfsMapping(userns, pod.host_ids(), idmap_dir) if userns is not None else None)
+        if any(m.image for m in container.request.mounts):
+            effects.append(("ctr-image-volumes", {"path": str(imagevolumes.volumes_dir(ctr_dir))}))
+        return effects
 
-    async def _mount_image_volumes(self, container: Container, ctr_dir: Path, idmap_dir: Path) -> ContainerRequest:
-        """Mount the container's image volumes; the request as the spec sees it, each image volume a read-only
-        bind of its mount (or of the sub-path in it). The recorded request keeps what was asked.
+    def _make(self, container: Container, pod: PodSandbox, image: Image, target_pid_ns: str | None,
+              host: HostFacts, volume_layers: dict[int, list[Path]]) -> tuple[ProcessUser, BuiltSpec]:
+        """The rootfs, the image volumes and id-mapped mounts, the process user, the spec and the bundle (blocking)."""
+        ctr_dir = self._paths.dir(container.id)
+        rootfs = self._paths.rootfs(container.id, pod)
+        idmap_dir = self._paths.idmap(container.id)
+        request = container.request
+        with step("ctr.rootfs"):
+            userns = pod.namespace_path("user")
+            fs.mount_rootfs(ctr_dir, self._images.layer_dirs_of(image), rootfs,
+                            fs.RootfsMapping(userns, pod.host_ids(), idmap_dir) if userns is not None else None)
+        with step("ctr.volumes"):
+            sources = self._mount_image_volumes(request, ctr_dir, idmap_dir, volume_layers)
+            if any(m.idmapped and not m.image for m in request.mounts):
+                sources.update(fs.idmapped_mount_sources(request, host.mount_sources, idmap_dir / "mounts"))
+        image_config = context.image_runtime_config(image)
+        with step("ctr.spec"):
+            sec = request.security
+            user = resolve_user(rootfs, run_as_user=sec.run_as_user, run_as_group=sec.run_as_group,
+                                run_as_username=sec.run_as_username, image_user=image_config.user,
+                                supplemental_groups=sec.supplemental_groups,
+                                supplemental_groups_policy=sec.supplemental_groups_policy)
+            built = build_spec(request, image_config, ctr_id=container.id, rootfs=rootfs, user=user,
+                               pod=context.pod_context(pod), settings=self._settings,
+                               host=host.with_sources(sources), volumes_dir=ctr_dir / "volumes",
+                               target_pid_ns=target_pid_ns)
+        with step("ctr.bundle"):
+            fs.write_bundle(self._paths.bundle(container.id), built.spec, built.volume_dirs, Path(container.log_path),
+                            pod.host_ids())
+        return user, built
+
+    @staticmethod
+    def _mount_image_volumes(request: ContainerRequest, ctr_dir: Path, idmap_dir: Path,
+                             volume_layers: dict[int, list[Path]]) -> dict[int, str]:
+        """Mount the container's image volumes (blocking); where each is bound from, by its index in the request's
+        mounts: its mount, or the sub-path in it, read-only.
 
         An image volume with uid/gid mappings (a pod in a user namespace) is an overlay of id-mapped views of the
         image's layers, as the rootfs is: an overlay mount cannot be id-mapped itself, so its bind takes none."""
-        request = container.request
-        if not any(m.image for m in request.mounts):
-            return request
         directory = imagevolumes.volumes_dir(ctr_dir)
-        await self._journal.record(container.id, "ctr-image-volumes", path=str(directory))
-        mounts = list(request.mounts)
-        for i, mount in enumerate(mounts):
-            if not mount.image:
-                continue
-            layers = await self._images.layer_dirs(mount.image_id)
+        sources: dict[int, str] = {}
+        for i, layers in volume_layers.items():
+            mount = request.mounts[i]
             where = f"container {request.name!r}: mounts[{i}] (image volume {mount.image} at {mount.container_path})"
-            source = await asyncio.to_thread(
-                fs.mount_image_volume, directory, i, layers, mount, idmap_dir / "image-volumes" / str(i), where
-            )
-            mounts[i] = dataclasses.replace(mount, host_path=str(source), uid_mappings=[], gid_mappings=[])
-        return dataclasses.replace(request, mounts=mounts)
+            source = fs.mount_image_volume(directory, i, layers, mount, idmap_dir / "image-volumes" / str(i), where)
+            sources[i] = str(source)
+        return sources
 
     # ---- undo functions -----------------------------------------------------------------------------------
 

@@ -5,15 +5,16 @@ context into the OCI spec dict that runc 1.1 consumes (runtime-spec 1.0.2), foll
 CRI-O / containerd: args/env/cwd precedence, default mounts, devices (devices.py), namespaces joined from the pod,
 capabilities with ALL semantics, masked and read-only /proc paths, seccomp, resources, cgroups path.
 
-It performs only read-only I/O: stat of device nodes, realpath of host mount sources, reading Localhost seccomp
-profiles. Nothing is created: directories for the image's anonymous volumes are returned in BuiltSpec.volume_dirs
-for the caller to create (and remove with the container). Blocking: call from a thread in async code.
+What it needs from paths a request names (mount sources, devices, a Localhost seccomp profile) comes read ahead
+in HostFacts (hostfacts.py); its only I/O is the daemon's own limits. Nothing is created: directories for the
+image's anonymous volumes are returned in BuiltSpec.volume_dirs for the caller to create (and remove with the
+container).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import os
 import resource
 import posixpath
 from dataclasses import dataclass, field, replace
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from cripy.containers import seccomp
-from cripy.containers.devices import build_devices
+from cripy.containers.hostfacts import HostFacts
 from cripy.containers.model import (
     ContainerRequest,
     ContainerSecurity,
@@ -110,10 +111,11 @@ def build_spec(
     user: ProcessUser,
     pod: PodContext,
     settings: SpecSettings,
+    host: HostFacts,
     volumes_dir: Path,
     target_pid_ns: str | None = None,
 ) -> BuiltSpec:
-    """The OCI spec of container `ctr_id` of pod `pod`.
+    """The OCI spec of container `ctr_id` of pod `pod`; `host` is what read_host_facts read for `req`.
 
     volumes_dir: where anonymous volumes of the image live (one sub-directory per volume, returned in
     volume_dirs, not created here). target_pid_ns: the PID namespace file of the target container when the
@@ -125,7 +127,7 @@ def build_spec(
                               "user namespace")
     warnings: list[str] = []
     capability_sets = process_capabilities(sec, settings.default_capabilities)
-    mounts, volume_dirs = build_mounts(req, image, pod=pod, volumes_dir=volumes_dir)
+    mounts, volume_dirs = build_mounts(req, image, pod=pod, volumes_dir=volumes_dir, sources=host.mount_sources)
     resources = req.resources
     if resources.pids_limit <= 0 and settings.pids_limit > 0:
         resources = replace(resources, pids_limit=settings.pids_limit)
@@ -150,15 +152,14 @@ def build_spec(
         "readonlyPaths": [] if sec.privileged else list(_or_default(sec.readonly_paths, settings.readonly_paths)),
         "sysctl": namespaced_sysctls(pod),
     }
-    devices, device_rules = build_devices(req.devices, privileged=sec.privileged, dev_root=settings.host_dev_root)
-    linux["devices"] = devices
-    linux["resources"]["devices"] = device_rules
+    linux["devices"] = list(host.devices)
+    linux["resources"]["devices"] = list(host.device_rules)
     if pod.user_namespace is not None:
         linux.update(id_mappings(pod.user_namespace))
     propagation = rootfs_propagation(req)
     if propagation:
         linux["rootfsPropagation"] = propagation
-    profile = seccomp_profile(sec, capability_sets["bounding"], settings)
+    profile = seccomp_profile(sec, capability_sets["bounding"], settings, host.seccomp_localhost)
     if profile is not None:
         linux["seccomp"] = profile
 
@@ -227,15 +228,17 @@ def achievable_nofile_limit(wanted: int) -> int:
     return hard
 
 
-def _own_effective_caps() -> set[int]:
+@functools.cache
+def _own_effective_caps() -> frozenset[int]:
+    """The daemon's effective capabilities: read once (it never changes them), not for every container."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("CapEff:"):
                 mask = int(line.split(":", 1)[1], 16)
-                return {bit for bit in range(64) if mask >> bit & 1}
+                return frozenset(bit for bit in range(64) if mask >> bit & 1)
     except OSError:
         pass
-    return set()
+    return frozenset()
 
 
 def _nofile_rlimit(wanted: int, warnings: list[str]) -> dict[str, Any]:
@@ -292,16 +295,19 @@ def _split_all(names: list[str]) -> tuple[list[str], bool]:
     return [caps.normalize(n) for n in singles], len(singles) != len(names)
 
 
-def seccomp_profile(sec: ContainerSecurity, bounding: list[str], settings: SpecSettings) -> dict[str, Any] | None:
-    """linux.seccomp for the container, or None when it runs unconfined (privileged or Unconfined)."""
+def seccomp_profile(sec: ContainerSecurity, bounding: list[str], settings: SpecSettings,
+                    localhost: dict[str, Any] | None) -> dict[str, Any] | None:
+    """linux.seccomp for the container, or None when it runs unconfined (privileged or Unconfined); `localhost` is
+    the Localhost profile's document, read by read_host_facts."""
     if sec.privileged or sec.seccomp.kind == "unconfined":
         return None
     if sec.seccomp.kind != "localhost":
         return seccomp.render_profile(settings.seccomp_default_profile, bounding)
     ref = sec.seccomp.localhost_ref
-    profile = seccomp.load_localhost_profile(ref)
+    if localhost is None:
+        raise ValueError(f"seccomp localhost profile {ref}: not read ahead (read_host_facts)")
     try:
-        return seccomp.render_profile(profile, bounding)
+        return seccomp.render_profile(localhost, bounding)
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise InvalidArgument(f"seccomp localhost profile {ref} is malformed: {type(e).__name__}: {str(e)[:200]}") from None
 
@@ -314,9 +320,10 @@ def _or_default(value: list[str] | None, default: list[str]) -> list[str]:
 
 
 def build_mounts(
-    req: ContainerRequest, image: ImageRuntimeConfig, *, pod: PodContext, volumes_dir: Path
+    req: ContainerRequest, image: ImageRuntimeConfig, *, pod: PodContext, volumes_dir: Path, sources: tuple[str, ...]
 ) -> tuple[list[dict[str, Any]], list[Path]]:
-    """All mounts, parents before children; request mounts replace defaults at the same destination."""
+    """All mounts, parents before children; request mounts replace defaults at the same destination. sources[i]
+    is where request mount i comes from on the node (HostFacts.mount_sources)."""
     requested: dict[str, dict[str, Any]] = {}
     for i, m in enumerate(req.mounts):
         dest = _clean_destination(m.container_path, f"container {req.name!r}: mounts[{i}]")
@@ -325,7 +332,7 @@ def build_mounts(
         requested[dest] = {
             "destination": dest,
             "type": "bind",
-            "source": _existing_host_path(m.host_path, f"container {req.name!r}: mounts[{i}].host_path"),
+            "source": sources[i],
             "options": ["rbind", *_access_options(m), _PROPAGATION_OPTION[m.propagation]],
         }
     defaults = default_mounts(req.security, pod)
@@ -415,16 +422,6 @@ def _clean_destination(path: str, where: str) -> str:
     if not path or not path.startswith("/"):
         raise InvalidArgument(f"{where}: destination {path!r} must be an absolute path")
     return posixpath.normpath(path).replace("//", "/")
-
-
-def _existing_host_path(path: str, where: str) -> str:
-    """Host sources are symlink-resolved on the host, as CRI asks; a missing source is the caller's error."""
-    if not path or not os.path.isabs(path):
-        raise InvalidArgument(f"{where}: {path!r} must be an absolute path")
-    real = os.path.realpath(path)
-    if not os.path.exists(real):
-        raise InvalidArgument(f"{where}: {path} does not exist on the host")
-    return real
 
 
 def _depth(dest: str) -> int:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from cripy.containers.model import ContainerRequest, ContainerSecurity, ImageRuntimeConfig, Mount, SecurityProfile
+from cripy.containers.hostfacts import read_host_facts
 from cripy.containers.spec import PodContext, SpecSettings, build_spec
 from cripy.containers.users import resolve_user
 from cripy.linux import capabilities
@@ -99,7 +100,7 @@ def test_runc_runs_default_spec_with_runtime_default_seccomp(tmp_path, busybox_r
     built = build_spec(
         req, ImageRuntimeConfig(), ctr_id=ctr_id, rootfs=busybox_rootfs, user=user,
         pod=PodContext(pod_id="pod-test", hostname="spec-test-host", cgroup_parent=cgroup_parent),
-        settings=SpecSettings(), volumes_dir=tmp_path / "volumes",
+        settings=SpecSettings(), host=read_host_facts(req), volumes_dir=tmp_path / "volumes",
     )
     assert "seccomp" in built.spec["linux"]
     result = run_container(runc_root, write_bundle(tmp_path, built.spec), ctr_id)
@@ -129,7 +130,7 @@ def test_runc_seccomp_denies_what_default_caps_do_not_allow(tmp_path, busybox_ro
     built = build_spec(
         req, ImageRuntimeConfig(), ctr_id=ctr_id, rootfs=busybox_rootfs, user=user,
         pod=PodContext(pod_id="pod-test", hostname="seccomp-host", cgroup_parent=cgroup_parent),
-        settings=SpecSettings(), volumes_dir=tmp_path / "volumes",
+        settings=SpecSettings(), host=read_host_facts(req), volumes_dir=tmp_path / "volumes",
     )
     result = run_container(runc_root, write_bundle(tmp_path, built.spec), ctr_id)
     assert result.returncode == 0, result.stderr
@@ -157,7 +158,7 @@ def test_runc_runs_privileged_spec_as_named_user(tmp_path, busybox_rootfs, cgrou
     built = build_spec(
         req, ImageRuntimeConfig(), ctr_id=ctr_id, rootfs=busybox_rootfs, user=user,
         pod=PodContext(pod_id="pod-test", hostname="priv", cgroup_parent=cgroup_parent),
-        settings=SpecSettings(), volumes_dir=tmp_path / "volumes",
+        settings=SpecSettings(), host=read_host_facts(req), volumes_dir=tmp_path / "volumes",
     )
     # Privileged means every capability the runtime itself holds (a restricted sandbox lacks some).
     assert set(built.spec["process"]["capabilities"]["bounding"]) == \
@@ -198,7 +199,7 @@ def test_runc_busybox_servers_work_under_runtime_default(tmp_path, busybox_rootf
     built = build_spec(
         req, ImageRuntimeConfig(), ctr_id=ctr_id, rootfs=busybox_rootfs, user=user,
         pod=PodContext(pod_id="pod-test", hostname="servers", cgroup_parent=cgroup_parent),
-        settings=SpecSettings(), volumes_dir=tmp_path / "volumes",
+        settings=SpecSettings(), host=read_host_facts(req), volumes_dir=tmp_path / "volumes",
     )
     result = run_container(runc_root, write_bundle(tmp_path, built.spec), ctr_id)
     assert result.returncode == 0, result.stderr
@@ -228,7 +229,7 @@ def test_runc_applies_localhost_profile(tmp_path, busybox_rootfs, cgroup_parent,
     built = build_spec(
         req, ImageRuntimeConfig(), ctr_id=ctr_id, rootfs=busybox_rootfs, user=user,
         pod=PodContext(pod_id="pod-test", hostname="lh", cgroup_parent=cgroup_parent),
-        settings=SpecSettings(), volumes_dir=tmp_path / "volumes",
+        settings=SpecSettings(), host=read_host_facts(req), volumes_dir=tmp_path / "volumes",
     )
     result = run_container(runc_root, write_bundle(tmp_path, built.spec), ctr_id)
     assert result.returncode == 0, result.stderr

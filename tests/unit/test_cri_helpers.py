@@ -13,7 +13,7 @@ from google.protobuf import unknown_fields
 
 from cripy import errors
 from cripy.containers.container import STATE_CREATED, Container
-from cripy.containers.context import check_host_paths, image_runtime_config, log_path, signal_number
+from cripy.containers.context import image_runtime_config, log_path, signal_number
 from cripy.containers.model import ContainerRequest, ImageRuntimeConfig, Mount, PodSandboxRequest
 from cripy.cri.containers import container_status_to_pb
 from cripy.cri.errors import STATUS_OF, grpc_method, status_code_for
@@ -229,28 +229,6 @@ def test_log_path_defaults_to_the_pod_run_dir(tmp_path: Path, asked: str, log_di
     request = ContainerRequest(name="app", image="busybox", attempt=3, log_path=asked)
     the_pod = pod(tmp_path, log_directory)
     assert log_path(the_pod, request) == str(the_pod.run_dir / "logs" / "app_3.log")
-
-
-def test_check_host_paths(tmp_path: Path) -> None:
-    (tmp_path / "data").mkdir()
-    (tmp_path / "file").write_text("x")
-    check_host_paths(ContainerRequest(name="a", image="b"))
-    check_host_paths(ContainerRequest(name="a", image="b", mounts=[
-        Mount("/data", str(tmp_path / "data")), Mount("/etc/f", str(tmp_path / "file"), readonly=True),
-    ]))
-    with pytest.raises(errors.InvalidArgument, match=r"mount /data: host path 'data' is not absolute"):
-        check_host_paths(ContainerRequest(name="a", image="b", mounts=[Mount("/data", "data")]))
-    missing = tmp_path / "missing"
-    with pytest.raises(errors.InvalidArgument, match=f"mount /m: host path {missing} does not exist"):
-        check_host_paths(ContainerRequest(name="a", image="b", mounts=[
-            Mount("/data", str(tmp_path / "data")), Mount("/m", str(missing)),
-        ]))
-
-
-def test_check_host_paths_leaves_image_volumes_to_the_image_store() -> None:
-    check_host_paths(ContainerRequest(name="a", image="b", mounts=[
-        Mount("/v", "", readonly=True, image="example.com/data:1", image_sub_path="etc"),
-    ]))
 
 
 def image_with(config: dict) -> Image:

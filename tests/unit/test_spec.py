@@ -22,6 +22,7 @@ from cripy.containers.model import (
     SecurityProfile,
 )
 from cripy.containers.devices import host_devices
+from cripy.containers.hostfacts import read_host_facts
 from cripy.containers.spec import (
     DEFAULT_MASKED_PATHS,
     DEFAULT_READONLY_PATHS,
@@ -56,14 +57,17 @@ def build(
     user: ProcessUser | None = None,
     **kwargs,
 ) -> BuiltSpec:
+    req = req or ContainerRequest(name="app", image="busybox", command=["sh"])
+    settings = settings or SpecSettings()
     return build_spec(
-        req or ContainerRequest(name="app", image="busybox", command=["sh"]),
+        req,
         image or ImageRuntimeConfig(),
         ctr_id="c0ffee",
         rootfs=tmp_path / "rootfs",
         user=user or ProcessUser(uid=0, gid=0, home="/root"),
         pod=pod or PodContext(pod_id="pod1", hostname="web-0"),
-        settings=settings or SpecSettings(),
+        settings=settings,
+        host=read_host_facts(req, settings.host_dev_root),
         volumes_dir=tmp_path / "volumes",
         **kwargs,
     )
@@ -497,7 +501,7 @@ def test_request_mount_replaces_default_at_same_destination(tmp_path, host_dir):
 
 
 def test_missing_host_path_is_invalid(tmp_path, host_dir):
-    with pytest.raises(InvalidArgument, match=r"mounts\[0\].host_path.*does not exist"):
+    with pytest.raises(InvalidArgument, match=r"mounts\[0\] \(/x\): host path .* does not exist"):
         build(tmp_path, req=req_with(mounts=[Mount("/x", str(host_dir / "missing"))]))
 
 
