@@ -205,7 +205,8 @@ class ContainerManager:
             await asyncio.shield(self._discard(container))
             raise
         container.state = STATE_CREATED
-        await self._save(container)
+        # What set_up filled in (the request was written whole by the insert: not encoded again).
+        await self._table.update(container, ("state", "process_user", "stop_signal", "cgroup_path"))
         self.events.publish(ContainerEvent(container.id, pod.id, EventType.CREATED))
         log.info("container %s (%s) created in %.3fs", container.id, name, time.monotonic() - started)
         return container.id

@@ -50,6 +50,8 @@ def test_restart_keeps_pods_and_running_containers(pod_env_factory: Callable[...
     pod_ip = env.pod_status(pod_id).status.network.ip
     log_path = Path(env.status(running).log_path)
     env.wait_for("ticks logged", lambda: log_path.exists() and ticks(log_path))
+    created_before = env.rt.ContainerStatus(api_pb2.ContainerStatusRequest(container_id=created, verbose=True),
+                                            timeout=10)
 
     env.daemon.restart(sig)
 
@@ -61,6 +63,10 @@ def test_restart_keeps_pods_and_running_containers(pod_env_factory: Callable[...
     done_status = env.status(done)
     assert (done_status.state, done_status.exit_code, done_status.reason) == (api_pb2.CONTAINER_EXITED, 4, "Error")
     assert env.status(created).state == api_pb2.CONTAINER_CREATED
+    # Everything CreateContainer recorded was written, not only kept in memory: the user resolved in the rootfs,
+    # the stop signal, the cgroup, the request.
+    assert env.rt.ContainerStatus(api_pb2.ContainerStatusRequest(container_id=created, verbose=True),
+                                  timeout=10) == created_before
     assert env.exec(running, ["cat", "/proc/1/cmdline"]).stdout.startswith(b"sh")
     # conmon kept logging across the restart, and still reopens the log on request.
     seen = max(ticks(log_path))
