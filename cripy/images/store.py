@@ -46,6 +46,8 @@ LayerStream = Callable[[Callable[[bytes], Awaitable[None]]], Awaitable[None]]
 
 # Compressed bytes allowed between a layer's download and its unpacking thread: enough to keep both busy.
 PIPE_LIMIT = 4 << 20
+# find()'s answers kept at most (names a client asked for; forgotten all at once when full, and at every change).
+FOUND_KEPT_MAX = 512
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,10 @@ class ImageStore:
         # image volumes (ids of the containers); until then nothing holds any.
         self.image_in_use: Callable[[str], Awaitable[bool]] = _nothing_uses
         self.image_mounted_by: Callable[[str], Awaitable[list[str]]] = _nothing_mounts
+        # find()'s answers (the rows, or none) by what was asked, kept while no image row changes: the kubelet asks
+        # ImageStatus of the same few names before every container it creates, and CreateContainer asks again.
+        self._found: dict[tuple[str, tuple[Reference, ...]], list] = {}
+        self._changes = 0  # writes to the image rows handed to the database so far
 
     def set_pinned(self, names: Sequence[str]) -> None:
         pinned: set[str] = set()
@@ -160,13 +166,21 @@ class ImageStore:
 
     async def find(self, ref: str, candidates: Sequence[Reference] = ()) -> Image | None:
         """The image named by an id, an id prefix, a name or digest reference, or any of `candidates`."""
+        key = (ref, tuple(candidates))
+        rows = self._found.get(key)
+        if rows is None:
 
-        def select(conn: sqlite3.Connection) -> list:
-            image_id = imagerows.resolve_id(conn, ref, candidates)
-            return [] if image_id is None else imagerows.select_images(conn, image_id)
+            def select(conn: sqlite3.Connection) -> list:
+                image_id = imagerows.resolve_id(conn, ref, candidates)
+                return [] if image_id is None else imagerows.select_images(conn, image_id)
 
-        rows = await self._db.run(select)  # one trip to the database thread: ImageStatus is called often
-        return self._image_from(*rows[0]) if rows else None
+            changes = self._changes
+            rows = await self._db.run(select)
+            if changes == self._changes:  # else a change was queued before the read ended: it may predate it
+                if len(self._found) >= FOUND_KEPT_MAX:
+                    self._found.clear()
+                self._found[key] = rows
+        return self._image_from(*rows[0]) if rows else None  # a new Image each time: callers may change theirs
 
     async def get(self, image_id: str) -> Image | None:
         rows = await self._db.run(lambda conn: imagerows.select_images(conn, image_id))
@@ -216,10 +230,11 @@ class ImageStore:
                     group.create_task(self._ensure_layer(chain, parent, layer))
             with step("image.commit"):
                 async with self._lock:
-                    await self._db.transaction(
+                    await self._change_images(
                         lambda conn: imagerows.insert_image(
                             conn, config_digest, manifest_digest, manifest, manifest_type, config, chain_ids, names
-                        )
+                        ),
+                        transaction=True,
                     )
         except BaseExceptionGroup as group_error:
             # Report the first real failure (not the cancellations it caused), as a plain error.
@@ -364,12 +379,14 @@ class ImageStore:
                     " remove the container(s) first"
                 )
             if removed_tag is not None:
-                await self._db.run(lambda conn: conn.execute("DELETE FROM image_names WHERE name = ?", (removed_tag,)))
+                await self._change_images(
+                    lambda conn: conn.execute("DELETE FROM image_names WHERE name = ?", (removed_tag,)))
                 if not last_name:
                     log.info("removed name %s of image %s", removed_tag, image_id)
                     return
             if await self.image_in_use(image_id):
-                await self._db.run(lambda conn: conn.execute("DELETE FROM image_names WHERE image_id = ?", (image_id,)))
+                await self._change_images(
+                    lambda conn: conn.execute("DELETE FROM image_names WHERE image_id = ?", (image_id,)))
                 log.info("image %s is used by a container: its names are removed, its content stays", image_id)
                 return
             await self._delete_image(image_id)
@@ -378,8 +395,17 @@ class ImageStore:
 
     async def _delete_image(self, image_id: str) -> None:
         """The image's record goes (its layers with the next collection); under self._lock, as every removal."""
-        await self._db.transaction(lambda conn: conn.execute("DELETE FROM images WHERE id = ?", (image_id,)))
+        await self._change_images(lambda conn: conn.execute("DELETE FROM images WHERE id = ?", (image_id,)),
+                                  transaction=True)
         self.removals += 1
+
+    async def _change_images(self, write: Callable[[sqlite3.Connection], object], *, transaction: bool = False) -> None:
+        """Every write to the image rows goes through here. find()'s kept answers are forgotten in the same step
+        of the event loop as the write is queued for the database thread, which runs in order: a look-up queued
+        after it reads what it wrote, and one queued before it is not kept."""
+        self._changes += 1
+        self._found.clear()
+        await (self._db.transaction(write) if transaction else self._db.run(write))
 
     async def _collect_layers(self) -> None:
         """Delete layers no image references and no pull in flight holds (decided under the layer lock: a pull

@@ -409,6 +409,62 @@ async def test_find_with_candidates(store: ImageStore, fetcher: Fetcher) -> None
     assert found is not None and found.id == a.id
 
 
+class CountingDatabase:
+    """The store's database, counting the trips to its thread."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.trips = 0
+
+    async def run(self, fn):
+        self.trips += 1
+        return await self.db.run(fn)
+
+    async def transaction(self, fn):
+        self.trips += 1
+        return await self.db.transaction(fn)
+
+
+async def test_find_answers_from_memory_until_an_image_changes(db: Database, layout: Layout, fetcher: Fetcher) -> None:
+    counting = CountingDatabase(db)
+    store = ImageStore(counting, layout)  # type: ignore[arg-type]
+    a = await add(store, fetcher, IMAGE_A, "example.com/app:1", "example.com/app:2")
+    first = await store.find("example.com/app:1")
+    trips = counting.trips
+    again = await store.find("example.com/app:1")
+    assert counting.trips == trips, "asked again with nothing changed: answered from memory"
+    assert again == first and again is not first, "a new Image each time: one caller's changes stay its own"
+    assert await store.find("example.com/app:3") is None
+    assert await store.find("example.com/app:3") is None and counting.trips == trips + 1
+
+    b = await add(store, fetcher, IMAGE_B, "example.com/app:1", "example.com/app:3")  # a tag moves, one is new
+    assert (await store.find("example.com/app:1")).id == b.id  # type: ignore[union-attr]
+    assert (await store.find("example.com/app:3")).id == b.id  # type: ignore[union-attr]
+    await store.remove("example.com/app:2")  # a's last tag: a goes
+    assert await store.find("example.com/app:2") is None
+    assert await store.find(a.id) is None
+    await store.remove("example.com/app:3")  # one of b's two tags
+    assert await store.find("example.com/app:3") is None
+    assert (await store.find("example.com/app:1")).id == b.id  # type: ignore[union-attr]
+
+
+async def test_a_find_that_read_before_a_change_is_not_kept(store: ImageStore, fetcher: Fetcher, db: Database) -> None:
+    await add(store, fetcher, IMAGE_A, "example.com/app:1", "example.com/app:2")
+    gate = threading.Event()
+    blocked = asyncio.create_task(db.run(lambda conn: gate.wait(10)))  # holds the database thread
+    await asyncio.sleep(0)
+    find = asyncio.create_task(store.find("example.com/app:1"))  # its read queues behind the block
+    await asyncio.sleep(0)
+    untag = asyncio.create_task(store._change_images(  # a write queued behind the read, as every change is
+        lambda conn: conn.execute("DELETE FROM image_names WHERE name = ?", ("example.com/app:1",))))
+    await asyncio.sleep(0.05)
+    gate.set()
+    await blocked
+    assert await find is not None, "the read ran before the write"
+    await untag
+    assert await store.find("example.com/app:1") is None, "and its answer was not kept"
+
+
 async def test_ambiguous_id_prefix_finds_nothing(store: ImageStore, fetcher: Fetcher, db: Database) -> None:
     a = await add(store, fetcher, IMAGE_A, "example.com/a:1")
     twin = "sha256:" + hexpart(a.id)[:12] + ("0" if hexpart(a.id)[12] != "0" else "1") + "f" * 51
