@@ -196,9 +196,13 @@ class ContainerManager:
             if current.state != STATE_READY:
                 raise FailedPrecondition(f"pod sandbox {pod.id} stopped while the container was being created")
             await self._find_held_images(container, removals_seen)
-            await self._table.insert(container)  # from here on, the container holds its images
-        try:
             target_pid_ns = await self._target_pid_namespace(request, pod)
+            # The record (from here on, the container holds its images) and what set_up is about to make, in one
+            # commit: a crash after it leaves a container that recovery undoes, before it nothing.
+            await self._journal.record_all(container.id, self._setup.effects(container, pod),
+                                           along=lambda conn: self._table.insert_row(conn, container))
+            self._table.inserted(container)
+        try:
             await self._setup.set_up(container, pod, image, target_pid_ns, host)
         except BaseException as e:
             log.warning("container %s (%s): create failed, undoing it: %s", container.id, name, e)

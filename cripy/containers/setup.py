@@ -2,8 +2,9 @@
 
 Its directories, the id-mapped views of a pod in a user namespace, the overlay rootfs, its image volumes' mounts,
 the process user resolved in the rootfs, the OCI spec and the bundle. Each effect is journalled before it is made
-(ctr-dirs, ctr-idmap, ctr-rootfs, ctr-image-volumes); the undo functions registered here take them back, for a
-failed create, a removal, or recovery after a crash. Where each piece lives is ContainerPaths.
+(ctr-dirs, ctr-idmap, ctr-rootfs, ctr-image-volumes: effects() lists them, the manager journals them with the
+container's record); the undo functions registered here take them back, for a failed create, a removal, or
+recovery after a crash. Where each piece lives is ContainerPaths.
 
 In a pod with its own user namespace the rootfs is an overlay of id-mapped views of the shared image layers (the
 image's root-owned files are the pod root's, nothing is copied or chowned) over an upper directory owned by the
@@ -72,7 +73,6 @@ class ContainerSetUp:
 
     def __init__(self, journal: EffectJournal, images: ImageStore, paths: ContainerPaths,
                  settings: SpecSettings) -> None:
-        self._journal = journal
         self._images = images
         self._paths = paths
         self._settings = settings
@@ -84,12 +84,12 @@ class ContainerSetUp:
 
     async def set_up(self, container: Container, pod: PodSandbox, image: Image, target_pid_ns: str | None,
                      host: HostFacts) -> None:
-        """Everything up to the bundle; sets the container's process user, stop signal and cgroup path.
+        """Everything up to the bundle, as effects() lists it (the caller has journalled those); sets the
+        container's process user, stop signal and cgroup path.
 
-        What it makes is journalled first, all in one commit, then made in one trip to a worker thread (each trip
-        costs two thread wake-ups, more than most of the work): everything here is in cripy's own directories,
-        and what it needs from paths the request names is in `host`, read ahead in the host-path pool."""
-        await self._journal.record_all(container.id, self._effects(container, pod))
+        It is made in one trip to a worker thread (each trip costs two thread wake-ups, more than most of the
+        work): everything here is in cripy's own directories, and what it needs from paths the request names is
+        in `host`, read ahead in the host-path pool."""
         volume_layers = {i: await self._images.layer_dirs(m.image_id)
                          for i, m in enumerate(container.request.mounts) if m.image}
         user, built = await asyncio.to_thread(self._make, container, pod, image, target_pid_ns, host, volume_layers)
@@ -102,8 +102,8 @@ class ContainerSetUp:
         container.stop_signal = container.request.stop_signal or context.image_runtime_config(image).stop_signal
         container.cgroup_path = built.spec["linux"]["cgroupsPath"]
 
-    def _effects(self, container: Container, pod: PodSandbox) -> list[tuple[str, dict]]:
-        """What _make makes, in the order it makes it (undone newest first)."""
+    def effects(self, container: Container, pod: PodSandbox) -> list[tuple[str, dict]]:
+        """What set_up makes, in the order it makes it (undone newest first): to journal before set_up."""
         ctr_dir = self._paths.dir(container.id)
         rootfs = self._paths.rootfs(container.id, pod)
         effects: list[tuple[str, dict]] = [

@@ -64,19 +64,25 @@ class EffectJournal:
         (effect,) = await self.record_all(owner, [(kind, data)])
         return effect
 
-    async def record_all(self, owner: str, entries: list[tuple[str, dict[str, Any]]]) -> list[Effect]:
+    async def record_all(self, owner: str, entries: list[tuple[str, dict[str, Any]]],
+                         along: Callable[[sqlite3.Connection], object] | None = None) -> list[Effect]:
         """Several effects of one owner in one commit, in order: for effects made together, after all of them
-        are recorded (one trip to the database instead of one each)."""
+        are recorded (one trip to the database instead of one each). `along` is a write of the owner's that
+        goes in the same commit, before them (its record: the owner and what it is about to make are written
+        together, or neither is)."""
         for kind, _ in entries:
             if kind not in self._undo:
                 raise ValueError(f"effect kind {kind!r} has no undo function")
         rows = [(owner, kind, json.dumps(data, sort_keys=True)) for kind, data in entries]
 
         def insert(conn: sqlite3.Connection) -> list[int]:
+            if along is not None:
+                along(conn)
             return [conn.execute("INSERT INTO effects (owner, kind, data) VALUES (?, ?, ?)", row).lastrowid
                     for row in rows]
 
-        seqs = await self._db.transaction(insert) if len(rows) > 1 else await self._db.run(insert)
+        one_statement = len(rows) == 1 and along is None
+        seqs = await self._db.run(insert) if one_statement else await self._db.transaction(insert)
         effects = [Effect(int(seq), owner, kind, data) for seq, (kind, data) in zip(seqs, entries)]
         for effect in effects:
             self.counts.pending += 1

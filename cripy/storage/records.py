@@ -108,7 +108,15 @@ class RecordTable(Generic[R]):
         return next((key for key, r in self._records.items() if r.name == name), None)  # type: ignore[attr-defined]
 
     async def insert(self, record: R) -> None:
-        await self._db.run(lambda conn: insert(conn, self._table, record, self._inserted))
+        await self._db.run(lambda conn: self.insert_row(conn, record))
+        self.inserted(record)
+
+    def insert_row(self, conn: sqlite3.Connection, record: R) -> None:
+        """The record's row, written by a caller's transaction that writes more (on the database thread); once it
+        has committed, the caller calls inserted(record)."""
+        insert(conn, self._table, record, self._inserted)
+
+    def inserted(self, record: R) -> None:
         self._records[record.id] = record  # type: ignore[attr-defined]
         self.version += 1
 
