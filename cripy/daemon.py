@@ -84,6 +84,8 @@ class Daemon:
         self.watchdog: Watchdog | None = None
         self._health: Health | None = None
         self._audit_task: asyncio.Task[None] | None = None
+        self._started = False
+        self._reload_asked = False  # a SIGHUP came while start() was still building what a reload changes
 
     async def start(self) -> None:
         await asyncio.to_thread(self.layout.ensure)
@@ -354,12 +356,24 @@ class Daemon:
         log.info("configuration reloaded")
         service.notify("READY=1")
 
+    def _on_sighup(self) -> None:
+        """Reload now, or once start() is done: until then the store, the puller and the primer a reload changes
+        may not exist yet. The handler is there from the first moment, or a SIGHUP would end the daemon."""
+        if self._started:
+            self.reload()
+        else:
+            log.info("SIGHUP while starting: the configuration is reloaded once the daemon has started")
+            self._reload_asked = True
+
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, self.request_stop)
         loop.add_signal_handler(signal.SIGINT, self.request_stop)
-        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
         await self.start()
+        self._started = True
+        if self._reload_asked:
+            self.reload()
         try:
             await self._stopping.wait()
         finally:
