@@ -31,7 +31,7 @@ import re
 import secrets
 import shutil
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -375,9 +375,7 @@ class OCIRuntime:
             return await self._exec_in(ctr_id, list(cmd), timeout or None, pidfile, runc_log)
         finally:
             # runc writes the pid file as .<name> first and renames it: a runc killed in between leaves that one
-            for leftover in (pidfile, exec_dir / f".{pidfile.name}", runc_log):
-                with contextlib.suppress(OSError):
-                    leftover.unlink()
+            remove_later(_unlink_all, (pidfile, exec_dir / f".{pidfile.name}", runc_log))
 
     async def _exec_in(self, ctr_id: str, cmd: list[str], timeout: float | None, pidfile: Path,
                        runc_log: Path) -> ExecResult:
@@ -521,6 +519,18 @@ def _runc_error(text: str, context: str) -> CripyError:
 def _mentions(text: str, markers: Sequence[str]) -> bool:
     lowered = text.lower()
     return any(marker in lowered for marker in markers)
+
+
+def remove_later(remove: Callable[..., object], *args: object) -> None:
+    """Remove an exec's scratch files in a worker thread without waiting: off the event loop and off the answer's
+    path. What a daemon stopped before that leaves, reset_exec_dir removes at its next start."""
+    asyncio.get_running_loop().run_in_executor(None, remove, *args)
+
+
+def _unlink_all(paths: Sequence[Path]) -> None:
+    for path in paths:
+        with contextlib.suppress(OSError):
+            path.unlink()
 
 
 async def _drain(stream: asyncio.StreamReader | None, into: bytearray, cap: int = EXEC_OUTPUT_CAP) -> None:

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 from cripy.containers.container import STATE_RUNNING
 from cripy.errors import CripyError, FailedPrecondition, Internal, InvalidArgument, Unimplemented
 from cripy.oci.bundle import read_config
+from cripy.oci.runtime import remove_later
 from cripy.streaming.channels import TerminalSize
 from cripy.streaming.commandsession import STDERR, STDOUT, CommandIO, Outcome, command_session
 from cripy.streaming.pumps import InputPipe, Pump
@@ -133,7 +134,7 @@ def write_terminal_process(bundle: Path, cmd: tuple[str, ...], size: TerminalSiz
 async def run_exec(runtime: "OCIRuntime", ctr_id: str, cmd: tuple[str, ...], tty: bool, io: CommandIO,
                    bundle: Path) -> Outcome:
     """Run ``cmd`` in the container with the session's streams; its exit code, or an error."""
-    scratch = Path(tempfile.mkdtemp(prefix="stream-", dir=runtime.ensure_exec_dir()))
+    scratch = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="stream-", dir=runtime.ensure_exec_dir()))
     try:
         if not tty:
             runtime.prime_cgroup_move()
@@ -151,7 +152,7 @@ async def run_exec(runtime: "OCIRuntime", ctr_id: str, cmd: tuple[str, ...], tty
         runtime.prime_cgroup_move()
         return await _exec_with_terminal(argv, scratch / "pid", io, first)
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        remove_later(shutil.rmtree, scratch, True)
 
 
 async def _exec_with_pipes(argv: list[str], pidfile: Path, io: CommandIO) -> Outcome:

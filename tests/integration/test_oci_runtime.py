@@ -356,6 +356,14 @@ async def test_exec_sync_output_and_exit_codes(env: Env) -> None:
     assert (result.exit_code, result.stdout, result.stderr) == (0, b"hi\n", b"")
     result = await env.runtime.exec_sync(ctr_id, ["sh", "-c", "echo oops >&2; exit 3"], timeout=30)
     assert (result.exit_code, result.stdout, result.stderr) == (3, b"", b"oops\n")
+    with pytest.raises(InvalidArgument):
+        await env.runtime.exec_sync(ctr_id, ["/no/such/command"], timeout=30)
+    # Each call's pid file and runc log go after its answer, in a worker thread, whatever the outcome.
+    for _ in range(100):
+        if not os.listdir(env.runtime.exec_dir):
+            break
+        await asyncio.sleep(0.02)
+    assert os.listdir(env.runtime.exec_dir) == []
 
 
 async def test_exec_sync_timeout_kills_the_command(env: Env) -> None:
