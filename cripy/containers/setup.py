@@ -27,7 +27,7 @@ from cripy.containers import context, imagevolumes
 from cripy.containers import rootfs as fs
 from cripy.containers.container import Container
 from cripy.containers.hostfacts import HostFacts
-from cripy.containers.model import ContainerRequest
+from cripy.containers.model import ContainerRequest, ImageRuntimeConfig
 from cripy.containers.spec import BuiltSpec, SpecSettings, build_spec
 from cripy.containers.users import ProcessUser, resolve_user
 from cripy.images.store import Image, ImageStore
@@ -92,14 +92,16 @@ class ContainerSetUp:
         in `host`, read ahead in the host-path pool."""
         volume_layers = {i: await self._images.layer_dirs(m.image_id)
                          for i, m in enumerate(container.request.mounts) if m.image}
-        user, built = await asyncio.to_thread(self._make, container, pod, image, target_pid_ns, host, volume_layers)
+        image_config = context.image_runtime_config(image)
+        user, built = await asyncio.to_thread(self._make, container, pod, image, image_config, target_pid_ns, host,
+                                              volume_layers)
         container.process_user = user
         for warning in built.warnings:
             # A node-wide limit (e.g. no CAP_SYS_RESOURCE) would repeat for every container: said once, then quiet.
             level = logging.DEBUG if warning in self._warned else logging.WARNING
             self._warned.add(warning)
             log.log(level, "container %s (%s): %s", container.id, container.name, warning)
-        container.stop_signal = container.request.stop_signal or context.image_runtime_config(image).stop_signal
+        container.stop_signal = container.request.stop_signal or image_config.stop_signal
         container.cgroup_path = built.spec["linux"]["cgroupsPath"]
 
     def effects(self, container: Container, pod: PodSandbox) -> list[tuple[str, dict]]:
@@ -115,8 +117,9 @@ class ContainerSetUp:
             effects.append(("ctr-image-volumes", {"path": str(imagevolumes.volumes_dir(ctr_dir))}))
         return effects
 
-    def _make(self, container: Container, pod: PodSandbox, image: Image, target_pid_ns: str | None,
-              host: HostFacts, volume_layers: dict[int, list[Path]]) -> tuple[ProcessUser, BuiltSpec]:
+    def _make(self, container: Container, pod: PodSandbox, image: Image, image_config: ImageRuntimeConfig,
+              target_pid_ns: str | None, host: HostFacts,
+              volume_layers: dict[int, list[Path]]) -> tuple[ProcessUser, BuiltSpec]:
         """The rootfs, the image volumes and id-mapped mounts, the process user, the spec and the bundle (blocking)."""
         ctr_dir = self._paths.dir(container.id)
         rootfs = self._paths.rootfs(container.id, pod)
@@ -130,7 +133,6 @@ class ContainerSetUp:
             sources = self._mount_image_volumes(request, ctr_dir, idmap_dir, volume_layers)
             if any(m.idmapped and not m.image for m in request.mounts):
                 sources.update(fs.idmapped_mount_sources(request, host.mount_sources, idmap_dir / "mounts"))
-        image_config = context.image_runtime_config(image)
         with step("ctr.spec"):
             sec = request.security
             user = resolve_user(rootfs, run_as_user=sec.run_as_user, run_as_group=sec.run_as_group,

@@ -144,9 +144,11 @@ class ImageStore:
         # image volumes (ids of the containers); until then nothing holds any.
         self.image_in_use: Callable[[str], Awaitable[bool]] = _nothing_uses
         self.image_mounted_by: Callable[[str], Awaitable[list[str]]] = _nothing_mounts
-        # find()'s answers (the rows, or none) by what was asked, kept while no image row changes: the kubelet asks
-        # ImageStatus of the same few names before every container it creates, and CreateContainer asks again.
-        self._found: dict[tuple[str, tuple[Reference, ...]], list] = {}
+        # find()'s answers, kept while no image row changes: the kubelet asks ImageStatus of the same few names
+        # before every container it creates, and CreateContainer asks again. What each question resolved to (an
+        # image id, or None), and each image's rows once, however many names lead to it.
+        self._found: dict[tuple[str, tuple[Reference, ...]], str | None] = {}
+        self._found_rows: dict[str, list] = {}
         self._changes = 0  # writes to the image rows handed to the database so far
 
     def set_pinned(self, names: Sequence[str]) -> None:
@@ -167,20 +169,31 @@ class ImageStore:
     async def find(self, ref: str, candidates: Sequence[Reference] = ()) -> Image | None:
         """The image named by an id, an id prefix, a name or digest reference, or any of `candidates`."""
         key = (ref, tuple(candidates))
-        rows = self._found.get(key)
-        if rows is None:
+        if key in self._found:
+            image_id = self._found[key]
+            rows = self._found_rows[image_id] if image_id is not None else []
+        else:
 
-            def select(conn: sqlite3.Connection) -> list:
-                image_id = imagerows.resolve_id(conn, ref, candidates)
-                return [] if image_id is None else imagerows.select_images(conn, image_id)
+            def select(conn: sqlite3.Connection) -> tuple[str | None, list]:
+                found = imagerows.resolve_id(conn, ref, candidates)
+                return found, [] if found is None else imagerows.select_images(conn, found)
 
             changes = self._changes
-            rows = await self._db.run(select)
+            image_id, rows = await self._db.run(select)
             if changes == self._changes:  # else a change was queued before the read ended: it may predate it
-                if len(self._found) >= FOUND_KEPT_MAX:
-                    self._found.clear()
-                self._found[key] = rows
+                self._keep_found(key, image_id, rows)
         return self._image_from(*rows[0]) if rows else None  # a new Image each time: callers may change theirs
+
+    def _keep_found(self, key: tuple[str, tuple[Reference, ...]], image_id: str | None, rows: list) -> None:
+        if len(self._found) >= FOUND_KEPT_MAX:
+            self._forget_found()
+        self._found[key] = image_id
+        if image_id is not None:
+            self._found_rows[image_id] = rows
+
+    def _forget_found(self) -> None:
+        self._found.clear()
+        self._found_rows.clear()
 
     async def get(self, image_id: str) -> Image | None:
         rows = await self._db.run(lambda conn: imagerows.select_images(conn, image_id))
@@ -404,7 +417,7 @@ class ImageStore:
         of the event loop as the write is queued for the database thread, which runs in order: a look-up queued
         after it reads what it wrote, and one queued before it is not kept."""
         self._changes += 1
-        self._found.clear()
+        self._forget_found()
         await (self._db.transaction(write) if transaction else self._db.run(write))
 
     async def _collect_layers(self) -> None:
