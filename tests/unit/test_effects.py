@@ -72,6 +72,23 @@ async def test_effects_recorded_together_are_all_refused_for_one_unknown_kind(jo
     assert await journal.effects_of("ctr1") == []
 
 
+async def test_a_write_along_with_the_effects_is_committed_with_them_or_not_at_all(
+        db: Database, journal: EffectJournal) -> None:
+    await db.run(lambda conn: conn.execute("CREATE TABLE owners (id TEXT PRIMARY KEY)"))
+
+    def owner_row(conn) -> None:
+        assert conn.in_transaction, "the write runs inside the effects' transaction"
+        conn.execute("INSERT INTO owners (id) VALUES ('ctr1')")
+
+    effects = await journal.record_all("ctr1", [("dir", {"path": "/a"})], along=owner_row)
+    assert await journal.effects_of("ctr1") == effects
+    assert await db.run(lambda conn: [row[0] for row in conn.execute("SELECT id FROM owners")]) == ["ctr1"]
+    # The same owner again: its row's insert fails, and the effects recorded with it go too.
+    with pytest.raises(Exception, match="UNIQUE"):
+        await journal.record_all("ctr1", [("mount", {"path": "/a/m"})], along=owner_row)
+    assert await journal.effects_of("ctr1") == effects
+
+
 async def test_record_refuses_a_kind_without_undo(journal: EffectJournal) -> None:
     with pytest.raises(ValueError, match="'teleport'"):
         await journal.record("pod1", "teleport", where="mars")
