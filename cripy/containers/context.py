@@ -1,6 +1,6 @@
 """What a container's request meets before its spec is built: the pod's context (its namespaces, files and
-cgroup), the image's runtime configuration, where the log goes, the host paths it binds, its stop signal. Pure
-functions of the records, but for the host paths' checks (stat) which callers run off the event loop."""
+cgroup), the image's runtime configuration, where the log goes, its stop signal. Pure functions of the records;
+what the request names on the node (the host paths it binds) is read by hostfacts.py."""
 
 from __future__ import annotations
 
