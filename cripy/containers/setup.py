@@ -131,8 +131,7 @@ class ContainerSetUp:
                             fs.RootfsMapping(userns, pod.host_ids(), idmap_dir) if userns is not None else None)
         with step("ctr.volumes"):
             sources = self._mount_image_volumes(request, ctr_dir, idmap_dir, volume_layers)
-            if any(m.idmapped and not m.image for m in request.mounts):
-                sources.update(fs.idmapped_mount_sources(request, host.mount_sources, idmap_dir / "mounts"))
+            sources.update(fs.idmapped_mount_sources(request, host.mount_sources, idmap_dir / "mounts"))
         with step("ctr.spec"):
             sec = request.security
             user = resolve_user(rootfs, run_as_user=sec.run_as_user, run_as_group=sec.run_as_group,

@@ -196,7 +196,9 @@ class ImageStore:
         self._found_rows.clear()
 
     async def get(self, image_id: str) -> Image | None:
-        rows = await self._db.run(lambda conn: imagerows.select_images(conn, image_id))
+        rows = self._found_rows.get(image_id)  # an image find() kept (CreateContainer found it just before)
+        if rows is None:
+            rows = await self._db.run(lambda conn: imagerows.select_images(conn, image_id))
         return self._image_from(*rows[0]) if rows else None
 
     @contextlib.asynccontextmanager

@@ -134,7 +134,7 @@ def write_terminal_process(bundle: Path, cmd: tuple[str, ...], size: TerminalSiz
 async def run_exec(runtime: "OCIRuntime", ctr_id: str, cmd: tuple[str, ...], tty: bool, io: CommandIO,
                    bundle: Path) -> Outcome:
     """Run ``cmd`` in the container with the session's streams; its exit code, or an error."""
-    scratch = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="stream-", dir=runtime.ensure_exec_dir()))
+    scratch = Path(await asyncio.to_thread(lambda: tempfile.mkdtemp(prefix="stream-", dir=runtime.ensure_exec_dir())))
     try:
         if not tty:
             runtime.prime_cgroup_move()
