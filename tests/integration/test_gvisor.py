@@ -102,7 +102,7 @@ def test_logs_exec_attach_and_exit_codes(env: PodEnv) -> None:
     with connect("spdy", attach_url(env, echoer, stdin=True, stderr=False), stdin=True, stderr=False) as client:
         client.send_stdin(b"hello\n")
         assert client.read_until(b"echo:hello\n")
-    env.stop(sleeper, timeout=5)
+    env.stop(sleeper, timeout=1)  # sleep as PID 1 ignores SIGTERM: killed after the grace
     assert env.status(sleeper).state == api_pb2.CONTAINER_EXITED
 
 
