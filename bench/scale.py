@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import grpc
 from cri_api.v1 import api_pb2
 
-from bench.scenarios import CALL_TIMEOUT, MIB, MS, Driver, Plan, Results
+from bench.scenarios import CALL_TIMEOUT, KUBELET_LIST_CONTAINERS, MIB, MS, Driver, Plan, Results
 
 SECTION_FILL = "Kubelet scale: filling a node"
 SECTION_POLL = "Kubelet scale: the kubelet's polling"
@@ -90,11 +90,14 @@ class Poller:
 
     def cycle(self) -> None:
         runtime = self.node.driver.peer.runtime
+        # The requests as the kubelet makes them: its relist asks for every pod with no filter and for every
+        # container with an empty one; its stats with an empty filter.
         runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest(), timeout=CALL_TIMEOUT)
-        runtime.ListContainers(api_pb2.ListContainersRequest(), timeout=CALL_TIMEOUT)
+        runtime.ListContainers(KUBELET_LIST_CONTAINERS, timeout=CALL_TIMEOUT)
         if self._stats_supported:
             try:
-                runtime.ListPodSandboxStats(api_pb2.ListPodSandboxStatsRequest(), timeout=CALL_TIMEOUT)
+                runtime.ListPodSandboxStats(api_pb2.ListPodSandboxStatsRequest(filter=api_pb2.PodSandboxStatsFilter()),
+                                            timeout=CALL_TIMEOUT)
             except grpc.RpcError as e:
                 if e.code() != grpc.StatusCode.UNIMPLEMENTED:
                     raise

@@ -38,6 +38,9 @@ KUBELET_MASKED_PATHS = ("/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys
                         "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware",
                         "/sys/devices/virtual/powercap")
 KUBELET_READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+# What the kubelet's relist (every second) and its container GC send: an empty filter, not none
+# (kuberuntime's getKubeletContainers).
+KUBELET_LIST_CONTAINERS = api_pb2.ListContainersRequest(filter=api_pb2.ContainerFilter())
 LIFECYCLE_CALLS = ("RunPodSandbox", "CreateContainer", "StartContainer", "StopContainer", "RemoveContainer",
                    "StopPodSandbox", "RemovePodSandbox")
 
@@ -183,7 +186,7 @@ class Driver:
                                           timeout=CALL_TIMEOUT)
 
     def list_containers(self) -> int:
-        return len(self.peer.runtime.ListContainers(api_pb2.ListContainersRequest(), timeout=CALL_TIMEOUT).containers)
+        return len(self.peer.runtime.ListContainers(KUBELET_LIST_CONTAINERS, timeout=CALL_TIMEOUT).containers)
 
     def list_pods(self) -> int:
         return len(self.peer.runtime.ListPodSandbox(api_pb2.ListPodSandboxRequest(), timeout=CALL_TIMEOUT).items)

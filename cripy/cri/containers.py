@@ -16,7 +16,7 @@ from cripy.containers.spec import spec_resources
 from cripy.cri.convert import PROPAGATION, container_request_from_pb, resources_from_pb
 from cripy.cri import validate
 from cripy.cri.errors import grpc_method, unimplemented
-from cripy.cri.filters import labels_match
+from cripy.cri.filters import labels_match, wanted_filter
 from cripy.cri.pods import pod_status_to_pb
 from cripy.errors import InvalidArgument
 from cripy.pods.manager import PodManager
@@ -74,7 +74,7 @@ class ContainersServicer:
 
     @grpc_method
     async def ListContainers(self, request: api_pb2.ListContainersRequest, context: Context) -> api_pb2.ListContainersResponse:
-        wanted = request.filter if request.HasField("filter") else None
+        wanted = wanted_filter(request)
         if wanted is None and self.listed_containers.serialized_version == self.containers.version:
             return self.listed_containers.serialized  # kubelet's relist, nothing changed since the last one
         version = self.containers.version

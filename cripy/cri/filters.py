@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Any, Mapping
+
+
+def wanted_filter(request: Any) -> Any | None:
+    """A list request's filter when it constrains anything, else None: an absent filter and an empty one both ask
+    for everything. The kubelet's relist (every second) and its container GC send an empty ContainerFilter; taking
+    it for a filter would pass it by the unfiltered answer cripy keeps. A filter whose only field is present but
+    zero (state CREATED, say) is not empty: ByteSize counts it."""
+    return request.filter if request.HasField("filter") and request.filter.ByteSize() else None
 
 
 def labels_match(labels: Mapping[str, str], selector: Mapping[str, str]) -> bool:

@@ -11,7 +11,7 @@ from cri_api.v1 import api_pb2
 
 from cripy.cri.convert import NAMESPACE_MODE, pod_request_from_pb, resources_from_pb
 from cripy.cri.errors import grpc_method
-from cripy.cri.filters import labels_match
+from cripy.cri.filters import labels_match, wanted_filter
 from cripy.errors import CripyError
 from cripy.linux import cgroups, cgroupstats
 from cripy.pods.manager import PodManager
@@ -61,7 +61,7 @@ class PodsServicer:
 
     @grpc_method
     async def ListPodSandbox(self, request: api_pb2.ListPodSandboxRequest, context: Context) -> api_pb2.ListPodSandboxResponse | bytes:
-        wanted = request.filter if request.HasField("filter") else None
+        wanted = wanted_filter(request)
         if wanted is None and self.listed_pods[0] == self.pods.version:
             return self.listed_pods[1]  # kubelet's relist, nothing changed since the last one
         version = self.pods.version

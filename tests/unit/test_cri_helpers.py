@@ -15,9 +15,9 @@ from cripy import errors
 from cripy.containers.container import STATE_CREATED, Container
 from cripy.containers.context import image_runtime_config, log_path, signal_number
 from cripy.containers.model import ContainerRequest, ImageRuntimeConfig, Mount, PodSandboxRequest
-from cripy.cri.containers import container_status_to_pb
+from cripy.cri.containers import ContainersServicer, ListedContainers, container_status_to_pb
 from cripy.cri.errors import STATUS_OF, grpc_method, status_code_for
-from cripy.cri.filters import labels_match
+from cripy.cri.filters import labels_match, wanted_filter
 from cripy.cri.images import _user_of
 from cripy.images.layerentries import LayerError
 from cripy.images.store import Image
@@ -136,6 +136,68 @@ async def test_grpc_method_answers_a_bug_as_internal() -> None:
 )
 def test_labels_match(labels: dict[str, str], selector: dict[str, str], matches: bool) -> None:
     assert labels_match(labels, selector) is matches
+
+
+@pytest.mark.parametrize(
+    ("request_", "constrains"),
+    [
+        (api_pb2.ListContainersRequest(), False),
+        (api_pb2.ListContainersRequest(filter=api_pb2.ContainerFilter()), False),  # the kubelet's relist
+        (api_pb2.ListContainersRequest(filter=api_pb2.ContainerFilter(
+            state=api_pb2.ContainerStateValue(state=api_pb2.CONTAINER_CREATED))), True),  # present, though zero
+        (api_pb2.ListContainersRequest(filter=api_pb2.ContainerFilter(label_selector={"app": ""})), True),
+        (api_pb2.ListContainersRequest(filter=api_pb2.ContainerFilter(pod_sandbox_id="ab")), True),
+        (api_pb2.ListPodSandboxRequest(filter=api_pb2.PodSandboxFilter()), False),
+        (api_pb2.ListPodSandboxRequest(filter=api_pb2.PodSandboxFilter(
+            state=api_pb2.PodSandboxStateValue(state=api_pb2.SANDBOX_READY))), True),
+    ],
+)
+def test_an_empty_filter_asks_for_everything(request_: Any, constrains: bool) -> None:
+    assert (wanted_filter(request_) is not None) is constrains
+
+
+class _Containers:
+    """What ListContainers asks of the container manager: the records' version and the records."""
+
+    def __init__(self, containers: list[Container]) -> None:
+        self.version = 1
+        self.containers = containers
+        self.listed = 0
+
+    async def list(self) -> list[Container]:
+        self.listed += 1
+        return self.containers
+
+
+def _container(ctr_id: str) -> Container:
+    return Container(id=ctr_id, pod_id="p" * 64, name=f"{ctr_id}_p_ns_uid_0", state=STATE_CREATED, created_at=1,
+                     image_id="sha256:" + "cd" * 32, image_name="b", request=ContainerRequest(name=ctr_id, image="b"),
+                     log_path="/x.log")
+
+
+def _listing_servicer(*containers: Container) -> ContainersServicer:
+    servicer = ContainersServicer()
+    servicer.containers = _Containers(list(containers))  # type: ignore[assignment]
+    servicer.listed_containers = ListedContainers()
+    return servicer
+
+
+async def test_the_kubelets_relist_is_answered_from_the_kept_list() -> None:
+    """The kubelet's relist sends an empty ContainerFilter: it gets the answer kept since the records last changed,
+    as an unfiltered request does, not a list built again."""
+    servicer = _listing_servicer(_container("a"), _container("b"))
+    manager = servicer.containers
+    context = Context((), None)
+    first = await servicer.ListContainers(api_pb2.ListContainersRequest(), context)
+    relist = await servicer.ListContainers(api_pb2.ListContainersRequest(filter=api_pb2.ContainerFilter()), context)
+    assert relist is first and manager.listed == 1  # type: ignore[attr-defined]
+    assert [c.id for c in api_pb2.ListContainersResponse.FromString(relist).containers] == ["a", "b"]
+    manager.version += 1  # type: ignore[attr-defined]
+    await servicer.ListContainers(api_pb2.ListContainersRequest(filter=api_pb2.ContainerFilter()), context)
+    assert manager.listed == 2  # type: ignore[attr-defined]
+    wanted = api_pb2.ContainerFilter(id="b")
+    only_b = await servicer.ListContainers(api_pb2.ListContainersRequest(filter=wanted), context)
+    assert [c.id for c in only_b.containers] == ["b"] and manager.listed == 3  # type: ignore[attr-defined]
 
 
 # ---- cri/images.py::_user_of ---------------------------------------------------------------------------------------
