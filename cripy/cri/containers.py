@@ -15,7 +15,7 @@ from cripy.containers.manager import ContainerManager
 from cripy.containers.spec import spec_resources
 from cripy.cri.convert import PROPAGATION, container_request_from_pb, resources_from_pb
 from cripy.cri import validate
-from cripy.cri.errors import grpc_method, unimplemented
+from cripy.cri.errors import answers_at_once, grpc_method, unimplemented
 from cripy.cri.filters import labels_match, wanted_filter
 from cripy.cri.pods import pod_status_to_pb
 from cripy.errors import InvalidArgument
@@ -72,11 +72,16 @@ class ContainersServicer:
         await self.containers.remove(request.container_id)
         return api_pb2.RemoveContainerResponse()
 
+    @answers_at_once
+    def ListContainers_at_once(self, request: api_pb2.ListContainersRequest, context: Context) -> bytes | None:
+        """The kubelet's relist when no container changed since the last one: the answer kept then."""
+        if wanted_filter(request) is None and self.listed_containers.serialized_version == self.containers.version:
+            return self.listed_containers.serialized
+        return None
+
     @grpc_method
-    async def ListContainers(self, request: api_pb2.ListContainersRequest, context: Context) -> api_pb2.ListContainersResponse:
+    async def ListContainers(self, request: api_pb2.ListContainersRequest, context: Context) -> api_pb2.ListContainersResponse | bytes:
         wanted = wanted_filter(request)
-        if wanted is None and self.listed_containers.serialized_version == self.containers.version:
-            return self.listed_containers.serialized  # kubelet's relist, nothing changed since the last one
         version = self.containers.version
         listed = [
             container for container in await self.containers.list()

@@ -4,7 +4,8 @@ Every servicer method is wrapped by `grpc_method`: the request's strings are che
 NUL byte, no oversized value, in any field of any call); a CripyError becomes its status code with the error's
 message, cut to MESSAGE_MAX characters so that no answer echoes a huge request back; anything else is a bug,
 logged with its traceback and answered as Internal, and the daemon keeps serving. The same wrapper makes the call
-a `timing.Call` (the in-flight table, metrics and spans: cripy/timing.py) and reports how it ended.
+a `timing.Call` (the in-flight table, metrics and spans: cripy/timing.py) and reports how it ended. A method's
+answer from memory (`answers_at_once`) is checked and counted the same way.
 """
 
 from __future__ import annotations
@@ -48,6 +49,25 @@ IMAGE_SERVICE = api_pb2.DESCRIPTOR.services_by_name["ImageService"].full_name
 _IMAGE_METHODS = frozenset(api_pb2.DESCRIPTOR.services_by_name["ImageService"].methods_by_name)
 MESSAGE_MAX = 1000
 LARGE_REQUEST = 256 * 1024  # bytes: a call this large gives its memory back to the kernel when it is done
+
+
+def answers_at_once(method: Callable[[Any, Any, Context], Any]) -> Callable[[Any, Any, Context], Any]:
+    """Wrap a servicer's answer from memory, `<Method>_at_once(request, context)`, which the server tries before it
+    runs the method's handler (rpc/server.py, Method.at_once): the response, or None to leave the call to the
+    handler. Its request is checked as grpc_method checks one; an answer is counted as a call that began and ended
+    at once (timing.instant). An exception leaves the call to the handler, which reports it."""
+    name = method.__name__.removesuffix("_at_once")
+    service = IMAGE_SERVICE if name in _IMAGE_METHODS else RUNTIME_SERVICE
+
+    @functools.wraps(method)
+    def wrapper(self: Any, request: Any, context: Context) -> Any:
+        validate.request_strings(request, "")
+        answer = method(self, request, context)
+        if answer is not None:
+            timing.instant(service, name, request, call_subject, context)
+        return answer
+
+    return wrapper
 
 
 def status_code_for(error: errors.CripyError) -> StatusCode:

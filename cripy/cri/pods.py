@@ -10,7 +10,7 @@ import json
 from cri_api.v1 import api_pb2
 
 from cripy.cri.convert import NAMESPACE_MODE, pod_request_from_pb, resources_from_pb
-from cripy.cri.errors import grpc_method
+from cripy.cri.errors import answers_at_once, grpc_method
 from cripy.cri.filters import labels_match, wanted_filter
 from cripy.errors import CripyError
 from cripy.linux import cgroups, cgroupstats
@@ -59,11 +59,16 @@ class PodsServicer:
         await self.pods.update_resources(request.pod_sandbox_id, overhead=overhead, resources=resources)
         return api_pb2.UpdatePodSandboxResourcesResponse()
 
+    @answers_at_once
+    def ListPodSandbox_at_once(self, request: api_pb2.ListPodSandboxRequest, context: Context) -> bytes | None:
+        """The kubelet's relist when no pod changed since the last one: the answer kept then."""
+        if wanted_filter(request) is None and self.listed_pods[0] == self.pods.version:
+            return self.listed_pods[1]
+        return None
+
     @grpc_method
     async def ListPodSandbox(self, request: api_pb2.ListPodSandboxRequest, context: Context) -> api_pb2.ListPodSandboxResponse | bytes:
         wanted = wanted_filter(request)
-        if wanted is None and self.listed_pods[0] == self.pods.version:
-            return self.listed_pods[1]  # kubelet's relist, nothing changed since the last one
         version = self.pods.version
         items = []
         for pod in await self.pods.list():

@@ -1,5 +1,5 @@
 """The gRPC server on asyncio: HTTP/2 connections on a unix socket (rpc/http2.py), gRPC calls on their streams
-(rpc/wire.py), each call a task running its method's handler.
+(rpc/wire.py), each call a task running its method's handler, or answered from memory at once (Method.at_once).
 
 A method is a handler coroutine (unary) or async generator (server streaming) taking the request and a Context.
 The context gives the caller's metadata and the time left, and `abort` ends the call with a status. A call is
@@ -32,6 +32,9 @@ class Method:
     deserialize: Callable[[bytes], Any]
     serialize: Callable[[Any], bytes]
     streaming: bool = False
+    # A unary method's answer from memory, tried before the handler: the response, or None to run the handler. It
+    # answers in the step that received the request, without a task or a turn of the event loop.
+    at_once: Callable[[Any, Context], Any] | None = None
 
 
 class AbortError(Exception):
@@ -275,11 +278,30 @@ class _Connection(asyncio.Protocol):
             self._trailers_only(stream_id, StatusCode.INVALID_ARGUMENT,
                                 "the call ended without a whole request message")
             return
+        if call.method.at_once is not None and self._answered_at_once(stream_id, call):
+            return
         call.task = task = asyncio.get_running_loop().create_task(self._run(stream_id, call))
         self._running.add(task)
         task.add_done_callback(self._ended)
         if len(self._running) >= self._server._max_streams:
             self._pause_reading("handlers")
+
+    def _answered_at_once(self, stream_id: int, call: _Call) -> bool:
+        """Whether the method's answer from memory answered the call (its trailers are queued with it). Anything
+        but a response leaves the call to its handler, which meets the same request and answers it as it should."""
+        assert call.method.at_once is not None
+        try:
+            response = call.method.at_once(call.method.deserialize(call.request or b""), call.context)
+            if response is None:
+                return False
+            payload = self._payload(call, response)
+        except Exception:  # noqa: BLE001 - see above: the handler reports what is wrong
+            return False
+        del self._calls[stream_id]
+        self._send_payload(stream_id, call, payload, flush=False)
+        self._h2.send_trailers(stream_id, wire.OK_TRAILERS)
+        self._server._call_ended()
+        return True
 
     def _ended(self, task: asyncio.Task[None]) -> None:
         self._running.discard(task)
@@ -346,10 +368,16 @@ class _Connection(asyncio.Protocol):
 
     def _send(self, stream_id: int, call: _Call, response: Any, flush: bool = True) -> None:
         """Queue one response message; a unary answer is written with its trailers, in one write."""
+        self._send_payload(stream_id, call, self._payload(call, response), flush)
+
+    def _payload(self, call: _Call, response: Any) -> bytes:
         payload = call.method.serialize(response)
         if len(payload) > self._server._max_message:
             raise wire.ProtocolViolation(StatusCode.RESOURCE_EXHAUSTED, f"the response of {len(payload)} bytes is "
                                          f"over the limit of {self._server._max_message}")
+        return payload
+
+    def _send_payload(self, stream_id: int, call: _Call, payload: bytes, flush: bool) -> None:
         if not call.answered:
             self._h2.send_headers(stream_id, wire.RESPONSE_HEADERS)
             call.answered = True

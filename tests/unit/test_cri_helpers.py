@@ -183,21 +183,23 @@ def _listing_servicer(*containers: Container) -> ContainersServicer:
 
 
 async def test_the_kubelets_relist_is_answered_from_the_kept_list() -> None:
-    """The kubelet's relist sends an empty ContainerFilter: it gets the answer kept since the records last changed,
-    as an unfiltered request does, not a list built again."""
+    """The kubelet's relist sends an empty ContainerFilter: while no record changed since the last whole list, it
+    gets the answer kept then, at once (before any handler runs), as an unfiltered request does."""
     servicer = _listing_servicer(_container("a"), _container("b"))
     manager = servicer.containers
     context = Context((), None)
-    first = await servicer.ListContainers(api_pb2.ListContainersRequest(), context)
-    relist = await servicer.ListContainers(api_pb2.ListContainersRequest(filter=api_pb2.ContainerFilter()), context)
-    assert relist is first and manager.listed == 1  # type: ignore[attr-defined]
-    assert [c.id for c in api_pb2.ListContainersResponse.FromString(relist).containers] == ["a", "b"]
+    relist = api_pb2.ListContainersRequest(filter=api_pb2.ContainerFilter())
+    assert servicer.ListContainers_at_once(relist, context) is None  # nothing kept yet
+    first = await servicer.ListContainers(relist, context)
+    assert [c.id for c in api_pb2.ListContainersResponse.FromString(first).containers] == ["a", "b"]
+    assert servicer.ListContainers_at_once(relist, context) is first
+    assert servicer.ListContainers_at_once(api_pb2.ListContainersRequest(), context) is first
+    assert manager.listed == 1  # type: ignore[attr-defined]
     manager.version += 1  # type: ignore[attr-defined]
-    await servicer.ListContainers(api_pb2.ListContainersRequest(filter=api_pb2.ContainerFilter()), context)
-    assert manager.listed == 2  # type: ignore[attr-defined]
-    wanted = api_pb2.ContainerFilter(id="b")
-    only_b = await servicer.ListContainers(api_pb2.ListContainersRequest(filter=wanted), context)
-    assert [c.id for c in only_b.containers] == ["b"] and manager.listed == 3  # type: ignore[attr-defined]
+    assert servicer.ListContainers_at_once(relist, context) is None
+    only_b = api_pb2.ListContainersRequest(filter=api_pb2.ContainerFilter(id="b"))
+    assert servicer.ListContainers_at_once(only_b, context) is None
+    assert [c.id for c in (await servicer.ListContainers(only_b, context)).containers] == ["b"]
 
 
 # ---- cri/images.py::_user_of ---------------------------------------------------------------------------------------

@@ -153,6 +153,40 @@ async def test_on_idle_is_called_when_the_last_call_in_flight_has_ended(socket_p
         assert len(idle) == 2, "a call refused before it ran never began"
 
 
+async def test_an_answer_from_memory_is_given_without_the_handler(socket_path: Path) -> None:
+    """Method.at_once answers in the step that received the request; None, an exception or an answer over the
+    limit leave the call to the handler, which answers it as it would have."""
+    handled: list[bytes] = []
+    idle: list[int] = []
+
+    def from_memory(request: bytes, context: Context) -> bytes | None:
+        if request == b"boom":
+            raise ValueError("not from memory")
+        if request == b"big":
+            return b"x" * (MiB + 1)
+        return b"kept" if request == b"kept" else None
+
+    async def handler(request: bytes, context: Context) -> bytes:
+        handled.append(request)
+        if request == b"big":
+            return b"x" * (MiB + 1)
+        return b"built:" + request
+
+    method = Method(handler, bytes, bytes, at_once=from_memory)
+    async with serving(socket_path, {"/t.S/List": method}, max_message_bytes=MiB, on_idle=lambda: idle.append(1)):
+        assert await call(socket_path, "/t.S/List", b"kept") == b"kept"
+        assert handled == [] and len(idle) == 1  # answered at once, and the server knows it is idle again
+        assert await call(socket_path, "/t.S/List", b"other") == b"built:other"
+        assert await call(socket_path, "/t.S/List", b"boom") == b"built:boom"
+        error = await status_of(socket_path, "/t.S/List", b"big")
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert handled == [b"other", b"boom", b"big"]
+        async with channel(socket_path) as ch:  # many on one connection, mixed with the handler's answers
+            answers = await asyncio.gather(*(ch.unary_unary("/t.S/List")(b"kept" if i % 2 else b"%d" % i)
+                                             for i in range(50)))
+        assert answers == [b"kept" if i % 2 else b"built:%d" % i for i in range(50)]
+
+
 async def test_an_abort_reaches_the_client_with_its_code_and_message_intact(socket_path: Path) -> None:
     message = "pod «web» 容器 is 100% gone\n(see %41)"
 

@@ -72,6 +72,12 @@ async def test_a_call_is_listed_until_it_ends_and_its_steps_reach_the_sinks(reco
     ]
 
 
+def test_a_call_answered_at_once_reaches_the_sinks_but_is_never_current_or_listed(recorder: Recorder) -> None:
+    timing.instant("test.Service", "ListContainers", "", lambda request: request, context="ctx")
+    assert recorder.events == [("call", "ListContainers", "ctx"), ("end", "ListContainers", "OK")]
+    assert listed() == [] and timing.current() is None
+
+
 async def test_the_current_steps_are_the_innermost_of_those_running_side_by_side() -> None:
     async def handler() -> list[str]:
         call = begin("PullImage")
