@@ -30,3 +30,8 @@ if [ ! -x .venv/bin/python ] || ! cat requirements.txt requirements-dev.txt | cm
     .venv/bin/pip install --quiet --disable-pip-version-check --no-deps -e .
     cat requirements.txt requirements-dev.txt > .venv/.installed-requirements
 fi
+
+# cripy's own byte code, as pip compiles a package it installs (an editable install is not compiled): with
+# PYTHONDONTWRITEBYTECODE set, as on CI machines, every daemon start and `cripy ctl` run would otherwise compile
+# all of cripy again (a daemon's start: 0.74 -> 0.52 s). Python still checks each file against its source.
+.venv/bin/python -m compileall -q -j 0 cripy tests bench >/dev/null
