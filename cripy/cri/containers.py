@@ -4,7 +4,7 @@ answers Unimplemented with its reason."""
 from __future__ import annotations
 
 import json
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 
 from cri_api.v1 import api_pb2
 
@@ -16,7 +16,8 @@ from cripy.containers.spec import spec_resources
 from cripy.cri.convert import PROPAGATION, container_request_from_pb, resources_from_pb
 from cripy.cri import validate
 from cripy.cri.errors import answers_at_once, grpc_method, unimplemented
-from cripy.cri.filters import labels_match, wanted_filter
+from cripy.cri.filters import filter_key, labels_match, wanted_filter
+from cripy.cri.kept import KeptList
 from cripy.cri.pods import pod_status_to_pb
 from cripy.errors import InvalidArgument
 from cripy.pods.manager import PodManager
@@ -47,7 +48,7 @@ class ContainersServicer:
         "CheckpointContainer", "checkpointing needs CRIU, which fails on the kernel cripy is tested on (`criu check`:"
         " \"vdso: Failed to fill self vdso symtable\"), so cripy has no checkpoint support")
     containers: ContainerManager
-    listed_containers: "ListedContainers"
+    listed_containers: KeptList[Container]
 
     @grpc_method
     async def CreateContainer(self, request: api_pb2.CreateContainerRequest, context: Context) -> api_pb2.CreateContainerResponse:
@@ -74,24 +75,22 @@ class ContainersServicer:
 
     @answers_at_once
     def ListContainers_at_once(self, request: api_pb2.ListContainersRequest, context: Context) -> bytes | None:
-        """The kubelet's relist when no container changed since the last one: the answer kept then."""
-        if wanted_filter(request) is None and self.listed_containers.serialized_version == self.containers.version:
-            return self.listed_containers.serialized
-        return None
+        """A list asked again while no container changed: the answer given then (the kubelet's relist, its
+        housekeeping's list by state, its pods' statuses by pod)."""
+        return self.listed_containers.kept(filter_key(wanted_filter(request)), self.containers.version)
 
     @grpc_method
-    async def ListContainers(self, request: api_pb2.ListContainersRequest, context: Context) -> api_pb2.ListContainersResponse | bytes:
+    async def ListContainers(self, request: api_pb2.ListContainersRequest, context: Context) -> bytes:
         wanted = wanted_filter(request)
         version = self.containers.version
+        matches = None if wanted is None else _matcher(wanted)
         listed = [
             container for container in await self.containers.list()
-            if container.state != STATE_CREATING and (wanted is None or _matches(container, wanted))
+            if container.state != STATE_CREATING and (matches is None or matches(container))
         ]
-        response = api_pb2.ListContainersResponse(containers=self.listed_containers.messages(listed, complete=wanted is None))
-        if wanted is None:
-            self.listed_containers.serialized, self.listed_containers.serialized_version = response.SerializeToString(), version
-            return self.listed_containers.serialized
-        return response
+        answer = self.listed_containers.answer(listed, complete=wanted is None)
+        self.listed_containers.keep(filter_key(wanted), answer, version)
+        return answer
 
     @grpc_method
     async def ContainerStatus(self, request: api_pb2.ContainerStatusRequest, context: Context) -> api_pb2.ContainerStatusResponse:
@@ -141,29 +140,14 @@ class ContainersServicer:
         return response
 
 
-class ListedContainers:
-    """ListContainers' messages, kept between calls: kubelet lists every second or so, and a container's entry
-    only changes with its state (everything else in it is fixed at creation)."""
+def listed_containers() -> KeptList[Container]:
+    """ListContainers' kept entries: a container's entry changes only with its state (the rest is fixed at
+    creation)."""
+    return KeptList(lambda container: (container.id, container.state), _encoded_entry)
 
-    def __init__(self) -> None:
-        self._cache: dict[str, tuple[str, api_pb2.Container]] = {}
-        # The whole unfiltered answer, serialized, and the version of the records it was made from.
-        self.serialized = b""
-        self.serialized_version = -1
 
-    def messages(self, containers: list[Container], *, complete: bool) -> list[api_pb2.Container]:
-        """Entries for `containers`; `complete` says they are all there are (then removed ones are dropped)."""
-        fresh: dict[str, tuple[str, api_pb2.Container]] = {}
-        for container in containers:
-            cached = self._cache.get(container.id)
-            fresh[container.id] = cached if cached and cached[0] == container.state else (
-                container.state, _list_entry(container))
-        if complete:
-            self._cache = fresh
-        else:
-            self._cache.update(fresh)
-        return [message for _, message in fresh.values()]
-
+def _encoded_entry(container: Container) -> bytes:
+    return api_pb2.ListContainersResponse(containers=[_list_entry(container)]).SerializeToString()
 
 
 def _list_entry(container: Container) -> api_pb2.Container:
@@ -181,14 +165,17 @@ def _list_entry(container: Container) -> api_pb2.Container:
     )
 
 
-def _matches(container: Container, wanted: api_pb2.ContainerFilter) -> bool:
-    if wanted.id and not container.id.startswith(wanted.id):
-        return False
-    if wanted.pod_sandbox_id and not container.pod_id.startswith(wanted.pod_sandbox_id):
-        return False
-    if wanted.HasField("state") and _STATE[container.state] != wanted.state.state:
-        return False
-    return labels_match(container.request.labels, wanted.label_selector)
+def _matcher(wanted: api_pb2.ContainerFilter) -> Callable[[Container], bool]:
+    """The filter as a test of a container, its fields read from the message once, not once per container."""
+    id_prefix, pod_prefix, selector = wanted.id, wanted.pod_sandbox_id, dict(wanted.label_selector)
+    state = wanted.state.state if wanted.HasField("state") else None
+
+    def matches(container: Container) -> bool:
+        return (container.id.startswith(id_prefix) and container.pod_id.startswith(pod_prefix)
+                and (state is None or _STATE[container.state] == state)
+                and (not selector or labels_match(container.request.labels, selector)))
+
+    return matches
 
 
 def _metadata(container: Container) -> api_pb2.ContainerMetadata:

@@ -13,6 +13,12 @@ def wanted_filter(request: Any) -> Any | None:
     return request.filter if request.HasField("filter") and request.filter.ByteSize() else None
 
 
+def filter_key(wanted: Any | None) -> bytes:
+    """What names a list request's filter among the answers kept (cri/kept.py): b"" for none. Equal filters
+    whose maps serialize in another order only miss the kept answer."""
+    return b"" if wanted is None else wanted.SerializeToString()
+
+
 def labels_match(labels: Mapping[str, str], selector: Mapping[str, str]) -> bool:
     """CRI label selectors: every key must be present with exactly that value."""
     return all(labels.get(key) == value for key, value in selector.items())

@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+from collections.abc import Callable
 
 from cri_api.v1 import api_pb2
 
 from cripy.cri.convert import NAMESPACE_MODE, pod_request_from_pb, resources_from_pb
 from cripy.cri.errors import answers_at_once, grpc_method
-from cripy.cri.filters import labels_match, wanted_filter
+from cripy.cri.filters import filter_key, labels_match, wanted_filter
+from cripy.cri.kept import KeptList
 from cripy.errors import CripyError
 from cripy.linux import cgroups, cgroupstats
 from cripy.pods.manager import PodManager
@@ -25,8 +27,7 @@ class PodsServicer:
     """Mixed into RuntimeService; `self.pods` is the PodManager."""
 
     pods: PodManager
-    # The unfiltered answer, serialized, with the version of the pod records it was made from.
-    listed_pods: tuple[int, bytes]
+    listed_pods: KeptList[PodSandbox]
 
     @grpc_method
     async def RunPodSandbox(self, request: api_pb2.RunPodSandboxRequest, context: Context) -> api_pb2.RunPodSandboxResponse:
@@ -61,40 +62,52 @@ class PodsServicer:
 
     @answers_at_once
     def ListPodSandbox_at_once(self, request: api_pb2.ListPodSandboxRequest, context: Context) -> bytes | None:
-        """The kubelet's relist when no pod changed since the last one: the answer kept then."""
-        if wanted_filter(request) is None and self.listed_pods[0] == self.pods.version:
-            return self.listed_pods[1]
-        return None
+        """A list asked again while no pod changed: the answer given then (the kubelet's relist, its
+        housekeeping's list by state, its pods' statuses by pod)."""
+        return self.listed_pods.kept(filter_key(wanted_filter(request)), self.pods.version)
 
     @grpc_method
-    async def ListPodSandbox(self, request: api_pb2.ListPodSandboxRequest, context: Context) -> api_pb2.ListPodSandboxResponse | bytes:
+    async def ListPodSandbox(self, request: api_pb2.ListPodSandboxRequest, context: Context) -> bytes:
         wanted = wanted_filter(request)
         version = self.pods.version
-        items = []
-        for pod in await self.pods.list():
-            if pod.state not in (STATE_READY, STATE_NOTREADY):
-                continue  # a pod still being created is not listed until it is
-            if wanted is not None:
-                if wanted.id and not pod.id.startswith(wanted.id):
-                    continue
-                if wanted.HasField("state") and _state(pod) != wanted.state.state:
-                    continue
-                if not labels_match(pod.request.labels, wanted.label_selector):
-                    continue
-            items.append(api_pb2.PodSandbox(
-                id=pod.id,
-                metadata=_metadata(pod),
-                state=_state(pod),
-                created_at=pod.created_at,
-                labels=pod.request.labels,
-                annotations=pod.request.annotations,
-                runtime_handler=pod.runtime_handler,
-            ))
-        response = api_pb2.ListPodSandboxResponse(items=items)
-        if wanted is None:
-            self.listed_pods = (version, response.SerializeToString())
-            return self.listed_pods[1]
-        return response
+        matches = None if wanted is None else _matcher(wanted)
+        listed = [
+            pod for pod in await self.pods.list()
+            # a pod still being created is not listed until it is
+            if pod.state in (STATE_READY, STATE_NOTREADY) and (matches is None or matches(pod))
+        ]
+        answer = self.listed_pods.answer(listed, complete=wanted is None)
+        self.listed_pods.keep(filter_key(wanted), answer, version)
+        return answer
+
+
+def listed_pods() -> KeptList[PodSandbox]:
+    """ListPodSandbox's kept entries: a pod's entry changes only with its state (the rest is fixed at creation)."""
+    return KeptList(lambda pod: (pod.id, pod.state), _encoded_entry)
+
+
+def _encoded_entry(pod: PodSandbox) -> bytes:
+    return api_pb2.ListPodSandboxResponse(items=[api_pb2.PodSandbox(
+        id=pod.id,
+        metadata=_metadata(pod),
+        state=_state(pod),
+        created_at=pod.created_at,
+        labels=pod.request.labels,
+        annotations=pod.request.annotations,
+        runtime_handler=pod.runtime_handler,
+    )]).SerializeToString()
+
+
+def _matcher(wanted: api_pb2.PodSandboxFilter) -> Callable[[PodSandbox], bool]:
+    """The filter as a test of a pod, its fields read from the message once, not once per pod."""
+    id_prefix, selector = wanted.id, dict(wanted.label_selector)
+    state = wanted.state.state if wanted.HasField("state") else None
+
+    def matches(pod: PodSandbox) -> bool:
+        return (pod.id.startswith(id_prefix) and (state is None or _state(pod) == state)
+                and (not selector or labels_match(pod.request.labels, selector)))
+
+    return matches
 
 
 def _state(pod: PodSandbox) -> int:

@@ -13,9 +13,9 @@ from cri_api.v1 import api_pb2
 
 from cripy import CRI_API_VERSION, RUNTIME_NAME, __version__
 from cripy.containers.manager import ContainerManager
-from cripy.cri.containers import ContainersServicer, ListedContainers
+from cripy.cri.containers import ContainersServicer, listed_containers
 from cripy.cri.errors import grpc_method
-from cripy.cri.pods import PodsServicer
+from cripy.cri.pods import PodsServicer, listed_pods
 from cripy.cri.stats import StatsServicer
 from cripy.cri.streaming import StreamingServicer
 from cripy.errors import Unimplemented
@@ -43,8 +43,8 @@ class RuntimeService(PodsServicer, ContainersServicer, StatsServicer, StreamingS
     ) -> None:
         self.pods = pods
         self.containers = containers
-        self.listed_pods = (-1, b"")
-        self.listed_containers = ListedContainers()
+        self.listed_pods = listed_pods()
+        self.listed_containers = listed_containers()
         self.streaming_server = streaming_server
         self._handler_features = handler_features
         self._network_status = network_status

@@ -15,7 +15,7 @@ from cripy import errors
 from cripy.containers.container import STATE_CREATED, Container
 from cripy.containers.context import image_runtime_config, log_path, signal_number
 from cripy.containers.model import ContainerRequest, ImageRuntimeConfig, Mount, PodSandboxRequest
-from cripy.cri.containers import ContainersServicer, ListedContainers, container_status_to_pb
+from cripy.cri.containers import ContainersServicer, container_status_to_pb, listed_containers
 from cripy.cri.errors import STATUS_OF, grpc_method, status_code_for
 from cripy.cri.filters import labels_match, wanted_filter
 from cripy.cri.images import _user_of
@@ -178,13 +178,14 @@ def _container(ctr_id: str) -> Container:
 def _listing_servicer(*containers: Container) -> ContainersServicer:
     servicer = ContainersServicer()
     servicer.containers = _Containers(list(containers))  # type: ignore[assignment]
-    servicer.listed_containers = ListedContainers()
+    servicer.listed_containers = listed_containers()
     return servicer
 
 
 async def test_the_kubelets_relist_is_answered_from_the_kept_list() -> None:
     """The kubelet's relist sends an empty ContainerFilter: while no record changed since the last whole list, it
-    gets the answer kept then, at once (before any handler runs), as an unfiltered request does."""
+    gets the answer kept then, at once (before any handler runs), as an unfiltered request does; a filtered list
+    asked again likewise."""
     servicer = _listing_servicer(_container("a"), _container("b"))
     manager = servicer.containers
     context = Context((), None)
@@ -199,7 +200,10 @@ async def test_the_kubelets_relist_is_answered_from_the_kept_list() -> None:
     assert servicer.ListContainers_at_once(relist, context) is None
     only_b = api_pb2.ListContainersRequest(filter=api_pb2.ContainerFilter(id="b"))
     assert servicer.ListContainers_at_once(only_b, context) is None
-    assert [c.id for c in (await servicer.ListContainers(only_b, context)).containers] == ["b"]
+    answer = await servicer.ListContainers(only_b, context)
+    assert [c.id for c in api_pb2.ListContainersResponse.FromString(answer).containers] == ["b"]
+    assert servicer.ListContainers_at_once(only_b, context) is answer  # a filtered list asked again
+    assert servicer.ListContainers_at_once(relist, context) is None  # not the whole list: none was made since
 
 
 # ---- cri/images.py::_user_of ---------------------------------------------------------------------------------------
