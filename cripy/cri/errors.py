@@ -57,7 +57,7 @@ def answers_at_once(method: Callable[[Any, Any, Context], Any]) -> Callable[[Any
     handler. Its request is checked as grpc_method checks one; an answer is counted as a call that began and ended
     at once (timing.instant). An exception leaves the call to the handler, which reports it."""
     name = method.__name__.removesuffix("_at_once")
-    service = IMAGE_SERVICE if name in _IMAGE_METHODS else RUNTIME_SERVICE
+    service = _service_of(name)
 
     @functools.wraps(method)
     def wrapper(self: Any, request: Any, context: Context) -> Any:
@@ -68,6 +68,10 @@ def answers_at_once(method: Callable[[Any, Any, Context], Any]) -> Callable[[Any
         return answer
 
     return wrapper
+
+
+def _service_of(method_name: str) -> str:
+    return IMAGE_SERVICE if method_name in _IMAGE_METHODS else RUNTIME_SERVICE
 
 
 def status_code_for(error: errors.CripyError) -> StatusCode:
@@ -81,7 +85,7 @@ def grpc_method(method: F) -> F:
     """Wrap a servicer coroutine so that errors reach the client as status codes with their messages, and the
     call is tracked from its arrival to its answer."""
     name = method.__name__
-    service = IMAGE_SERVICE if name in _IMAGE_METHODS else RUNTIME_SERVICE
+    service = _service_of(name)
 
     @functools.wraps(method)
     async def wrapper(self: Any, request: Any, context: Context) -> Any:

@@ -130,6 +130,7 @@ class _Call:
     context: Context
     reader: wire.MessageReader
     request: bytes | None = None
+    decoded: Any = None  # the request, once an answer from memory has decoded it
     task: asyncio.Task[None] | None = None
     answered: bool = False  # the response's headers are sent
 
@@ -291,7 +292,8 @@ class _Connection(asyncio.Protocol):
         but a response leaves the call to its handler, which meets the same request and answers it as it should."""
         assert call.method.at_once is not None
         try:
-            response = call.method.at_once(call.method.deserialize(call.request or b""), call.context)
+            call.decoded = call.method.deserialize(call.request or b"")
+            response = call.method.at_once(call.decoded, call.context)
             if response is None:
                 return False
             payload = self._payload(call, response)
@@ -321,7 +323,7 @@ class _Connection(asyncio.Protocol):
         deadline = asyncio.timeout_at(call.context.deadline)
         try:
             try:
-                request = call.method.deserialize(call.request or b"")
+                request = call.decoded if call.decoded is not None else call.method.deserialize(call.request or b"")
             except Exception as e:  # noqa: BLE001 - any failure to decode is the request's fault
                 code, details = StatusCode.INVALID_ARGUMENT, f"the request does not decode: {e}"
             else:
