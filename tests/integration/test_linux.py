@@ -81,6 +81,68 @@ def test_mount_errors_name_the_path(mount_root: Path) -> None:
     assert info.value.errno == errno.EINVAL and str(mount_root) in str(info.value)
 
 
+def table_says_mounted(path: Path) -> bool:
+    target = os.path.realpath(path)
+    return any(m.mount_point == target for m in mnt.read_mountinfo())
+
+
+def test_is_mountpoint_agrees_with_the_mount_table(mount_root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmpfs, same_fs, plain = mount_root / "tmpfs", mount_root / "same-fs", mount_root / "plain"
+    for directory in (tmpfs, same_fs, plain):
+        directory.mkdir()
+    pinned, unpinned = mount_root / "pinned-net", mount_root / "file"
+    pinned.touch()
+    unpinned.touch()
+    mnt.mount_tmpfs(tmpfs, 1024 * 1024)
+    mnt.mount(same_fs, same_fs, flags=mnt.MS_BIND)  # a bind of the same filesystem: same st_dev as its parent
+    mnt.mount("/proc/self/ns/net", pinned, flags=mnt.MS_BIND)  # a namespace pinned on a file, as pods pin theirs
+    (mount_root / "link").symlink_to(tmpfs)
+    cases = {tmpfs: True, same_fs: True, pinned: True, mount_root / "link": True, plain: False, unpinned: False,
+             mount_root / "missing": False, unpinned / "below-a-file": False}
+    assert {path: mnt.is_mountpoint(path) for path in cases} == cases
+    assert {path: table_says_mounted(path) for path in cases} == cases
+    # Where statx cannot tell (no statx in libc, a kernel before 5.8), the table answers.
+    monkeypatch.setattr(mnt, "_statx", None)
+    assert {path: mnt.is_mountpoint(path) for path in cases} == cases
+
+
+def test_unmount_all_under_needs_no_table_for_stacked_mounts(mount_root: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    rootfs = mount_root / "rootfs"
+    rootfs.mkdir()
+    mnt.mount_tmpfs(rootfs, 1024 * 1024)
+    (rootfs / "written").write_text("x")
+    mnt.mount_tmpfs(rootfs, 1024 * 1024)  # stacked on the first
+    pinned = mount_root / "pin"
+    pinned.touch()
+    mnt.mount("/proc/self/ns/net", pinned, flags=mnt.MS_BIND)
+
+    def no_table() -> list[mnt.MountInfo]:
+        raise AssertionError("the mount table was read")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(mnt, "read_mountinfo", no_table)
+        mnt.unmount_all_under(rootfs)
+        mnt.unmount_all_under(pinned)
+        mnt.unmount_all_under(mount_root / "missing")
+    assert not table_says_mounted(rootfs) and not table_says_mounted(pinned)
+    assert mnt.mounts_under(mount_root) == []
+
+
+def test_unmount_all_under_walks_the_table_when_it_must(mount_root: Path) -> None:
+    top = mount_root / "top"
+    top.mkdir()
+    mnt.mount_tmpfs(top, 1024 * 1024)
+    (top / "sub").mkdir()
+    mnt.mount_tmpfs(top / "sub", 1024 * 1024)  # the top cannot be unmounted first
+    beside = mount_root / "not-a-mount"
+    (beside / "below").mkdir(parents=True)
+    mnt.mount_tmpfs(beside / "below", 1024 * 1024)  # under a directory that is not a mount point itself
+    mnt.unmount_all_under(top)
+    mnt.unmount_all_under(beside)
+    assert mnt.mounts_under(mount_root) == []
+
+
 def make_layers(base: Path, count: int) -> list[Path]:
     """count layer dirs with long (chain-id-like) names; layer i holds file i and a shared file 'top'."""
     layers = []
