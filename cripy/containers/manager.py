@@ -126,6 +126,10 @@ class ContainerManager:
         return container
 
     async def find(self, ctr_id: str) -> Container | None:
+        return self.lookup(ctr_id)
+
+    def lookup(self, ctr_id: str) -> Container | None:
+        """`find` for a caller that answers without waiting: the records are in memory."""
         if not ctr_id:
             raise InvalidArgument("container id is empty")
         return self._table.find(ctr_id)

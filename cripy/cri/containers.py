@@ -92,6 +92,15 @@ class ContainersServicer:
         self.listed_containers.keep(filter_key(wanted), answer, version)
         return answer
 
+    @answers_at_once
+    def ContainerStatus_at_once(self, request: api_pb2.ContainerStatusRequest,
+                                context: Context) -> api_pb2.ContainerStatusResponse | None:
+        """A container's status is its record, in memory: the kubelet asks it of every container it syncs. The
+        verbose status and a container that is not there (an error to report) are the handler's."""
+        container = None if request.verbose else self.containers.lookup(request.container_id)
+        return None if container is None else api_pb2.ContainerStatusResponse(
+            status=container_status_to_pb(container))
+
     @grpc_method
     async def ContainerStatus(self, request: api_pb2.ContainerStatusRequest, context: Context) -> api_pb2.ContainerStatusResponse:
         container = await self.containers.get(request.container_id)

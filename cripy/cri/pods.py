@@ -44,6 +44,14 @@ class PodsServicer:
         await self.pods.remove(request.pod_sandbox_id)
         return api_pb2.RemovePodSandboxResponse()
 
+    @answers_at_once
+    def PodSandboxStatus_at_once(self, request: api_pb2.PodSandboxStatusRequest,
+                                 context: Context) -> api_pb2.PodSandboxStatusResponse | None:
+        """A pod's status is its record, in memory: the kubelet asks it of every pod it syncs. The verbose status
+        reads the pod's cgroup, and a pod that is not there is an error to report: both are the handler's."""
+        pod = None if request.verbose else self.pods.lookup(request.pod_sandbox_id)
+        return None if pod is None else api_pb2.PodSandboxStatusResponse(status=pod_status_to_pb(pod))
+
     @grpc_method
     async def PodSandboxStatus(self, request: api_pb2.PodSandboxStatusRequest, context: Context) -> api_pb2.PodSandboxStatusResponse:
         pod = await self.pods.get(request.pod_sandbox_id)

@@ -97,6 +97,10 @@ class PodManager:
 
     async def find(self, pod_id: str) -> PodSandbox | None:
         """A pod by full id or unique id prefix."""
+        return self.lookup(pod_id)
+
+    def lookup(self, pod_id: str) -> PodSandbox | None:
+        """`find` for a caller that answers without waiting: the records are in memory."""
         if not pod_id:
             raise InvalidArgument("pod sandbox id is empty")
         return self._table.find(pod_id)

@@ -19,6 +19,7 @@ from cripy.cri.containers import ContainersServicer, container_status_to_pb, lis
 from cripy.cri.errors import STATUS_OF, grpc_method, status_code_for
 from cripy.cri.filters import labels_match, wanted_filter
 from cripy.cri.images import _user_of
+from cripy.cri.pods import PodsServicer
 from cripy.images.layerentries import LayerError
 from cripy.images.store import Image
 from cripy.pods.model import PodSandbox
@@ -329,3 +330,50 @@ def test_image_runtime_config_from_the_image_config() -> None:
 )
 def test_image_runtime_config_tolerates_absent_and_null_fields(config: dict) -> None:
     assert image_runtime_config(image_with(config)) == ImageRuntimeConfig()
+
+
+# ---- the status calls, answered at once -----------------------------------------------------------------------------
+
+
+class _Records:
+    """What the status calls ask of a manager: a record by id, now (lookup) or awaited (get), as the managers do."""
+
+    def __init__(self, **records: Any) -> None:
+        self.records = records
+
+    def lookup(self, ident: str) -> Any:
+        if not ident:
+            raise errors.InvalidArgument("the id is empty")
+        return self.records.get(ident)
+
+    async def get(self, ident: str) -> Any:
+        record = self.lookup(ident)
+        if record is None:
+            raise errors.NotFound(f"{ident!r} not found")
+        return record
+
+
+async def test_statuses_are_answered_at_once_as_their_handlers_answer(tmp_path: Path) -> None:
+    """A status is a record in memory: answered at once, the very response the handler gives. A verbose status and
+    a record that is not there are left to the handler, which reads the cgroup or reports NotFound."""
+    context = Context((), None)
+    pods = PodsServicer()
+    pods.pods = _Records(p1=pod(tmp_path))  # type: ignore[assignment]
+    asked = api_pb2.PodSandboxStatusRequest(pod_sandbox_id="p1")
+    assert pods.PodSandboxStatus_at_once(asked, context) == await pods.PodSandboxStatus(asked, context)
+    assert pods.PodSandboxStatus_at_once(asked, context).status.id == "p1"
+    assert pods.PodSandboxStatus_at_once(api_pb2.PodSandboxStatusRequest(pod_sandbox_id="p1", verbose=True),
+                                         context) is None
+    assert pods.PodSandboxStatus_at_once(api_pb2.PodSandboxStatusRequest(pod_sandbox_id="gone"), context) is None
+
+    containers = ContainersServicer()
+    containers.containers = _Records(a=_container("a"))  # type: ignore[assignment]
+    asked_ctr = api_pb2.ContainerStatusRequest(container_id="a")
+    assert containers.ContainerStatus_at_once(asked_ctr, context) == await containers.ContainerStatus(asked_ctr,
+                                                                                                    context)
+    assert containers.ContainerStatus_at_once(asked_ctr, context).status.id == "a"
+    assert containers.ContainerStatus_at_once(api_pb2.ContainerStatusRequest(container_id="a", verbose=True),
+                                              context) is None
+    assert containers.ContainerStatus_at_once(api_pb2.ContainerStatusRequest(container_id="b"), context) is None
+    with pytest.raises(errors.InvalidArgument):  # the server then gives the call to the handler, which reports it
+        containers.ContainerStatus_at_once(api_pb2.ContainerStatusRequest(), context)
