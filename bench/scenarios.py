@@ -74,7 +74,10 @@ class Plan:
                        memory_pods=5, cpu_window_seconds=5.0, scale_pods=12, scale_parallel=4, poll_seconds=3.0,
                        churn_rounds=2)
         n = iterations or 30
-        return cls(quick, lifecycle_iterations=n, exec_iterations=max(n, 50), list_iterations=n, list_pods=20,
+        # A list call takes about a millisecond and its time swings by half between calls on this kind of machine:
+        # 30 samples left its median to chance, 300 cost a second or two.
+        return cls(quick, lifecycle_iterations=n, exec_iterations=max(n, 50), list_iterations=max(n, 300),
+                   list_pods=20,
                    list_containers_per_pod=10, concurrent_pods=20, concurrent_rounds=3, pull_iterations=3,
                    memory_pods=50, cpu_window_seconds=60.0, scale_pods=110, scale_parallel=10, poll_seconds=30.0,
                    churn_rounds=10)
