@@ -17,6 +17,7 @@ import errno
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -53,9 +54,10 @@ if _statx is not None:
 _AT_FDCWD = -100
 _AT_NO_AUTOMOUNT = 0x800
 _STATX_BUFFER = 256  # sizeof(struct statx)
-_STATX_ATTRIBUTES = slice(8, 16)  # stx_attributes, a little-endian u64 on every architecture we run on
+_STATX_ATTRIBUTES = slice(8, 16)  # stx_attributes, a u64 in the machine's byte order
 _STATX_ATTRIBUTES_MASK = slice(56, 64)  # stx_attributes_mask: which attributes the kernel knows
 STATX_ATTR_MOUNT_ROOT = 0x2000
+STACKED_MOUNTS_MAX = 16  # mounts at one path unmounted one by one before the mount table's walk takes over
 
 
 def _raise_errno(action: str, path: str | os.PathLike[str]) -> None:
@@ -202,9 +204,9 @@ def _mount_root(path: str | os.PathLike[str]) -> bool | None:
     if _statx(_AT_FDCWD, os.fsencode(path), _AT_NO_AUTOMOUNT, 0, buffer) != 0:
         return False if ctypes.get_errno() in (errno.ENOENT, errno.ENOTDIR) else None
     raw = buffer.raw
-    if not int.from_bytes(raw[_STATX_ATTRIBUTES_MASK], "little") & STATX_ATTR_MOUNT_ROOT:
+    if not int.from_bytes(raw[_STATX_ATTRIBUTES_MASK], sys.byteorder) & STATX_ATTR_MOUNT_ROOT:
         return None
-    return bool(int.from_bytes(raw[_STATX_ATTRIBUTES], "little") & STATX_ATTR_MOUNT_ROOT)
+    return bool(int.from_bytes(raw[_STATX_ATTRIBUTES], sys.byteorder) & STATX_ATTR_MOUNT_ROOT)
 
 
 def _umount_tolerant(target: str) -> None:
@@ -238,13 +240,18 @@ def _unmounted_alone(path: str | os.PathLike[str]) -> bool:
     find an empty directory, or none, beneath. An unmount succeeds only for a mount with nothing mounted below it,
     and nothing can be mounted below an empty directory, so True means nothing is left at or below path. False
     (a mount below, one in use, entries beneath, a kernel that cannot tell) leaves the rest to the table's walk."""
-    while (mounted := _mount_root(path)) is not False:
+    for _ in range(STACKED_MOUNTS_MAX):
+        mounted = _mount_root(path)
+        if mounted is False:
+            break
         if mounted is None:
             return False
         try:
             umount(path)
         except OSError:
             return False
+    else:
+        return False
     try:
         with os.scandir(path) as entries:
             return next(entries, None) is None
