@@ -135,7 +135,11 @@ Event = RequestReceived | DataReceived | StreamReset | GoingAway | WindowOpened
 
 
 def frame(kind: FrameType, flags: int, stream_id: int, payload: bytes | memoryview = b"") -> bytes:
-    return len(payload).to_bytes(3, "big") + bytes((kind, flags)) + stream_id.to_bytes(4, "big") + payload
+    return _frame_header(kind, flags, stream_id, len(payload)) + payload
+
+
+def _frame_header(kind: FrameType, flags: int, stream_id: int, length: int) -> bytes:
+    return length.to_bytes(3, "big") + bytes((kind, flags)) + stream_id.to_bytes(4, "big")
 
 
 def window_for(largest_request: int) -> int:
@@ -491,12 +495,16 @@ class ServerConnection:
         if end_stream:
             self._local_closed(stream_id, stream)
 
-    def send_data(self, stream_id: int, data: bytes) -> None:
+    def send_data(self, stream_id: int, data: bytes, *more: bytes) -> None:
+        """Queue `data` and `more` after it (a message's prefix and its body, never joined: a kept answer is tens
+        of kB) and send what the windows let through."""
         stream = self._streams.get(stream_id)
-        if stream is None or stream.local_closed or not data:
+        if stream is None or stream.local_closed:
             return
-        stream.queued.append(memoryview(data))
-        stream.queued_bytes += len(data)
+        for piece in (data, *more):
+            if piece:
+                stream.queued.append(memoryview(piece))
+                stream.queued_bytes += len(piece)
         self._flush(stream_id, stream)
 
     def send_trailers(self, stream_id: int, trailers: Headers) -> None:
@@ -531,9 +539,9 @@ class ServerConnection:
     def open_streams(self) -> int:
         return len(self._streams)
 
-    def data_to_send(self) -> bytes:
-        out = bytes(self._outbox)
-        self._outbox.clear()
+    def data_to_send(self) -> bytearray:
+        """What to write, handed over (not copied): the connection goes on in a new buffer."""
+        out, self._outbox = self._outbox, bytearray()
         return out
 
     def _header_frames(self, stream_id: int, headers: Headers, end_stream: bool) -> bytes:
@@ -558,20 +566,26 @@ class ServerConnection:
                 self._flush(stream_id, stream)
 
     def _flush(self, stream_id: int, stream: _Stream) -> None:
+        outbox = self._outbox
         while stream.queued:
-            room = min(self._send_window, stream.send_window, self._peer_max_frame)
+            room = min(self._send_window, stream.send_window, self._peer_max_frame, stream.queued_bytes)
             if room <= 0:
                 return
-            chunk = stream.queued[0]
-            if len(chunk) > room:
-                stream.queued[0] = chunk[room:]
-                chunk = chunk[:room]
-            else:
-                stream.queued.popleft()
-            stream.queued_bytes -= len(chunk)
-            self._send_window -= len(chunk)
-            stream.send_window -= len(chunk)
-            self._outbox += frame(FrameType.DATA, 0, stream_id, chunk)
+            # One frame takes as much of the queue as fits, its pieces appended after its header: not joined first.
+            outbox += _frame_header(FrameType.DATA, 0, stream_id, room)
+            left = room
+            while left:
+                chunk = stream.queued[0]
+                if len(chunk) > left:
+                    stream.queued[0] = chunk[left:]
+                    chunk = chunk[:left]
+                else:
+                    stream.queued.popleft()
+                outbox += chunk
+                left -= len(chunk)
+            stream.queued_bytes -= room
+            self._send_window -= room
+            stream.send_window -= room
         if stream.trailers is not None:
             self._outbox += stream.trailers
             stream.trailers = None

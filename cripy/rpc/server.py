@@ -383,7 +383,7 @@ class _Connection(asyncio.Protocol):
         if not call.answered:
             self._h2.send_headers(stream_id, wire.RESPONSE_HEADERS)
             call.answered = True
-        self._h2.send_data(stream_id, wire.message(payload))
+        self._h2.send_data(stream_id, wire.prefix(len(payload)), payload)
         if flush:
             self._flush()
 

@@ -123,7 +123,12 @@ class MessageReader:
 
 
 def message(payload: bytes) -> bytes:
-    return b"\0" + len(payload).to_bytes(4, "big") + payload
+    return prefix(len(payload)) + payload
+
+
+def prefix(length: int) -> bytes:
+    """The length prefix of an uncompressed message of `length` bytes."""
+    return b"\0" + length.to_bytes(4, "big")
 
 
 def response_headers(http_status: int = 200) -> list[tuple[str, str]]:

@@ -695,6 +695,28 @@ def test_our_data_frames_respect_the_clients_maximum_frame_size() -> None:
     assert data_of(frames, 1) == payload
 
 
+def test_pieces_of_data_share_frames_and_split_where_the_windows_say() -> None:
+    """A message's prefix and its body are queued as two pieces and sent as if joined: a frame holds as much of
+    the queue as fits, across pieces, and a window that closes mid-piece leaves the rest for later."""
+    client = Client()
+    client.out()
+    client.open(INITIAL_WINDOW_SIZE=30_000)
+    client.request(1, end_stream=True)
+    client.out()
+    prefix, body = b"\0\0\0\x9c\x40", os.urandom(40_000)
+    client.server.send_data(1, prefix, b"", body)
+    frames = client.out()
+    assert [len(f.payload) for f in frames if f.kind == FrameType.DATA] == [16_384, 13_616]
+    assert client.server.buffered(1) == 40_005 - 30_000
+    client.send(frame(FrameType.WINDOW_UPDATE, 0, 1, u32(20_000)))
+    client.send(frame(FrameType.WINDOW_UPDATE, 0, 0, u32(20_000)))
+    frames += client.out()
+    assert data_of(frames, 1) == prefix + body
+    assert client.server.buffered(1) == 0
+    client.server.send_data(1, b"", b"")  # nothing to send sends nothing
+    assert data_of(client.out(), 1) == b""
+
+
 def test_our_header_blocks_are_split_into_continuations_at_the_maximum_frame_size() -> None:
     client = opened()
     client.request(1, end_stream=True)
