@@ -242,16 +242,19 @@ def _unmounted_alone(path: str | os.PathLike[str]) -> bool:
     (a mount below, one in use, entries beneath, a kernel that cannot tell) leaves the rest to the table's walk."""
     for _ in range(STACKED_MOUNTS_MAX):
         mounted = _mount_root(path)
-        if mounted is False:
-            break
         if mounted is None:
             return False
+        if not mounted:
+            return _nothing_beneath(path)
         try:
             umount(path)
         except OSError:
             return False
-    else:
-        return False
+    return False
+
+
+def _nothing_beneath(path: str | os.PathLike[str]) -> bool:
+    """Whether path is an empty directory, or no directory at all: nothing can be mounted below it."""
     try:
         with os.scandir(path) as entries:
             return next(entries, None) is None

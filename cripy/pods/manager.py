@@ -387,7 +387,7 @@ def _mount_shm(path: Path) -> None:
 
 
 def _unmount_if_mounted(path: Path) -> None:
-    if path.exists() and mnt.is_mountpoint(path):
+    if mnt.is_mountpoint(path):  # a path that is not there is no mount point
         mnt.umount(path, detach=True)
 
 

@@ -566,30 +566,32 @@ class ServerConnection:
                 self._flush(stream_id, stream)
 
     def _flush(self, stream_id: int, stream: _Stream) -> None:
-        outbox = self._outbox
         while stream.queued:
             room = min(self._send_window, stream.send_window, self._peer_max_frame, stream.queued_bytes)
             if room <= 0:
                 return
-            # One frame takes as much of the queue as fits, its pieces appended after its header: not joined first.
-            outbox += _frame_header(FrameType.DATA, 0, stream_id, room)
-            left = room
-            while left:
-                chunk = stream.queued[0]
-                if len(chunk) > left:
-                    stream.queued[0] = chunk[left:]
-                    chunk = chunk[:left]
-                else:
-                    stream.queued.popleft()
-                outbox += chunk
-                left -= len(chunk)
-            stream.queued_bytes -= room
+            # One frame takes as much of the queue as fits.
+            self._outbox += _frame_header(FrameType.DATA, 0, stream_id, room)
+            self._move_queued(stream, room)
             self._send_window -= room
             stream.send_window -= room
         if stream.trailers is not None:
             self._outbox += stream.trailers
             stream.trailers = None
             self._local_closed(stream_id, stream)
+
+    def _move_queued(self, stream: _Stream, size: int) -> None:
+        """Append the first `size` bytes queued for the stream to what we send, piece by piece: never joined first."""
+        stream.queued_bytes -= size
+        while size:
+            chunk = stream.queued[0]
+            if len(chunk) > size:
+                stream.queued[0] = chunk[size:]
+                chunk = chunk[:size]
+            else:
+                stream.queued.popleft()
+            self._outbox += chunk
+            size -= len(chunk)
 
     def _local_closed(self, stream_id: int, stream: _Stream) -> None:
         stream.local_closed = True
