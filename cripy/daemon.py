@@ -38,7 +38,7 @@ from cripy.images.archive import Importer
 from cripy.images.progress import ProgressBoard
 from cripy.images.pull import Puller
 from cripy.images.store import ImageStore
-from cripy.linux import cgroups, memory
+from cripy.linux import cgroups, child, memory
 from cripy.linux.moveprimer import MovePrimer
 from cripy.network.cni import CNIManager
 from cripy.observe.watchdog import Watchdog
@@ -426,6 +426,8 @@ def watch_children_with_pidfds() -> None:
 def run_daemon(config: Config, reload: Callable[[], Config] | None = None,
                config_files: Callable[[], list[Path]] = lambda: []) -> int:
     service.configure_logging(config.cripy.log_level, config.cripy.log_format)
+    if marked := child.keep_descriptors_from_children():
+        log.info("%d descriptors inherited from the daemon's parent are kept from the programs it runs", marked)
     watch_children_with_pidfds()
     with asyncio.Runner(loop_factory=lambda: BusyPollingLoop(config.cripy.busy_poll_us / 1e6)) as runner:
         asyncio.set_event_loop(runner.get_loop())  # what asyncio.run does, and the child watcher attaches to

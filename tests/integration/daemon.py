@@ -64,6 +64,7 @@ class CripyDaemon:
         self.cni_dir = workdir / "cni"
         self.extra_toml = extra_toml
         self.env: dict[str, str] = {}  # extra environment of the daemon (fault points: cripy/faults.py)
+        self.pass_fds: tuple[int, ...] = ()  # descriptors the daemon inherits, as from a careless parent
         self._process: subprocess.Popen[bytes] | None = None
         self._channel: grpc.Channel | None = None
         workdir.mkdir(parents=True, exist_ok=True)
@@ -111,7 +112,7 @@ conf_dir = "{self.cni_dir}"
         self._process = subprocess.Popen(
             [sys.executable, "-m", "cripy.cli", "--config", str(self.config_path),
              "--config-dir", str(self.workdir / "cripy.d")],
-            stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env,
+            stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env, pass_fds=self.pass_fds,
         )
         log.close()
         deadline = time.monotonic() + timeout

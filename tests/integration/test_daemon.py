@@ -41,6 +41,26 @@ def test_socket_is_root_only_and_basic_calls_answer(cripy_factory) -> None:
 
 
 
+def test_descriptors_the_daemon_inherits_are_kept_from_the_programs_it_runs(tmp_path: Path) -> None:
+    """runc's verbs are spawned with posix_spawn (cripy/linux/child.py), which passes on every descriptor not
+    marked close-on-exec: the daemon marks those its parent left it."""
+    daemon = CripyDaemon(tmp_path / "cripy")
+    read_end, write_end = os.pipe()
+    os.set_inheritable(read_end, True)
+    daemon.pass_fds = (read_end,)
+    try:
+        daemon.start()
+        flags = next(line for line in Path(f"/proc/{daemon.pid}/fdinfo/{read_end}").read_text().splitlines()
+                     if line.startswith("flags:"))
+        assert int(flags.split()[1], 8) & os.O_CLOEXEC
+        assert "1 descriptors inherited from the daemon's parent are kept from the programs it runs" in \
+            daemon.log_text()
+    finally:
+        daemon.stop()
+        os.close(read_end)
+        os.close(write_end)
+
+
 def test_the_serving_daemon_has_not_loaded_grpcio(cripy_factory) -> None:
     """cripy serves gRPC itself (cripy/rpc); grpcio, which only the CLI and the tests use as a client, would add
     10 MiB to the daemon at rest. An import of it anywhere on the daemon's path (cri_api's package __init__ is one)
