@@ -1,18 +1,18 @@
 """Short-lived programs run by the daemon (runc's verbs, an ExecSync's `runc exec`) on its event loop.
 
-Owns: spawning a program with posix_spawn, feeding its stdin, reading its stdout and stderr on the loop, and learning
-of its exit through a pidfd, with the child reaped in every case, also when the caller is cancelled.
+Owns: spawning a program with posix_spawn, feeding its stdin, reading its stdout and stderr on the loop, and
+learning of its exit through a pidfd, with the child reaped in every case, also when the caller is cancelled.
 
 Why not asyncio's subprocess: its transports, protocols, stream readers and child watcher cost about 0.5 ms of the
-event loop per program (a `/bin/echo` ran in 2.9 ms through `asyncio.create_subprocess_exec` with a task per
-stream, 2.4 ms here; docs/benchmarks-analysis.md, ExecSync), and the daemon runs a program on every container
-start, stop and exec. posix_spawn is vfork-based in glibc, as subprocess's own spawn is.
+event loop per program (a `/bin/echo` ran in 2.9-3.0 ms through `asyncio.create_subprocess_exec` with a task per
+stream, in 2.3-2.5 ms here; docs/benchmarks-analysis.md, ExecSync), and the daemon runs a program on every
+container start, stop and exec. posix_spawn is vfork-based in glibc, as subprocess's own spawn is.
 
-posix_spawn closes only the descriptors marked close-on-exec. Every descriptor Python opens is (PEP 446; the conmon
-spawn passes its two pipes with subprocess's pass_fds, which never makes them inheritable in the daemon), and the
-daemon marks those it inherited at its start (`keep_descriptors_from_children`), so a child gets exactly its three
-standard streams. The signals Python ignores (SIGPIPE, SIGXFSZ) are given back their default action, as subprocess does, and
-the child starts with no signal blocked.
+posix_spawn closes only the descriptors marked close-on-exec. Every descriptor Python opens is one (PEP 446; the
+conmon spawn passes its two pipes with subprocess's pass_fds, which never makes them inheritable in the daemon),
+and the daemon marks those it inherited at its start (`keep_descriptors_from_children`), so a child gets exactly
+its three standard streams. The signals Python ignores (SIGPIPE, SIGXFSZ) get their default action back, as
+subprocess gives them, and the child starts with no signal blocked.
 
 Where the kernel (before 5.3) or a seccomp filter refuses pidfd_open, a thread of the child's own waits for it, as
 Python 3.11's default child watcher does.
@@ -181,7 +181,10 @@ class Child:
 
     def _wait_in_thread(self) -> None:
         _, status = os.waitpid(self.pid, 0)
-        self._loop.call_soon_threadsafe(self._settle, os.waitstatus_to_exitcode(status))
+        try:
+            self._loop.call_soon_threadsafe(self._settle, os.waitstatus_to_exitcode(status))
+        except RuntimeError:
+            pass  # the loop was closed meanwhile (the daemon is stopping): nobody waits for the answer
 
     def _settle(self, returncode: int) -> None:
         if not self._exited.done():
