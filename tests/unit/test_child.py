@@ -113,8 +113,17 @@ def test_descriptors_are_closed_and_the_child_reaped_after_a_run() -> None:
     assert gone(pid)
 
 
-def test_a_cancelled_caller_leaves_the_program_to_finish_and_reaps_it(tmp_path: Path) -> None:
+def test_a_cancelled_caller_leaves_the_program_to_finish_and_reaps_it(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     done = tmp_path / "done"
+    spawned: list[child.Child] = []
+    spawn = child.Child.spawn
+
+    def recorded(*args: object, **kwargs: object) -> child.Child:
+        spawned.append(spawn(*args, **kwargs))  # type: ignore[arg-type]
+        return spawned[-1]
+
+    monkeypatch.setattr(child.Child, "spawn", recorded)
 
     async def main() -> None:
         task = asyncio.create_task(child.run(["sh", "-c", f"sleep 0.3; echo > {done}"]))
@@ -122,14 +131,12 @@ def test_a_cancelled_caller_leaves_the_program_to_finish_and_reaps_it(tmp_path: 
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        deadline = time.monotonic() + 10
-        while not done.exists() and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        await asyncio.sleep(0.2)  # the loop's callback reaps it
+        assert await spawned[0].wait() == 0
+        await asyncio.sleep(0)
 
     asyncio.run(main())
     assert done.exists()
-    assert not any(p.isdigit() and not gone(int(p)) for p in os.listdir("/proc"))
+    assert gone(spawned[0].pid)
 
 
 def test_output_with_a_grace_returns_what_came_while_a_background_process_holds_the_pipe() -> None:
