@@ -216,13 +216,13 @@ class OCIRuntime:
                     *conmon.build_create_argv(a), stdin=asyncio.subprocess.DEVNULL,
                     stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
                     pass_fds=(sync_w, start_r), env=env, cwd=a.bundle)
-                self.prime_cgroup_move()
             except OSError as err:
                 raise Internal(f"container {a.ctr_id}: cannot run conmon {a.conmon_path}: {err}") from err
             finally:
                 os.close(sync_w)
                 os.close(start_r)
                 sync_w = start_r = -1
+            self.prime_cgroup_move()  # conmon runs `runc create` once it reads the start pipe
             try:
                 os.write(start_w, b"0")
                 faults.point("conmon.started")  # conmon goes on to `runc create` whether or not we are here
