@@ -114,6 +114,7 @@ class Child:
 
     @property
     def returncode(self) -> int | None:
+        """The exit code once the program is reaped, else None: until then its pid is still its own."""
         return self._exited.result() if self._exited.done() else None
 
     async def output(self, grace: float | None = None) -> tuple[bytes, bytes]:
@@ -126,14 +127,6 @@ class Child:
         else:
             await asyncio.wait([self._output_read], timeout=grace)
         return bytes(self._out), bytes(self._err)
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        """Signal the program unless it has been reaped (its pid may then belong to another process)."""
-        if not self._exited.done():
-            try:
-                os.kill(self.pid, sig)
-            except ProcessLookupError:
-                pass
 
     def close(self) -> None:
         """Stop reading the output. The exit is still watched: the child is reaped whenever it ends."""
