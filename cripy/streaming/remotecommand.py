@@ -137,9 +137,8 @@ async def run_exec(runtime: "OCIRuntime", ctr_id: str, cmd: tuple[str, ...], tty
     scratch = Path(await asyncio.to_thread(lambda: tempfile.mkdtemp(prefix="stream-", dir=runtime.ensure_exec_dir())))
     try:
         if not tty:
-            runtime.prime_cgroup_move()
             return await _exec_with_pipes(runc_exec_argv(runtime, ctr_id, cmd, False, scratch / "pid"),
-                                          scratch / "pid", io)
+                                          scratch / "pid", io, runtime.prime_cgroup_move)
         # The client sends its terminal's size as soon as the streams are up. Wait a moment for it: a command
         # that asks at once (stty, a full-screen program) would otherwise see 0x0, runc sizing the terminal only
         # after the command started unless the process file gives the size.
@@ -149,13 +148,13 @@ async def run_exec(runtime: "OCIRuntime", ctr_id: str, cmd: tuple[str, ...], tty
             process_file = scratch / "process.json"
             await asyncio.to_thread(write_terminal_process, bundle, cmd, first, process_file)
         argv = runc_exec_argv(runtime, ctr_id, cmd, True, scratch / "pid", process_file)
-        runtime.prime_cgroup_move()
-        return await _exec_with_terminal(argv, scratch / "pid", io, first)
+        return await _exec_with_terminal(argv, scratch / "pid", io, first, runtime.prime_cgroup_move)
     finally:
         remove_later(shutil.rmtree, scratch, True)
 
 
-async def _exec_with_pipes(argv: list[str], pidfile: Path, io: CommandIO) -> Outcome:
+async def _exec_with_pipes(argv: list[str], pidfile: Path, io: CommandIO, spawned: Callable[[], None]) -> Outcome:
+    """``spawned`` is called as soon as runc is (the cgroup-move primer: OCIRuntime.prime_cgroup_move says why)."""
     pipe, devnull = asyncio.subprocess.PIPE, asyncio.subprocess.DEVNULL
     try:
         proc = await asyncio.create_subprocess_exec(
@@ -163,6 +162,7 @@ async def _exec_with_pipes(argv: list[str], pidfile: Path, io: CommandIO) -> Out
             stderr=pipe if io.stderr else devnull, start_new_session=True)
     except OSError as err:
         raise Internal(f"cannot run {argv[0]}: {err}") from err
+    spawned()
     tasks = [asyncio.create_task(_copy_reader(proc.stdout, io, STDOUT)),
              asyncio.create_task(_copy_reader(proc.stderr, io, STDERR))]
     feeder = asyncio.create_task(_feed_process_stdin(proc, io.stdin)) if io.stdin is not None else None
@@ -243,7 +243,9 @@ def _kill_quietly(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
-async def _exec_with_terminal(argv: list[str], pidfile: Path, io: CommandIO, size: TerminalSize | None) -> Outcome:
+async def _exec_with_terminal(argv: list[str], pidfile: Path, io: CommandIO, size: TerminalSize | None,
+                              spawned: Callable[[], None]) -> Outcome:
+    """``spawned`` is called as soon as runc is, as for _exec_with_pipes."""
     master, slave = os.openpty()
     try:
         # Raw from the start: runc sets this itself, but only once it runs, and input arriving earlier would be
@@ -260,6 +262,7 @@ async def _exec_with_terminal(argv: list[str], pidfile: Path, io: CommandIO, siz
             raise Internal(f"cannot run {argv[0]} on a terminal: {err}") from err
         finally:
             os.close(slave)
+        spawned()
         terminal = PtyMaster(master)
         master = -1  # owned by terminal now
         tasks = [asyncio.create_task(_copy_terminal_output(terminal, io)),

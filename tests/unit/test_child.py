@@ -24,7 +24,7 @@ def open_fds() -> set[str]:
 def gone(pid: int) -> bool:
     """True once the pid is no longer a process of ours, zombie or not."""
     try:
-        return Path(f"/proc/{pid}/status").read_text().find("\nPPid:\t%d\n" % os.getpid()) < 0
+        return f"\nPPid:\t{os.getpid()}\n" not in Path(f"/proc/{pid}/status").read_text()
     except FileNotFoundError:
         return True
 
