@@ -41,6 +41,7 @@ from cripy.network.cniprotocol import (
     PortMapping,
     cni_args,
     conf_files,
+    dnat_chain_port_mappings,
     loopback_network,
     parse_network_config,
     parse_network_file,
@@ -407,13 +408,17 @@ class CNIManager:
 
     async def release_unknown(self, pod_id: str) -> None:
         """DEL through the current network for a pod that has no cache entry (found by `cripy audit`: an IP
-        reservation or host-port chain left by an attach whose record is gone). Plugins release by container id."""
+        reservation or host-port chain left by an attach whose record is gone). Plugins release by container id;
+        the host ports are read back from the pod's portmap chains, since portmap deletes none without them."""
         async with self._lock(pod_id):
             if await asyncio.to_thread(self._read_cache, pod_id) is not None:
                 raise FailedPrecondition(f"pod {pod_id} has a CNI cache entry: detach it instead")
             network = await asyncio.to_thread(self.current_network)
+            nat_table = await asyncio.to_thread(_nat_table)
+            chains = _port_chains(nat_table, network.name).get(pod_id, [])
+            mappings = [m.to_cni() for chain in chains for m in dnat_chain_port_mappings(nat_table, chain)]
             entry = CacheEntry(pod_id=pod_id, network=network.to_dict(), ifname="eth0", netns="",
-                               cni_args=cni_args(pod_id, "", "", ""), loopback=False)
+                               cni_args=cni_args(pod_id, "", "", ""), port_mappings=mappings, loopback=False)
             await self._delete(entry, "")
 
     # -- what the node holds for the current network (for `cripy audit`)
@@ -448,16 +453,9 @@ class CNIManager:
         """portmap's DNAT chains in the nat table for the current network: pod id -> chain names."""
         try:
             network = self.current_network()
-            out = subprocess.run(["iptables-save", "-t", "nat"], capture_output=True, text=True, timeout=30).stdout
-        except (CripyError, OSError, subprocess.TimeoutExpired):
+        except CripyError:
             return {}
-        found: dict[str, list[str]] = {}
-        pattern = re.compile(rf'dnat name: \\?"{re.escape(network.name)}\\?" id: \\?"([^"\\]+)\\?".* -j (CNI-DN-\S+)')
-        for line in out.splitlines():
-            match = pattern.search(line)
-            if match and match.group(2) not in found.get(match.group(1), []):
-                found.setdefault(match.group(1), []).append(match.group(2))
-        return found
+        return _port_chains(_nat_table(), network.name)
 
     async def check(self, pod_id: str, netns: Path) -> None:
         """CHECK the pod's attachment with the cached configuration; raises when a plugin finds it broken."""
@@ -475,6 +473,25 @@ class CNIManager:
                 raise FailedPrecondition(f"{netns} is not a network namespace (pod {pod_id})")
             for plugin in network.plugins:
                 await self._run("CHECK", entry, network, plugin, str(netns), entry.ifname, entry.result)
+
+
+def _nat_table() -> str:
+    """`iptables-save -t nat`, or nothing where it cannot be read."""
+    try:
+        return subprocess.run(["iptables-save", "-t", "nat"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def _port_chains(nat_table: str, network_name: str) -> dict[str, list[str]]:
+    """portmap's DNAT chains of the network in the nat table: pod id -> chain names."""
+    found: dict[str, list[str]] = {}
+    pattern = re.compile(rf'dnat name: \\?"{re.escape(network_name)}\\?" id: \\?"([^"\\]+)\\?".* -j (CNI-DN-\S+)')
+    for line in nat_table.splitlines():
+        match = pattern.search(line)
+        if match and match.group(2) not in found.get(match.group(1), []):
+            found.setdefault(match.group(1), []).append(match.group(2))
+    return found
 
 
 def _fsync_dir(path: Path) -> None:

@@ -275,6 +275,28 @@ def result_ips(result: Mapping[str, Any]) -> list[str]:
     return sorted(unique, key=lambda a: ":" in a)
 
 
+def dnat_chain_port_mappings(nat_table: str, chain: str) -> list[PortMapping]:
+    """The host-port mappings portmap's DNAT chain `chain` forwards, read back from `iptables-save -t nat`.
+
+    portmap deletes a pod's chains only when its DEL names some mapping, so a pod whose attach record is lost can
+    release its host ports only with mappings read from the chain itself."""
+    found: list[PortMapping] = []
+    for line in nat_table.splitlines():
+        words = line.split()
+        if words[:2] != ["-A", chain] or "DNAT" not in words:
+            continue
+        options = dict(zip(words, words[1:]))
+        destination, _, container_port = options.get("--to-destination", "").rpartition(":")
+        try:
+            mapping = PortMapping(int(options.get("--dport", "")), int(container_port), options.get("-p", "tcp"),
+                                  options.get("-d", "").removesuffix("/32"))
+        except (ValueError, InvalidArgument):
+            continue
+        if destination and mapping not in found:
+            found.append(mapping)
+    return found
+
+
 def loopback_network(cni_version: str) -> NetworkList:
     return NetworkList(name="cni-loopback", cni_version=cni_version, plugins=({"type": LOOPBACK_PLUGIN},))
 

@@ -94,6 +94,32 @@ def test_every_kind_of_orphan_is_found_and_repaired(pod_env_factory: Callable[..
     assert env.list_pods() == [] and env.list_containers() == []
 
 
+def test_an_address_and_host_port_left_without_their_cni_cache_entry_are_released(
+        pod_env_factory: Callable[..., PodEnv]) -> None:
+    """With the attach's cache entry lost too, the repair DELs through the current network by the pod's id."""
+    env = pod_env_factory()
+    host_port = 30000 + secrets.randbelow(5000)
+    mapping = api_pb2.PortMapping(protocol=api_pb2.TCP, container_port=80, host_port=host_port)
+    pod_id, _ = env.run_pod("audit-no-cache", port_mappings=[mapping])
+    env.daemon.kill()
+    _forget_everything(env.daemon)
+    (env.daemon.root / "cni-cache" / f"{pod_id}.json").unlink()
+
+    found = run_audit(env.daemon)
+    assert found.returncode == 1, found.stdout + found.stderr
+    block = _block(found.stdout.splitlines(), pod_id)
+    for kind in ("orphaned IP reservation", "orphaned host-port chain"):
+        assert any(line.strip().startswith(kind) for line in block), f"no {kind!r} in\n{found.stdout}"
+    assert not any("CNI cache entry" in line for line in block), found.stdout
+
+    repaired = run_audit(env.daemon, "--repair")
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert "after repair, nothing orphaned or missing" in repaired.stdout
+    again = run_audit(env.daemon)
+    assert again.returncode == 0 and "nothing orphaned or missing" in again.stdout, again.stdout
+    env.daemon.start()
+
+
 def _block(lines: list[str], owner: str) -> list[str]:
     start = lines.index(f"{owner}:") + 1
     block = []

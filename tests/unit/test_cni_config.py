@@ -401,3 +401,33 @@ async def test_parallel_attaches(world: FakeWorld, netns: Path) -> None:
                                                     pod_uid=str(i)) for i in range(5)))
     assert all(r.ips for r in results)
     assert manager.cached_pod_ids() == [f"pod{i}" for i in range(5)]
+
+
+# A pod's portmap chains as `iptables-save -t nat` prints them (CNI plugins 1.1), with a second pod's beside them.
+NAT_TABLE = """*nat
+:CNI-DN-6d6b0f38aac7b023ec7ef - [0:0]
+:CNI-DN-0123456789abcdef01234 - [0:0]
+-A CNI-DN-6d6b0f38aac7b023ec7ef -s 10.196.3.0/24 -p tcp -m tcp --dport 30947 -j CNI-HOSTPORT-SETMARK
+-A CNI-DN-6d6b0f38aac7b023ec7ef -s 127.0.0.1/32 -p tcp -m tcp --dport 30947 -j CNI-HOSTPORT-SETMARK
+-A CNI-DN-6d6b0f38aac7b023ec7ef -p tcp -m tcp --dport 30947 -j DNAT --to-destination 10.196.3.2:80
+-A CNI-DN-6d6b0f38aac7b023ec7ef -d 127.0.0.1/32 -p udp -m udp --dport 5353 -j DNAT --to-destination 10.196.3.2:53
+-A CNI-DN-0123456789abcdef01234 -p tcp -m tcp --dport 8080 -j DNAT --to-destination 10.196.3.3:8080
+-A CNI-HOSTPORT-DNAT -p tcp -m comment --comment "dnat name: \\"n\\" id: \\"p\\"" -m multiport --dports 30947 -j CNI-DN-6d6b0f38aac7b023ec7ef
+COMMIT
+"""
+
+
+def test_the_host_ports_a_dnat_chain_forwards_are_read_back_from_it() -> None:
+    assert cniprotocol.dnat_chain_port_mappings(NAT_TABLE, "CNI-DN-6d6b0f38aac7b023ec7ef") == [
+        cniprotocol.PortMapping(30947, 80, "tcp"),
+        cniprotocol.PortMapping(5353, 53, "udp", "127.0.0.1"),
+    ]
+    assert cniprotocol.dnat_chain_port_mappings(NAT_TABLE, "CNI-DN-ffffffffffffffffffffff") == []
+
+
+def test_a_dnat_rule_that_does_not_parse_is_skipped() -> None:
+    table = ("-A CNI-DN-x -p tcp -m tcp --dport 99999 -j DNAT --to-destination 10.0.0.2:80\n"
+             "-A CNI-DN-x -p tcp -m tcp -j DNAT --to-destination 10.0.0.2:80\n"
+             "-A CNI-DN-x -p tcp -m tcp --dport 81 -j DNAT --to-destination 10.0.0.2\n"
+             "-A CNI-DN-x -p tcp -m tcp --dport 82 -j DNAT --to-destination [fd00::2]:8082\n")
+    assert cniprotocol.dnat_chain_port_mappings(table, "CNI-DN-x") == [cniprotocol.PortMapping(82, 8082, "tcp")]
