@@ -5,15 +5,19 @@ PYTEST_ARGS ?=
 # make conformance CONFORMANCE_ARGS="--focus 'Image Volume'"; the kit: CRI_CONFORMANCE_KIT (CRITEST, CRICTL)
 CONFORMANCE_ARGS ?=
 
-.PHONY: deps test unit integration conformance demo bench clean
+.PHONY: deps test typecheck unit integration conformance demo bench clean
 
 deps:
 	./scripts/install-deps.sh
 
-# The suite, then the CRI validation suite (critest) compared with tests/conformance/expected.tsv.
+# The type check, the suite, then the CRI validation suite (critest) compared with tests/conformance/expected.tsv.
 test: deps
+	.venv/bin/python -m mypy
 	.venv/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests
 	.venv/bin/python -m tests.conformance.run $(CONFORMANCE_ARGS)
+
+typecheck: deps
+	.venv/bin/python -m mypy
 
 unit: deps
 	.venv/bin/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests/unit

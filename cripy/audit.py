@@ -101,7 +101,9 @@ class Audit:
 
     def __init__(self, daemon: "Daemon") -> None:
         self.d = daemon
+        assert daemon.journal is not None and daemon.db is not None, "the daemon's services are not built"
         self.journal = daemon.journal
+        self.db = daemon.db
         self.layout = daemon.layout
         self._repairs: dict[tuple[str, str], RepairFn] = {}  # one repair per object, shared by its findings
         self._layer_lock = LayerLock(daemon.layout.layers_lock)
@@ -269,7 +271,7 @@ class Audit:
 
     async def _recorded_layers(self) -> dict[str, str]:
         """Directory name -> chain id of every recorded layer."""
-        rows = await self.d.db.run(lambda conn: [r[0] for r in conn.execute("SELECT chain_id FROM layers")])
+        rows = await self.db.run(lambda conn: [r[0] for r in conn.execute("SELECT chain_id FROM layers")])
         return {row.split(":", 1)[-1]: row for row in rows}
 
     def _remove_layer_dir(self, name: str) -> RepairFn:

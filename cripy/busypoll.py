@@ -19,9 +19,10 @@ import concurrent.futures
 import selectors
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, TypeVarTuple, Unpack
 
 T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
 
 
 class _Spin:
@@ -70,8 +71,8 @@ class BusyPollingLoop(asyncio.SelectorEventLoop):
         if self.window > 0:
             self._spin.until = time.monotonic() + self.window
 
-    def run_in_executor(self, executor: concurrent.futures.Executor | None, func: Callable[..., T],
-                        *args: Any) -> asyncio.Future[T]:
+    def run_in_executor(self, executor: concurrent.futures.Executor | None, func: Callable[[Unpack[Ts]], T],
+                        *args: Unpack[Ts]) -> asyncio.Future[T]:
         future = super().run_in_executor(executor, func, *args)
         self._spin.in_threads += 1
         future.add_done_callback(self._thread_job_done)

@@ -351,7 +351,7 @@ def _coerce(hint: Any, value: Any, dotted: str, source: Path, current: Any) -> A
             raise ConfigError(f"{source}: {dotted!r} must be a table")
         result = dict(current)
         for name, item in value.items():
-            if dataclasses.is_dataclass(value_type):
+            if isinstance(value_type, type) and dataclasses.is_dataclass(value_type):
                 entry = result.get(name) or value_type()
                 if not isinstance(item, dict):
                     raise ConfigError(f"{source}: '{dotted}.{name}' must be a table")

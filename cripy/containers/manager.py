@@ -11,6 +11,7 @@ What a container is made of on the node (directories, rootfs, image volumes, spe
 from __future__ import annotations
 
 import asyncio
+import builtins
 import logging
 import secrets
 import signal
@@ -339,7 +340,7 @@ class ContainerManager:
             raise FailedPrecondition(f"container {container.id} is still running after SIGKILL")
         return False
 
-    async def released(self, ctr_ids: list[str]) -> None:
+    async def released(self, ctr_ids: builtins.list[str]) -> None:
         """Wait for the exits' clean-ups (`runc delete`, the rootfs unmounted), as containerd's StopContainer waits
         for its task's deletion: a stopped container then holds nothing of the runtime's, and a RemoveContainer
         that follows does not compete with that clean-up for the CPU and the event loop. At most
@@ -439,7 +440,7 @@ class ContainerManager:
         self._cleanups[ctr_id] = task
         task.add_done_callback(lambda done: self._cleanups.pop(ctr_id, None) if self._cleanups.get(ctr_id) is done else None)
 
-    async def wait_for_clean_up(self, ctr_ids: list[str] | None = None, timeout: float | None = None) -> bool:
+    async def wait_for_clean_up(self, ctr_ids: builtins.list[str] | None = None, timeout: float | None = None) -> bool:
         """Wait for the clean-ups of these containers (all, when None); False when `timeout` passed first."""
         tasks = [task for key, task in self._cleanups.items() if ctr_ids is None or key in ctr_ids]
         if not tasks:
@@ -449,7 +450,7 @@ class ContainerManager:
 
     # ---- exec, update, logs, stats ------------------------------------------------------------------------
 
-    async def exec_sync(self, ctr_id: str, cmd: list[str], timeout: int) -> ExecResult:
+    async def exec_sync(self, ctr_id: str, cmd: builtins.list[str], timeout: int) -> ExecResult:
         if not cmd:
             raise InvalidArgument("exec needs a command")
         container = await self._running(ctr_id, "exec in")
@@ -473,7 +474,7 @@ class ContainerManager:
         container = await self._running(ctr_id, "reopen the log of")
         await (await self.runtime_of(container)).reopen_log(container.id, Path(container.log_path))
 
-    async def usage(self, containers: list[Container], *, full: bool = False) -> list[ContainerUsage]:
+    async def usage(self, containers: builtins.list[Container], *, full: bool = False) -> builtins.list[ContainerUsage]:
         """What the containers use: for the stats calls, or (full) for the metrics calls (containers/usage.py).
         Read in one worker-thread trip for all of them: a trip per container cost more than its reading."""
         def read_all() -> list[ContainerUsage]:
@@ -494,7 +495,7 @@ class ContainerManager:
     async def _image_in_use(self, image_id: str) -> bool:
         return any(c.image_id == image_id or image_id in _volume_images(c) for c in self._table.all())
 
-    async def _image_mounted_by(self, image_id: str) -> list[str]:
+    async def _image_mounted_by(self, image_id: str) -> builtins.list[str]:
         return [c.id for c in self._table.all() if image_id in _volume_images(c)]
 
     # ---- recovery -----------------------------------------------------------------------------------------

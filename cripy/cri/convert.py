@@ -350,7 +350,7 @@ def _cgroup_parent(value: str, where: str) -> str:
 
 def _signal_name(value: int, where: str) -> str:
     try:
-        name = pb.Signal.Name(value)
+        name = pb.Signal.Name(value)  # type: ignore[arg-type]  # any int: an unknown one raises ValueError
     except ValueError:
         raise InvalidArgument(f"{where}: stop_signal={value} is not a known Signal") from None
     if name == "RUNTIME_DEFAULT":
@@ -490,9 +490,10 @@ def call_subject(request: object) -> str:
     Called only when someone looks, never on the request's path."""
     parts: list[str] = []
     metadata = getattr(getattr(request, "config", None), "metadata", None)
-    if metadata is not None and getattr(metadata, "name", ""):
+    name = getattr(metadata, "name", "")
+    if name:
         namespace = getattr(metadata, "namespace", "")
-        parts.append(metadata.name + (f" in {namespace}" if namespace else ""))
+        parts.append(name + (f" in {namespace}" if namespace else ""))
     for field, label in (("container_id", "container"), ("pod_sandbox_id", "pod")):
         value = getattr(request, field, "")
         if isinstance(value, str) and value:

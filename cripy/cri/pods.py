@@ -118,7 +118,7 @@ def _matcher(wanted: api_pb2.PodSandboxFilter) -> Callable[[PodSandbox], bool]:
     return matches
 
 
-def _state(pod: PodSandbox) -> int:
+def _state(pod: PodSandbox) -> api_pb2.PodSandboxState.ValueType:
     return api_pb2.SANDBOX_READY if pod.state == STATE_READY else api_pb2.SANDBOX_NOTREADY
 
 

@@ -59,6 +59,7 @@ def _check_message(message: Message, path: str) -> None:
     for field, value in message.ListFields():
         name = f"{path}.{field.name}" if path else field.name
         if isinstance(value, Mapping):  # a map field (not GetOptions().map_entry: that loads descriptor_pb2, 0.5 MiB)
+            assert field.message_type is not None  # a map field's entries are messages
             value_field = field.message_type.fields_by_name["value"]
             for key, item in value.items():
                 if isinstance(key, str):

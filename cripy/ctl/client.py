@@ -83,6 +83,7 @@ def normalize_endpoint(endpoint: str) -> str:
 
 def connect_error(target: str, timeout: float = 2.0) -> str | None:
     """Why a plain connection to the gRPC target fails, or None when something is listening there."""
+    address: str | tuple[str, int]
     if target.startswith("unix://"):
         family, address = socket.AF_UNIX, target[len("unix://"):]
     else:

@@ -37,7 +37,7 @@ def proto_document(message: Message) -> dict[str, Any]:
     """`message` as Go's protojson with EmitDefaultValues gives it: declaration order, map keys sorted."""
     data = json_format.MessageToDict(message, always_print_fields_with_no_presence=True)
     # protojson writes a whole double without a fraction (0, not 0.0), as Go's encoding/json does.
-    return go_json_value(_in_declaration_order(message.DESCRIPTOR, data))
+    return go_json_value(_in_declaration_order(message.DESCRIPTOR, data))  # type: ignore[arg-type]  # upb's own
 
 
 # Fields of the CRI v1 API that crictl (built from a newer API) knows and the Python bindings cripy uses
@@ -232,9 +232,12 @@ class _GoYamlDumper(yaml.SafeDumper):
     """PyYAML writing what go-yaml v2 writes for JSON-shaped data."""
 
     def represent_mapping(self, tag: str, mapping: Any, flow_style: bool | None = None) -> yaml.MappingNode:
-        items = sorted(mapping.items(), key=functools.cmp_to_key(lambda x, y: go_yaml_key_order(str(x[0]),
-                                                                                                  str(y[0]))))
+        items = sorted(mapping.items(), key=functools.cmp_to_key(_go_yaml_item_order))
         return super().represent_mapping(tag, items, flow_style)
+
+
+def _go_yaml_item_order(x: tuple[Any, Any], y: tuple[Any, Any]) -> int:
+    return go_yaml_key_order(str(x[0]), str(y[0]))
 
 
 def _represent_str(dumper: yaml.SafeDumper, text: str) -> yaml.ScalarNode:

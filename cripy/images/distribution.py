@@ -16,7 +16,7 @@ import string
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Protocol, Sequence
 
 from cripy.errors import DeadlineExceeded, InvalidArgument
 from cripy.images.auth import Credentials
@@ -224,7 +224,13 @@ def clean_media_type(value: str) -> str:
     return value.split(";", 1)[0].strip()
 
 
-def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
+class HeaderLookup(Protocol):
+    """Response headers as the registry client reads them: a Mapping, or http.Headers."""
+
+    def get(self, name: str, default: str) -> str: ...
+
+
+def retry_after_seconds(headers: HeaderLookup) -> float | None:
     """Retry-After in seconds (capped at MAX_RETRY_AFTER); None unless it is a plain number of seconds."""
     value = headers.get("Retry-After", "")
     return min(float(value), MAX_RETRY_AFTER) if value.strip().isdigit() else None

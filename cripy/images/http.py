@@ -16,6 +16,7 @@ import ssl
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import overload
 from urllib.parse import urlencode, urljoin, urlsplit
 
 import h11
@@ -115,6 +116,12 @@ class Headers:
     def __init__(self, pairs: Iterable[tuple[bytes, bytes]]) -> None:
         self._pairs = [(name.decode("latin-1").lower(), value.decode("latin-1")) for name, value in pairs]
 
+    @overload
+    def get(self, name: str) -> str | None: ...
+
+    @overload
+    def get(self, name: str, default: str) -> str: ...
+
     def get(self, name: str, default: str | None = None) -> str | None:
         name = name.lower()
         return next((value for key, value in self._pairs if key == name), default)
@@ -208,14 +215,14 @@ class _Connection:
                 self.writer.write(data)
         await self.writer.drain()
 
-    async def next_event(self) -> h11.Event:
+    async def next_event(self) -> h11.Event | type[h11.PAUSED]:
         while True:
             try:
                 event = self.protocol.next_event()
             except h11.RemoteProtocolError as e:
                 raise HTTPError(f"malformed HTTP response: {e}") from None
             if event is not h11.NEED_DATA:
-                return event
+                return event  # type: ignore[return-value]  # mypy does not narrow h11's sentinels by identity
             async with asyncio.timeout(self.read_timeout):
                 data = await self.reader.read(_READ_SIZE)
             self.protocol.receive_data(data)  # b"": the end of the stream, which h11 turns into the right event

@@ -15,7 +15,7 @@ import stat
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from cripy import errors
 from cripy.images.layerstream import CHUNK_SIZE, StrictTarStream, TarInput
@@ -96,7 +96,7 @@ class Extractor:
     def extract(self, stream: TarInput) -> None:
         self._input = stream
         try:
-            tar = StrictTarStream(fileobj=stream, mode="r", encoding="utf-8", errors="surrogateescape")
+            tar = StrictTarStream(fileobj=cast(BinaryIO, stream), mode="r", encoding="utf-8", errors="surrogateescape")
             while (member := tar.next()) is not None:
                 self._entry = member.name
                 self._extract_one(tar, member)
@@ -176,7 +176,7 @@ class Extractor:
             else:
                 source = tar.extractfile(member)
                 assert source is not None  # regular members always have a data stream
-                _copy_content(source, fd)
+                _copy_content(cast(BinaryIO, source), fd)
             if self._preserve_owner:
                 os.fchown(fd, meta.uid, meta.gid)
             os.fchmod(fd, meta.mode)  # after chown: chown clears setuid/setgid

@@ -13,7 +13,7 @@ import hashlib
 import os
 import tarfile
 import zlib
-from typing import Any, BinaryIO, Callable, Protocol
+from typing import Any, BinaryIO, Callable, Protocol, cast
 
 import zstandard
 
@@ -140,7 +140,7 @@ def _decompressed_chunks(raw: _RawInput, media_type: str, name: str) -> Callable
     if compression == "zstd":
         framing = _ZstdFraming(name)
         decompressor = zstandard.ZstdDecompressor(max_window_size=_ZSTD_MAX_WINDOW)
-        reader = decompressor.stream_reader(_FramingCheckedFile(raw, framing), read_size=CHUNK_SIZE,
+        reader = decompressor.stream_reader(cast(BinaryIO, _FramingCheckedFile(raw, framing)), read_size=CHUNK_SIZE,
                                             read_across_frames=True, closefd=False)
         return lambda: reader.read(CHUNK_SIZE)
     return raw.read_chunk
@@ -394,7 +394,7 @@ class StrictTarStream(tarfile.TarFile):
                 raise tarfile.ReadError("unexpected end of data")
         try:
             member = self.tarinfo.fromtarfile(self)
-        except (tarfile.EOFHeaderError, tarfile.EmptyHeaderError):
+        except (tarfile.EOFHeaderError, tarfile.EmptyHeaderError):  # type: ignore[attr-defined]  # not in typeshed
             member = None  # a zero block, or the stream ends at a header boundary (accepted like Go's reader)
         except tarfile.HeaderError as e:
             raise tarfile.ReadError(f"at offset {self.offset}: {e}") from None

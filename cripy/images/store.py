@@ -11,6 +11,7 @@ not have.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import hashlib
 import json
@@ -184,7 +185,7 @@ class ImageStore:
                 self._keep_found(key, image_id, rows)
         return self._image_from(*rows[0]) if rows else None  # a new Image each time: callers may change theirs
 
-    def _keep_found(self, key: tuple[str, tuple[Reference, ...]], image_id: str | None, rows: list) -> None:
+    def _keep_found(self, key: tuple[str, tuple[Reference, ...]], image_id: str | None, rows: builtins.list) -> None:
         if len(self._found) >= FOUND_KEPT_MAX:
             self._forget_found()
         self._found[key] = image_id
@@ -209,14 +210,14 @@ class ImageStore:
         async with self._lock:
             yield
 
-    async def layer_dirs(self, image_id: str) -> list[Path]:
+    async def layer_dirs(self, image_id: str) -> builtins.list[Path]:
         """The diff directories of an image, lowest layer first (overlay wants them in the reverse order)."""
         image = await self.get(image_id)
         if image is None:
             raise NotFound(f"image {image_id} not found")
         return self.layer_dirs_of(image)
 
-    def layer_dirs_of(self, image: Image) -> list[Path]:
+    def layer_dirs_of(self, image: Image) -> builtins.list[Path]:
         """layer_dirs of an image already looked up (and held: its layers stay while a container holds it)."""
         return [self._layout.layer_diff(chain_id) for chain_id in image.chain_ids]
 
@@ -477,7 +478,7 @@ class ImageStore:
         await asyncio.to_thread(_remove_strays, self._layout, known)
         await self.remove_unnamed_unused()
 
-    def _image_from(self, row: sqlite3.Row, names: list[tuple[str, str]], chains: list[str]) -> Image:
+    def _image_from(self, row: sqlite3.Row, names: builtins.list[tuple[str, str]], chains: builtins.list[str]) -> Image:
         tags = sorted(name for name, kind in names if kind == "tag")
         digests = sorted(name for name, kind in names if kind == "digest")
         return Image(

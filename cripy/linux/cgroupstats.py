@@ -8,6 +8,7 @@ node, and on a hybrid v1 node the cgroup2 mount beside the v1 hierarchies, where
 
 from __future__ import annotations
 
+import builtins
 import dataclasses
 import functools
 import os
@@ -227,7 +228,9 @@ def parse_blkio_v1(service_bytes: str, serviced: str) -> list[BlockDeviceIO]:
             counts = devices.setdefault((int(major), int(minor)), {})
             key = ("read" if parts[1] == "Read" else "write") + suffix
             counts[key] = counts.get(key, 0) + int(parts[2])
-    return [BlockDeviceIO(major, minor, **counts) for (major, minor), counts in sorted(devices.items())]
+    return [BlockDeviceIO(number[0], number[1], counts.get("read_bytes", 0), counts.get("write_bytes", 0),
+                          counts.get("reads", 0), counts.get("writes", 0))
+            for number, counts in sorted(devices.items())]
 
 
 def parse_io_stat(text: str) -> list[BlockDeviceIO]:
@@ -363,20 +366,20 @@ class _Dir:
         text = self.text(name)
         return None if text is None else int(text.strip())
 
-    def required_int(self, name: str) -> int:
+    def required_int(self, name: str) -> builtins.int:
         value = self.int(name)
         if value is None:
             raise FileNotFoundError(f"{self.path}/{name} is missing")
         return value
 
-    def keyed(self, name: str) -> dict[str, int]:
+    def keyed(self, name: str) -> dict[str, builtins.int]:
         text = self.text(name)
         return {} if text is None else parse_flat_keyed(text)
 
-    def limit(self, name: str) -> int | None:
+    def limit(self, name: str) -> builtins.int | None:
         return parse_limit(self.text(name))
 
-    def procs_below(self) -> list[int]:
+    def procs_below(self) -> list[builtins.int]:
         """cgroup.procs of this cgroup and every cgroup below it (a container may make its own sub-cgroups)."""
         pids = parse_procs(self.text("cgroup.procs") or "")
         with os.scandir(self.path) as entries:

@@ -19,7 +19,7 @@ import socket
 import socketserver
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, cast
 
 from prometheus_client import CollectorRegistry, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -239,4 +239,4 @@ def _serve_tcp(host: str, port: int, handler: Callable[..., Any]) -> socketserve
     class Server(_TCPServer):
         address_family = family
 
-    return Server(address[:2], handler)
+    return Server(cast(tuple[str, int], address[:2]), handler)

@@ -13,7 +13,7 @@ from cripy.rpc.server import Context, Method
 from cripy.rpc.wire import StatusCode
 
 SERVICE = "grpc.health.v1.Health"
-Status = health_pb2.HealthCheckResponse.ServingStatus
+Status = int  # a health_pb2.HealthCheckResponse.ServingStatus value
 
 
 class Health:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import enum
 from collections import deque
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 from cripy.rpc import hpackdecode
 
@@ -148,7 +149,7 @@ def window_for(largest_request: int) -> int:
     return min(max(RECEIVE_WINDOW, -(-largest_request * CREDIT_BATCHES // (CREDIT_BATCHES - 1))), MAX_WINDOW)
 
 
-def _u32(data: bytes | memoryview, at: int = 0) -> int:
+def _u32(data: bytes | bytearray | memoryview, at: int = 0) -> int:
     return int.from_bytes(data[at:at + 4], "big") & 0x7FFF_FFFF
 
 
@@ -477,7 +478,7 @@ class ServerConnection:
         self._credit += stream.held
         stream.held = 0
 
-    def _fail(self, code: ErrorCode, reason: str) -> None:
+    def _fail(self, code: ErrorCode, reason: str) -> NoReturn:
         self._block = None
         self._inbox.clear()
         self._outbox += frame(FrameType.GOAWAY, 0, 0, self._highest_stream_id.to_bytes(4, "big")

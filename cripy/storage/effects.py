@@ -12,7 +12,7 @@ import json
 import logging
 import sqlite3
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Iterable
+from typing import Any, Awaitable, Callable, Iterable, cast
 
 from cripy import faults
 from cripy.storage.db import Database
@@ -78,8 +78,8 @@ class EffectJournal:
         def insert(conn: sqlite3.Connection) -> list[int]:
             if along is not None:
                 along(conn)
-            return [conn.execute("INSERT INTO effects (owner, kind, data) VALUES (?, ?, ?)", row).lastrowid
-                    for row in rows]
+            return [cast(int, conn.execute("INSERT INTO effects (owner, kind, data) VALUES (?, ?, ?)", row).lastrowid)
+                    for row in rows]  # an INSERT's cursor always has its row id
 
         one_statement = len(rows) == 1 and along is None
         seqs = await self._db.run(insert) if one_statement else await self._db.transaction(insert)

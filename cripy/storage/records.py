@@ -18,7 +18,8 @@ R = TypeVar("R")
 
 def from_row(cls: type[T], row: sqlite3.Row) -> T:
     columns = set(row.keys())
-    return cls(**{name: _decode(hint, row[name]) for name, hint in serde.field_hints(cls).items() if name in columns})
+    hints = serde.field_hints(cls)  # type: ignore[arg-type]  # mypy takes a type[T] for unhashable
+    return cls(**{name: _decode(hint, row[name]) for name, hint in hints.items() if name in columns})
 
 
 def insert(conn: sqlite3.Connection, table: str, record: Any, columns: Sequence[str]) -> None:

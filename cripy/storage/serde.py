@@ -24,7 +24,7 @@ def to_jsonable(value: Any) -> Any:
     kind = type(value)
     if kind in _SCALARS:  # most of a request: tested first, by exact type (an enum may subclass str)
         return value
-    names = _field_names(kind)
+    names = _field_names(kind)  # type: ignore[arg-type]  # mypy takes a type[Any] for unhashable
     if names is not None:
         return {name: to_jsonable(getattr(value, name)) for name in names}
     if isinstance(value, enum.Enum):

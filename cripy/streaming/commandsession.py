@@ -16,8 +16,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
 from cripy.errors import CripyError
 from cripy.streaming import channels, spdy, spdyevents
@@ -78,7 +79,7 @@ class CommandIO:
             await self.write(channel, data)
 
 
-Runner = Callable[[CommandIO], Awaitable[Outcome]]
+Runner = Callable[[CommandIO], Coroutine[Any, Any, Outcome]]
 
 
 class _Session:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -26,7 +27,7 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cripy.errors import FailedPrecondition, InvalidArgument
 from cripy.linux.namespaces import in_netns
@@ -224,7 +225,7 @@ class SpdyPortForwardSession:
         if kind == channels.STREAM_TYPE_DATA:
             pair.data_id = event.stream_id
             pair.inbound = InputPipe(pause=self.pump.pause_reading, resume=self.pump.resume_reading,
-                                     on_consumed=lambda n, sid=event.stream_id: self.pump.acknowledge(sid, n))
+                                     on_consumed=functools.partial(self.pump.acknowledge, event.stream_id))
             if event.fin:
                 pair.inbound.feed_eof()
         else:
@@ -324,8 +325,8 @@ class WebSocketPortForwardSession:
         dispatcher = asyncio.create_task(self._dispatch())
         tasks = [entry.task for entry in self.ports if entry.task is not None]
         try:
-            await asyncio.wait([dispatcher, asyncio.gather(*tasks, return_exceptions=True)],
-                               return_when=asyncio.FIRST_COMPLETED)
+            waiting: list[asyncio.Future[Any]] = [dispatcher, asyncio.gather(*tasks, return_exceptions=True)]
+            await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
         finally:
             for task in [dispatcher, *tasks]:
                 task.cancel()

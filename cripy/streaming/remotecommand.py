@@ -318,7 +318,12 @@ class PtyMaster:
 
     async def _wait(self, add: Callable[..., None], remove: Callable[[int], bool]) -> None:
         ready = self._loop.create_future()
-        add(self.fd, lambda: ready.done() or ready.set_result(None))
+
+        def wake() -> None:
+            if not ready.done():
+                ready.set_result(None)
+
+        add(self.fd, wake)
         try:
             await ready
         finally:

@@ -50,7 +50,7 @@ Kubernetes usage (for the streaming server; see also cripy/streaming/channels.py
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from cripy.streaming.spdyevents import (
@@ -457,7 +457,7 @@ class SpdyConnection:
         payload = frame[8:]
         if version != SPDY_VERSION:
             raise SpdyError(f"unsupported SPDY version {version} (only 3 is spoken)")
-        handler = {
+        handlers: dict[int, Callable[[int, bytes, list[Event]], None]] = {
             FrameType.SYN_STREAM: self._on_syn_stream,
             FrameType.SYN_REPLY: self._on_syn_reply,
             FrameType.RST_STREAM: self._on_rst_stream,
@@ -466,7 +466,8 @@ class SpdyConnection:
             FrameType.GOAWAY: self._on_goaway,
             FrameType.HEADERS: self._on_headers,
             FrameType.WINDOW_UPDATE: self._on_window_update,
-        }.get(frame_type)
+        }
+        handler = handlers.get(frame_type)
         if handler is None:
             return  # the spec says unknown control frames are ignored
         handler(flags, payload, events)

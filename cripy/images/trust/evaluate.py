@@ -10,7 +10,7 @@ trusted when every requirement accepts it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence, TypeVar
+from typing import Any, Callable, Sequence
 
 from cripy.errors import InvalidArgument
 from cripy.images.manifest import digest_of
@@ -29,7 +29,6 @@ from cripy.images.trust.policy import (
 from cripy.images.trust.reasons import Reason, Refused
 from cripy.images.trust.sigstore import SigstoreSignature, SigstoreTrust, verify_signature
 
-T = TypeVar("T")
 GpgKeyrings = list[tuple[str, bytes]]
 Material = GpgKeyrings | SigstoreTrust | Refused | None  # None: the requirement needs none
 
@@ -109,7 +108,7 @@ def evaluate(match: ScopeMatch, image: SignedImage, material: Sequence[Material]
     return Verdict(image, match, tuple(outcomes))
 
 
-def _judge_signatures(requirement: Requirement, found: Found, kind: str, check: Callable[[T], str]) -> Outcome:
+def _judge_signatures(requirement: Requirement, found: Found, kind: str, check: Callable[[Any], str]) -> Outcome:
     if found.error:
         return Outcome(requirement, False, f"{found.where}: {found.error}", Reason.UNAVAILABLE)
     if not found.signatures:

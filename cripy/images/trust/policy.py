@@ -313,11 +313,15 @@ def _parse_fulcio(where: str, key: str, value: Any) -> Fulcio:
     ca = _key_sources(where, key, value, "caPath", None, "caData", None)
     if len(ca) != 1:
         raise InvalidArgument(f"{where}: {key}: one of caPath or caData is required")
-    issuer, email = value.get("oidcIssuer"), value.get("subjectEmail")
-    for name, item in (("oidcIssuer", issuer), ("subjectEmail", email)):
-        if not isinstance(item, str) or not item:
-            raise InvalidArgument(f"{where}: {key}.{name} is required (a non-empty string)")
+    issuer = _required_string(where, f"{key}.oidcIssuer", value.get("oidcIssuer"))
+    email = _required_string(where, f"{key}.subjectEmail", value.get("subjectEmail"))
     return Fulcio(ca[0], issuer, email)
+
+
+def _required_string(where: str, what: str, item: Any) -> str:
+    if not isinstance(item, str) or not item:
+        raise InvalidArgument(f"{where}: {what} is required (a non-empty string)")
+    return item
 
 
 def _key_sources(where: str, key: str, value: dict[str, Any], path_key: str, paths_key: str | None,
@@ -384,8 +388,9 @@ def _parse_identity(where: str, key: str, value: Any) -> IdentityRule:
     except InvalidArgument as exc:
         message = str(exc)
         raise InvalidArgument(message if message.startswith(where) else f"{what}: {message}") from exc
-    return {"matchExact": MatchExact(), "matchRepoDigestOrExact": MatchRepoDigestOrExact(),
-            "matchRepository": MatchRepository()}[kind]
+    plain: dict[str, IdentityRule] = {"matchExact": MatchExact(), "matchRepoDigestOrExact": MatchRepoDigestOrExact(),
+                                      "matchRepository": MatchRepository()}
+    return plain[str(kind)]
 
 
 _IDENTITY_FIELDS: dict[str, tuple[str, ...]] = {

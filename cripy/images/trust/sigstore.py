@@ -24,7 +24,7 @@ import datetime
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Sequence, TypeAlias
 
 import rfc8785
 from cryptography import x509
@@ -48,7 +48,7 @@ OIDC_ISSUER_V2 = ObjectIdentifier("1.3.6.1.4.1.57264.1.8")
 HASHEDREKORD_KIND = "hashedrekord"
 HASHEDREKORD_VERSION = "0.0.1"
 
-PublicKey = ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey
+PublicKey: TypeAlias = ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey
 
 
 @dataclass(frozen=True)
