@@ -323,8 +323,8 @@ class OCIRuntime:
     async def delete(self, ctr_id: str, force: bool = False) -> None:
         """Remove runc's state of the container (idempotent) and conmon's attach symlink."""
         result = await self._runc("delete", *(["--force"] if force else []), ctr_id)
-        if result.returncode != 0 and not _mentions(_error_text(result), _GONE_MARKERS):
-            raise Internal(f"container {ctr_id}: runc delete failed: {_error_text(result)}")
+        if result.returncode != 0 and not _mentions(text := _error_text(result), _GONE_MARKERS):
+            raise Internal(f"container {ctr_id}: runc delete failed: {text}")
         for link in (self.socket_dir / conmon.monitor_id(ctr_id), self.socket_dir / ctr_id):
             if link.is_symlink():
                 link.unlink(missing_ok=True)
@@ -333,9 +333,10 @@ class OCIRuntime:
         """runc's state JSON (``status``: created/running/paused/stopped), None when runc does not know the id."""
         result = await self._runc("state", ctr_id)
         if result.returncode != 0:
-            if _mentions(_error_text(result), _GONE_MARKERS):
+            text = _error_text(result)
+            if _mentions(text, _GONE_MARKERS):
                 return None
-            raise Internal(f"container {ctr_id}: runc state failed: {_error_text(result)}")
+            raise Internal(f"container {ctr_id}: runc state failed: {text}")
         try:
             return json.loads(result.stdout)
         except json.JSONDecodeError as err:
